@@ -1,0 +1,142 @@
+//! The JSON view of the state that operators and scripts read (`state dump`): a stable,
+//! versioned schema built from records only, so it can never contain key material.
+//!
+//! Architecture invariant: only this module defines the dump format.
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::{Failure, Record, UnixTime};
+
+/// Version of the dump schema. Additive changes keep it; renaming or removing a field bumps it.
+pub const DUMP_SCHEMA_VERSION: u32 = 1;
+
+/// The whole dump.
+#[derive(Debug, Serialize)]
+pub struct Dump {
+    pub schema_version: u32,
+    pub generated_at: String,
+    pub certificates: Vec<CertView>,
+}
+
+/// One certificate as operators see it. Times are RFC 3339 UTC strings.
+#[derive(Debug, Serialize)]
+pub struct CertView {
+    pub id: String,
+    pub names: Vec<String>,
+    pub phase: &'static str,
+    pub key_type: &'static str,
+    pub serial: Option<String>,
+    pub not_before: Option<String>,
+    pub not_after: Option<String>,
+    pub renew_at: Option<String>,
+    /// SHA-256 of the stored certificate (leaf DER).
+    pub fingerprint: Option<String>,
+    /// SHA-256 of the certificate HAProxy was last confirmed to serve.
+    pub installed_fingerprint: Option<String>,
+    pub installed: bool,
+    pub order_url: Option<String>,
+    pub last_error: Option<ErrorView>,
+    pub updated_at: String,
+}
+
+/// The last failure of a certificate.
+#[derive(Debug, Serialize)]
+pub struct ErrorView {
+    pub step: &'static str,
+    pub kind: &'static str,
+    pub message: String,
+    pub attempts: u32,
+    pub at: String,
+    /// `null` for a permanent failure: no retry until the configuration or an operator says so.
+    pub next_attempt_at: Option<String>,
+}
+
+/// Formats a Unix time as RFC 3339 (UTC); out-of-range values fall back to the raw number.
+pub fn rfc3339(t: UnixTime) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn error_view(f: &Failure) -> ErrorView {
+    ErrorView {
+        step: f.step.as_str(),
+        kind: f.kind.as_str(),
+        message: f.error.clone(),
+        attempts: f.attempts,
+        at: rfc3339(f.at),
+        next_attempt_at: f.next_attempt_at.map(rfc3339),
+    }
+}
+
+impl CertView {
+    pub fn from_record(r: &Record) -> CertView {
+        CertView {
+            id: r.id.clone(),
+            names: r.names.clone(),
+            phase: r.phase.as_str(),
+            key_type: r.key_type.as_str(),
+            serial: r.cert.as_ref().map(|c| c.serial.clone()),
+            not_before: r.cert.as_ref().map(|c| rfc3339(c.not_before)),
+            not_after: r.cert.as_ref().map(|c| rfc3339(c.not_after)),
+            renew_at: r.renew_at.map(rfc3339),
+            fingerprint: r.cert.as_ref().map(|c| c.fingerprint.clone()),
+            installed_fingerprint: r.installed_fingerprint.clone(),
+            installed: r.is_installed(),
+            order_url: r.order.as_ref().map(|o| o.url.clone()),
+            last_error: r.failure.as_ref().map(error_view),
+            updated_at: rfc3339(r.updated_at),
+        }
+    }
+}
+
+/// Builds the dump of `records` (any order; the dump is sorted by id) at time `now`.
+pub fn dump<'a>(records: impl IntoIterator<Item = &'a Record>, now: UnixTime) -> Dump {
+    let mut certificates: Vec<CertView> = records.into_iter().map(CertView::from_record).collect();
+    certificates.sort_by(|a, b| a.id.cmp(&b.id));
+    Dump {
+        schema_version: DUMP_SCHEMA_VERSION,
+        generated_at: rfc3339(now),
+        certificates,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{apply, Event, FailureReport};
+    use crate::{FailureKind, KeyType, Step};
+
+    #[test]
+    fn dump_has_a_stable_shape() {
+        let r = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 0);
+        let (r, _) = apply(
+            &r,
+            Event::Failed(FailureReport {
+                step: Step::Order,
+                kind: FailureKind::RateLimited,
+                error: "too many".into(),
+                retry_after: Some(3600),
+                jitter_permille: 0,
+                order_dead: false,
+            }),
+            0,
+        );
+        let a = Record::new(vec!["a.test".into()], KeyType::Rsa2048, 0);
+        let v = serde_json::to_value(dump([&r, &a], 60)).unwrap();
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["generated_at"], "1970-01-01T00:01:00Z");
+        assert_eq!(v["certificates"][0]["id"], "a.test", "sorted by id");
+        assert_eq!(v["certificates"][0]["key_type"], "rsa2048");
+        let b = &v["certificates"][1];
+        assert_eq!(b["phase"], "pending");
+        assert_eq!(b["last_error"]["step"], "order");
+        assert_eq!(b["last_error"]["kind"], "rate-limited");
+        assert_eq!(b["last_error"]["next_attempt_at"], "1970-01-01T01:00:00Z");
+        assert_eq!(b["installed"], false);
+        assert!(b["serial"].is_null());
+    }
+}

@@ -1,0 +1,233 @@
+//! The certificate lifecycle of haproxy-acme as plain data: records, a pure transition function,
+//! the renewal and backoff timing, and the JSON dump schema.
+//!
+//! # Layout
+//! - this file: the record types (what is persisted, one record per certificate id).
+//! - [`machine`]: `apply(record, event, now)` and `plan(record, now)`, the only place that decides
+//!   what happens next to a certificate.
+//! - [`timing`]: when to renew, how long to back off after a failure.
+//! - [`dump`]: the versioned JSON view operators read (`state dump`).
+//!
+//! Architecture invariant: this crate does no I/O, never reads the clock and never draws random
+//! numbers. Time (`now`) and jitter come in as arguments, so every decision can be replayed in a test.
+
+pub mod dump;
+pub mod machine;
+pub mod timing;
+
+use serde::{Deserialize, Serialize};
+
+pub use machine::{apply, plan, Action, Event, Plan};
+
+/// Seconds since the Unix epoch, UTC. The shell reads the clock; the core only compares numbers.
+pub type UnixTime = i64;
+
+/// The schema version written into every persisted record. Bump it when the layout changes, and
+/// keep a fixture of the old version in the tests together with its upgrade.
+pub const RECORD_SCHEMA_VERSION: u32 = 1;
+
+/// The private key algorithm of a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyType {
+    EcdsaP256,
+    EcdsaP384,
+    Rsa2048,
+    Rsa4096,
+}
+
+impl KeyType {
+    /// The spelling used in configuration (`KEY_TYPE`) and the JSON dump.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::EcdsaP384 => "ecdsa-p384",
+            KeyType::Rsa2048 => "rsa2048",
+            KeyType::Rsa4096 => "rsa4096",
+        }
+    }
+
+    /// Parses the configuration spelling; `None` for anything else.
+    pub fn parse(s: &str) -> Option<KeyType> {
+        [
+            KeyType::EcdsaP256,
+            KeyType::EcdsaP384,
+            KeyType::Rsa2048,
+            KeyType::Rsa4096,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// Where a certificate is in its lifecycle. Failures are not a phase: they are recorded in
+/// [`Record::failure`] and the record stays where it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Wanted, and no valid certificate exists yet.
+    Pending,
+    /// An order exists at the CA ([`Record::order`] holds its URL); the old certificate, if any,
+    /// keeps being served.
+    Validating,
+    /// A certificate is stored; it is (or is about to be) installed in HAProxy.
+    Issued,
+    /// The renewal time has passed: a new order is due, the current certificate keeps serving.
+    Expiring,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Validating => "validating",
+            Phase::Issued => "issued",
+            Phase::Expiring => "expiring",
+        }
+    }
+}
+
+/// One HTTP-01 challenge we answer: HAProxy forwards
+/// `/.well-known/acme-challenge/{token}` to the responder, which returns `key_authorization`.
+/// Neither value is secret (the CA fetches both over plain HTTP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub token: String,
+    pub key_authorization: String,
+}
+
+/// The order in flight for a record: what a restart needs to resume it instead of ordering again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderProgress {
+    /// The order's URL at the CA, persisted before anything else is done with the order.
+    pub url: String,
+    pub created_at: UnixTime,
+    /// The challenges published for this order, so a restarted responder keeps answering them.
+    #[serde(default)]
+    pub challenges: Vec<Challenge>,
+    /// True once the certificate key for this order is generated *and stored*. Finalize only
+    /// ever uses a stored key, so a crash after finalize cannot lose the key of the certificate.
+    #[serde(default)]
+    pub key_generated: bool,
+}
+
+/// What we know of the stored certificate (the PEM itself is kept by the store, not here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertMeta {
+    /// Serial number, upper-case hex without leading zeros (HAProxy's `show ssl cert` spelling).
+    pub serial: String,
+    pub not_before: UnixTime,
+    pub not_after: UnixTime,
+    /// SHA-256 of the leaf certificate's DER, lower-case hex.
+    pub fingerprint: String,
+    pub issued_at: UnixTime,
+}
+
+/// How a failure should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// Transient (network, CA hiccup, HAProxy down): retry with exponential backoff.
+    Retryable,
+    /// The CA said to slow down: retry no earlier than it said.
+    RateLimited,
+    /// Retrying cannot help (a rejected identifier, say): wait for a configuration change or an
+    /// operator.
+    Permanent,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Retryable => "retryable",
+            FailureKind::RateLimited => "rate-limited",
+            FailureKind::Permanent => "permanent",
+        }
+    }
+}
+
+/// The step that failed, so the dump says where a certificate is stuck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Account,
+    Order,
+    Validation,
+    Finalize,
+    Install,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Account => "account",
+            Step::Order => "order",
+            Step::Validation => "validation",
+            Step::Finalize => "finalize",
+            Step::Install => "install",
+        }
+    }
+}
+
+/// A recorded failure: the record stays in its phase and tries again at `next_attempt_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub step: Step,
+    pub kind: FailureKind,
+    pub error: String,
+    /// Consecutive failures since the last success.
+    pub attempts: u32,
+    pub at: UnixTime,
+    /// When to try again; `None` for a permanent failure (no retry until told).
+    pub next_attempt_at: Option<UnixTime>,
+}
+
+/// Everything persisted about one certificate. No key material: keys are stored apart and never
+/// pass through this type, so nothing that serializes a record can leak one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub schema_version: u32,
+    /// The certificate id: its first name, also the HAProxy file name `<id>.pem`.
+    pub id: String,
+    /// All names of the certificate, the id first.
+    pub names: Vec<String>,
+    pub key_type: KeyType,
+    pub phase: Phase,
+    pub order: Option<OrderProgress>,
+    pub cert: Option<CertMeta>,
+    /// Fingerprint of the certificate HAProxy was last confirmed to serve (file written, runtime
+    /// API committed and checked), or of the file written in files-only mode.
+    pub installed_fingerprint: Option<String>,
+    pub renew_at: Option<UnixTime>,
+    pub failure: Option<Failure>,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+}
+
+impl Record {
+    /// A new record for a wanted certificate: pending, nothing ordered yet.
+    pub fn new(names: Vec<String>, key_type: KeyType, now: UnixTime) -> Record {
+        Record {
+            schema_version: RECORD_SCHEMA_VERSION,
+            id: names[0].clone(),
+            names,
+            key_type,
+            phase: Phase::Pending,
+            order: None,
+            cert: None,
+            installed_fingerprint: None,
+            renew_at: None,
+            failure: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// True when the stored certificate is the one HAProxy was last confirmed to serve.
+    pub fn is_installed(&self) -> bool {
+        match (&self.cert, &self.installed_fingerprint) {
+            (Some(c), Some(f)) => &c.fingerprint == f,
+            _ => false,
+        }
+    }
+}

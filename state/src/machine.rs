@@ -1,0 +1,458 @@
+//! The pure lifecycle: `apply(record, event, now)` folds what happened into a record, and
+//! `plan(record, now)` says what the shell must do next for it, or when to look again.
+
+use crate::timing::{backoff_secs, renewal_time};
+use crate::{
+    CertMeta, Challenge, Failure, FailureKind, KeyType, OrderProgress, Phase, Record, Step,
+    UnixTime,
+};
+
+/// A failure as reported by the shell, already classified by the module that saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureReport {
+    pub step: Step,
+    pub kind: FailureKind,
+    pub error: String,
+    /// When the CA said to come back (`Retry-After` header or problem document): it always wins.
+    pub retry_after: Option<UnixTime>,
+    /// Random draw in 0..=1000 for backoff jitter; drawn by the shell so this crate stays pure.
+    pub jitter_permille: u16,
+    /// The order can never complete (invalid, expired, gone): forget it and order anew next time.
+    pub order_dead: bool,
+}
+
+/// Something that happened to a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The configuration wants this certificate with these names and key type.
+    Configured { names: Vec<String>, key_type: KeyType },
+    /// `new_order` returned this URL (persist before using it).
+    OrderCreated { url: String },
+    /// The challenges of the order are published in the responder (persisted for restarts).
+    ChallengesPublished { challenges: Vec<Challenge> },
+    /// The certificate key for the current order is generated and stored.
+    KeyStored,
+    /// The certificate chain is downloaded and stored with its key.
+    CertificateStored { meta: CertMeta },
+    /// HAProxy serves the certificate with this fingerprint (or, files-only, the file is written).
+    Installed { fingerprint: String },
+    Failed(FailureReport),
+    /// Time passed: an issued certificate whose renewal time has come becomes `Expiring`.
+    Tick,
+    /// An operator asked to renew now, or to retry after a permanent failure.
+    ForceRenew,
+}
+
+/// Work the shell must do for a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create a new order for the record's names, and persist its URL.
+    CreateOrder,
+    /// Take the order at `url` as far as it goes: answer challenges, store a key (unless
+    /// `key_generated`), finalize with the stored key, download and store the certificate.
+    DriveOrder { url: String, key_generated: bool },
+    /// Write `<id>.pem` and push the stored certificate into HAProxy.
+    Install { fingerprint: String },
+}
+
+/// What the shell should do with a record now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Run this action now.
+    Now(Action),
+    /// Nothing to do before this time (renewal, or the end of a backoff).
+    At(UnixTime),
+    /// Nothing to do until something from outside happens (a permanent failure).
+    Idle,
+}
+
+/// Folds `event` into `record` at time `now`, and returns the new record with the actions that
+/// are due at once.
+pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Action>) {
+    let mut r = record.clone();
+    match event {
+        Event::Configured { names, key_type } => {
+            if r.names != names || r.key_type != key_type {
+                r.id = names[0].clone();
+                r.names = names;
+                r.key_type = key_type;
+                restart_issuance(&mut r);
+            }
+        }
+        Event::OrderCreated { url } => {
+            r.order = Some(OrderProgress {
+                url,
+                created_at: now,
+                challenges: Vec::new(),
+                key_generated: false,
+            });
+            r.phase = Phase::Validating;
+        }
+        Event::ChallengesPublished { challenges } => {
+            if let Some(o) = r.order.as_mut() {
+                o.challenges = challenges;
+            }
+        }
+        Event::KeyStored => {
+            if let Some(o) = r.order.as_mut() {
+                o.key_generated = true;
+            }
+        }
+        Event::CertificateStored { meta } => {
+            r.renew_at = Some(renewal_time(meta.not_before, meta.not_after));
+            r.cert = Some(meta);
+            r.order = None;
+            r.phase = Phase::Issued;
+            r.failure = None;
+        }
+        Event::Installed { fingerprint } => {
+            if r.cert.as_ref().map(|c| &c.fingerprint) == Some(&fingerprint) {
+                r.installed_fingerprint = Some(fingerprint);
+                if r.failure.as_ref().map(|f| f.step) == Some(Step::Install) {
+                    r.failure = None;
+                }
+            }
+        }
+        Event::Failed(report) => {
+            let attempts = r.failure.as_ref().map_or(0, |f| f.attempts).saturating_add(1);
+            let next_attempt_at = match report.kind {
+                FailureKind::Permanent => None,
+                FailureKind::Retryable | FailureKind::RateLimited => {
+                    let backed_off = now + backoff_secs(attempts, report.jitter_permille);
+                    Some(report.retry_after.map_or(backed_off, |t| t.max(now)))
+                }
+            };
+            if report.order_dead {
+                r.order = None;
+                r.phase = if r.cert.is_some() {
+                    Phase::Expiring
+                } else {
+                    Phase::Pending
+                };
+            }
+            r.failure = Some(Failure {
+                step: report.step,
+                kind: report.kind,
+                error: report.error,
+                attempts,
+                at: now,
+                next_attempt_at,
+            });
+        }
+        Event::Tick => {
+            if r.phase == Phase::Issued && r.renew_at.is_some_and(|t| t <= now) {
+                r.phase = Phase::Expiring;
+            }
+        }
+        Event::ForceRenew => {
+            r.failure = None;
+            if r.phase == Phase::Issued {
+                r.phase = Phase::Expiring;
+            }
+        }
+    }
+    if r != *record {
+        r.updated_at = now;
+    }
+    let actions = match plan(&r, now) {
+        Plan::Now(a) => vec![a],
+        Plan::At(_) | Plan::Idle => Vec::new(),
+    };
+    (r, actions)
+}
+
+/// Forgets the order in flight (its names or key type are no longer wanted) and asks for a new
+/// certificate; the current one, if any, keeps serving meanwhile.
+fn restart_issuance(r: &mut Record) {
+    r.order = None;
+    r.failure = None;
+    r.phase = if r.cert.is_some() {
+        Phase::Expiring
+    } else {
+        Phase::Pending
+    };
+}
+
+/// What to do next for `record` at `now`. Installing a stored certificate comes first, so a
+/// renewal never delays serving a certificate we already have.
+pub fn plan(r: &Record, now: UnixTime) -> Plan {
+    if let Some(f) = &r.failure {
+        match f.next_attempt_at {
+            None => return Plan::Idle,
+            Some(t) if t > now => return Plan::At(t),
+            Some(_) => {}
+        }
+    }
+    if let Some(cert) = &r.cert {
+        if !r.is_installed() {
+            return Plan::Now(Action::Install {
+                fingerprint: cert.fingerprint.clone(),
+            });
+        }
+    }
+    match r.phase {
+        Phase::Pending | Phase::Expiring => Plan::Now(Action::CreateOrder),
+        Phase::Validating => match &r.order {
+            Some(o) => Plan::Now(Action::DriveOrder {
+                url: o.url.clone(),
+                key_generated: o.key_generated,
+            }),
+            // Not produced by `apply`; a hand-edited record still converges.
+            None => Plan::Now(Action::CreateOrder),
+        },
+        Phase::Issued => match r.renew_at {
+            Some(t) => Plan::At(t),
+            None => Plan::Idle,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KeyType, RECORD_SCHEMA_VERSION};
+
+    const T0: UnixTime = 1_700_000_000;
+    const DAY: i64 = 86_400;
+
+    fn pending() -> Record {
+        Record::new(vec!["a.test".into(), "www.a.test".into()], KeyType::EcdsaP256, T0)
+    }
+
+    fn meta(fp: &str, nb: UnixTime, days: i64) -> CertMeta {
+        CertMeta {
+            serial: "1A".into(),
+            not_before: nb,
+            not_after: nb + days * DAY,
+            fingerprint: fp.into(),
+            issued_at: nb,
+        }
+    }
+
+    fn fail(kind: FailureKind, retry_after: Option<UnixTime>, order_dead: bool) -> Event {
+        Event::Failed(FailureReport {
+            step: Step::Validation,
+            kind,
+            error: "boom".into(),
+            retry_after,
+            jitter_permille: 1000,
+            order_dead,
+        })
+    }
+
+    /// Runs a sequence of events, returning the final record and the actions after each step.
+    fn run(mut r: Record, events: Vec<(Event, UnixTime)>) -> (Record, Vec<Vec<Action>>) {
+        let mut all = Vec::new();
+        for (e, now) in events {
+            let (next, actions) = apply(&r, e, now);
+            r = next;
+            all.push(actions);
+        }
+        (r, all)
+    }
+
+    fn issued(fp: &str) -> Record {
+        run(
+            pending(),
+            vec![
+                (Event::OrderCreated { url: "u1".into() }, T0),
+                (Event::KeyStored, T0),
+                (Event::CertificateStored { meta: meta(fp, T0, 90) }, T0),
+                (Event::Installed { fingerprint: fp.into() }, T0),
+            ],
+        )
+        .0
+    }
+
+    #[test]
+    fn a_new_record_orders_at_once() {
+        let r = pending();
+        assert_eq!(r.schema_version, RECORD_SCHEMA_VERSION);
+        assert_eq!(plan(&r, T0), Plan::Now(Action::CreateOrder));
+    }
+
+    #[test]
+    fn happy_path_table() {
+        // (event, expected phase after, expected actions after)
+        let url = "https://ca/order/1".to_string();
+        let table: Vec<(Event, Phase, Vec<Action>)> = vec![
+            (
+                Event::OrderCreated { url: url.clone() },
+                Phase::Validating,
+                vec![Action::DriveOrder { url: url.clone(), key_generated: false }],
+            ),
+            (
+                Event::ChallengesPublished {
+                    challenges: vec![Challenge { token: "t".into(), key_authorization: "t.k".into() }],
+                },
+                Phase::Validating,
+                vec![Action::DriveOrder { url: url.clone(), key_generated: false }],
+            ),
+            (
+                Event::KeyStored,
+                Phase::Validating,
+                vec![Action::DriveOrder { url: url.clone(), key_generated: true }],
+            ),
+            (
+                Event::CertificateStored { meta: meta("f1", T0, 90) },
+                Phase::Issued,
+                vec![Action::Install { fingerprint: "f1".into() }],
+            ),
+            (Event::Installed { fingerprint: "f1".into() }, Phase::Issued, vec![]),
+        ];
+        let mut r = pending();
+        for (i, (event, phase, actions)) in table.into_iter().enumerate() {
+            let (next, got) = apply(&r, event, T0);
+            assert_eq!(next.phase, phase, "step {i}");
+            assert_eq!(got, actions, "step {i}");
+            r = next;
+        }
+        assert!(r.order.is_none(), "the order is forgotten once the certificate is stored");
+        assert!(r.is_installed());
+        assert_eq!(r.renew_at, Some(T0 + 60 * DAY), "2/3 of a 90-day lifetime");
+        assert_eq!(plan(&r, T0), Plan::At(T0 + 60 * DAY));
+    }
+
+    #[test]
+    fn renewal_keeps_the_old_certificate_until_the_new_one_is_installed() {
+        let r = issued("f1");
+        let renew_at = r.renew_at.unwrap();
+        let (r, a) = apply(&r, Event::Tick, renew_at - 1);
+        assert_eq!(r.phase, Phase::Issued);
+        assert!(a.is_empty());
+        let (r, a) = apply(&r, Event::Tick, renew_at);
+        assert_eq!(r.phase, Phase::Expiring);
+        assert_eq!(a, vec![Action::CreateOrder]);
+        let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, renew_at);
+        assert_eq!(r.phase, Phase::Validating);
+        assert!(r.is_installed(), "the old certificate is still the installed one");
+        let (r, a) = apply(
+            &r,
+            Event::CertificateStored { meta: meta("f2", renew_at, 90) },
+            renew_at,
+        );
+        assert_eq!(a, vec![Action::Install { fingerprint: "f2".into() }]);
+        assert_eq!(r.installed_fingerprint.as_deref(), Some("f1"));
+        let (r, a) = apply(&r, Event::Installed { fingerprint: "f2".into() }, renew_at);
+        assert!(a.is_empty());
+        assert!(r.is_installed());
+    }
+
+    #[test]
+    fn a_stale_install_report_is_ignored() {
+        let r = issued("f1");
+        let (r, _) = apply(&r, Event::ForceRenew, T0);
+        let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, T0);
+        let (r, _) = apply(&r, Event::CertificateStored { meta: meta("f2", T0, 90) }, T0);
+        let (r, a) = apply(&r, Event::Installed { fingerprint: "f1".into() }, T0);
+        assert!(!r.is_installed());
+        assert_eq!(a, vec![Action::Install { fingerprint: "f2".into() }]);
+    }
+
+    #[test]
+    fn failures_are_data_and_back_off() {
+        let (r, _) = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
+        let (r, a) = apply(&r, fail(FailureKind::Retryable, None, false), T0);
+        assert!(a.is_empty(), "no action while backing off");
+        let f = r.failure.clone().unwrap();
+        assert_eq!((f.attempts, f.step), (1, Step::Validation));
+        assert_eq!(r.phase, Phase::Validating, "a failure is not a phase");
+        let first = f.next_attempt_at.unwrap();
+        assert!(first > T0);
+        assert_eq!(plan(&r, T0), Plan::At(first));
+        // The order is resumed after the backoff, not replaced.
+        assert_eq!(
+            plan(&r, first),
+            Plan::Now(Action::DriveOrder { url: "u".into(), key_generated: false })
+        );
+        let (r, _) = apply(&r, fail(FailureKind::Retryable, None, false), first);
+        let f2 = r.failure.clone().unwrap();
+        assert_eq!(f2.attempts, 2);
+        assert!(f2.next_attempt_at.unwrap() - first > first - T0, "the delay grows");
+    }
+
+    #[test]
+    fn retry_after_wins_over_backoff() {
+        let (r, _) = apply(&pending(), fail(FailureKind::RateLimited, Some(T0 + 7 * DAY), false), T0);
+        assert_eq!(r.failure.unwrap().next_attempt_at, Some(T0 + 7 * DAY));
+        let (r, _) = apply(&pending(), fail(FailureKind::Retryable, Some(T0 + 1), false), T0);
+        assert_eq!(r.failure.unwrap().next_attempt_at, Some(T0 + 1));
+    }
+
+    #[test]
+    fn a_dead_order_is_dropped_and_ordered_again_after_backoff() {
+        let (r, _) = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
+        let (r, _) = apply(&r, fail(FailureKind::Retryable, None, true), T0);
+        assert_eq!(r.phase, Phase::Pending);
+        assert!(r.order.is_none());
+        let t = r.failure.as_ref().unwrap().next_attempt_at.unwrap();
+        assert_eq!(plan(&r, t), Plan::Now(Action::CreateOrder));
+        // Once issued, a dead renewal order falls back to expiring, still serving the old cert.
+        let r = issued("f1");
+        let (r, _) = apply(&r, Event::ForceRenew, T0);
+        let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, T0);
+        let (r, _) = apply(&r, fail(FailureKind::Retryable, None, true), T0);
+        assert_eq!(r.phase, Phase::Expiring);
+        assert!(r.is_installed());
+    }
+
+    #[test]
+    fn a_permanent_failure_waits_for_the_operator_or_the_config() {
+        let (r, _) = apply(&pending(), fail(FailureKind::Permanent, None, true), T0);
+        assert_eq!(plan(&r, T0 + 365 * DAY), Plan::Idle);
+        let (r2, a) = apply(&r, Event::ForceRenew, T0);
+        assert_eq!(a, vec![Action::CreateOrder]);
+        assert!(r2.failure.is_none());
+        let (r3, a) = apply(
+            &r,
+            Event::Configured { names: vec!["a.test".into()], key_type: KeyType::EcdsaP256 },
+            T0,
+        );
+        assert_eq!(a, vec![Action::CreateOrder]);
+        assert_eq!(r3.names, vec!["a.test".to_string()]);
+    }
+
+    #[test]
+    fn configuration_changes() {
+        let r = issued("f1");
+        // The same configuration changes nothing, not even updated_at.
+        let (same, a) = apply(
+            &r,
+            Event::Configured { names: r.names.clone(), key_type: r.key_type },
+            T0 + 5,
+        );
+        assert_eq!(same, r);
+        assert!(a.is_empty());
+        // A new name re-issues, keeping the served certificate meanwhile.
+        let names = vec!["a.test".to_string(), "b.a.test".to_string()];
+        let (r2, a) = apply(
+            &r,
+            Event::Configured { names: names.clone(), key_type: r.key_type },
+            T0 + 5,
+        );
+        assert_eq!((r2.phase, a), (Phase::Expiring, vec![Action::CreateOrder]));
+        assert_eq!(r2.updated_at, T0 + 5);
+        assert!(r2.is_installed());
+        // A change while validating drops the order for the old names.
+        let (v, _) = apply(&r2, Event::OrderCreated { url: "u".into() }, T0);
+        let (v2, _) = apply(&v, Event::Configured { names, key_type: KeyType::Rsa2048 }, T0);
+        assert!(v2.order.is_none());
+        assert_eq!(v2.phase, Phase::Expiring);
+    }
+
+    #[test]
+    fn install_failure_retries_the_install_not_the_order() {
+        let (r, _) = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
+        let (r, _) = apply(&r, Event::CertificateStored { meta: meta("f1", T0, 90) }, T0);
+        let mut report = match fail(FailureKind::Retryable, None, false) {
+            Event::Failed(f) => f,
+            _ => unreachable!(),
+        };
+        report.step = Step::Install;
+        let (r, _) = apply(&r, Event::Failed(report), T0);
+        let t = r.failure.as_ref().unwrap().next_attempt_at.unwrap();
+        assert_eq!(plan(&r, t), Plan::Now(Action::Install { fingerprint: "f1".into() }));
+        let (r, _) = apply(&r, Event::Installed { fingerprint: "f1".into() }, t);
+        assert!(r.failure.is_none());
+    }
+}

@@ -1,0 +1,69 @@
+//! When to renew a certificate and how long to wait after a failure.
+
+use crate::UnixTime;
+
+/// Ten days: below this lifetime, renew at half of it instead of two thirds.
+const SHORT_LIFETIME_SECS: i64 = 10 * 86_400;
+/// First retry delay after a failure.
+const BACKOFF_BASE_SECS: i64 = 5;
+/// No failure ever waits longer than a day before the next try (unless the CA says so).
+pub const BACKOFF_CAP_SECS: i64 = 86_400;
+
+/// The renewal time of a certificate without ARI: two thirds into its lifetime, or half-way for
+/// lifetimes under ten days (short-lived certificates need more room for a failed renewal).
+pub fn renewal_time(not_before: UnixTime, not_after: UnixTime) -> UnixTime {
+    let lifetime = (not_after - not_before).max(0);
+    if lifetime < SHORT_LIFETIME_SECS {
+        not_before + lifetime / 2
+    } else {
+        not_before + lifetime * 2 / 3
+    }
+}
+
+/// Delay before retry number `attempts` (1 = after the first failure): exponential from 5 s,
+/// capped at a day, scaled by a jitter factor in [0.5, 1.0] from `jitter_permille` (0..=1000) so
+/// that many certificates failing together do not retry together.
+pub fn backoff_secs(attempts: u32, jitter_permille: u16) -> i64 {
+    let exp = attempts.saturating_sub(1).min(20);
+    let full = BACKOFF_BASE_SECS.saturating_mul(1_i64 << exp).min(BACKOFF_CAP_SECS);
+    let jitter = i64::from(jitter_permille.min(1000));
+    (full * (1000 + jitter) / 2000).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_at_two_thirds_or_half() {
+        let day = 86_400;
+        // (lifetime in seconds, expected offset of the renewal time from not_before)
+        let table = [
+            (90 * day, 60 * day),
+            (30 * day, 20 * day),
+            (10 * day, 10 * day * 2 / 3),
+            (10 * day - 1, (10 * day - 1) / 2),
+            (6 * day, 3 * day),
+            (600, 300),
+            (0, 0),
+        ];
+        for (lifetime, offset) in table {
+            assert_eq!(renewal_time(1000, 1000 + lifetime), 1000 + offset, "lifetime {lifetime}");
+        }
+        assert_eq!(renewal_time(1000, 500), 1000, "a backwards validity renews at once");
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        assert_eq!(backoff_secs(1, 1000), 5);
+        assert_eq!(backoff_secs(2, 1000), 10);
+        assert_eq!(backoff_secs(3, 1000), 20);
+        assert_eq!(backoff_secs(1, 0), 2, "jitter halves at most");
+        assert_eq!(backoff_secs(40, 1000), BACKOFF_CAP_SECS);
+        assert_eq!(backoff_secs(u32::MAX, 1000), BACKOFF_CAP_SECS);
+        assert!(backoff_secs(40, 0) >= BACKOFF_CAP_SECS / 2);
+        for attempts in 1..30 {
+            assert!(backoff_secs(attempts + 1, 1000) >= backoff_secs(attempts, 1000));
+        }
+    }
+}
