@@ -1,1 +1,163 @@
-fn main(){}
+//! Entry point: parses the command line, validates the configuration, and runs the command.
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use haproxy_acme::cli::{self, Command, StateCommand};
+use haproxy_acme::config::{Config, Need};
+use haproxy_acme::installer::Installer;
+use haproxy_acme::reconciler::{self, Shared};
+use haproxy_acme::responder::{self, Tokens};
+use haproxy_acme::store::{Store, StoreError};
+use haproxy_acme::{admin, haproxy_snippet, signals};
+
+fn main() -> ExitCode {
+    let options = std::env::var("OPTIONS").ok();
+    let cli = match cli::parse(std::env::args_os().collect(), options.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            if e.use_stderr() {
+                if options.as_deref().is_some_and(|o| !o.trim().is_empty()) {
+                    eprintln!(
+                        "(OPTIONS={:?} is part of the command line)",
+                        options.unwrap_or_default()
+                    );
+                }
+                return ExitCode::from(2);
+            }
+            return ExitCode::SUCCESS;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let need = match cli.command {
+        Command::Run | Command::CheckConfig => Need::Daemon,
+        Command::State { .. } | Command::HaproxyConfig => Need::StoreOnly,
+    };
+    let config = match Config::from_raw(&cli.settings, need) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::CheckConfig => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config).expect("config serializes")
+            );
+            Ok(())
+        }
+        Command::HaproxyConfig => {
+            print!("{}", haproxy_snippet::snippet(&config));
+            Ok(())
+        }
+        Command::State {
+            command: StateCommand::Dump,
+        } => runtime().and_then(|rt| rt.block_on(state_dump(&config))),
+        Command::Run => runtime().and_then(|rt| rt.block_on(run(config))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `state dump`: from the running daemon if there is one, else straight from the store.
+async fn state_dump(config: &Config) -> anyhow::Result<()> {
+    if let Some(json) = admin::get(&config.data_dir, "/state")
+        .await
+        .with_context(|| {
+            format!(
+                "asking the daemon through {}",
+                admin::socket_path(&config.data_dir).display()
+            )
+        })?
+    {
+        print!("{json}");
+        return Ok(());
+    }
+    match Store::open(&config.data_dir) {
+        Ok(store) => {
+            print!("{}", admin::dump_json(&store)?);
+            Ok(())
+        }
+        Err(StoreError::Locked(dir)) => anyhow::bail!(
+            "the store in {} is held by a running daemon whose admin socket {} does not answer",
+            dir.display(),
+            admin::socket_path(&dir).display()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The daemon.
+async fn run(config: Config) -> anyhow::Result<()> {
+    // The responder listens before anything else, so validation traffic always has a target.
+    let listener = responder::bind(config.responder_listen)
+        .await
+        .with_context(|| {
+            format!(
+            "cannot listen on RESPONDER_LISTEN {} (port 80 needs root or CAP_NET_BIND_SERVICE; \
+             or pick another address that HAProxy forwards to)",
+            config.responder_listen
+        )
+        })?;
+    let shutdown = signals::shutdown_on_signals().context("cannot install signal handlers")?;
+    let tokens = Tokens::default();
+    let responder_task = tokio::spawn(responder::serve(listener, tokens.clone(), shutdown.clone()));
+    tracing::info!(listen = %config.responder_listen, "challenge responder listening");
+
+    let store = Store::open(&config.data_dir)?;
+    let installer = Installer::new(
+        config.certs_dir.clone(),
+        config.haproxy_certs_dir.clone(),
+        config.haproxy_runtime_api.clone(),
+    );
+    if installer.ensure_default_cert()? {
+        tracing::info!(dir = %config.certs_dir.display(), "wrote the self-signed default certificate 000-default.pem");
+    }
+    let admin_listener = admin::bind(&config.data_dir).with_context(|| {
+        format!(
+            "cannot bind the admin socket {}",
+            admin::socket_path(&config.data_dir).display()
+        )
+    })?;
+    match &config.haproxy_runtime_api {
+        Some(a) => tracing::info!(runtime_api = %a, "installing through HAProxy's runtime API"),
+        None => tracing::info!("HAPROXY_RUNTIME_API unset: writing certificate files only"),
+    }
+    let shared = Arc::new(Shared::new(config, store, installer, tokens));
+    let ids = reconciler::sync_config(&shared)?;
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(certificates = ids.len(), directory = %shared.config.acme_directory, "reconciler started");
+    reconciler::run(shared.clone(), ids, shutdown).await;
+    let _ = tokio::join!(responder_task, admin_task);
+    let _ = std::fs::remove_file(admin::socket_path(&shared.config.data_dir));
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -25,17 +25,28 @@ pub struct FailureReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The configuration wants this certificate with these names and key type.
-    Configured { names: Vec<String>, key_type: KeyType },
+    Configured {
+        names: Vec<String>,
+        key_type: KeyType,
+    },
     /// `new_order` returned this URL (persist before using it).
-    OrderCreated { url: String },
+    OrderCreated {
+        url: String,
+    },
     /// The challenges of the order are published in the responder (persisted for restarts).
-    ChallengesPublished { challenges: Vec<Challenge> },
+    ChallengesPublished {
+        challenges: Vec<Challenge>,
+    },
     /// The certificate key for the current order is generated and stored.
     KeyStored,
     /// The certificate chain is downloaded and stored with its key.
-    CertificateStored { meta: CertMeta },
+    CertificateStored {
+        meta: CertMeta,
+    },
     /// HAProxy serves the certificate with this fingerprint (or, files-only, the file is written).
-    Installed { fingerprint: String },
+    Installed {
+        fingerprint: String,
+    },
     Failed(FailureReport),
     /// Time passed: an issued certificate whose renewal time has come becomes `Expiring`.
     Tick,
@@ -114,7 +125,11 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
             }
         }
         Event::Failed(report) => {
-            let attempts = r.failure.as_ref().map_or(0, |f| f.attempts).saturating_add(1);
+            let attempts = r
+                .failure
+                .as_ref()
+                .map_or(0, |f| f.attempts)
+                .saturating_add(1);
             let next_attempt_at = match report.kind {
                 FailureKind::Permanent => None,
                 FailureKind::Retryable | FailureKind::RateLimited => {
@@ -216,7 +231,11 @@ mod tests {
     const DAY: i64 = 86_400;
 
     fn pending() -> Record {
-        Record::new(vec!["a.test".into(), "www.a.test".into()], KeyType::EcdsaP256, T0)
+        Record::new(
+            vec!["a.test".into(), "www.a.test".into()],
+            KeyType::EcdsaP256,
+            T0,
+        )
     }
 
     fn meta(fp: &str, nb: UnixTime, days: i64) -> CertMeta {
@@ -257,8 +276,18 @@ mod tests {
             vec![
                 (Event::OrderCreated { url: "u1".into() }, T0),
                 (Event::KeyStored, T0),
-                (Event::CertificateStored { meta: meta(fp, T0, 90) }, T0),
-                (Event::Installed { fingerprint: fp.into() }, T0),
+                (
+                    Event::CertificateStored {
+                        meta: meta(fp, T0, 90),
+                    },
+                    T0,
+                ),
+                (
+                    Event::Installed {
+                        fingerprint: fp.into(),
+                    },
+                    T0,
+                ),
             ],
         )
         .0
@@ -279,26 +308,48 @@ mod tests {
             (
                 Event::OrderCreated { url: url.clone() },
                 Phase::Validating,
-                vec![Action::DriveOrder { url: url.clone(), key_generated: false }],
+                vec![Action::DriveOrder {
+                    url: url.clone(),
+                    key_generated: false,
+                }],
             ),
             (
                 Event::ChallengesPublished {
-                    challenges: vec![Challenge { token: "t".into(), key_authorization: "t.k".into() }],
+                    challenges: vec![Challenge {
+                        token: "t".into(),
+                        key_authorization: "t.k".into(),
+                    }],
                 },
                 Phase::Validating,
-                vec![Action::DriveOrder { url: url.clone(), key_generated: false }],
+                vec![Action::DriveOrder {
+                    url: url.clone(),
+                    key_generated: false,
+                }],
             ),
             (
                 Event::KeyStored,
                 Phase::Validating,
-                vec![Action::DriveOrder { url: url.clone(), key_generated: true }],
+                vec![Action::DriveOrder {
+                    url: url.clone(),
+                    key_generated: true,
+                }],
             ),
             (
-                Event::CertificateStored { meta: meta("f1", T0, 90) },
+                Event::CertificateStored {
+                    meta: meta("f1", T0, 90),
+                },
                 Phase::Issued,
-                vec![Action::Install { fingerprint: "f1".into() }],
+                vec![Action::Install {
+                    fingerprint: "f1".into(),
+                }],
             ),
-            (Event::Installed { fingerprint: "f1".into() }, Phase::Issued, vec![]),
+            (
+                Event::Installed {
+                    fingerprint: "f1".into(),
+                },
+                Phase::Issued,
+                vec![],
+            ),
         ];
         let mut r = pending();
         for (i, (event, phase, actions)) in table.into_iter().enumerate() {
@@ -307,7 +358,10 @@ mod tests {
             assert_eq!(got, actions, "step {i}");
             r = next;
         }
-        assert!(r.order.is_none(), "the order is forgotten once the certificate is stored");
+        assert!(
+            r.order.is_none(),
+            "the order is forgotten once the certificate is stored"
+        );
         assert!(r.is_installed());
         assert_eq!(r.renew_at, Some(T0 + 60 * DAY), "2/3 of a 90-day lifetime");
         assert_eq!(plan(&r, T0), Plan::At(T0 + 60 * DAY));
@@ -325,15 +379,31 @@ mod tests {
         assert_eq!(a, vec![Action::CreateOrder]);
         let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, renew_at);
         assert_eq!(r.phase, Phase::Validating);
-        assert!(r.is_installed(), "the old certificate is still the installed one");
+        assert!(
+            r.is_installed(),
+            "the old certificate is still the installed one"
+        );
         let (r, a) = apply(
             &r,
-            Event::CertificateStored { meta: meta("f2", renew_at, 90) },
+            Event::CertificateStored {
+                meta: meta("f2", renew_at, 90),
+            },
             renew_at,
         );
-        assert_eq!(a, vec![Action::Install { fingerprint: "f2".into() }]);
+        assert_eq!(
+            a,
+            vec![Action::Install {
+                fingerprint: "f2".into()
+            }]
+        );
         assert_eq!(r.installed_fingerprint.as_deref(), Some("f1"));
-        let (r, a) = apply(&r, Event::Installed { fingerprint: "f2".into() }, renew_at);
+        let (r, a) = apply(
+            &r,
+            Event::Installed {
+                fingerprint: "f2".into(),
+            },
+            renew_at,
+        );
         assert!(a.is_empty());
         assert!(r.is_installed());
     }
@@ -343,10 +413,27 @@ mod tests {
         let r = issued("f1");
         let (r, _) = apply(&r, Event::ForceRenew, T0);
         let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, T0);
-        let (r, _) = apply(&r, Event::CertificateStored { meta: meta("f2", T0, 90) }, T0);
-        let (r, a) = apply(&r, Event::Installed { fingerprint: "f1".into() }, T0);
+        let (r, _) = apply(
+            &r,
+            Event::CertificateStored {
+                meta: meta("f2", T0, 90),
+            },
+            T0,
+        );
+        let (r, a) = apply(
+            &r,
+            Event::Installed {
+                fingerprint: "f1".into(),
+            },
+            T0,
+        );
         assert!(!r.is_installed());
-        assert_eq!(a, vec![Action::Install { fingerprint: "f2".into() }]);
+        assert_eq!(
+            a,
+            vec![Action::Install {
+                fingerprint: "f2".into()
+            }]
+        );
     }
 
     #[test]
@@ -363,19 +450,33 @@ mod tests {
         // The order is resumed after the backoff, not replaced.
         assert_eq!(
             plan(&r, first),
-            Plan::Now(Action::DriveOrder { url: "u".into(), key_generated: false })
+            Plan::Now(Action::DriveOrder {
+                url: "u".into(),
+                key_generated: false
+            })
         );
         let (r, _) = apply(&r, fail(FailureKind::Retryable, None, false), first);
         let f2 = r.failure.clone().unwrap();
         assert_eq!(f2.attempts, 2);
-        assert!(f2.next_attempt_at.unwrap() - first > first - T0, "the delay grows");
+        assert!(
+            f2.next_attempt_at.unwrap() - first > first - T0,
+            "the delay grows"
+        );
     }
 
     #[test]
     fn retry_after_wins_over_backoff() {
-        let (r, _) = apply(&pending(), fail(FailureKind::RateLimited, Some(T0 + 7 * DAY), false), T0);
+        let (r, _) = apply(
+            &pending(),
+            fail(FailureKind::RateLimited, Some(T0 + 7 * DAY), false),
+            T0,
+        );
         assert_eq!(r.failure.unwrap().next_attempt_at, Some(T0 + 7 * DAY));
-        let (r, _) = apply(&pending(), fail(FailureKind::Retryable, Some(T0 + 1), false), T0);
+        let (r, _) = apply(
+            &pending(),
+            fail(FailureKind::Retryable, Some(T0 + 1), false),
+            T0,
+        );
         assert_eq!(r.failure.unwrap().next_attempt_at, Some(T0 + 1));
     }
 
@@ -405,7 +506,10 @@ mod tests {
         assert!(r2.failure.is_none());
         let (r3, a) = apply(
             &r,
-            Event::Configured { names: vec!["a.test".into()], key_type: KeyType::EcdsaP256 },
+            Event::Configured {
+                names: vec!["a.test".into()],
+                key_type: KeyType::EcdsaP256,
+            },
             T0,
         );
         assert_eq!(a, vec![Action::CreateOrder]);
@@ -418,7 +522,10 @@ mod tests {
         // The same configuration changes nothing, not even updated_at.
         let (same, a) = apply(
             &r,
-            Event::Configured { names: r.names.clone(), key_type: r.key_type },
+            Event::Configured {
+                names: r.names.clone(),
+                key_type: r.key_type,
+            },
             T0 + 5,
         );
         assert_eq!(same, r);
@@ -427,7 +534,10 @@ mod tests {
         let names = vec!["a.test".to_string(), "b.a.test".to_string()];
         let (r2, a) = apply(
             &r,
-            Event::Configured { names: names.clone(), key_type: r.key_type },
+            Event::Configured {
+                names: names.clone(),
+                key_type: r.key_type,
+            },
             T0 + 5,
         );
         assert_eq!((r2.phase, a), (Phase::Expiring, vec![Action::CreateOrder]));
@@ -435,7 +545,14 @@ mod tests {
         assert!(r2.is_installed());
         // A change while validating drops the order for the old names.
         let (v, _) = apply(&r2, Event::OrderCreated { url: "u".into() }, T0);
-        let (v2, _) = apply(&v, Event::Configured { names, key_type: KeyType::Rsa2048 }, T0);
+        let (v2, _) = apply(
+            &v,
+            Event::Configured {
+                names,
+                key_type: KeyType::Rsa2048,
+            },
+            T0,
+        );
         assert!(v2.order.is_none());
         assert_eq!(v2.phase, Phase::Expiring);
     }
@@ -443,7 +560,13 @@ mod tests {
     #[test]
     fn install_failure_retries_the_install_not_the_order() {
         let (r, _) = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
-        let (r, _) = apply(&r, Event::CertificateStored { meta: meta("f1", T0, 90) }, T0);
+        let (r, _) = apply(
+            &r,
+            Event::CertificateStored {
+                meta: meta("f1", T0, 90),
+            },
+            T0,
+        );
         let mut report = match fail(FailureKind::Retryable, None, false) {
             Event::Failed(f) => f,
             _ => unreachable!(),
@@ -451,8 +574,19 @@ mod tests {
         report.step = Step::Install;
         let (r, _) = apply(&r, Event::Failed(report), T0);
         let t = r.failure.as_ref().unwrap().next_attempt_at.unwrap();
-        assert_eq!(plan(&r, t), Plan::Now(Action::Install { fingerprint: "f1".into() }));
-        let (r, _) = apply(&r, Event::Installed { fingerprint: "f1".into() }, t);
+        assert_eq!(
+            plan(&r, t),
+            Plan::Now(Action::Install {
+                fingerprint: "f1".into()
+            })
+        );
+        let (r, _) = apply(
+            &r,
+            Event::Installed {
+                fingerprint: "f1".into(),
+            },
+            t,
+        );
         assert!(r.failure.is_none());
     }
 }

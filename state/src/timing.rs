@@ -25,7 +25,9 @@ pub fn renewal_time(not_before: UnixTime, not_after: UnixTime) -> UnixTime {
 /// that many certificates failing together do not retry together.
 pub fn backoff_secs(attempts: u32, jitter_permille: u16) -> i64 {
     let exp = attempts.saturating_sub(1).min(20);
-    let full = BACKOFF_BASE_SECS.saturating_mul(1_i64 << exp).min(BACKOFF_CAP_SECS);
+    let full = BACKOFF_BASE_SECS
+        .saturating_mul(1_i64 << exp)
+        .min(BACKOFF_CAP_SECS);
     let jitter = i64::from(jitter_permille.min(1000));
     (full * (1000 + jitter) / 2000).max(1)
 }
@@ -48,9 +50,17 @@ mod tests {
             (0, 0),
         ];
         for (lifetime, offset) in table {
-            assert_eq!(renewal_time(1000, 1000 + lifetime), 1000 + offset, "lifetime {lifetime}");
+            assert_eq!(
+                renewal_time(1000, 1000 + lifetime),
+                1000 + offset,
+                "lifetime {lifetime}"
+            );
         }
-        assert_eq!(renewal_time(1000, 500), 1000, "a backwards validity renews at once");
+        assert_eq!(
+            renewal_time(1000, 500),
+            1000,
+            "a backwards validity renews at once"
+        );
     }
 
     #[test]

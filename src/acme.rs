@@ -1,0 +1,376 @@
+//! The ACME client: account load/create, order create/restore by URL, HTTP-01 authorizations,
+//! finalize with a key we generated and stored, certificate download. The only user of
+//! instant-acme; its errors are classified here before they reach the core.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use haproxy_acme_state::{Challenge, FailureKind, Step, UnixTime};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{
+    Account, AuthorizationStatus, BodyWrapper, ChallengeStatus, ChallengeType, Identifier, Key,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// Order polling: start fast (pebble and Let's Encrypt often finish within tens of
+/// milliseconds) and back off, instead of the fixed one-to-five-second sleeps of other clients.
+const POLL: RetryPolicy = RetryPolicy::new()
+    .initial_delay(Duration::from_millis(20))
+    .backoff(1.5)
+    .timeout(Duration::from_secs(120));
+
+/// An ACME failure, classified for the core.
+#[derive(Debug, Clone)]
+pub struct AcmeError {
+    pub step: Step,
+    pub kind: FailureKind,
+    pub message: String,
+    pub retry_after: Option<UnixTime>,
+    /// The order can never complete: the next attempt must create a new one.
+    pub order_dead: bool,
+}
+
+impl AcmeError {
+    fn new(step: Step, kind: FailureKind, message: impl Into<String>) -> AcmeError {
+        AcmeError {
+            step,
+            kind,
+            message: message.into(),
+            retry_after: None,
+            order_dead: false,
+        }
+    }
+
+    fn dead(step: Step, message: impl Into<String>) -> AcmeError {
+        AcmeError {
+            order_dead: true,
+            ..AcmeError::new(step, FailureKind::Retryable, message)
+        }
+    }
+
+    /// Classifies an instant-acme error: rate limits and permanent refusals by their RFC 8555
+    /// problem type, a vanished order (404) as dead, everything else as retryable.
+    fn from_acme(step: Step, e: instant_acme::Error) -> AcmeError {
+        match e {
+            instant_acme::Error::Api(p) => {
+                let kind_name = p
+                    .r#type
+                    .as_deref()
+                    .unwrap_or("")
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or("");
+                let message = format!(
+                    "CA refused: {}{}",
+                    p.detail.as_deref().unwrap_or("(no detail)"),
+                    p.r#type
+                        .as_deref()
+                        .map(|t| format!(" [{t}]"))
+                        .unwrap_or_default()
+                );
+                let kind = match kind_name {
+                    "rateLimited" => FailureKind::RateLimited,
+                    "rejectedIdentifier"
+                    | "unsupportedIdentifier"
+                    | "caa"
+                    | "badCSR"
+                    | "badSignatureAlgorithm"
+                    | "invalidContact"
+                    | "unsupportedContact"
+                    | "userActionRequired"
+                    | "externalAccountRequired" => FailureKind::Permanent,
+                    _ => FailureKind::Retryable,
+                };
+                let mut err = AcmeError::new(step, kind, message);
+                err.order_dead = p.status == Some(404);
+                err
+            }
+            instant_acme::Error::Timeout(when) => {
+                let mut err =
+                    AcmeError::new(step, FailureKind::Retryable, "timed out waiting for the CA");
+                err.retry_after = when.map(|i| unix_at(i));
+                err
+            }
+            other => AcmeError::new(step, FailureKind::Retryable, other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for AcmeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn unix_at(i: Instant) -> UnixTime {
+    let from_now = i.saturating_duration_since(Instant::now());
+    let t = SystemTime::now() + from_now;
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What `drive_order` needs from its caller at the two durable points of an order.
+pub trait OrderHooks {
+    /// Publish these challenges (responder map and store) before the CA is told to validate.
+    fn publish(
+        &self,
+        challenges: Vec<Challenge>,
+    ) -> impl Future<Output = Result<(), AcmeError>> + Send;
+    /// The stored certificate key for this order, generating and storing one first if needed.
+    fn key_pem(&self) -> impl Future<Output = Result<String, AcmeError>> + Send;
+}
+
+/// A connected ACME account.
+pub struct AcmeClient {
+    account: Account,
+}
+
+impl AcmeClient {
+    /// Loads the account for the configured directory, or creates it from a key that is stored
+    /// before the CA hears of it (so a crash cannot leave an account we hold no key for).
+    pub async fn connect(config: &Config, store: &Store) -> Result<AcmeClient, AcmeError> {
+        let step = Step::Account;
+        let err = |m: String| AcmeError::new(step, FailureKind::Retryable, m);
+        let directory = config.acme_directory.clone();
+        let builder = || -> Result<_, AcmeError> {
+            Ok(Account::builder_with_http(http_client(
+                config.acme_ca_bundle.as_deref(),
+            )?))
+        };
+        if let Some(creds) = store.account(&directory).map_err(|e| err(e.to_string()))? {
+            let creds = serde_json::from_slice(&creds)
+                .map_err(|e| err(format!("stored account credentials are unreadable: {e}")))?;
+            let account = builder()?
+                .from_credentials(creds)
+                .await
+                .map_err(|e| AcmeError::from_acme(step, e))?;
+            return Ok(AcmeClient { account });
+        }
+        let der = match store
+            .account_key(&directory)
+            .map_err(|e| err(e.to_string()))?
+        {
+            Some(der) => der,
+            None => {
+                let (_, pkcs8) = Key::generate_pkcs8().map_err(|e| err(e.to_string()))?;
+                let der = pkcs8.secret_pkcs8_der().to_vec();
+                store
+                    .put_account_key(&directory, &der)
+                    .map_err(|e| err(e.to_string()))?;
+                der
+            }
+        };
+        let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(der.as_slice()))
+            .map_err(|e| err(format!("stored account key is unreadable: {e}")))?;
+        let (account, creds) = builder()?
+            .create_from_key(
+                (key, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der))),
+                directory.clone(),
+            )
+            .await
+            .map_err(|e| AcmeError::from_acme(step, e))?;
+        if let Some(email) = &config.email {
+            let contact = format!("mailto:{email}");
+            account
+                .update_contacts(&[contact.as_str()])
+                .await
+                .map_err(|e| AcmeError::from_acme(step, e))?;
+        }
+        let creds = serde_json::to_vec(&creds).map_err(|e| err(e.to_string()))?;
+        store
+            .put_account(&directory, &creds)
+            .map_err(|e| err(e.to_string()))?;
+        tracing::info!(account = account.id(), directory = %directory, "ACME account ready");
+        Ok(AcmeClient { account })
+    }
+
+    /// Creates an order for `names` and returns its URL (to be persisted before anything else).
+    pub async fn new_order(&self, names: &[String]) -> Result<String, AcmeError> {
+        let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let order = self
+            .account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| AcmeError::from_acme(Step::Order, e))?;
+        Ok(order.url().to_string())
+    }
+
+    /// Takes the order at `url` as far as it goes, whatever state a previous run left it in:
+    /// `pending` → answer the challenges, `ready` → finalize with the stored key, `processing` →
+    /// poll, `valid` → download. Returns the PEM chain.
+    pub async fn drive_order(
+        &self,
+        url: &str,
+        names: &[String],
+        hooks: &impl OrderHooks,
+    ) -> Result<String, AcmeError> {
+        let v = Step::Validation;
+        let mut order = self
+            .account
+            .order(url.to_string())
+            .await
+            .map_err(|e| AcmeError::from_acme(Step::Order, e))?;
+        loop {
+            let status = order.state().status;
+            match status {
+                OrderStatus::Pending => {
+                    // First pass: collect and publish every challenge we must answer.
+                    let mut challenges = Vec::new();
+                    let mut authzs = order.authorizations();
+                    while let Some(a) = authzs.next().await {
+                        let mut a = a.map_err(|e| AcmeError::from_acme(v, e))?;
+                        if a.status != AuthorizationStatus::Pending {
+                            continue;
+                        }
+                        let name = a.identifier().to_string();
+                        let ch = a.challenge(ChallengeType::Http01).ok_or_else(|| {
+                            AcmeError::new(
+                                v,
+                                FailureKind::Permanent,
+                                format!("the CA offers no http-01 challenge for {name}"),
+                            )
+                        })?;
+                        challenges.push(Challenge {
+                            token: ch.token.clone(),
+                            key_authorization: ch.key_authorization().as_str().to_string(),
+                        });
+                    }
+                    hooks.publish(challenges).await?;
+                    // Second pass (no network: the authorizations are cached): tell the CA.
+                    let mut authzs = order.authorizations();
+                    while let Some(a) = authzs.next().await {
+                        let mut a = a.map_err(|e| AcmeError::from_acme(v, e))?;
+                        if a.status != AuthorizationStatus::Pending {
+                            continue;
+                        }
+                        if let Some(mut ch) = a.challenge(ChallengeType::Http01) {
+                            if ch.status == ChallengeStatus::Pending {
+                                ch.set_ready()
+                                    .await
+                                    .map_err(|e| AcmeError::from_acme(v, e))?;
+                            }
+                        }
+                    }
+                    let st = order
+                        .poll_ready(&POLL)
+                        .await
+                        .map_err(|e| AcmeError::from_acme(v, e))?;
+                    if st == OrderStatus::Invalid {
+                        return Err(AcmeError::dead(v, validation_errors(&mut order).await));
+                    }
+                }
+                OrderStatus::Ready => {
+                    let key = hooks.key_pem().await?;
+                    let csr = crate::pki::csr_der(names, &key).map_err(|e| {
+                        AcmeError::new(Step::Finalize, FailureKind::Permanent, e.to_string())
+                    })?;
+                    order
+                        .finalize_csr(&csr)
+                        .await
+                        .map_err(|e| AcmeError::from_acme(Step::Finalize, e))?;
+                }
+                OrderStatus::Processing => {
+                    return order
+                        .poll_certificate(&POLL)
+                        .await
+                        .map_err(|e| AcmeError::from_acme(Step::Finalize, e));
+                }
+                OrderStatus::Valid => {
+                    return order
+                        .certificate()
+                        .await
+                        .map_err(|e| AcmeError::from_acme(Step::Finalize, e))?
+                        .ok_or_else(|| {
+                            AcmeError::new(
+                                Step::Finalize,
+                                FailureKind::Retryable,
+                                "the CA returned no certificate",
+                            )
+                        });
+                }
+                OrderStatus::Invalid => {
+                    let detail = match &order.state().error {
+                        Some(p) => p.detail.clone().unwrap_or_default(),
+                        None => validation_errors(&mut order).await,
+                    };
+                    return Err(AcmeError::dead(
+                        Step::Order,
+                        format!("the order is invalid: {detail}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Why the authorizations of an invalid order failed, from the CA's own words.
+async fn validation_errors(order: &mut instant_acme::Order) -> String {
+    let mut out = Vec::new();
+    let mut authzs = order.authorizations();
+    while let Some(Ok(mut a)) = authzs.next().await {
+        let name = a.identifier().to_string();
+        if let Ok(state) = a.refresh().await {
+            for c in &state.challenges {
+                if let Some(p) = &c.error {
+                    out.push(format!(
+                        "{name}: {}",
+                        p.detail.as_deref().unwrap_or("validation failed")
+                    ));
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        "validation failed".into()
+    } else {
+        format!("validation failed: {}", out.join("; "))
+    }
+}
+
+/// The HTTPS client for the CA: the public web roots plus `ACME_CA_BUNDLE`, if given.
+fn http_client(bundle: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, AcmeError> {
+    let err = |m: String| AcmeError::new(Step::Account, FailureKind::Permanent, m);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = bundle {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
+        let mut added = 0;
+        for c in certs {
+            let c = c.map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
+            roots
+                .add(c)
+                .map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(err(format!(
+                "ACME_CA_BUNDLE {}: no certificate in it",
+                path.display()
+            )));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client: HyperClient<_, BodyWrapper<hyper::body::Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).build(connector);
+    Ok(Box::new(client))
+}

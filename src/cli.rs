@@ -1,0 +1,125 @@
+//! Command-line interface: subcommands and the raw settings, each flag backed by an environment
+//! variable (a flag wins over its variable). Only this module knows clap.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Gets and renews TLS certificates over ACME for the sites behind HAProxy, and installs them
+/// through HAProxy's runtime API without a reload.
+#[derive(Debug, Parser)]
+#[command(name = "haproxy-acme", version, args_override_self = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: RawSettings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: answer HTTP-01 challenges, issue, renew and install certificates.
+    Run,
+    /// Inspect the stored state.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+    /// Validate the configuration and print it as JSON (exit code 2 and the errors if invalid).
+    CheckConfig,
+    /// Print the HAProxy frontend/backend snippet that matches the current settings.
+    HaproxyConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Print every certificate as JSON (no key material). Works whether or not the daemon runs.
+    Dump,
+}
+
+/// Settings as given, before validation (see `config::Config::from_raw`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RawSettings {
+    /// Certificates to obtain: `;` separates certificates, `,` the names of one certificate
+    /// (the first name is its id). Example: "a.com,www.a.com;b.com".
+    #[arg(long, env = "DOMAINS", global = true)]
+    pub domains: Option<String>,
+    /// ACME account contact e-mail.
+    #[arg(long, env = "EMAIL", global = true)]
+    pub email: Option<String>,
+    /// Use the Let's Encrypt staging directory (also accepted in OPTIONS, as with certbot).
+    #[arg(long, global = true)]
+    pub staging: bool,
+    /// Host of the HAProxy service; HAPROXY_RUNTIME_API may then give just a port.
+    #[arg(long, env = "LOAD_BALANCER_SERVICE_NAME", global = true)]
+    pub load_balancer_service_name: Option<String>,
+    /// ACME directory URL [default: Let's Encrypt production].
+    #[arg(long, env = "ACME_DIRECTORY", global = true)]
+    pub acme_directory: Option<String>,
+    /// PEM file of extra root certificates to trust when talking to the CA.
+    #[arg(long, env = "ACME_CA_BUNDLE", global = true)]
+    pub acme_ca_bundle: Option<PathBuf>,
+    /// Private key type: ecdsa-p256 (default), ecdsa-p384, rsa2048, rsa4096.
+    #[arg(long, env = "KEY_TYPE", global = true)]
+    pub key_type: Option<String>,
+    /// Directory of the state store and keys [default: /var/lib/haproxy-acme].
+    #[arg(long, env = "DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Directory HAProxy's `crt` points at [default: /etc/haproxy/certs].
+    #[arg(long, env = "CERTS_DIR", global = true)]
+    pub certs_dir: Option<PathBuf>,
+    /// CERTS_DIR as HAProxy sees it, when it mounts the directory elsewhere [default: CERTS_DIR].
+    #[arg(long, env = "HAPROXY_CERTS_DIR", global = true)]
+    pub haproxy_certs_dir: Option<PathBuf>,
+    /// HAProxy runtime API: `unix:/path`, `host:port`, or a port on LOAD_BALANCER_SERVICE_NAME.
+    /// Unset: write certificate files only.
+    #[arg(long, env = "HAPROXY_RUNTIME_API", global = true)]
+    pub haproxy_runtime_api: Option<String>,
+    /// Address of the HTTP-01 challenge responder [default: 0.0.0.0:80].
+    #[arg(long, env = "RESPONDER_LISTEN", global = true)]
+    pub responder_listen: Option<String>,
+}
+
+/// Parses the command line. `options` is the content of the `OPTIONS` variable (the old stack's
+/// extra flags, e.g. `--staging`): its words are inserted before the real arguments, so a flag
+/// given on the command line still wins.
+pub fn parse(args: Vec<OsString>, options: Option<&str>) -> Result<Cli, clap::Error> {
+    let mut argv = args.into_iter();
+    let mut full: Vec<OsString> = argv.next().into_iter().collect();
+    if let Some(o) = options {
+        full.extend(o.split_whitespace().map(OsString::from));
+    }
+    full.extend(argv);
+    Cli::try_parse_from(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn options_add_flags_before_the_command_line() {
+        let cli = parse(
+            args(&["haproxy-acme", "check-config"]),
+            Some("  --staging "),
+        )
+        .unwrap();
+        assert!(cli.settings.staging);
+        let cli = parse(
+            args(&["haproxy-acme", "check-config", "--key-type", "rsa2048"]),
+            Some("--key-type ecdsa-p384"),
+        )
+        .unwrap();
+        assert_eq!(
+            cli.settings.key_type.as_deref(),
+            Some("rsa2048"),
+            "the command line wins"
+        );
+        assert!(parse(args(&["haproxy-acme", "run"]), Some("--bogus")).is_err());
+    }
+}

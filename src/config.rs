@@ -1,0 +1,503 @@
+//! Configuration: raw settings (flags and environment) validated once at start-up into one typed
+//! `Config`; only the validated type travels past start-up.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use haproxy_acme_state::KeyType;
+use serde::Serialize;
+
+use crate::cli::RawSettings;
+
+pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+const DEFAULT_DATA_DIR: &str = "/var/lib/haproxy-acme";
+const DEFAULT_CERTS_DIR: &str = "/etc/haproxy/certs";
+const DEFAULT_RESPONDER_LISTEN: &str = "0.0.0.0:80";
+
+/// One wanted certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertSpec {
+    /// The first name; also the file name `<id>.pem`.
+    pub id: String,
+    /// All names, the id first, normalized (lower case, punycode, no trailing dot).
+    pub names: Vec<String>,
+}
+
+/// Where HAProxy's runtime API listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "address", rename_all = "lowercase")]
+pub enum RuntimeApiAddr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl fmt::Display for RuntimeApiAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuntimeApiAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            RuntimeApiAddr::Tcp(a) => f.write_str(a),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub certificates: Vec<CertSpec>,
+    pub email: Option<String>,
+    pub acme_directory: String,
+    pub acme_ca_bundle: Option<PathBuf>,
+    pub key_type: KeyType,
+    pub data_dir: PathBuf,
+    pub certs_dir: PathBuf,
+    /// `certs_dir` as HAProxy names it (file names in runtime API commands must match its own).
+    pub haproxy_certs_dir: PathBuf,
+    /// `None`: files-only mode.
+    pub haproxy_runtime_api: Option<RuntimeApiAddr>,
+    pub load_balancer_service_name: Option<String>,
+    pub responder_listen: SocketAddr,
+}
+
+/// Everything wrong with the settings, one human-readable line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which settings a command needs: `run` and `check-config` need certificates to manage, while
+/// `state dump` needs only the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Daemon,
+    StoreOnly,
+}
+
+impl Config {
+    /// Validates `raw`, collecting every problem rather than stopping at the first.
+    pub fn from_raw(raw: &RawSettings, need: Need) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+
+        let certificates = match raw.domains.as_deref() {
+            Some(d) => parse_domains(d).unwrap_or_else(|mut e| {
+                errors.append(&mut e);
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        if need == Need::Daemon && certificates.is_empty() && errors.is_empty() {
+            errors.push(
+                "DOMAINS is empty: list the certificates to obtain, e.g. DOMAINS=\"a.com,www.a.com;b.com\""
+                    .into(),
+            );
+        }
+
+        let email = match raw
+            .email
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            None => None,
+            Some(e) => match validate_email(e) {
+                Ok(e) => Some(e),
+                Err(why) => {
+                    errors.push(format!("EMAIL {e:?}: {why}"));
+                    None
+                }
+            },
+        };
+
+        let acme_directory = match (raw.acme_directory.as_deref().map(str::trim), raw.staging) {
+            (Some(d), true) if !d.is_empty() && d != LETSENCRYPT_STAGING => {
+                errors.push(format!(
+                    "--staging selects Let's Encrypt staging but ACME_DIRECTORY is {d:?}: keep one of them"
+                ));
+                d.to_string()
+            }
+            (Some(d), _) if !d.is_empty() => {
+                if !d.starts_with("https://") {
+                    errors.push(format!("ACME_DIRECTORY {d:?}: must be an https:// URL"));
+                }
+                d.to_string()
+            }
+            (_, true) => LETSENCRYPT_STAGING.to_string(),
+            (_, false) => LETSENCRYPT_PRODUCTION.to_string(),
+        };
+
+        let key_type = match raw.key_type.as_deref().map(str::trim) {
+            None | Some("") => KeyType::EcdsaP256,
+            Some(k) => KeyType::parse(&k.to_ascii_lowercase()).unwrap_or_else(|| {
+                errors.push(format!(
+                    "KEY_TYPE {k:?}: expected one of ecdsa-p256, ecdsa-p384, rsa2048, rsa4096"
+                ));
+                KeyType::EcdsaP256
+            }),
+        };
+
+        let acme_ca_bundle = raw
+            .acme_ca_bundle
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        if let Some(p) = &acme_ca_bundle {
+            if need == Need::Daemon && !p.is_file() {
+                errors.push(format!("ACME_CA_BUNDLE {}: no such file", p.display()));
+            }
+        }
+
+        let nonempty = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        let data_dir = nonempty(&raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let certs_dir = nonempty(&raw.certs_dir).unwrap_or_else(|| DEFAULT_CERTS_DIR.into());
+        let haproxy_certs_dir =
+            nonempty(&raw.haproxy_certs_dir).unwrap_or_else(|| certs_dir.clone());
+
+        let load_balancer_service_name = raw
+            .load_balancer_service_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from);
+        let haproxy_runtime_api = match raw.haproxy_runtime_api.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => match parse_runtime_api(s, load_balancer_service_name.as_deref()) {
+                Ok(a) => Some(a),
+                Err(why) => {
+                    errors.push(format!("HAPROXY_RUNTIME_API {s:?}: {why}"));
+                    None
+                }
+            },
+        };
+
+        let listen = raw.responder_listen.as_deref().map(str::trim).unwrap_or("");
+        let listen = if listen.is_empty() {
+            DEFAULT_RESPONDER_LISTEN
+        } else {
+            listen
+        };
+        let responder_listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(format!(
+                "RESPONDER_LISTEN {listen:?}: expected an address and port such as 0.0.0.0:80 or [::]:80"
+            ));
+            SocketAddr::from(([0, 0, 0, 0], 80))
+        });
+
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        Ok(Config {
+            certificates,
+            email,
+            acme_directory,
+            acme_ca_bundle,
+            key_type,
+            data_dir,
+            certs_dir,
+            haproxy_certs_dir,
+            haproxy_runtime_api,
+            load_balancer_service_name,
+            responder_listen,
+        })
+    }
+}
+
+/// Parses `DOMAINS`: `;` separates certificates, `,` the names of one certificate, the first
+/// name being its id. Whitespace and empty entries are ignored. Every bad name is reported.
+pub fn parse_domains(s: &str) -> Result<Vec<CertSpec>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut specs = Vec::new();
+    // name -> id of the certificate that lists it first
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for entry in s.split(';') {
+        let mut names = Vec::new();
+        for raw in entry.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match normalize_name(raw) {
+                Err(why) => errors.push(format!("DOMAINS entry {:?}: {raw:?} {why}", entry.trim())),
+                Ok(name) => {
+                    let id = names.first().cloned().unwrap_or_else(|| name.clone());
+                    if let Some(first) = seen.get(&name) {
+                        let where_ = if *first == id {
+                            "twice in the same certificate".to_string()
+                        } else {
+                            format!("also in certificate {first:?}")
+                        };
+                        errors.push(format!("DOMAINS: {name:?} is listed twice ({where_})"));
+                    } else {
+                        seen.insert(name.clone(), id);
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        if !names.is_empty() {
+            specs.push(CertSpec {
+                id: names[0].clone(),
+                names,
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Normalizes one host name for HTTP-01: IDN to punycode, upper case folded, one trailing dot
+/// dropped. The error says why the name cannot be used (it follows the quoted name).
+pub fn normalize_name(raw: &str) -> Result<String, String> {
+    let s = raw.strip_suffix('.').unwrap_or(raw);
+    if s.contains('*') {
+        return Err("is a wildcard: HTTP-01 cannot validate wildcards (they need DNS-01)".into());
+    }
+    let unbracketed = s.trim_start_matches('[').trim_end_matches(']');
+    if unbracketed.parse::<IpAddr>().is_ok() {
+        return Err("is an IP address, not a DNS host name".into());
+    }
+    if s.is_empty() {
+        return Err("is empty".into());
+    }
+    let ascii = idna::domain_to_ascii(s)
+        .map_err(|_| "is not a valid (internationalized) domain name".to_string())?;
+    if ascii.len() > 253 {
+        return Err(format!("is {} characters long (253 at most)", ascii.len()));
+    }
+    let labels: Vec<&str> = ascii.split('.').collect();
+    if labels.len() < 2 {
+        return Err(
+            "is a single label: a certificate name needs a domain, such as example.com".into(),
+        );
+    }
+    for label in &labels {
+        if label.is_empty() {
+            return Err("has an empty label (two dots in a row, or a leading dot)".into());
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "has a label of {} characters (63 at most)",
+                label.len()
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!(
+                "contains {c:?}: only letters, digits, '-' and '.' are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "has a label {label:?} that starts or ends with '-'"
+            ));
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err("ends in an all-numeric label, which is not a DNS host name".into());
+    }
+    Ok(ascii)
+}
+
+fn validate_email(e: &str) -> Result<String, &'static str> {
+    let e = e.strip_prefix("mailto:").unwrap_or(e);
+    match e.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && domain.contains('.')
+                && !e.chars().any(|c| c.is_whitespace() || c == ',' || c == ';')
+                && !domain.contains('@') =>
+        {
+            Ok(e.to_string())
+        }
+        _ => Err("not an e-mail address (expected name@example.com)"),
+    }
+}
+
+fn parse_runtime_api(s: &str, lb: Option<&str>) -> Result<RuntimeApiAddr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(
+                "the unix socket path must be absolute (unix:/run/haproxy/admin.sock)".into(),
+            );
+        }
+        return Ok(RuntimeApiAddr::Unix(path.into()));
+    }
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if port_only.parse::<u16>().is_ok() {
+        return match lb {
+            Some(host) => Ok(RuntimeApiAddr::Tcp(format!("{host}:{port_only}"))),
+            None => Err("a bare port needs LOAD_BALANCER_SERVICE_NAME to name the host".into()),
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(RuntimeApiAddr::Tcp(s.to_string()))
+        }
+        _ => Err("expected unix:/path/to/socket, host:port, or a port".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(specs: &[CertSpec]) -> Vec<Vec<&str>> {
+        specs
+            .iter()
+            .map(|s| s.names.iter().map(String::as_str).collect())
+            .collect()
+    }
+
+    #[test]
+    fn domains_syntax_of_the_old_stack() {
+        let table: &[(&str, Vec<Vec<&str>>)] = &[
+            (
+                "a.com,www.a.com;b.com",
+                vec![vec!["a.com", "www.a.com"], vec!["b.com"]],
+            ),
+            (
+                " a.com , www.a.com ; ; b.com ;",
+                vec![vec!["a.com", "www.a.com"], vec!["b.com"]],
+            ),
+            ("A.COM.", vec![vec!["a.com"]]),
+            (",,a.com,,;", vec![vec!["a.com"]]),
+            ("bücher.example", vec![vec!["xn--bcher-kva.example"]]),
+            ("", vec![]),
+            (" ; ", vec![]),
+        ];
+        for (input, want) in table {
+            let got = parse_domains(input).unwrap_or_else(|e| panic!("{input:?}: {e:?}"));
+            assert_eq!(&names(&got), want, "{input:?}");
+            for s in &got {
+                assert_eq!(s.id, s.names[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_names_are_named_with_the_reason() {
+        let table: &[(&str, &str)] = &[
+            ("*.a.com", "wildcard"),
+            ("a.com,*.a.com", "wildcard"),
+            ("192.0.2.1", "IP address"),
+            ("[::1]", "IP address"),
+            ("localhost", "single label"),
+            ("a..com", "empty label"),
+            ("-a.com", "starts or ends with '-'"),
+            ("a_b.com", "contains '_'"),
+            ("a.123", "all-numeric"),
+            (
+                "a.com;b.com,a.com",
+                "listed twice (also in certificate \"a.com\")",
+            ),
+            ("a.com,A.com", "twice in the same certificate"),
+        ];
+        for (input, reason) in table {
+            let errs = parse_domains(input).expect_err(input);
+            assert!(
+                errs.iter().any(|e| e.contains(reason)),
+                "{input:?}: {errs:?}"
+            );
+        }
+        let long_label = format!("{}.com", "a".repeat(64));
+        assert!(parse_domains(&long_label).unwrap_err()[0].contains("63 at most"));
+        let long_name = format!("{}com", "abcdefghi.".repeat(26));
+        assert!(parse_domains(&long_name).unwrap_err()[0].contains("253 at most"));
+        // Every bad entry is reported, not only the first.
+        assert_eq!(
+            parse_domains("*.a.com;1.2.3.4;ok.com").unwrap_err().len(),
+            2
+        );
+    }
+
+    fn raw() -> RawSettings {
+        RawSettings {
+            domains: Some("a.com".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_and_staging() {
+        let c = Config::from_raw(&raw(), Need::Daemon).unwrap();
+        assert_eq!(c.acme_directory, LETSENCRYPT_PRODUCTION);
+        assert_eq!(c.key_type, KeyType::EcdsaP256);
+        assert_eq!(c.responder_listen.to_string(), "0.0.0.0:80");
+        assert_eq!(c.haproxy_runtime_api, None);
+        assert_eq!(c.haproxy_certs_dir, c.certs_dir);
+        let c = Config::from_raw(
+            &RawSettings {
+                staging: true,
+                ..raw()
+            },
+            Need::Daemon,
+        )
+        .unwrap();
+        assert_eq!(c.acme_directory, LETSENCRYPT_STAGING);
+        let e = Config::from_raw(
+            &RawSettings {
+                staging: true,
+                acme_directory: Some("https://ca/dir".into()),
+                ..raw()
+            },
+            Need::Daemon,
+        )
+        .unwrap_err();
+        assert!(e.0[0].contains("keep one of them"));
+    }
+
+    #[test]
+    fn runtime_api_forms() {
+        let p = |s, lb| parse_runtime_api(s, lb);
+        assert_eq!(
+            p("unix:/run/h.sock", None),
+            Ok(RuntimeApiAddr::Unix("/run/h.sock".into()))
+        );
+        assert_eq!(
+            p("127.0.0.1:9999", None),
+            Ok(RuntimeApiAddr::Tcp("127.0.0.1:9999".into()))
+        );
+        assert_eq!(
+            p("9999", Some("lb")),
+            Ok(RuntimeApiAddr::Tcp("lb:9999".into()))
+        );
+        assert_eq!(
+            p(":9999", Some("lb")),
+            Ok(RuntimeApiAddr::Tcp("lb:9999".into()))
+        );
+        assert!(p("9999", None).is_err());
+        assert!(p("unix:rel.sock", None).is_err());
+        assert!(p("nonsense", None).is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let bad = RawSettings {
+            domains: Some("*.a.com".into()),
+            email: Some("nobody".into()),
+            key_type: Some("dsa".into()),
+            responder_listen: Some("eighty".into()),
+            acme_directory: Some("http://insecure/dir".into()),
+            ..Default::default()
+        };
+        let e = Config::from_raw(&bad, Need::Daemon).unwrap_err();
+        assert_eq!(e.0.len(), 5, "{e}");
+        let empty = Config::from_raw(&RawSettings::default(), Need::Daemon).unwrap_err();
+        assert!(empty.0[0].contains("DOMAINS is empty"));
+        assert!(Config::from_raw(&RawSettings::default(), Need::StoreOnly).is_ok());
+    }
+}

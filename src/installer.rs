@@ -1,0 +1,326 @@
+//! Puts certificates into HAProxy: an atomic `<CERTS_DIR>/<id>.pem` (so a restarted HAProxy
+//! serves the same certificate), then the runtime API (so the running one does, without a
+//! reload), confirmed by reading the serial back. Files-only when no runtime API is configured.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use haproxy_acme_state::CertMeta;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Mutex;
+
+use crate::config::RuntimeApiAddr;
+
+/// One runtime-API command must answer within this time.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default certificate's file name: first in sort order, so HAProxy uses it for unknown names.
+pub const DEFAULT_CERT_FILE: &str = "000-default.pem";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("cannot write {path}: {source}")]
+    File { path: PathBuf, source: io::Error },
+    #[error("HAProxy runtime API at {addr} unreachable: {source}")]
+    Unreachable { addr: String, source: io::Error },
+    #[error("HAProxy refused `{command}`: {message}")]
+    Refused { command: String, message: String },
+    #[error("HAProxy serves serial {served} for {file}, expected {expected}")]
+    Mismatch {
+        file: String,
+        served: String,
+        expected: String,
+    },
+}
+
+/// How a certificate reached HAProxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    RuntimeApi,
+    FilesOnly,
+}
+
+pub struct Installer {
+    certs_dir: PathBuf,
+    /// The same directory as HAProxy names it (runtime API file names must match its own).
+    haproxy_certs_dir: PathBuf,
+    runtime: Option<RuntimeApiAddr>,
+    /// HAProxy has one global SSL transaction: installs are serialized.
+    lock: Mutex<()>,
+}
+
+impl Installer {
+    pub fn new(
+        certs_dir: PathBuf,
+        haproxy_certs_dir: PathBuf,
+        runtime: Option<RuntimeApiAddr>,
+    ) -> Installer {
+        Installer {
+            certs_dir,
+            haproxy_certs_dir,
+            runtime,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Writes a self-signed `000-default.pem` when the directory holds no certificate, so HAProxy
+    /// can start serving TLS before the first issuance. Returns whether it wrote one.
+    pub fn ensure_default_cert(&self) -> Result<bool, InstallError> {
+        let file_err = |path: &Path, source| InstallError::File {
+            path: path.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(&self.certs_dir).map_err(|e| file_err(&self.certs_dir, e))?;
+        let has_pem = fs::read_dir(&self.certs_dir)
+            .map_err(|e| file_err(&self.certs_dir, e))?
+            .filter_map(Result::ok)
+            .any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.ends_with(".pem") && !n.starts_with('.')
+            });
+        if has_pem {
+            return Ok(false);
+        }
+        let pem = crate::pki::self_signed_default().map_err(|e| InstallError::File {
+            path: self.certs_dir.join(DEFAULT_CERT_FILE),
+            source: io::Error::other(e.to_string()),
+        })?;
+        write_atomic(&self.certs_dir, DEFAULT_CERT_FILE, pem.as_bytes())?;
+        Ok(true)
+    }
+
+    /// Installs certificate `id`: file first, then the runtime API, then a read-back of the serial.
+    pub async fn install(
+        &self,
+        id: &str,
+        chain_pem: &str,
+        key_pem: &str,
+        meta: &CertMeta,
+    ) -> Result<Method, InstallError> {
+        let _guard = self.lock.lock().await;
+        let bundle = bundle(chain_pem, key_pem);
+        let name = format!("{id}.pem");
+        let dir = self.certs_dir.clone();
+        let data = bundle.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&dir, &name, data.as_bytes()))
+            .await
+            .map_err(|e| InstallError::File {
+                path: self.certs_dir.join(id),
+                source: io::Error::other(e),
+            })??;
+        let Some(addr) = &self.runtime else {
+            return Ok(Method::FilesOnly);
+        };
+        let api = RuntimeApi { addr };
+        let file = self
+            .haproxy_certs_dir
+            .join(format!("{id}.pem"))
+            .display()
+            .to_string();
+        let crt_list = self.haproxy_certs_dir.display().to_string();
+        let crt_list = crt_list.trim_end_matches('/');
+
+        // A transaction left open (by a crash of ours mid-install) blocks every other one.
+        let listing = api.send("show ssl cert").await?;
+        for stale in listing.lines().filter_map(|l| l.strip_prefix('*')) {
+            api.expect(&format!("abort ssl cert {stale}"), &["aborted"])
+                .await?;
+        }
+        let known = api
+            .send(&format!("show ssl cert {file}"))
+            .await?
+            .contains("Filename:");
+        if !known {
+            api.expect(
+                &format!("new ssl cert {file}"),
+                &["New empty certificate store"],
+            )
+            .await?;
+        }
+        api.expect(
+            &format!("set ssl cert {file} <<\n{bundle}\n"),
+            &["Transaction created", "Transaction updated"],
+        )
+        .await?;
+        api.expect(&format!("commit ssl cert {file}"), &["Success!"])
+            .await?;
+        let listed = api.send(&format!("show ssl crt-list {crt_list}")).await?;
+        if !listed
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(file.as_str()))
+        {
+            api.expect(
+                &format!("add ssl crt-list {crt_list} {file}"),
+                &["Success!"],
+            )
+            .await?;
+        }
+        let shown = api.send(&format!("show ssl cert {file}")).await?;
+        let served = shown
+            .lines()
+            .find_map(|l| l.strip_prefix("Serial:"))
+            .map(|s| s.trim().trim_start_matches('0').to_ascii_uppercase())
+            .unwrap_or_default();
+        if served != meta.serial {
+            return Err(InstallError::Mismatch {
+                file,
+                served,
+                expected: meta.serial.clone(),
+            });
+        }
+        Ok(Method::RuntimeApi)
+    }
+}
+
+/// The file HAProxy loads: leaf, chain, key; no blank lines (a blank line would end a runtime
+/// API payload early); one trailing newline.
+fn bundle(chain_pem: &str, key_pem: &str) -> String {
+    let mut out = String::with_capacity(chain_pem.len() + key_pem.len());
+    for line in chain_pem.lines().chain(key_pem.lines()) {
+        let line = line.trim_end();
+        if !line.is_empty() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Writes `dir/name` atomically with mode 0600: a temporary dotfile in the same directory,
+/// fsync, rename over the target, fsync the directory. A crash leaves the old file or the new
+/// one, never a truncated one.
+pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), InstallError> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let file_err = |path: &Path, source| InstallError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| file_err(&tmp, e))?;
+    let result = (|| {
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.write_all(data)?;
+        f.sync_all()
+    })();
+    drop(f);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(file_err(&tmp, e));
+    }
+    fs::rename(&tmp, &target).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        file_err(&target, e)
+    })?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| file_err(dir, e))
+}
+
+/// HAProxy's runtime API in non-interactive mode: one command per connection.
+struct RuntimeApi<'a> {
+    addr: &'a RuntimeApiAddr,
+}
+
+impl RuntimeApi<'_> {
+    async fn send(&self, command: &str) -> Result<String, InstallError> {
+        let unreachable = |source| InstallError::Unreachable {
+            addr: self.addr.to_string(),
+            source,
+        };
+        let fut = async {
+            match self.addr {
+                RuntimeApiAddr::Unix(p) => exchange(UnixStream::connect(p).await?, command).await,
+                RuntimeApiAddr::Tcp(a) => {
+                    exchange(TcpStream::connect(a.as_str()).await?, command).await
+                }
+            }
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
+            Ok(r) => r.map_err(unreachable),
+            Err(_) => Err(unreachable(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no answer within 10 s",
+            ))),
+        }
+    }
+
+    /// Sends `command` and fails with HAProxy's own message unless the answer contains one of
+    /// `markers`.
+    async fn expect(&self, command: &str, markers: &[&str]) -> Result<String, InstallError> {
+        let answer = self.send(command).await?;
+        if markers.iter().any(|m| answer.contains(m)) {
+            Ok(answer)
+        } else {
+            // Never echo a payload (it holds the private key): name the command by its first line.
+            let command = command.lines().next().unwrap_or("").to_string();
+            Err(InstallError::Refused {
+                command,
+                message: answer.trim().to_string(),
+            })
+        }
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    command: &str,
+) -> io::Result<String> {
+    s.write_all(command.as_bytes()).await?;
+    if !command.ends_with('\n') {
+        s.write_all(b"\n").await?;
+    }
+    s.flush().await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_has_no_blank_lines() {
+        let b = bundle("A\n\nB\r\n\n", "\nK\n");
+        assert_eq!(b, "A\nB\nK\n");
+    }
+
+    #[test]
+    fn atomic_write_replaces_with_mode_0600_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(dir.path(), "a.pem", b"one").unwrap();
+        write_atomic(dir.path(), "a.pem", b"two").unwrap();
+        assert_eq!(fs::read(dir.path().join("a.pem")).unwrap(), b"two");
+        let mode = fs::metadata(dir.path().join("a.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.pem")]);
+    }
+
+    #[test]
+    fn default_cert_only_when_the_directory_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Installer::new(dir.path().into(), dir.path().into(), None);
+        assert!(inst.ensure_default_cert().unwrap());
+        assert!(!inst.ensure_default_cert().unwrap());
+        let pem = fs::read_to_string(dir.path().join(DEFAULT_CERT_FILE)).unwrap();
+        assert!(pem.contains("BEGIN CERTIFICATE") && pem.contains("PRIVATE KEY"));
+    }
+}

@@ -1,0 +1,30 @@
+//! haproxy-acme: gets and renews TLS certificates over ACME for the sites behind HAProxy and
+//! installs them through HAProxy's runtime API, without a reload.
+//!
+//! # Layout
+//! - `haproxy-acme-state` (the `state/` crate): the lifecycle as data and a pure transition
+//!   function; it decides, the modules here do.
+//! - [`cli`]: command line and raw settings (flags backed by environment variables).
+//! - [`config`]: validation of the raw settings into one typed [`config::Config`].
+//! - [`store`]: the sled store (records, chains, keys, account); the only module that knows the
+//!   on-disk encoding.
+//! - [`responder`]: the HTTP-01 challenge server.
+//! - [`acme`]: the ACME client (instant-acme).
+//! - [`pki`]: keys, CSRs, certificate parsing (rcgen, x509-parser).
+//! - [`installer`]: certificate files and HAProxy's runtime API.
+//! - [`reconciler`]: the loop that drives every certificate through the lifecycle.
+//! - [`admin`]: the admin socket the CLI talks to while the daemon runs.
+//! - [`signals`]: SIGTERM/SIGINT handling.
+//! - [`haproxy_snippet`]: the HAProxy configuration printed by `haproxy-config`.
+
+pub mod acme;
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod haproxy_snippet;
+pub mod installer;
+pub mod pki;
+pub mod reconciler;
+pub mod responder;
+pub mod signals;
+pub mod store;

@@ -1,0 +1,144 @@
+//! Key and certificate handling: key generation, CSRs, the self-signed default certificate and
+//! reading what we need from a PEM chain. The only user of rcgen, x509-parser and sha2.
+
+use haproxy_acme_state::{CertMeta, KeyType, UnixTime};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, RsaKeySize};
+use sha2::{Digest, Sha256};
+use x509_parser::pem::Pem;
+
+/// Errors from key or certificate handling. Messages never include key material.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("could not generate a {0} key: {1}")]
+    KeyGeneration(&'static str, String),
+    #[error("the stored private key cannot be read (store damaged?): {0}")]
+    BadKey(String),
+    #[error("could not build the certificate signing request: {0}")]
+    Csr(String),
+    #[error("the CA returned a certificate chain that cannot be parsed: {0}")]
+    BadChain(String),
+}
+
+/// Generates a private key of `key_type`, returned as PKCS#8 PEM.
+pub fn generate_key(key_type: KeyType) -> Result<String, PkiError> {
+    let err = |e: rcgen::Error| PkiError::KeyGeneration(key_type.as_str(), e.to_string());
+    let kp = match key_type {
+        KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        KeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        KeyType::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
+        KeyType::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096),
+    }
+    .map_err(err)?;
+    Ok(kp.serialize_pem())
+}
+
+/// A DER-encoded CSR for `names`, signed with the stored key `key_pem`.
+pub fn csr_der(names: &[String], key_pem: &str) -> Result<Vec<u8>, PkiError> {
+    let kp = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadKey(e.to_string()))?;
+    let mut params =
+        CertificateParams::new(names.to_vec()).map_err(|e| PkiError::Csr(e.to_string()))?;
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params
+        .serialize_request(&kp)
+        .map_err(|e| PkiError::Csr(e.to_string()))?;
+    Ok(csr.der().to_vec())
+}
+
+/// A self-signed certificate plus key (one PEM) for `CN=default.invalid`, served by HAProxy for
+/// unknown names and before the first issuance.
+pub fn self_signed_default() -> Result<String, PkiError> {
+    let kp = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| PkiError::KeyGeneration("ecdsa-p256", e.to_string()))?;
+    let mut params = CertificateParams::new(vec!["default.invalid".to_string()])
+        .map_err(|e| PkiError::Csr(e.to_string()))?;
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "default.invalid");
+    let cert = params
+        .self_signed(&kp)
+        .map_err(|e| PkiError::Csr(e.to_string()))?;
+    Ok(format!("{}{}", cert.pem(), kp.serialize_pem()))
+}
+
+/// Reads serial, validity and fingerprint of the leaf (first certificate) of a PEM chain.
+pub fn chain_meta(chain_pem: &str, now: UnixTime) -> Result<CertMeta, PkiError> {
+    let first = Pem::iter_from_buffer(chain_pem.as_bytes())
+        .next()
+        .ok_or_else(|| PkiError::BadChain("no PEM block found".into()))?
+        .map_err(|e| PkiError::BadChain(e.to_string()))?;
+    if first.label != "CERTIFICATE" {
+        return Err(PkiError::BadChain(format!(
+            "first PEM block is a {}",
+            first.label
+        )));
+    }
+    let cert = first
+        .parse_x509()
+        .map_err(|e| PkiError::BadChain(e.to_string()))?;
+    let validity = cert.validity();
+    Ok(CertMeta {
+        serial: serial_hex(cert.raw_serial()),
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        fingerprint: hex(&Sha256::digest(&first.contents)),
+        issued_at: now,
+    })
+}
+
+/// Serial as HAProxy's `show ssl cert` prints it: upper-case hex, no leading zero bytes.
+pub fn serial_hex(raw: &[u8]) -> String {
+    let s: String = raw.iter().map(|b| format!("{b:02X}")).collect();
+    let t = s.trim_start_matches('0');
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.into()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_every_type_sign_a_csr() {
+        for kt in [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Rsa2048] {
+            let key = generate_key(kt).unwrap();
+            assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{kt:?}");
+            let der = csr_der(&["a.test".into(), "www.a.test".into()], &key).unwrap();
+            assert!(der.len() > 100);
+        }
+    }
+
+    #[test]
+    fn default_certificate_parses_and_has_a_key() {
+        let pem = self_signed_default().unwrap();
+        assert!(pem.contains("BEGIN CERTIFICATE") && pem.contains("BEGIN PRIVATE KEY"));
+        let meta = chain_meta(&pem, 5).unwrap();
+        assert_eq!(meta.fingerprint.len(), 64);
+        assert!(meta.not_after > meta.not_before);
+        assert_eq!(meta.issued_at, 5);
+    }
+
+    #[test]
+    fn serial_spelling_matches_haproxy() {
+        assert_eq!(serial_hex(&[0x00, 0x0a, 0xbc]), "ABC");
+        assert_eq!(serial_hex(&[0x00]), "0");
+        assert_eq!(serial_hex(&[0x12, 0x00]), "1200");
+    }
+
+    #[test]
+    fn a_bad_chain_is_an_error_not_a_panic() {
+        assert!(chain_meta("", 0).is_err());
+        assert!(chain_meta(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            0
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! The durable store: records, certificate chains, private keys and ACME account credentials in
+//! sled. The only module that imports sled and knows the on-disk encoding; every write is
+//! flushed to disk before it returns (the durable-intent rule).
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use haproxy_acme_state::{Record, RECORD_SCHEMA_VERSION};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+/// Trees (sled's keyspaces) and what they hold.
+const RECORDS: &str = "records"; // id -> Record as JSON (carries schema_version)
+const CERTS: &str = "certs"; // id -> PEM chain of the stored certificate
+const KEYS: &str = "keys"; // "current/<id>" | "pending/<id>" | "account/<directory>" -> PEM / PKCS#8
+const ACCOUNTS: &str = "accounts"; // directory URL -> instant-acme credentials JSON (holds a key)
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the store in {0} is locked by another process (is the daemon running? `state dump` talks \
+         to it through its admin socket)"
+    )]
+    Locked(PathBuf),
+    #[error("cannot open the store in {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error(
+        "record {id:?} in the store cannot be read ({detail}); the store is damaged or was written \
+         by a newer version: restore DATA_DIR from a backup or run a newer haproxy-acme"
+    )]
+    Corrupt { id: String, detail: String },
+    #[error(
+        "store write failed: {0} (is the disk full?); nothing was lost, the step will be retried"
+    )]
+    Write(String),
+}
+
+/// The open store. Cheap to share behind an `Arc`; sled handles concurrent access.
+pub struct Store {
+    db: sled::Db,
+    records: sled::Tree,
+    certs: sled::Tree,
+    keys: sled::Tree,
+    accounts: sled::Tree,
+}
+
+fn write_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`, which is made private (0700).
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let open_err = |detail: String| StoreError::Open {
+            path: data_dir.to_path_buf(),
+            detail,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|e| open_err(e.to_string()))?;
+        let _ = fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700));
+        let path = data_dir.join("store");
+        let db = sled::Config::new().path(&path).open().map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("lock")
+                || msg.contains("WouldBlock")
+                || msg.contains("temporarily unavailable")
+            {
+                StoreError::Locked(data_dir.to_path_buf())
+            } else {
+                open_err(msg)
+            }
+        })?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
+        Ok(Store {
+            records: tree(RECORDS)?,
+            certs: tree(CERTS)?,
+            keys: tree(KEYS)?,
+            accounts: tree(ACCOUNTS)?,
+            db,
+        })
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(write_err)
+    }
+
+    /// All records, in id order.
+    pub fn records(&self) -> Result<Vec<Record>, StoreError> {
+        self.records
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| StoreError::Corrupt {
+                    id: "?".into(),
+                    detail: e.to_string(),
+                })?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        match self.records.get(id).map_err(|e| StoreError::Corrupt {
+            id: id.into(),
+            detail: e.to_string(),
+        })? {
+            Some(v) => decode(id, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a record and flushes.
+    pub fn put(&self, r: &Record) -> Result<(), StoreError> {
+        self.records
+            .insert(r.id.as_bytes(), encode(r))
+            .map_err(write_err)?;
+        self.flush()
+    }
+
+    /// Writes a record together with the freshly generated key of its current order, atomically,
+    /// and flushes: the key exists on disk before any finalize can use it.
+    pub fn put_with_pending_key(&self, r: &Record, key_pem: &str) -> Result<(), StoreError> {
+        let value = encode(r);
+        (&self.records, &self.keys)
+            .transaction(|(records, keys)| {
+                records.insert(r.id.as_bytes(), value.as_slice())?;
+                keys.insert(pending_key(&r.id).as_bytes(), key_pem.as_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.flush()
+    }
+
+    /// The stored key of the current order, if generated.
+    pub fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.get_string(&self.keys, &pending_key(id))
+    }
+
+    /// Stores a downloaded certificate: the chain, its key promoted from pending to current, and
+    /// the record, atomically, then flushes. The previous certificate's key is replaced only here,
+    /// in the same transaction as its chain.
+    pub fn put_certificate(&self, r: &Record, chain_pem: &str) -> Result<(), StoreError> {
+        let value = encode(r);
+        (&self.records, &self.certs, &self.keys)
+            .transaction(|(records, certs, keys)| {
+                let key = keys.remove(pending_key(&r.id).as_bytes())?.ok_or(
+                    ConflictableTransactionError::Abort(()),
+                )?;
+                keys.insert(current_key(&r.id).as_bytes(), key)?;
+                certs.insert(r.id.as_bytes(), chain_pem.as_bytes())?;
+                records.insert(r.id.as_bytes(), value.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(()) => StoreError::Write(format!(
+                    "no stored key for the order of {:?}: refusing to store a certificate without its key",
+                    r.id
+                )),
+                TransactionError::Storage(e) => write_err(e),
+            })?;
+        self.flush()
+    }
+
+    /// The stored certificate chain and its key.
+    pub fn certificate(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let chain = self.get_string(&self.certs, id)?;
+        let key = self.get_string(&self.keys, &current_key(id))?;
+        Ok(chain.zip(key))
+    }
+
+    /// ACME account credentials (instant-acme's JSON) for a directory.
+    pub fn account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.accounts
+            .get(directory)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::Corrupt {
+                id: format!("account for {directory}"),
+                detail: e.to_string(),
+            })
+    }
+
+    pub fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
+        self.accounts
+            .insert(directory, credentials)
+            .map_err(write_err)?;
+        self.flush()
+    }
+
+    /// The account key (PKCS#8 DER) generated for a directory before the account was created.
+    pub fn account_key(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.keys
+            .get(format!("account/{directory}"))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::Corrupt {
+                id: format!("account key for {directory}"),
+                detail: e.to_string(),
+            })
+    }
+
+    pub fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
+        self.keys
+            .insert(format!("account/{directory}"), pkcs8_der)
+            .map_err(write_err)?;
+        self.flush()
+    }
+
+    fn get_string(&self, tree: &sled::Tree, key: &str) -> Result<Option<String>, StoreError> {
+        match tree.get(key).map_err(|e| StoreError::Corrupt {
+            id: key.into(),
+            detail: e.to_string(),
+        })? {
+            None => Ok(None),
+            Some(v) => String::from_utf8(v.to_vec())
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt {
+                    id: key.into(),
+                    detail: "not UTF-8".into(),
+                }),
+        }
+    }
+}
+
+fn tx_err(e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Abort(()) => StoreError::Write("transaction aborted".into()),
+        TransactionError::Storage(e) => write_err(e),
+    }
+}
+
+fn pending_key(id: &str) -> String {
+    format!("pending/{id}")
+}
+
+fn current_key(id: &str) -> String {
+    format!("current/{id}")
+}
+
+fn encode(r: &Record) -> Vec<u8> {
+    serde_json::to_vec(r).expect("a record always serializes")
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        id: id.into(),
+        detail,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let version = value
+        .get("schema_version")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    if version == 0 || version > u64::from(RECORD_SCHEMA_VERSION) {
+        return Err(corrupt(format!(
+            "schema_version {version}, this build reads 1..={RECORD_SCHEMA_VERSION}"
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haproxy_acme_state::{apply, CertMeta, Event, KeyType};
+
+    /// A record as version 1 wrote it. Persisted formats are contracts: this must keep loading.
+    const RECORD_V1: &str = r#"{"schema_version":1,"id":"a.test","names":["a.test","www.a.test"],
+        "key_type":"ecdsa-p256","phase":"validating","order":{"url":"https://ca/order/1",
+        "created_at":10,"challenges":[{"token":"tok","key_authorization":"tok.thumb"}],
+        "key_generated":true},"cert":null,"installed_fingerprint":null,"renew_at":null,
+        "failure":null,"created_at":10,"updated_at":10}"#;
+
+    #[test]
+    fn version_1_records_still_load() {
+        let r = decode("a.test", RECORD_V1.as_bytes()).unwrap();
+        assert_eq!(r.names, vec!["a.test", "www.a.test"]);
+        assert!(r.order.unwrap().key_generated);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_refused_with_the_id() {
+        let newer = RECORD_V1.replace("\"schema_version\":1", "\"schema_version\":99");
+        let e = decode("a.test", newer.as_bytes()).unwrap_err().to_string();
+        assert!(
+            e.contains("a.test") && e.contains("schema_version 99"),
+            "{e}"
+        );
+        assert!(decode("b.test", b"\x00garbage")
+            .unwrap_err()
+            .to_string()
+            .contains("b.test"));
+    }
+
+    #[test]
+    fn certificate_and_key_are_stored_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, 1);
+        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, 1);
+        store.put(&r).unwrap();
+        let meta = CertMeta {
+            serial: "1".into(),
+            not_before: 1,
+            not_after: 2,
+            fingerprint: "f".into(),
+            issued_at: 1,
+        };
+        let (issued, _) = apply(&r, Event::CertificateStored { meta }, 1);
+        // Without a stored key, storing the certificate is refused and nothing changes.
+        assert!(store.put_certificate(&issued, "CHAIN").is_err());
+        assert_eq!(store.get("a.test").unwrap().unwrap(), r);
+        let (with_key, _) = apply(&r, Event::KeyStored, 1);
+        store.put_with_pending_key(&with_key, "KEY").unwrap();
+        assert_eq!(store.pending_key("a.test").unwrap().as_deref(), Some("KEY"));
+        store.put_certificate(&issued, "CHAIN").unwrap();
+        assert_eq!(
+            store.certificate("a.test").unwrap(),
+            Some(("CHAIN".to_string(), "KEY".to_string()))
+        );
+        assert_eq!(store.pending_key("a.test").unwrap(), None);
+        drop(store);
+        // Everything is there after reopening, and a second opener is told the store is locked.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.records().unwrap(), vec![issued]);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+        let mode = fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+}
