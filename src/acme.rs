@@ -96,7 +96,7 @@ impl AcmeError {
             instant_acme::Error::Timeout(when) => {
                 let mut err =
                     AcmeError::new(step, FailureKind::Retryable, "timed out waiting for the CA");
-                err.retry_after = when.map(|i| unix_at(i));
+                err.retry_after = when.map(unix_at);
                 err
             }
             other => AcmeError::new(step, FailureKind::Retryable, other.to_string()),

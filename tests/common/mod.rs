@@ -1,0 +1,426 @@
+//! End-to-end harness: starts a real pebble (with pebble-challtestsrv as its DNS), a real HAProxy
+//! from `deploy/haproxy.cfg` (master-worker, runtime API) and the haproxy-acme daemon, on free
+//! loopback ports in a temporary directory, and stops them all on drop. Missing programs make
+//! the test fail with the command that installs them; nothing is skipped.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_haproxy-acme");
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Fails the test unless every program the harness runs is installed.
+fn require_programs() {
+    let missing: Vec<&str> = ["pebble", "pebble-challtestsrv", "haproxy", "openssl", "curl"]
+        .into_iter()
+        .filter(|p| {
+            !std::env::var_os("PATH")
+                .map(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file()))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "end-to-end tests need {missing:?}: run `scripts/test.sh` (it installs them with apt-get), \
+         or `apt-get install pebble haproxy openssl curl`"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    pub name: &'static str,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Proc { name, child, log }
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not ready after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub acme_port: u16,
+    pub mgmt_port: u16,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub responder_port: u16,
+    pub listener_ca: PathBuf,
+    pub certs_dir: PathBuf,
+    pub runtime_sock: PathBuf,
+    pub master_sock: PathBuf,
+    pub data_dir: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Env {
+    /// Starts challtestsrv, pebble and HAProxy and waits until each answers.
+    pub fn start() -> Env {
+        require_programs();
+        let dir = tempfile::Builder::new().prefix("haproxy-acme-e2e").tempdir().unwrap();
+        let d = dir.path();
+        let (acme_port, mgmt_port, http_port, https_port) = (free_port(), free_port(), free_port(), free_port());
+        let (responder_port, dns_port, chall_port) = (free_port(), free_port(), free_port());
+        let certs_dir = d.join("certs");
+        let data_dir = d.join("data");
+        std::fs::create_dir_all(&certs_dir).unwrap();
+
+        // Pebble's own HTTPS listener needs a certificate; the Debian package ships none.
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "e2e pebble listener CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let listener_ca = d.join("listener-ca.pem");
+        std::fs::write(&listener_ca, ca.pem()).unwrap();
+        std::fs::write(d.join("pebble-cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(d.join("pebble-key.pem"), leaf_key.serialize_pem()).unwrap();
+        let validity = std::env::var("E2E_CERT_VALIDITY")
+            .map(|v| format!(",\n    \"certificateValidityPeriod\": {v}"))
+            .unwrap_or_default();
+        std::fs::write(
+            d.join("pebble.json"),
+            format!(
+                r#"{{"pebble": {{
+    "listenAddress": "127.0.0.1:{acme_port}",
+    "managementListenAddress": "127.0.0.1:{mgmt_port}",
+    "certificate": "{cert}",
+    "privateKey": "{key}",
+    "httpPort": {http_port},
+    "tlsPort": {tls_port},
+    "ocspResponderURL": "",
+    "externalAccountBindingRequired": false{validity}
+}}}}"#,
+                cert = d.join("pebble-cert.pem").display(),
+                key = d.join("pebble-key.pem").display(),
+                tls_port = free_port(),
+            ),
+        )
+        .unwrap();
+
+        // HAProxy needs a certificate in the directory before it starts: the daemon's own default.
+        haproxy_acme::installer::Installer::new(certs_dir.clone(), certs_dir.clone(), None)
+            .ensure_default_cert()
+            .unwrap();
+
+        let mut procs = Vec::new();
+        procs.push(spawn(
+            "challtestsrv",
+            d,
+            Command::new("pebble-challtestsrv").args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                &format!("127.0.0.1:{chall_port}"),
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ]),
+        ));
+        procs.push(spawn(
+            "pebble",
+            d,
+            Command::new("pebble")
+                .arg("-config")
+                .arg(d.join("pebble.json"))
+                .args(["-dnsserver", &format!("127.0.0.1:{dns_port}"), "-strict=false"])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0"),
+        ));
+        let runtime_sock = d.join("haproxy-admin.sock");
+        let master_sock = d.join("haproxy-master.sock");
+        let cfg = repo_root().join("deploy/haproxy.cfg");
+        let check = Command::new("haproxy")
+            .args(["-c", "-f"])
+            .arg(&cfg)
+            .envs(haproxy_env(http_port, https_port, responder_port, &certs_dir, &runtime_sock))
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "haproxy -c rejects deploy/haproxy.cfg: {}", String::from_utf8_lossy(&check.stderr));
+        procs.push(spawn(
+            "haproxy",
+            d,
+            Command::new("haproxy")
+                .arg("-W")
+                .arg("-S")
+                .arg(format!("{},mode,600", master_sock.display()))
+                .arg("-f")
+                .arg(&cfg)
+                .envs(haproxy_env(http_port, https_port, responder_port, &certs_dir, &runtime_sock)),
+        ));
+
+        let env = Env {
+            dir,
+            acme_port,
+            mgmt_port,
+            http_port,
+            https_port,
+            responder_port,
+            listener_ca,
+            certs_dir,
+            runtime_sock,
+            master_sock,
+            data_dir,
+            procs,
+        };
+        wait_until("pebble directory", READY_TIMEOUT, || {
+            env.assert_alive();
+            env.curl(&env.directory_url()).is_some()
+        });
+        wait_until("haproxy runtime API", READY_TIMEOUT, || {
+            env.assert_alive();
+            env.runtime("show info").contains("Name: HAProxy")
+        });
+        env
+    }
+
+    fn assert_alive(&self) {
+        for p in &self.procs {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            assert!(
+                std::fs::metadata(format!("/proc/{}", p.child.id())).is_ok() && !is_zombie(p.child.id()),
+                "{} exited; its log:\n{log}",
+                p.name
+            );
+        }
+    }
+
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.acme_port)
+    }
+
+    fn curl(&self, url: &str) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-fsS", "--max-time", "5", "--cacert"])
+            .arg(&self.listener_ca)
+            .arg(url)
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Pebble's issuing root for this run (it makes a new one at every start).
+    pub fn issuer_root(&self) -> PathBuf {
+        let path = self.dir.path().join("issuer-root.pem");
+        let pem = self
+            .curl(&format!("https://127.0.0.1:{}/roots/0", self.mgmt_port))
+            .expect("pebble management API answers /roots/0");
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    /// One command on HAProxy's runtime API (level admin).
+    pub fn runtime(&self, cmd: &str) -> String {
+        unix_command(&self.runtime_sock, cmd)
+    }
+
+    /// One command on HAProxy's master CLI.
+    pub fn master(&self, cmd: &str) -> String {
+        unix_command(&self.master_sock, cmd)
+    }
+
+    /// HAProxy's reload count, from the master CLI's `show proc`.
+    pub fn haproxy_reloads(&self) -> u32 {
+        let out = self.master("show proc");
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("master"))
+            .unwrap_or_else(|| panic!("no master line in show proc: {out}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    }
+
+    /// How many orders pebble created (its log has one line per new-order request).
+    pub fn pebble_new_orders(&self) -> usize {
+        self.pebble_log().lines().filter(|l| l.contains("POST /order-plz")).count()
+    }
+
+    /// How many finalize requests pebble received.
+    pub fn pebble_finalizes(&self) -> usize {
+        self.pebble_log().lines().filter(|l| l.contains("POST /finalize-order/")).count()
+    }
+
+    pub fn pebble_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+    }
+
+    /// The environment the daemon runs with, for `domains`.
+    pub fn daemon_env(&self, domains: &str) -> Vec<(String, String)> {
+        vec![
+            ("DOMAINS".into(), domains.into()),
+            ("EMAIL".into(), "e2e@example.test".into()),
+            ("ACME_DIRECTORY".into(), self.directory_url()),
+            ("ACME_CA_BUNDLE".into(), self.listener_ca.display().to_string()),
+            ("DATA_DIR".into(), self.data_dir.display().to_string()),
+            ("CERTS_DIR".into(), self.certs_dir.display().to_string()),
+            ("HAPROXY_RUNTIME_API".into(), format!("unix:{}", self.runtime_sock.display())),
+            ("RESPONDER_LISTEN".into(), format!("127.0.0.1:{}", self.responder_port)),
+            ("RUST_LOG".into(), "info,haproxy_acme=debug".into()),
+        ]
+    }
+
+    /// Starts `haproxy-acme run` for `domains`; its log goes to `daemon-N.log`.
+    pub fn start_daemon(&self, domains: &str) -> Daemon {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let log = self.dir.path().join(format!("daemon-{n}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.daemon_env(domains))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start haproxy-acme");
+        Daemon { child: Some(child), log }
+    }
+
+    /// Runs a CLI command of the daemon's binary with the daemon's environment.
+    pub fn cli(&self, domains: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.daemon_env(domains))
+            .output()
+            .unwrap()
+    }
+
+    /// Connects to HAProxy's TLS frontend with `name` as SNI and verifies the chain against
+    /// pebble's root and the host name. Returns openssl's output when it verifies.
+    pub fn served_and_valid(&self, name: &str, root: &Path) -> Option<String> {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{}", self.https_port)])
+            .args(["-servername", name, "-verify_hostname", name, "-verify_return_error", "-CAfile"])
+            .arg(root)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains("Verify return code: 0 (ok)")).then_some(text)
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(true)
+}
+
+fn haproxy_env(http: u16, https: u16, responder: u16, certs: &Path, sock: &Path) -> Vec<(String, String)> {
+    vec![
+        ("HAPROXY_HTTP_BIND".into(), format!("127.0.0.1:{http}")),
+        ("HAPROXY_HTTPS_BIND".into(), format!("127.0.0.1:{https}")),
+        ("CERTS_DIR".into(), certs.display().to_string()),
+        ("HAPROXY_RUNTIME_SOCKET".into(), sock.display().to_string()),
+        ("ACME_RESPONDER".into(), format!("127.0.0.1:{responder}")),
+        // Nothing listens there: the tests only look at TLS.
+        ("APP_BACKEND".into(), "127.0.0.1:9".into()),
+    ]
+}
+
+fn unix_command(sock: &Path, cmd: &str) -> String {
+    let Ok(mut s) = UnixStream::connect(sock) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The running daemon; killed on drop unless stopped.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("the daemon exited ({status}); its log:\n{}", self.log_text());
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon still running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the daemon did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
