@@ -163,9 +163,10 @@ impl Installer {
         let served = shown
             .lines()
             .find_map(|l| l.strip_prefix("Serial:"))
-            .map(|s| s.trim().trim_start_matches('0').to_ascii_uppercase())
+            .map(|s| s.trim().to_ascii_uppercase())
             .unwrap_or_default();
-        if served != meta.serial {
+        // Compare as numbers: leading zeros are spelling, not value.
+        if served.trim_start_matches('0') != meta.serial.trim_start_matches('0') {
             return Err(InstallError::Mismatch {
                 file,
                 served,

@@ -111,6 +111,21 @@ async fn state_dump(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// Opens the store for the daemon. A CLI command that found no daemon (`state dump` during a
+/// restart) holds the lock for a moment: wait for it rather than fail, but not for long, since
+/// another daemon on the same DATA_DIR holds it for good.
+async fn open_store_waiting(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(data_dir) {
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// The daemon.
 async fn run(config: Config) -> anyhow::Result<()> {
     // The responder listens before anything else, so validation traffic always has a target.
@@ -128,7 +143,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let responder_task = tokio::spawn(responder::serve(listener, tokens.clone(), shutdown.clone()));
     tracing::info!(listen = %config.responder_listen, "challenge responder listening");
 
-    let store = Store::open(&config.data_dir)?;
+    let store = open_store_waiting(&config.data_dir).await?;
     let installer = Installer::new(
         config.certs_dir.clone(),
         config.haproxy_certs_dir.clone(),

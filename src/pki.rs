@@ -86,15 +86,11 @@ pub fn chain_meta(chain_pem: &str, now: UnixTime) -> Result<CertMeta, PkiError> 
     })
 }
 
-/// Serial as HAProxy's `show ssl cert` prints it: upper-case hex, no leading zero bytes.
+/// Serial as HAProxy's `show ssl cert` prints it: the integer's bytes in upper-case hex, without
+/// DER's leading zero sign byte (so a serial may start with one '0' digit, e.g. "0DF4...").
 pub fn serial_hex(raw: &[u8]) -> String {
-    let s: String = raw.iter().map(|b| format!("{b:02X}")).collect();
-    let t = s.trim_start_matches('0');
-    if t.is_empty() {
-        "0".into()
-    } else {
-        t.into()
-    }
+    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    raw[first..].iter().map(|b| format!("{b:02X}")).collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -127,8 +123,9 @@ mod tests {
 
     #[test]
     fn serial_spelling_matches_haproxy() {
-        assert_eq!(serial_hex(&[0x00, 0x0a, 0xbc]), "ABC");
-        assert_eq!(serial_hex(&[0x00]), "0");
+        assert_eq!(serial_hex(&[0x00, 0x0a, 0xbc]), "0ABC");
+        assert_eq!(serial_hex(&[0x00, 0x8a]), "8A");
+        assert_eq!(serial_hex(&[0x00]), "00");
         assert_eq!(serial_hex(&[0x12, 0x00]), "1200");
     }
 

@@ -114,7 +114,7 @@ pub struct OrderProgress {
 /// What we know of the stored certificate (the PEM itself is kept by the store, not here).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertMeta {
-    /// Serial number, upper-case hex without leading zeros (HAProxy's `show ssl cert` spelling).
+    /// Serial number: its bytes in upper-case hex, as HAProxy's `show ssl cert` prints it.
     pub serial: String,
     pub not_before: UnixTime,
     pub not_after: UnixTime,
