@@ -93,6 +93,39 @@ impl Installer {
         Ok(true)
     }
 
+    /// Waits until HAProxy's runtime API answers (no-op in files-only mode), so nothing is
+    /// ordered before validation traffic can reach us through HAProxy. Returns false if
+    /// `shutdown` turned true first.
+    pub async fn wait_for_runtime_api(
+        &self,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        let Some(addr) = &self.runtime else {
+            return true;
+        };
+        let api = RuntimeApi { addr };
+        let mut last_log: Option<std::time::Instant> = None;
+        loop {
+            match api.send("show info").await {
+                Ok(info) if info.contains("Name: HAProxy") => return true,
+                other => {
+                    if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                        let why = match other {
+                            Ok(answer) => format!("unexpected answer: {}", answer.trim()),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::info!(runtime_api = %addr, "waiting for HAProxy's runtime API ({why})");
+                        last_log = Some(std::time::Instant::now());
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => return false,
+            }
+        }
+    }
+
     /// Installs certificate `id`: file first, then the runtime API, then a read-back of the serial.
     pub async fn install(
         &self,

@@ -89,7 +89,10 @@ pub fn chain_meta(chain_pem: &str, now: UnixTime) -> Result<CertMeta, PkiError> 
 /// Serial as HAProxy's `show ssl cert` prints it: the integer's bytes in upper-case hex, without
 /// DER's leading zero sign byte (so a serial may start with one '0' digit, e.g. "0DF4...").
 pub fn serial_hex(raw: &[u8]) -> String {
-    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    let first = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
     raw[first..].iter().map(|b| format!("{b:02X}")).collect()
 }
 

@@ -11,7 +11,11 @@ const NAMES: [&str; 3] = ["a.example.test", "www.a.example.test", "b.example.tes
 
 fn dump(env: &Env) -> serde_json::Value {
     let out = env.cli(DOMAINS, &["state", "dump"]);
-    assert!(out.status.success(), "state dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "state dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("state dump prints JSON")
 }
 
@@ -20,16 +24,28 @@ fn issues_two_certificates_through_haproxy_without_reload_and_survives_a_restart
     let env = Env::start();
     let root = env.issuer_root();
     for name in NAMES {
-        assert!(env.served_and_valid(name, &root).is_none(), "{name} must not verify before issuance");
+        assert!(
+            env.served_and_valid(name, &root).is_none(),
+            "{name} must not verify before issuance"
+        );
     }
 
     let started = Instant::now();
     let mut daemon = env.start_daemon(DOMAINS);
-    wait_until("every name served with a valid certificate", Duration::from_secs(60), || {
-        daemon.assert_running();
-        NAMES.iter().all(|n| env.served_and_valid(n, &root).is_some())
-    });
-    eprintln!("E2E-TIMING: daemon start to both certificates served: {} ms", started.elapsed().as_millis());
+    wait_until(
+        "every name served with a valid certificate",
+        Duration::from_secs(60),
+        || {
+            daemon.assert_running();
+            NAMES
+                .iter()
+                .all(|n| env.served_and_valid(n, &root).is_some())
+        },
+    );
+    eprintln!(
+        "E2E-TIMING: daemon start to both certificates served: {} ms",
+        started.elapsed().as_millis()
+    );
 
     // The second name of the SAN certificate is served by the same certificate as its id.
     let a = env.served_and_valid("www.a.example.test", &root).unwrap();
@@ -45,41 +61,77 @@ fn issues_two_certificates_through_haproxy_without_reload_and_survives_a_restart
         assert_eq!(c["phase"], "issued", "{c}");
         assert_eq!(c["installed"], true, "{c}");
         assert!(c["last_error"].is_null(), "{c}");
-        let file = env.certs_dir.join(format!("{}.pem", c["id"].as_str().unwrap()));
+        let file = env
+            .certs_dir
+            .join(format!("{}.pem", c["id"].as_str().unwrap()));
         let shown = env.runtime(&format!("show ssl cert {}", file.display()));
         let serial = c["serial"].as_str().unwrap();
-        assert!(shown.contains(&format!("Serial: {serial}")), "HAProxy serves another serial than the dump says:\n{shown}\n{c}");
+        assert!(
+            shown.contains(&format!("Serial: {serial}")),
+            "HAProxy serves another serial than the dump says:\n{shown}\n{c}"
+        );
         let meta = std::fs::metadata(&file).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         let pem = std::fs::read_to_string(&file).unwrap();
-        assert!(!pem.lines().any(|l| l.trim().is_empty()), "no blank lines in {}", file.display());
+        assert!(
+            !pem.lines().any(|l| l.trim().is_empty()),
+            "no blank lines in {}",
+            file.display()
+        );
         assert!(pem.contains("PRIVATE KEY"));
     }
-    assert_eq!(certs[0]["names"], serde_json::json!(["a.example.test", "www.a.example.test"]));
+    assert_eq!(
+        certs[0]["names"],
+        serde_json::json!(["a.example.test", "www.a.example.test"])
+    );
     let text = serde_json::to_string(&state).unwrap();
-    assert!(!text.contains("PRIVATE KEY") && !text.contains("key_authorization"), "no secrets in the dump");
+    assert!(
+        !text.contains("PRIVATE KEY") && !text.contains("key_authorization"),
+        "no secrets in the dump"
+    );
     let orders = env.pebble_new_orders();
     assert_eq!(orders, 2, "one order per certificate");
     assert_eq!(env.pebble_finalizes(), 2);
 
     // A graceful stop exits 0; the dump then works without the daemon.
+    let stopping = Instant::now();
     let status = daemon.terminate();
-    assert!(status.success(), "SIGTERM exit status {status}; log:\n{}", daemon.log_text());
+    eprintln!(
+        "E2E-TIMING: SIGTERM to exit: {} ms",
+        stopping.elapsed().as_millis()
+    );
+    assert!(
+        status.success(),
+        "SIGTERM exit status {status}; log:\n{}",
+        daemon.log_text()
+    );
     assert_eq!(dump(&env)["certificates"].as_array().unwrap().len(), 2);
 
     // After a restart: no new order, still served, still no reload.
     let mut daemon = env.start_daemon(DOMAINS);
-    wait_until("restarted daemon answers on its admin socket", Duration::from_secs(20), || {
-        daemon.assert_running();
-        env.cli(DOMAINS, &["state", "dump"]).status.success() && env.data_dir.join("admin.sock").exists()
-    });
+    wait_until(
+        "restarted daemon answers on its admin socket",
+        Duration::from_secs(20),
+        || {
+            daemon.assert_running();
+            env.cli(DOMAINS, &["state", "dump"]).status.success()
+                && env.data_dir.join("admin.sock").exists()
+        },
+    );
     std::thread::sleep(Duration::from_secs(2));
     daemon.assert_running();
-    assert_eq!(env.pebble_new_orders(), orders, "a restart must not order again");
+    assert_eq!(
+        env.pebble_new_orders(),
+        orders,
+        "a restart must not order again"
+    );
     assert_eq!(env.pebble_finalizes(), 2);
     for name in NAMES {
-        assert!(env.served_and_valid(name, &root).is_some(), "{name} still served after the restart");
+        assert!(
+            env.served_and_valid(name, &root).is_some(),
+            "{name} still served after the restart"
+        );
     }
     assert_eq!(env.haproxy_reloads(), 0);
     let log = daemon.log_text();
@@ -92,13 +144,19 @@ fn invalid_domains_are_refused_naming_the_bad_entry() {
         let out = std::process::Command::new(common::BIN)
             .args(cmd)
             .env_clear()
-            .env("DOMAINS", "good.example.test; *.wild.example.test ; 10.0.0.1")
+            .env(
+                "DOMAINS",
+                "good.example.test; *.wild.example.test ; 10.0.0.1",
+            )
             .env("RESPONDER_LISTEN", "127.0.0.1:0")
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
-        assert!(err.contains("\"*.wild.example.test\" is a wildcard"), "{err}");
+        assert!(
+            err.contains("\"*.wild.example.test\" is a wildcard"),
+            "{err}"
+        );
         assert!(err.contains("\"10.0.0.1\" is an IP address"), "{err}");
         assert!(out.stdout.is_empty());
     }
@@ -109,8 +167,15 @@ fn invalid_domains_are_refused_naming_the_bad_entry() {
         .env("OPTIONS", "--staging")
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(v["certificates"][0]["id"], "good.example.test");
-    assert_eq!(v["acme_directory"], "https://acme-staging-v02.api.letsencrypt.org/directory");
+    assert_eq!(
+        v["acme_directory"],
+        "https://acme-staging-v02.api.letsencrypt.org/directory"
+    );
 }

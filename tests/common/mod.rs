@@ -19,14 +19,20 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Fails the test unless every program the harness runs is installed.
 fn require_programs() {
-    let missing: Vec<&str> = ["pebble", "pebble-challtestsrv", "haproxy", "openssl", "curl"]
-        .into_iter()
-        .filter(|p| {
-            !std::env::var_os("PATH")
-                .map(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file()))
-                .unwrap_or(false)
-        })
-        .collect();
+    let missing: Vec<&str> = [
+        "pebble",
+        "pebble-challtestsrv",
+        "haproxy",
+        "openssl",
+        "curl",
+    ]
+    .into_iter()
+    .filter(|p| {
+        !std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file()))
+            .unwrap_or(false)
+    })
+    .collect();
     assert!(
         missing.is_empty(),
         "end-to-end tests need {missing:?}: run `scripts/test.sh` (it installs them with apt-get), \
@@ -35,7 +41,11 @@ fn require_programs() {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn repo_root() -> PathBuf {
@@ -71,7 +81,10 @@ fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Proc {
 pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not ready after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not ready after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -95,9 +108,13 @@ impl Env {
     /// Starts challtestsrv, pebble and HAProxy and waits until each answers.
     pub fn start() -> Env {
         require_programs();
-        let dir = tempfile::Builder::new().prefix("haproxy-acme-e2e").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("haproxy-acme-e2e")
+            .tempdir()
+            .unwrap();
         let d = dir.path();
-        let (acme_port, mgmt_port, http_port, https_port) = (free_port(), free_port(), free_port(), free_port());
+        let (acme_port, mgmt_port, http_port, https_port) =
+            (free_port(), free_port(), free_port(), free_port());
         let (responder_port, dns_port, chall_port) = (free_port(), free_port(), free_port());
         let certs_dir = d.join("certs");
         let data_dir = d.join("data");
@@ -106,7 +123,9 @@ impl Env {
         // Pebble's own HTTPS listener needs a certificate; the Debian package ships none.
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "e2e pebble listener CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "e2e pebble listener CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
@@ -172,7 +191,11 @@ impl Env {
             Command::new("pebble")
                 .arg("-config")
                 .arg(d.join("pebble.json"))
-                .args(["-dnsserver", &format!("127.0.0.1:{dns_port}"), "-strict=false"])
+                .args([
+                    "-dnsserver",
+                    &format!("127.0.0.1:{dns_port}"),
+                    "-strict=false",
+                ])
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 .env("PEBBLE_WFE_NONCEREJECT", "0")
                 .env("PEBBLE_AUTHZREUSE", "0"),
@@ -183,10 +206,20 @@ impl Env {
         let check = Command::new("haproxy")
             .args(["-c", "-f"])
             .arg(&cfg)
-            .envs(haproxy_env(http_port, https_port, responder_port, &certs_dir, &runtime_sock))
+            .envs(haproxy_env(
+                http_port,
+                https_port,
+                responder_port,
+                &certs_dir,
+                &runtime_sock,
+            ))
             .output()
             .unwrap();
-        assert!(check.status.success(), "haproxy -c rejects deploy/haproxy.cfg: {}", String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "haproxy -c rejects deploy/haproxy.cfg: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
         procs.push(spawn(
             "haproxy",
             d,
@@ -196,7 +229,13 @@ impl Env {
                 .arg(format!("{},mode,600", master_sock.display()))
                 .arg("-f")
                 .arg(&cfg)
-                .envs(haproxy_env(http_port, https_port, responder_port, &certs_dir, &runtime_sock)),
+                .envs(haproxy_env(
+                    http_port,
+                    https_port,
+                    responder_port,
+                    &certs_dir,
+                    &runtime_sock,
+                )),
         ));
 
         let env = Env {
@@ -228,7 +267,8 @@ impl Env {
         for p in &self.procs {
             let log = std::fs::read_to_string(&p.log).unwrap_or_default();
             assert!(
-                std::fs::metadata(format!("/proc/{}", p.child.id())).is_ok() && !is_zombie(p.child.id()),
+                std::fs::metadata(format!("/proc/{}", p.child.id())).is_ok()
+                    && !is_zombie(p.child.id()),
                 "{} exited; its log:\n{log}",
                 p.name
             );
@@ -246,7 +286,9 @@ impl Env {
             .arg(url)
             .output()
             .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Pebble's issuing root for this run (it makes a new one at every start).
@@ -281,12 +323,18 @@ impl Env {
 
     /// How many orders pebble created (its log has one line per new-order request).
     pub fn pebble_new_orders(&self) -> usize {
-        self.pebble_log().lines().filter(|l| l.contains("POST /order-plz")).count()
+        self.pebble_log()
+            .lines()
+            .filter(|l| l.contains("POST /order-plz"))
+            .count()
     }
 
     /// How many finalize requests pebble received.
     pub fn pebble_finalizes(&self) -> usize {
-        self.pebble_log().lines().filter(|l| l.contains("POST /finalize-order/")).count()
+        self.pebble_log()
+            .lines()
+            .filter(|l| l.contains("POST /finalize-order/"))
+            .count()
     }
 
     pub fn pebble_log(&self) -> String {
@@ -299,11 +347,20 @@ impl Env {
             ("DOMAINS".into(), domains.into()),
             ("EMAIL".into(), "e2e@example.test".into()),
             ("ACME_DIRECTORY".into(), self.directory_url()),
-            ("ACME_CA_BUNDLE".into(), self.listener_ca.display().to_string()),
+            (
+                "ACME_CA_BUNDLE".into(),
+                self.listener_ca.display().to_string(),
+            ),
             ("DATA_DIR".into(), self.data_dir.display().to_string()),
             ("CERTS_DIR".into(), self.certs_dir.display().to_string()),
-            ("HAPROXY_RUNTIME_API".into(), format!("unix:{}", self.runtime_sock.display())),
-            ("RESPONDER_LISTEN".into(), format!("127.0.0.1:{}", self.responder_port)),
+            (
+                "HAPROXY_RUNTIME_API".into(),
+                format!("unix:{}", self.runtime_sock.display()),
+            ),
+            (
+                "RESPONDER_LISTEN".into(),
+                format!("127.0.0.1:{}", self.responder_port),
+            ),
             ("RUST_LOG".into(), "info,haproxy_acme=debug".into()),
         ]
     }
@@ -323,7 +380,10 @@ impl Env {
             .stderr(out)
             .spawn()
             .expect("start haproxy-acme");
-        Daemon { child: Some(child), log }
+        Daemon {
+            child: Some(child),
+            log,
+        }
     }
 
     /// Runs a CLI command of the daemon's binary with the daemon's environment.
@@ -341,8 +401,19 @@ impl Env {
     /// pebble's root and the host name. Returns openssl's output when it verifies.
     pub fn served_and_valid(&self, name: &str, root: &Path) -> Option<String> {
         let out = Command::new("openssl")
-            .args(["s_client", "-connect", &format!("127.0.0.1:{}", self.https_port)])
-            .args(["-servername", name, "-verify_hostname", name, "-verify_return_error", "-CAfile"])
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{}", self.https_port),
+            ])
+            .args([
+                "-servername",
+                name,
+                "-verify_hostname",
+                name,
+                "-verify_return_error",
+                "-CAfile",
+            ])
             .arg(root)
             .stdin(Stdio::null())
             .output()
@@ -354,11 +425,23 @@ impl Env {
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(true)
 }
 
-fn haproxy_env(http: u16, https: u16, responder: u16, certs: &Path, sock: &Path) -> Vec<(String, String)> {
+fn haproxy_env(
+    http: u16,
+    https: u16,
+    responder: u16,
+    certs: &Path,
+    sock: &Path,
+) -> Vec<(String, String)> {
     vec![
         ("HAPROXY_HTTP_BIND".into(), format!("127.0.0.1:{http}")),
         ("HAPROXY_HTTPS_BIND".into(), format!("127.0.0.1:{https}")),
@@ -394,14 +477,19 @@ impl Daemon {
 
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("the daemon exited ({status}); its log:\n{}", self.log_text());
+            panic!(
+                "the daemon exited ({status}); its log:\n{}",
+                self.log_text()
+            );
         }
     }
 
     /// SIGTERM, then waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon still running");
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
