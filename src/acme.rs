@@ -99,7 +99,7 @@ impl AcmeError {
                 err.retry_after = when.map(unix_at);
                 err
             }
-            other => AcmeError::new(step, FailureKind::Retryable, other.to_string()),
+            other => AcmeError::new(step, FailureKind::Retryable, with_sources(&other)),
         }
     }
 }
@@ -108,6 +108,22 @@ impl std::fmt::Display for AcmeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
+}
+
+/// An error with its chain of causes ("client error (Connect): tls handshake: UnknownIssuer"):
+/// the outermost message alone rarely says what to fix.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 fn unix_at(i: Instant) -> UnixTime {

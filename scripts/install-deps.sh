@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the tests and the local demo run, from Debian's packages, when missing:
+# pebble (+ pebble-challtestsrv), haproxy, openssl, curl, socat. Needs root (or sudo) for apt-get.
+# The Debian haproxy package's own system service is never used; if it was started by the
+# install, it is stopped so that it holds no ports.
+set -euo pipefail
+
+need=()
+for pair in pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing from Debian: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q >&2
+$sudo apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet haproxy 2>/dev/null; then
+  $sudo systemctl disable --now haproxy >&2 || true
+fi
