@@ -173,13 +173,7 @@ impl Store {
 
     /// ACME account credentials (instant-acme's JSON) for a directory.
     pub fn account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.accounts
-            .get(directory)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| StoreError::Corrupt {
-                id: format!("account for {directory}"),
-                detail: e.to_string(),
-            })
+        self.get_bytes(&self.accounts, directory)
     }
 
     pub fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
@@ -191,29 +185,29 @@ impl Store {
 
     /// The account key (PKCS#8 DER) generated for a directory before the account was created.
     pub fn account_key(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.keys
-            .get(format!("account/{directory}"))
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| StoreError::Corrupt {
-                id: format!("account key for {directory}"),
-                detail: e.to_string(),
-            })
+        self.get_bytes(&self.keys, &account_key(directory))
     }
 
     pub fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
         self.keys
-            .insert(format!("account/{directory}"), pkcs8_der)
+            .insert(account_key(directory), pkcs8_der)
             .map_err(write_err)?;
         self.flush()
     }
 
+    fn get_bytes(&self, tree: &sled::Tree, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        tree.get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::Corrupt {
+                id: key.into(),
+                detail: e.to_string(),
+            })
+    }
+
     fn get_string(&self, tree: &sled::Tree, key: &str) -> Result<Option<String>, StoreError> {
-        match tree.get(key).map_err(|e| StoreError::Corrupt {
-            id: key.into(),
-            detail: e.to_string(),
-        })? {
+        match self.get_bytes(tree, key)? {
             None => Ok(None),
-            Some(v) => String::from_utf8(v.to_vec())
+            Some(v) => String::from_utf8(v)
                 .map(Some)
                 .map_err(|_| StoreError::Corrupt {
                     id: key.into(),
@@ -236,6 +230,10 @@ fn pending_key(id: &str) -> String {
 
 fn current_key(id: &str) -> String {
     format!("current/{id}")
+}
+
+fn account_key(directory: &str) -> String {
+    format!("account/{directory}")
 }
 
 fn encode(r: &Record) -> Vec<u8> {

@@ -203,16 +203,17 @@ impl Env {
         let runtime_sock = d.join("haproxy-admin.sock");
         let master_sock = d.join("haproxy-master.sock");
         let cfg = repo_root().join("deploy/haproxy.cfg");
+        let hap_env = haproxy_env(
+            http_port,
+            https_port,
+            responder_port,
+            &certs_dir,
+            &runtime_sock,
+        );
         let check = Command::new("haproxy")
             .args(["-c", "-f"])
             .arg(&cfg)
-            .envs(haproxy_env(
-                http_port,
-                https_port,
-                responder_port,
-                &certs_dir,
-                &runtime_sock,
-            ))
+            .envs(hap_env.clone())
             .output()
             .unwrap();
         assert!(
@@ -229,13 +230,7 @@ impl Env {
                 .arg(format!("{},mode,600", master_sock.display()))
                 .arg("-f")
                 .arg(&cfg)
-                .envs(haproxy_env(
-                    http_port,
-                    https_port,
-                    responder_port,
-                    &certs_dir,
-                    &runtime_sock,
-                )),
+                .envs(hap_env),
         ));
 
         let env = Env {
