@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The release binary, built exactly as deploy/Dockerfile builds it.
+cargo build --release --locked --bin haproxy-acme
 mkdir -p target
 cargo test --workspace --all-targets 2>&1 | tee target/test-output.log
 # One closing line for the whole run (cargo prints one per test binary).

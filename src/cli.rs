@@ -30,6 +30,9 @@ pub enum Command {
     CheckConfig,
     /// Print the HAProxy frontend/backend snippet that matches the current settings.
     HaproxyConfig,
+    /// Exit 0 if the daemon using DATA_DIR answers its health check, 1 otherwise (for a
+    /// container HEALTHCHECK).
+    Healthcheck,
 }
 
 #[derive(Debug, Subcommand)]

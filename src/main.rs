@@ -41,7 +41,7 @@ fn main() -> ExitCode {
 
     let need = match cli.command {
         Command::Run | Command::CheckConfig => Need::Daemon,
-        Command::State { .. } | Command::HaproxyConfig => Need::StoreOnly,
+        Command::State { .. } | Command::HaproxyConfig | Command::Healthcheck => Need::StoreOnly,
     };
     let config = match Config::from_raw(&cli.settings, need) {
         Ok(c) => c,
@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         Command::State {
             command: StateCommand::Dump,
         } => runtime().and_then(|rt| rt.block_on(state_dump(&config))),
+        Command::Healthcheck => runtime().and_then(|rt| rt.block_on(healthcheck(&config))),
         Command::Run => runtime().and_then(|rt| rt.block_on(run(config))),
     };
     match result {
@@ -81,6 +82,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// `healthcheck`: asks the running daemon's admin socket.
+async fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    let socket = admin::socket_path(&config.data_dir);
+    match admin::get(&config.data_dir, "/healthz").await {
+        Ok(Some(body)) => {
+            print!("{body}");
+            Ok(())
+        }
+        Ok(None) => anyhow::bail!("no daemon answers on {}", socket.display()),
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("health check through {}", socket.display())))
+        }
+    }
 }
 
 /// `state dump`: from the running daemon if there is one, else straight from the store.

@@ -51,6 +51,12 @@ fn issues_two_certificates_through_haproxy_without_reload_and_survives_a_restart
     let a = env.served_and_valid("www.a.example.test", &root).unwrap();
     assert!(a.contains("a.example.test"));
     assert_eq!(env.haproxy_reloads(), 0, "HAProxy must not be reloaded");
+    let health = env.cli(DOMAINS, &["healthcheck"]);
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
 
     // The state dump (through the running daemon's admin socket) agrees with HAProxy.
     let state = dump(&env);
@@ -107,6 +113,9 @@ fn issues_two_certificates_through_haproxy_without_reload_and_survives_a_restart
         daemon.log_text()
     );
     assert_eq!(dump(&env)["certificates"].as_array().unwrap().len(), 2);
+    let health = env.cli(DOMAINS, &["healthcheck"]);
+    assert_eq!(health.status.code(), Some(1), "no daemon, unhealthy");
+    assert!(String::from_utf8_lossy(&health.stderr).contains("no daemon answers"));
 
     // After a restart: no new order, still served, still no reload.
     let mut daemon = env.start_daemon(DOMAINS);
