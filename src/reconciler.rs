@@ -158,10 +158,12 @@ pub fn sync_config(shared: &Shared) -> Result<Vec<String>, StoreError> {
         let configured = Event::Configured {
             names: spec.names.clone(),
             key_type: shared.config.key_type,
+            acme_directory: shared.config.acme_directory.clone(),
         };
         match shared.store.get(&spec.id)? {
             None => {
                 let r = Record::new(spec.names.clone(), shared.config.key_type, now);
+                let (r, _) = apply(&r, configured, now);
                 shared.store.put(&r)?;
                 tracing::info!(cert = %spec.id, names = ?spec.names, "new certificate wanted");
             }
@@ -169,7 +171,7 @@ pub fn sync_config(shared: &Shared) -> Result<Vec<String>, StoreError> {
                 let (new, _) = apply(&old, configured, now);
                 if new != old {
                     shared.store.put(&new)?;
-                    tracing::info!(cert = %spec.id, names = ?spec.names, "certificate names or key type changed: re-issuing");
+                    tracing::info!(cert = %spec.id, names = ?spec.names, "certificate names, key type or CA changed: re-issuing");
                 }
             }
         }

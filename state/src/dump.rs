@@ -27,6 +27,8 @@ pub struct CertView {
     pub names: Vec<String>,
     pub phase: &'static str,
     pub key_type: &'static str,
+    /// The ACME directory the certificate comes from.
+    pub acme_directory: String,
     pub serial: Option<String>,
     pub not_before: Option<String>,
     pub not_after: Option<String>,
@@ -79,6 +81,7 @@ impl CertView {
             names: r.names.clone(),
             phase: r.phase.as_str(),
             key_type: r.key_type.as_str(),
+            acme_directory: r.acme_directory.clone(),
             serial: r.cert.as_ref().map(|c| c.serial.clone()),
             not_before: r.cert.as_ref().map(|c| rfc3339(c.not_before)),
             not_after: r.cert.as_ref().map(|c| rfc3339(c.not_after)),

@@ -192,6 +192,10 @@ pub struct Record {
     /// All names of the certificate, the id first.
     pub names: Vec<String>,
     pub key_type: KeyType,
+    /// The ACME directory the certificate (and any order in flight) comes from; empty until the
+    /// configuration says.
+    #[serde(default)]
+    pub acme_directory: String,
     pub phase: Phase,
     pub order: Option<OrderProgress>,
     pub cert: Option<CertMeta>,
@@ -212,6 +216,7 @@ impl Record {
             id: names[0].clone(),
             names,
             key_type,
+            acme_directory: String::new(),
             phase: Phase::Pending,
             order: None,
             cert: None,

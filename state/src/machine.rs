@@ -24,10 +24,11 @@ pub struct FailureReport {
 /// Something that happened to a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The configuration wants this certificate with these names and key type.
+    /// The configuration wants this certificate with these names and key type, from this CA.
     Configured {
         names: Vec<String>,
         key_type: KeyType,
+        acme_directory: String,
     },
     /// `new_order` returned this URL (persist before using it).
     OrderCreated {
@@ -82,13 +83,22 @@ pub enum Plan {
 pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Action>) {
     let mut r = record.clone();
     match event {
-        Event::Configured { names, key_type } => {
-            if r.names != names || r.key_type != key_type {
+        Event::Configured {
+            names,
+            key_type,
+            acme_directory,
+        } => {
+            // A record that never had a CA (just created) takes this one without re-issuing; a
+            // change of CA (staging to production, say) re-issues: the certificate and any order
+            // in flight belong to the other CA.
+            let ca_changed = !r.acme_directory.is_empty() && r.acme_directory != acme_directory;
+            if r.names != names || r.key_type != key_type || ca_changed {
                 r.id = names[0].clone();
                 r.names = names;
                 r.key_type = key_type;
                 restart_issuance(&mut r);
             }
+            r.acme_directory = acme_directory;
         }
         Event::OrderCreated { url } => {
             r.order = Some(OrderProgress {
@@ -509,6 +519,7 @@ mod tests {
             Event::Configured {
                 names: vec!["a.test".into()],
                 key_type: KeyType::EcdsaP256,
+                acme_directory: String::new(),
             },
             T0,
         );
@@ -525,6 +536,7 @@ mod tests {
             Event::Configured {
                 names: r.names.clone(),
                 key_type: r.key_type,
+                acme_directory: String::new(),
             },
             T0 + 5,
         );
@@ -537,6 +549,7 @@ mod tests {
             Event::Configured {
                 names: names.clone(),
                 key_type: r.key_type,
+                acme_directory: String::new(),
             },
             T0 + 5,
         );
@@ -550,11 +563,38 @@ mod tests {
             Event::Configured {
                 names,
                 key_type: KeyType::Rsa2048,
+                acme_directory: String::new(),
             },
             T0,
         );
         assert!(v2.order.is_none());
         assert_eq!(v2.phase, Phase::Expiring);
+    }
+
+    #[test]
+    fn a_change_of_ca_reissues_but_a_first_ca_does_not() {
+        let conf = |r: &Record, dir: &str| Event::Configured {
+            names: r.names.clone(),
+            key_type: r.key_type,
+            acme_directory: dir.into(),
+        };
+        let r = issued("f1");
+        let (r, a) = apply(&r, conf(&r, "https://staging/dir"), T0);
+        assert_eq!(
+            (r.phase, a),
+            (Phase::Issued, vec![]),
+            "first CA recorded, nothing re-issued"
+        );
+        assert_eq!(r.acme_directory, "https://staging/dir");
+        let (same, _) = apply(&r, conf(&r, "https://staging/dir"), T0 + 1);
+        assert_eq!(same, r);
+        let (r, a) = apply(&r, conf(&r, "https://production/dir"), T0);
+        assert_eq!((r.phase, a), (Phase::Expiring, vec![Action::CreateOrder]));
+        assert!(
+            r.is_installed(),
+            "the staging certificate serves until the new one is installed"
+        );
+        assert_eq!(r.acme_directory, "https://production/dir");
     }
 
     #[test]
