@@ -66,6 +66,7 @@ fn issues_two_certificates_through_haproxy_without_reload_and_survives_a_restart
     for c in certs {
         assert_eq!(c["phase"], "issued", "{c}");
         assert_eq!(c["installed"], true, "{c}");
+        assert_eq!(c["acme_directory"], env.directory_url().as_str());
         assert!(c["last_error"].is_null(), "{c}");
         let file = env
             .certs_dir
