@@ -185,6 +185,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         shared.clone(),
         shutdown.clone(),
     ));
+    // No `sleep` in a compose file: the daemon itself waits until HAProxy can route validation
+    // traffic and take certificates, before it orders anything.
+    let mut waiting = shutdown.clone();
+    if !shared.installer.wait_for_runtime_api(&mut waiting).await {
+        let _ = tokio::join!(responder_task, admin_task);
+        let _ = std::fs::remove_file(admin::socket_path(&shared.config.data_dir));
+        return Ok(());
+    }
     tracing::info!(certificates = ids.len(), directory = %shared.config.acme_directory, "reconciler started");
     reconciler::run(shared.clone(), ids, shutdown).await;
     let _ = tokio::join!(responder_task, admin_task);

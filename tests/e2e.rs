@@ -189,3 +189,31 @@ fn invalid_domains_are_refused_naming_the_bad_entry() {
         "https://acme-staging-v02.api.letsencrypt.org/directory"
     );
 }
+
+#[test]
+fn nothing_is_ordered_before_haproxys_runtime_api_answers() {
+    let env = Env::start();
+    let missing = env.dir.path().join("not-yet-haproxy.sock");
+    let api = format!("unix:{}", missing.display());
+    let mut daemon = env.start_daemon_with(DOMAINS, &[("HAPROXY_RUNTIME_API", api.as_str())]);
+    wait_until(
+        "the daemon says it waits for HAProxy",
+        Duration::from_secs(20),
+        || {
+            daemon.assert_running();
+            daemon
+                .log_text()
+                .contains("waiting for HAProxy's runtime API")
+        },
+    );
+    // The responder and the admin socket are up meanwhile (HAProxy can start after us).
+    assert!(env.cli(DOMAINS, &["healthcheck"]).status.success());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        env.pebble_new_orders(),
+        0,
+        "no order before HAProxy can route validation"
+    );
+    let status = daemon.terminate();
+    assert!(status.success(), "SIGTERM while waiting exits 0: {status}");
+}

@@ -362,6 +362,11 @@ impl Env {
 
     /// Starts `haproxy-acme run` for `domains`; its log goes to `daemon-N.log`.
     pub fn start_daemon(&self, domains: &str) -> Daemon {
+        self.start_daemon_with(domains, &[])
+    }
+
+    /// Starts the daemon with some variables of `daemon_env` overridden.
+    pub fn start_daemon_with(&self, domains: &str, overrides: &[(&str, &str)]) -> Daemon {
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         let log = self.dir.path().join(format!("daemon-{n}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -370,6 +375,7 @@ impl Env {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.daemon_env(domains))
+            .envs(overrides.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
