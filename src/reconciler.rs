@@ -3,7 +3,7 @@
 //! the action with bounded concurrency, and feeds the results back through `state::apply`,
 //! persisting each new record (flushed) before the next ACME request.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,6 +153,13 @@ fn sync_tokens(tokens: &Tokens, old: Option<&Record>, new: Option<&Record>) {
 /// manage.
 pub fn sync_config(shared: &Shared) -> Result<Vec<String>, StoreError> {
     let now = unix_now();
+    // One pass over the store; records not in the configuration are left as they are.
+    let mut stored: HashMap<String, Record> = shared
+        .store
+        .records()?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
     let mut wanted = Vec::new();
     for spec in &shared.config.certificates {
         let configured = Event::Configured {
@@ -160,30 +167,27 @@ pub fn sync_config(shared: &Shared) -> Result<Vec<String>, StoreError> {
             key_type: shared.config.key_type,
             acme_directory: shared.config.acme_directory.clone(),
         };
-        match shared.store.get(&spec.id)? {
-            None => {
-                let r = Record::new(spec.names.clone(), shared.config.key_type, now);
-                let (r, _) = apply(&r, configured, now);
-                shared.store.put(&r)?;
-                tracing::info!(cert = %spec.id, names = ?spec.names, "new certificate wanted");
-            }
-            Some(old) => {
-                let (new, _) = apply(&old, configured, now);
-                if new != old {
-                    shared.store.put(&new)?;
-                    tracing::info!(cert = %spec.id, names = ?spec.names, "certificate names, key type or CA changed: re-issuing");
+        let old = stored.remove(&spec.id);
+        let base = old
+            .clone()
+            .unwrap_or_else(|| Record::new(spec.names.clone(), shared.config.key_type, now));
+        let (new, _) = apply(&base, configured, now);
+        if old.as_ref() != Some(&new) {
+            shared.store.put(&new)?;
+            match old {
+                None => {
+                    tracing::info!(cert = %spec.id, names = ?spec.names, "new certificate wanted")
+                }
+                Some(_) => {
+                    tracing::info!(cert = %spec.id, names = ?spec.names, "certificate names, key type or CA changed: re-issuing")
                 }
             }
         }
+        sync_tokens(&shared.tokens, None, Some(&new));
         wanted.push(spec.id.clone());
     }
-    let wanted_set: HashSet<&String> = wanted.iter().collect();
-    for r in shared.store.records()? {
-        if wanted_set.contains(&r.id) {
-            sync_tokens(&shared.tokens, None, Some(&r));
-        } else {
-            tracing::info!(cert = %r.id, "in the store but not in DOMAINS: kept as it is, not renewed");
-        }
+    for id in stored.keys() {
+        tracing::info!(cert = %id, "in the store but not in DOMAINS: kept as it is, not renewed");
     }
     Ok(wanted)
 }
