@@ -39,7 +39,7 @@ pub struct AcmeError {
 }
 
 impl AcmeError {
-    fn new(step: Step, kind: FailureKind, message: impl Into<String>) -> AcmeError {
+    pub fn new(step: Step, kind: FailureKind, message: impl Into<String>) -> AcmeError {
         AcmeError {
             step,
             kind,

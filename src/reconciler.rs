@@ -376,10 +376,12 @@ impl OrderHooks for Hooks<'_> {
             }
         }
         let kt = self.key_type;
+        // A key generation failure is not a store failure: say what it is.
+        let keygen_err = |m: String| AcmeError::new(Step::Finalize, FailureKind::Retryable, m);
         let key = tokio::task::spawn_blocking(move || crate::pki::generate_key(kt))
             .await
-            .map_err(|e| store_failure(Step::Finalize, StoreError::Write(e.to_string())))?
-            .map_err(|e| store_failure(Step::Finalize, StoreError::Write(e.to_string())))?;
+            .map_err(|e| keygen_err(format!("key generation task failed: {e}")))?
+            .map_err(|e| keygen_err(e.to_string()))?;
         self.shared
             .commit(self.id, Event::KeyStored, |s, r| {
                 s.put_with_pending_key(r, &key)
@@ -390,11 +392,5 @@ impl OrderHooks for Hooks<'_> {
 }
 
 fn store_failure(step: Step, e: StoreError) -> AcmeError {
-    AcmeError {
-        step,
-        kind: FailureKind::Retryable,
-        message: e.to_string(),
-        retry_after: None,
-        order_dead: false,
-    }
+    AcmeError::new(step, FailureKind::Retryable, e.to_string())
 }
