@@ -52,6 +52,8 @@ pub async fn serve(
                 Ok((s, _)) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
+                    // As in the responder: do not spin on a persistent error (out of fds).
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
