@@ -66,22 +66,27 @@ impl Installer {
         }
     }
 
-    /// Writes a self-signed `000-default.pem` when the directory holds no certificate, so HAProxy
-    /// can start serving TLS before the first issuance. Returns whether it wrote one.
-    pub fn ensure_default_cert(&self) -> Result<bool, InstallError> {
+    /// Prepares the certificate directory at start: removes temporary files a crash left behind,
+    /// and writes a self-signed `000-default.pem` when the directory holds no certificate, so
+    /// HAProxy can serve TLS before the first issuance. Returns whether it wrote the default.
+    pub fn prepare_certs_dir(&self) -> Result<bool, InstallError> {
         let file_err = |path: &Path, source| InstallError::File {
             path: path.to_path_buf(),
             source,
         };
         fs::create_dir_all(&self.certs_dir).map_err(|e| file_err(&self.certs_dir, e))?;
-        let has_pem = fs::read_dir(&self.certs_dir)
-            .map_err(|e| file_err(&self.certs_dir, e))?
-            .filter_map(Result::ok)
-            .any(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.ends_with(".pem") && !n.starts_with('.')
-            });
+        let mut has_pem = false;
+        for entry in fs::read_dir(&self.certs_dir).map_err(|e| file_err(&self.certs_dir, e))? {
+            let entry = entry.map_err(|e| file_err(&self.certs_dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".pem.tmp") {
+                // Left by a crash inside `write_atomic`: the target is intact, the temp is junk.
+                let _ = fs::remove_file(entry.path());
+            } else if name.ends_with(".pem") && !name.starts_with('.') {
+                has_pem = true;
+            }
+        }
         if has_pem {
             return Ok(false);
         }
@@ -349,11 +354,16 @@ mod tests {
     }
 
     #[test]
-    fn default_cert_only_when_the_directory_has_none() {
+    fn prepare_writes_a_default_only_when_the_directory_has_none() {
         let dir = tempfile::tempdir().unwrap();
         let inst = Installer::new(dir.path().into(), dir.path().into(), None);
-        assert!(inst.ensure_default_cert().unwrap());
-        assert!(!inst.ensure_default_cert().unwrap());
+        std::fs::write(dir.path().join(".a.pem.tmp"), "half").unwrap();
+        assert!(inst.prepare_certs_dir().unwrap());
+        assert!(!inst.prepare_certs_dir().unwrap());
+        assert!(
+            !dir.path().join(".a.pem.tmp").exists(),
+            "a crash's temp file is removed"
+        );
         let pem = fs::read_to_string(dir.path().join(DEFAULT_CERT_FILE)).unwrap();
         assert!(pem.contains("BEGIN CERTIFICATE") && pem.contains("PRIVATE KEY"));
     }

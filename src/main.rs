@@ -165,7 +165,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.haproxy_certs_dir.clone(),
         config.haproxy_runtime_api.clone(),
     );
-    if installer.ensure_default_cert()? {
+    if installer.prepare_certs_dir()? {
         tracing::info!(dir = %config.certs_dir.display(), "wrote the self-signed default certificate 000-default.pem");
     }
     let admin_listener = admin::bind(&config.data_dir).with_context(|| {

@@ -86,7 +86,7 @@ fn compose_env(service: &str) -> Vec<(String, String)> {
 fn compose_haproxy_environment_makes_the_shipped_config_valid() {
     let dir = tempfile::tempdir().unwrap();
     haproxy_acme::installer::Installer::new(dir.path().into(), dir.path().into(), None)
-        .ensure_default_cert()
+        .prepare_certs_dir()
         .unwrap();
     let mut env = compose_env("haproxy");
     for (k, v) in env.iter_mut() {

@@ -107,6 +107,11 @@ pub struct Env {
 impl Env {
     /// Starts challtestsrv, pebble and HAProxy and waits until each answers.
     pub fn start() -> Env {
+        Env::start_with(None)
+    }
+
+    /// Like `start`, with pebble issuing certificates valid for `validity_secs` (renewal tests).
+    pub fn start_with(validity_secs: Option<u64>) -> Env {
         require_programs();
         let dir = tempfile::Builder::new()
             .prefix("haproxy-acme-e2e")
@@ -136,7 +141,7 @@ impl Env {
         std::fs::write(&listener_ca, ca.pem()).unwrap();
         std::fs::write(d.join("pebble-cert.pem"), leaf.pem()).unwrap();
         std::fs::write(d.join("pebble-key.pem"), leaf_key.serialize_pem()).unwrap();
-        let validity = std::env::var("E2E_CERT_VALIDITY")
+        let validity = validity_secs
             .map(|v| format!(",\n    \"certificateValidityPeriod\": {v}"))
             .unwrap_or_default();
         std::fs::write(
@@ -161,7 +166,7 @@ impl Env {
 
         // HAProxy needs a certificate in the directory before it starts: the daemon's own default.
         haproxy_acme::installer::Installer::new(certs_dir.clone(), certs_dir.clone(), None)
-            .ensure_default_cert()
+            .prepare_certs_dir()
             .unwrap();
 
         let mut procs = Vec::new();
@@ -483,6 +488,13 @@ impl Daemon {
                 self.log_text()
             );
         }
+    }
+
+    /// SIGKILL: the crash the durable-intent rule is for.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon still running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// SIGTERM, then waits (bounded) for the exit status.
