@@ -1,0 +1,222 @@
+//! Crash safety: the daemon is SIGKILLed at random instants while it issues, renews and installs
+//! short-lived certificates for 12 certificate ids, and restarted each time. At the end every
+//! certificate is served and intact, the state agrees with HAProxy, and pebble never issued two
+//! certificates for the same id within one renewal cycle (no duplicate issuance).
+//!
+//! `CRASH_KILLS` (default 110) and `CRASH_SEED` (default: from the clock, printed) reproduce a run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Env};
+use rand::{Rng, SeedableRng};
+
+/// Pebble's certificate lifetime in this test: renewal is due at half of it (lifetime < 10 days).
+const VALIDITY_SECS: i64 = 30;
+
+fn domains() -> (String, Vec<String>) {
+    let mut entries = vec!["c0.example.test,www.c0.example.test".to_string()];
+    entries.extend((1..12).map(|i| format!("c{i}.example.test")));
+    let names = entries
+        .iter()
+        .flat_map(|e| e.split(',').map(String::from))
+        .collect();
+    (entries.join(";"), names)
+}
+
+/// The certificates pebble issued in this run, from its log: (serial, order id).
+fn issued_serials(env: &Env) -> Vec<String> {
+    env.pebble_log()
+        .lines()
+        .filter_map(|l| l.split("Issued certificate serial ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+/// Names and notBefore of an issued certificate, asked from pebble's management API.
+fn issued_cert(env: &Env, serial: &str) -> (Vec<String>, i64) {
+    let out = std::process::Command::new("curl")
+        .args(["-fsS", "--max-time", "5", "--cacert"])
+        .arg(&env.listener_ca)
+        .arg(format!(
+            "https://127.0.0.1:{}/cert-status-by-serial/{serial}",
+            env.mgmt_port
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pebble has no certificate {serial}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pem = v["Certificate"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no Certificate in {v}"));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let mut names: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    (names, cert.validity().not_before.timestamp())
+}
+
+fn openssl_pubkey(args: &[&str], file: &std::path::Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?} {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn sigkill_at_random_instants_never_duplicates_issuance_nor_loses_a_key() {
+    let kills: usize = std::env::var("CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(110);
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("CRASH: seed {seed} (CRASH_SEED={seed} reproduces the kill instants), {kills} kills");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let env = Env::start_with(Some(VALIDITY_SECS as u64));
+    let root = env.issuer_root();
+    let (domains, names) = domains();
+
+    let suite = Instant::now();
+    for _ in 0..kills {
+        let mut daemon = env.start_daemon(&domains);
+        // Most kills land in the first second (account, orders, validation, finalize,
+        // install); some later, while renewals of the 30-second certificates run.
+        let after = if rng.random_bool(0.8) {
+            rng.random_range(0..1200)
+        } else {
+            rng.random_range(1200..4000)
+        };
+        std::thread::sleep(Duration::from_millis(after));
+        daemon.kill();
+    }
+    let suite_secs = suite.elapsed().as_secs_f64();
+
+    // The last restart, left alone: it must converge.
+    let restarted = Instant::now();
+    let mut daemon = env.start_daemon(&domains);
+    wait_until(
+        "every name served with a valid certificate after the last restart",
+        Duration::from_secs(90),
+        || {
+            daemon.assert_running();
+            names
+                .iter()
+                .all(|n| env.served_and_valid(n, &root).is_some())
+        },
+    );
+    let converged = restarted.elapsed();
+    let status = daemon.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM after the suite: {status}\n{}",
+        daemon.log_text()
+    );
+
+    // The state agrees with what HAProxy serves and with the files, which are whole.
+    let out = env.cli(&domains, &["state", "dump"]);
+    assert!(out.status.success());
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let certs = dump["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 12);
+    for c in certs {
+        let id = c["id"].as_str().unwrap();
+        let file = env.certs_dir.join(format!("{id}.pem"));
+        let shown = env.runtime(&format!("show ssl cert {}", file.display()));
+        if c["installed"] == true {
+            let serial = c["serial"].as_str().unwrap();
+            assert!(
+                shown.contains(&format!("Serial: {serial}")),
+                "{id}: dump says {serial}, HAProxy:\n{shown}"
+            );
+        } else {
+            // Stopped between storing a renewed certificate and installing it: HAProxy must
+            // still serve a certificate, which the next start replaces.
+            assert!(shown.contains("Serial:"), "{id} not served: {shown}");
+        }
+        let cert_key = openssl_pubkey(&["x509", "-noout", "-pubkey", "-in"], &file);
+        let key_key = openssl_pubkey(&["pkey", "-pubout", "-in"], &file);
+        assert_eq!(
+            cert_key, key_key,
+            "{id}: the key in the file belongs to its certificate"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&env.certs_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // No duplicate issuance: for each certificate id, consecutive certificates pebble issued are
+    // at least a renewal period apart (renewal is due at half the lifetime).
+    let mut per_id: BTreeMap<Vec<String>, Vec<i64>> = BTreeMap::new();
+    let serials = issued_serials(&env);
+    for serial in &serials {
+        let (names, not_before) = issued_cert(&env, serial);
+        per_id.entry(names).or_default().push(not_before);
+    }
+    assert_eq!(
+        per_id.len(),
+        12,
+        "every certificate id was issued: {:?}",
+        per_id.keys()
+    );
+    let min_gap = VALIDITY_SECS / 2 - 2; // notBefore has one-second resolution, and pebble may round
+    for (names, times) in per_id.iter_mut() {
+        times.sort();
+        for w in times.windows(2) {
+            assert!(
+                w[1] - w[0] >= min_gap,
+                "{names:?}: two certificates {}s apart (duplicate issuance): {times:?}",
+                w[1] - w[0]
+            );
+        }
+    }
+    let orders = env.pebble_new_orders();
+    let finalizes = env.pebble_finalizes();
+    eprintln!(
+        "CRASH: {kills} SIGKILLs over {suite_secs:.1}s; pebble: {} certificates issued, {finalizes} finalize requests, {orders} orders; \
+         certificates per id: {:?}; converged {} ms after the last restart",
+        serials.len(),
+        per_id.values().map(Vec::len).collect::<Vec<_>>(),
+        converged.as_millis()
+    );
+    assert_eq!(
+        finalizes,
+        serials.len(),
+        "every finalize request issued exactly one certificate"
+    );
+    assert_eq!(env.haproxy_reloads(), 0);
+}
