@@ -217,3 +217,51 @@ fn nothing_is_ordered_before_haproxys_runtime_api_answers() {
     let status = daemon.terminate();
     assert!(status.success(), "SIGTERM while waiting exits 0: {status}");
 }
+
+#[test]
+fn renewal_replaces_the_certificate_hot_while_the_old_one_keeps_serving() {
+    // 20-second certificates: renewal is due after 10 seconds.
+    let env = Env::start_with(Some(20));
+    let root = env.issuer_root();
+    let mut daemon = env.start_daemon("r.example.test");
+    let file = env.certs_dir.join("r.example.test.pem");
+    let serial = || {
+        env.runtime(&format!("show ssl cert {}", file.display()))
+            .lines()
+            .find_map(|l| l.strip_prefix("Serial: ").map(str::to_string))
+    };
+    wait_until("first certificate served", Duration::from_secs(30), || {
+        daemon.assert_running();
+        env.served_and_valid("r.example.test", &root).is_some()
+    });
+    let first = serial().expect("HAProxy knows the certificate");
+    let mut handshakes = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let second = loop {
+        daemon.assert_running();
+        // Every handshake during the renewal verifies: the old certificate serves until the
+        // new one is committed.
+        assert!(
+            env.served_and_valid("r.example.test", &root).is_some(),
+            "a handshake failed during renewal; daemon log:\n{}",
+            daemon.log_text()
+        );
+        handshakes += 1;
+        match serial() {
+            Some(s) if s != first => break s,
+            _ => assert!(Instant::now() < deadline, "not renewed within 40 s"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        handshakes > 10,
+        "the renewal was watched, not skipped ({handshakes} handshakes)"
+    );
+    assert!(env.served_and_valid("r.example.test", &root).is_some());
+    assert_eq!(env.haproxy_reloads(), 0);
+    assert_eq!(env.pebble_finalizes(), 2, "one issuance and one renewal");
+    let out = env.cli("r.example.test", &["state", "dump"]);
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dump["certificates"][0]["serial"], second.as_str());
+    assert_eq!(dump["certificates"][0]["installed"], true);
+}
