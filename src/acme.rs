@@ -2,8 +2,10 @@
 //! finalize with a key we generated and stored, certificate download. The only user of
 //! instant-acme; its errors are classified here before they reach the core.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,8 +13,8 @@ use haproxy_acme_state::{Challenge, FailureKind, Step, UnixTime};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AuthorizationStatus, BodyWrapper, ChallengeStatus, ChallengeType, Identifier, Key,
-    NewOrder, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeStatus, ChallengeType,
+    Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -91,6 +93,7 @@ impl AcmeError {
                 };
                 let mut err = AcmeError::new(step, kind, message);
                 err.order_dead = p.status == Some(404);
+                err.retry_after = p.detail.as_deref().and_then(retry_after_from_detail);
                 err
             }
             instant_acme::Error::Timeout(when) => {
@@ -153,6 +156,10 @@ impl AcmeClient {
     /// Loads the account for the configured directory, or creates it from a key that is stored
     /// before the CA hears of it (so a crash cannot leave an account we hold no key for).
     pub async fn connect(config: &Config, store: &Store) -> Result<AcmeClient, AcmeError> {
+        with_retry_after(Self::connect_inner(config, store)).await
+    }
+
+    async fn connect_inner(config: &Config, store: &Store) -> Result<AcmeClient, AcmeError> {
         let step = Step::Account;
         let err = |m: String| AcmeError::new(step, FailureKind::Retryable, m);
         let directory = config.acme_directory.clone();
@@ -210,6 +217,10 @@ impl AcmeClient {
 
     /// Creates an order for `names` and returns its URL (to be persisted before anything else).
     pub async fn new_order(&self, names: &[String]) -> Result<String, AcmeError> {
+        with_retry_after(self.new_order_inner(names)).await
+    }
+
+    async fn new_order_inner(&self, names: &[String]) -> Result<String, AcmeError> {
         let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let order = self
             .account
@@ -223,6 +234,15 @@ impl AcmeClient {
     /// `pending` → answer the challenges, `ready` → finalize with the stored key, `processing` →
     /// poll, `valid` → download. Returns the PEM chain.
     pub async fn drive_order(
+        &self,
+        url: &str,
+        names: &[String],
+        hooks: &impl OrderHooks,
+    ) -> Result<String, AcmeError> {
+        with_retry_after(self.drive_order_inner(url, names, hooks)).await
+    }
+
+    async fn drive_order_inner(
         &self,
         url: &str,
         names: &[String],
@@ -388,5 +408,186 @@ fn http_client(bundle: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient
         .build();
     let client: HyperClient<_, BodyWrapper<hyper::body::Bytes>> =
         HyperClient::builder(TokioExecutor::new()).build(connector);
-    Ok(Box::new(client))
+    Ok(Box::new(RetryAfterClient(Box::new(client))))
+}
+
+tokio::task_local! {
+    /// The last `Retry-After` the CA sent with an error response during the current ACME call
+    /// (set up by `with_retry_after`).
+    static RETRY_AFTER: Cell<Option<UnixTime>>;
+}
+
+/// The HTTP client handed to instant-acme, wrapped to note the `Retry-After` header of error
+/// responses, which instant-acme drops. The note goes to the calling task (a task-local), so
+/// concurrent certificates never see each other's.
+struct RetryAfterClient(Box<dyn instant_acme::HttpClient>);
+
+impl instant_acme::HttpClient for RetryAfterClient {
+    fn request(
+        &self,
+        req: hyper::Request<BodyWrapper<hyper::body::Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let fut = self.0.request(req);
+        Box::pin(async move {
+            let rsp = fut.await?;
+            let status = rsp.parts.status;
+            if status.is_client_error() || status.is_server_error() {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                if let Some(t) = rsp
+                    .parts
+                    .headers
+                    .get(hyper::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, now))
+                {
+                    let _ = RETRY_AFTER.try_with(|c| c.set(Some(t)));
+                }
+            }
+            Ok(rsp)
+        })
+    }
+}
+
+/// Runs one ACME call; a failure carries the CA's `Retry-After` header when it sent one (the
+/// header wins over a time found in the problem text).
+async fn with_retry_after<T>(
+    call: impl Future<Output = Result<T, AcmeError>>,
+) -> Result<T, AcmeError> {
+    RETRY_AFTER
+        .scope(Cell::new(None), async {
+            let result = call.await;
+            let header = RETRY_AFTER.with(Cell::get);
+            result.map_err(|mut e| {
+                if header.is_some() {
+                    e.retry_after = header;
+                }
+                e
+            })
+        })
+        .await
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+fn parse_retry_after(value: &str, now: UnixTime) -> Option<UnixTime> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u32>() {
+        return Some(now + i64::from(secs));
+    }
+    let t = httpdate::parse_http_date(v).ok()?;
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64)
+}
+
+/// The time in a rate-limit problem's text, as Let's Encrypt writes it:
+/// "..., retry after 2025-02-03 04:05:06 UTC: see https://...".
+fn retry_after_from_detail(detail: &str) -> Option<UnixTime> {
+    let rest = detail.split("retry after ").nth(1)?;
+    let stamp = rest.get(..19)?;
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let t = time::PrimitiveDateTime::parse(stamp, format).ok()?;
+    Some(t.assume_utc().unix_timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use instant_acme::HttpClient;
+
+    #[test]
+    fn retry_after_header_forms() {
+        assert_eq!(parse_retry_after("120", 1000), Some(1120));
+        assert_eq!(parse_retry_after(" 0 ", 1000), Some(1000));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 0),
+            Some(784111777)
+        );
+        assert_eq!(parse_retry_after("soon", 0), None);
+        assert_eq!(parse_retry_after("-5", 0), None);
+    }
+
+    #[test]
+    fn retry_after_in_a_lets_encrypt_problem() {
+        let detail = "too many certificates (5) already issued for this exact set of identifiers in \
+                      the last 168h0m0s, retry after 2025-02-03 04:05:06 UTC: see https://letsencrypt.org/docs/rate-limits/";
+        assert_eq!(retry_after_from_detail(detail), Some(1738555506));
+        assert_eq!(retry_after_from_detail("no time here"), None);
+        assert_eq!(retry_after_from_detail("retry after tomorrow"), None);
+    }
+
+    #[test]
+    fn a_rate_limit_problem_is_classified_with_its_time() {
+        let p: instant_acme::Problem = serde_json::from_value(serde_json::json!({
+            "type": "urn:ietf:params:acme:error:rateLimited",
+            "detail": "too many new orders, retry after 2025-02-03 04:05:06 UTC",
+            "status": 429
+        }))
+        .unwrap();
+        let e = AcmeError::from_acme(Step::Order, instant_acme::Error::Api(p));
+        assert_eq!(e.kind, FailureKind::RateLimited);
+        assert_eq!(e.retry_after, Some(1738555506));
+        assert!(!e.order_dead);
+    }
+
+    /// An in-process HTTP client standing in for the network: it answers every request with
+    /// the given status and headers. (The CA's behaviour is tested against pebble; pebble sends
+    /// no Retry-After, so the capture itself is tested here.)
+    struct Canned(u16, Option<&'static str>);
+
+    impl instant_acme::HttpClient for Canned {
+        fn request(
+            &self,
+            _req: hyper::Request<BodyWrapper<hyper::body::Bytes>>,
+        ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>>
+        {
+            let mut rsp = hyper::Response::builder().status(self.0);
+            if let Some(v) = self.1 {
+                rsp = rsp.header(hyper::header::RETRY_AFTER, v);
+            }
+            let rsp = rsp
+                .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+                .unwrap();
+            Box::pin(async move { Ok(BytesResponse::from(rsp)) })
+        }
+    }
+
+    async fn call(client: &RetryAfterClient) -> Result<(), AcmeError> {
+        let req = hyper::Request::get("https://ca.test/x")
+            .body(BodyWrapper::default())
+            .unwrap();
+        client
+            .request(req)
+            .await
+            .map_err(|e| AcmeError::from_acme(Step::Order, e))?;
+        Err(AcmeError::new(
+            Step::Order,
+            FailureKind::RateLimited,
+            "refused",
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_header_of_an_error_response_reaches_the_failure() {
+        let limited = RetryAfterClient(Box::new(Canned(429, Some("3600"))));
+        let e = with_retry_after(call(&limited)).await.unwrap_err();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let t = e.retry_after.expect("captured");
+        assert!((now + 3590..=now + 3610).contains(&t), "{t} vs {now}");
+        // A Retry-After on a successful poll is instant-acme's business, not a failure's.
+        let polling = RetryAfterClient(Box::new(Canned(200, Some("3600"))));
+        assert_eq!(
+            with_retry_after(call(&polling))
+                .await
+                .unwrap_err()
+                .retry_after,
+            None
+        );
+        // Outside `with_retry_after` nothing is recorded and nothing panics.
+        assert!(call(&limited).await.is_err());
+    }
 }
