@@ -48,6 +48,14 @@ pub struct RawSettings {
     /// (the first name is its id). Example: "a.com,www.a.com;b.com".
     #[arg(long, env = "DOMAINS", global = true)]
     pub domains: Option<String>,
+    /// A file with one certificate per line (DOMAINS syntax, `#` comments), watched: edits take
+    /// effect without a restart. Also re-read on SIGHUP.
+    #[arg(long, env = "DOMAINS_FILE", global = true)]
+    pub domains_file: Option<PathBuf>,
+    /// When a certificate leaves the configuration, also remove its file, its HAProxy entry and
+    /// its state (default: keep them, stop renewing).
+    #[arg(long, env = "PRUNE", global = true)]
+    pub prune: bool,
     /// ACME account contact e-mail.
     #[arg(long, env = "EMAIL", global = true)]
     pub email: Option<String>,

@@ -46,7 +46,14 @@ impl fmt::Display for RuntimeApiAddr {
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
+    /// The certificates wanted at start-up (DOMAINS, then DOMAINS_FILE); `read_certificates`
+    /// reads them again.
     pub certificates: Vec<CertSpec>,
+    /// DOMAINS as given, kept to combine with a changed DOMAINS_FILE.
+    #[serde(skip)]
+    pub domains: String,
+    pub domains_file: Option<PathBuf>,
+    pub prune: bool,
     pub email: Option<String>,
     pub acme_directory: String,
     pub acme_ca_bundle: Option<PathBuf>,
@@ -90,16 +97,23 @@ impl Config {
     pub fn from_raw(raw: &RawSettings, need: Need) -> Result<Config, ConfigError> {
         let mut errors = Vec::new();
 
-        let certificates = match raw.domains.as_deref() {
-            Some(d) => parse_domains(d).unwrap_or_else(|mut e| {
+        let domains = raw.domains.clone().unwrap_or_default();
+        let domains_file = raw
+            .domains_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        let certificates = if need == Need::Daemon {
+            read_certificates(&domains, domains_file.as_deref()).unwrap_or_else(|mut e| {
                 errors.append(&mut e);
                 Vec::new()
-            }),
-            None => Vec::new(),
+            })
+        } else {
+            Vec::new()
         };
         if need == Need::Daemon && certificates.is_empty() && errors.is_empty() {
             errors.push(
-                "DOMAINS is empty: list the certificates to obtain, e.g. DOMAINS=\"a.com,www.a.com;b.com\""
+                "DOMAINS is empty: list the certificates to obtain, e.g. DOMAINS=\"a.com,www.a.com;b.com\" \
+                 (or in DOMAINS_FILE, one per line)"
                     .into(),
             );
         }
@@ -198,6 +212,9 @@ impl Config {
         }
         Ok(Config {
             certificates,
+            domains,
+            domains_file,
+            prune: raw.prune,
             email,
             acme_directory,
             acme_ca_bundle,
@@ -212,27 +229,96 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Reads the wanted certificates again (DOMAINS_FILE may have changed).
+    pub fn read_certificates(&self) -> Result<Vec<CertSpec>, Vec<String>> {
+        read_certificates(&self.domains, self.domains_file.as_deref())
+    }
+}
+
+/// The certificates of `DOMAINS` followed by those of `DOMAINS_FILE`; a name in both is an error.
+fn read_certificates(
+    domains: &str,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<CertSpec>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut specs = parse_domains(domains).unwrap_or_else(|e| {
+        errors.extend(e);
+        Vec::new()
+    });
+    if let Some(path) = file {
+        match std::fs::read_to_string(path) {
+            Err(e) => errors.push(format!("DOMAINS_FILE {}: {e}", path.display())),
+            Ok(content) => match parse_domains_file(&content) {
+                Err(e) => errors.extend(e),
+                Ok(more) => {
+                    for spec in more {
+                        for name in &spec.names {
+                            if let Some(other) = specs.iter().find(|s| s.names.contains(name)) {
+                                errors.push(format!(
+                                    "DOMAINS_FILE: {name:?} is listed twice (also in certificate {:?} of DOMAINS)",
+                                    other.id
+                                ));
+                            }
+                        }
+                        specs.push(spec);
+                    }
+                }
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Parses `DOMAINS`: `;` separates certificates, `,` the names of one certificate, the first
 /// name being its id. Whitespace and empty entries are ignored. Every bad name is reported.
 pub fn parse_domains(s: &str) -> Result<Vec<CertSpec>, Vec<String>> {
+    parse_certificates(
+        s.split(';')
+            .map(|entry| (format!("DOMAINS entry {:?}", entry.trim()), entry)),
+        "DOMAINS",
+    )
+}
+
+/// Parses the content of `DOMAINS_FILE`: one certificate per line in the syntax of `DOMAINS`
+/// (`;` also separates certificates), blank lines and `#` comments ignored. Errors name the line.
+pub fn parse_domains_file(content: &str) -> Result<Vec<CertSpec>, Vec<String>> {
+    let entries = content.lines().enumerate().flat_map(|(i, line)| {
+        let line = line.split('#').next().unwrap_or("");
+        line.split(';')
+            .map(move |entry| (format!("DOMAINS_FILE line {}", i + 1), entry))
+    });
+    parse_certificates(entries, "DOMAINS_FILE")
+}
+
+/// Parses certificate entries, each `(where it is, "name,name,...")`, checking every name and
+/// that no name is listed twice. `source` prefixes the duplicate errors.
+fn parse_certificates<'a>(
+    entries: impl IntoIterator<Item = (String, &'a str)>,
+    source: &str,
+) -> Result<Vec<CertSpec>, Vec<String>> {
     let mut errors = Vec::new();
     let mut specs = Vec::new();
     // name -> id of the certificate that lists it first
     let mut seen: HashMap<String, String> = HashMap::new();
-    for entry in s.split(';') {
+    for (where_, entry) in entries {
         let mut names = Vec::new();
         for raw in entry.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match normalize_name(raw) {
-                Err(why) => errors.push(format!("DOMAINS entry {:?}: {raw:?} {why}", entry.trim())),
+                Err(why) => errors.push(format!("{where_}: {raw:?} {why}")),
                 Ok(name) => {
                     let id = names.first().cloned().unwrap_or_else(|| name.clone());
                     if let Some(first) = seen.get(&name) {
-                        let where_ = if *first == id {
+                        let how = if *first == id {
                             "twice in the same certificate".to_string()
                         } else {
                             format!("also in certificate {first:?}")
                         };
-                        errors.push(format!("DOMAINS: {name:?} is listed twice ({where_})"));
+                        errors.push(format!("{source}: {name:?} is listed twice ({how})"));
                     } else {
                         seen.insert(name.clone(), id);
                         names.push(name);
@@ -422,6 +508,57 @@ mod tests {
             parse_domains("*.a.com;1.2.3.4;ok.com").unwrap_err().len(),
             2
         );
+    }
+
+    #[test]
+    fn domains_file_lines_comments_and_errors_by_line() {
+        let specs =
+            parse_domains_file("# shop\na.com, www.a.com\n\n b.com # legacy\nc.com;d.com\n")
+                .unwrap();
+        assert_eq!(
+            names(&specs),
+            vec![
+                vec!["a.com", "www.a.com"],
+                vec!["b.com"],
+                vec!["c.com"],
+                vec!["d.com"]
+            ]
+        );
+        let errs = parse_domains_file("a.com\n*.b.com\nc.com,a.com\n").unwrap_err();
+        assert!(
+            errs[0].starts_with("DOMAINS_FILE line 2: \"*.b.com\" is a wildcard"),
+            "{errs:?}"
+        );
+        assert!(errs[1].contains("\"a.com\" is listed twice"), "{errs:?}");
+    }
+
+    #[test]
+    fn domains_and_domains_file_combine_without_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("domains");
+        std::fs::write(&file, "b.com\n").unwrap();
+        let raw = RawSettings {
+            domains_file: Some(file.clone()),
+            ..raw()
+        };
+        let c = Config::from_raw(&raw, Need::Daemon).unwrap();
+        assert_eq!(names(&c.certificates), vec![vec!["a.com"], vec!["b.com"]]);
+        std::fs::write(&file, "c.com\nwww.a.com,a.com\n").unwrap();
+        let errs = c.read_certificates().unwrap_err();
+        assert!(
+            errs[0].contains("also in certificate \"a.com\" of DOMAINS"),
+            "{errs:?}"
+        );
+        std::fs::remove_file(&file).unwrap();
+        assert!(c.read_certificates().unwrap_err()[0].starts_with("DOMAINS_FILE "));
+        // DOMAINS_FILE alone is enough.
+        std::fs::write(&file, "b.com\n").unwrap();
+        let only_file = RawSettings {
+            domains: None,
+            domains_file: Some(file),
+            ..Default::default()
+        };
+        assert!(Config::from_raw(&only_file, Need::Daemon).is_ok());
     }
 
     fn raw() -> RawSettings {
