@@ -162,12 +162,7 @@ impl Installer {
         let crt_list = self.haproxy_certs_dir.display().to_string();
         let crt_list = crt_list.trim_end_matches('/');
 
-        // A transaction left open (by a crash of ours mid-install) blocks every other one.
-        let listing = api.send("show ssl cert").await?;
-        for stale in listing.lines().filter_map(|l| l.strip_prefix('*')) {
-            api.expect(&format!("abort ssl cert {stale}"), &["aborted"])
-                .await?;
-        }
+        api.abort_stale_transaction().await?;
         let known = api
             .send(&format!("show ssl cert {file}"))
             .await?
@@ -212,6 +207,55 @@ impl Installer {
             });
         }
         Ok(Method::RuntimeApi)
+    }
+}
+
+impl Installer {
+    /// Removes certificate `id` from HAProxy (crt-list entry, then the certificate) and deletes
+    /// its file (`--prune`). Entries HAProxy does not know are fine: removal is idempotent.
+    pub async fn remove(&self, id: &str) -> Result<(), InstallError> {
+        let _guard = self.lock.lock().await;
+        if let Some(addr) = &self.runtime {
+            let api = RuntimeApi { addr };
+            let file = self
+                .haproxy_certs_dir
+                .join(format!("{id}.pem"))
+                .display()
+                .to_string();
+            let dir = self.haproxy_certs_dir.display().to_string();
+            let crt_list = dir.trim_end_matches('/');
+            api.abort_stale_transaction().await?;
+            let listed = api.send(&format!("show ssl crt-list {crt_list}")).await?;
+            if listed
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(file.as_str()))
+            {
+                api.expect(
+                    &format!("del ssl crt-list {crt_list} {file}"),
+                    &["deleted in crtlist", "Success!"],
+                )
+                .await?;
+            }
+            if api
+                .send(&format!("show ssl cert {file}"))
+                .await?
+                .contains("Filename:")
+            {
+                api.expect(&format!("del ssl cert {file}"), &["deleted!", "Success!"])
+                    .await?;
+            }
+        }
+        let path = self.certs_dir.join(format!("{id}.pem"));
+        match fs::remove_file(&path) {
+            Ok(()) => fs::File::open(&self.certs_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| InstallError::File {
+                    path: self.certs_dir.clone(),
+                    source,
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(InstallError::File { path, source }),
+        }
     }
 }
 
@@ -291,6 +335,16 @@ impl RuntimeApi<'_> {
                 "no answer within 10 s",
             ))),
         }
+    }
+
+    /// A transaction left open (by a crash of ours mid-install) blocks every other one.
+    async fn abort_stale_transaction(&self) -> Result<(), InstallError> {
+        let listing = self.send("show ssl cert").await?;
+        for stale in listing.lines().filter_map(|l| l.strip_prefix('*')) {
+            self.expect(&format!("abort ssl cert {stale}"), &["aborted"])
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sends `command` and fails with HAProxy's own message unless the answer contains one of

@@ -14,7 +14,8 @@
 //! - [`installer`]: certificate files and HAProxy's runtime API.
 //! - [`reconciler`]: the loop that drives every certificate through the lifecycle.
 //! - [`admin`]: the admin socket the CLI talks to while the daemon runs.
-//! - [`signals`]: SIGTERM/SIGINT handling.
+//! - [`signals`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload).
+//! - [`watch`]: DOMAINS_FILE changes (notify).
 //! - [`haproxy_snippet`]: the HAProxy configuration printed by `haproxy-config`.
 
 pub mod acme;
@@ -28,3 +29,4 @@ pub mod reconciler;
 pub mod responder;
 pub mod signals;
 pub mod store;
+pub mod watch;

@@ -154,7 +154,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.responder_listen
         )
         })?;
-    let shutdown = signals::shutdown_on_signals().context("cannot install signal handlers")?;
+    // Bumped by SIGHUP and by changes to DOMAINS_FILE; the reconciler re-reads the configuration.
+    let (reload_tx, reload) = tokio::sync::watch::channel(0u64);
+    let reload_tx = std::sync::Arc::new(reload_tx);
+    let shutdown = signals::install(reload_tx.clone()).context("cannot install signal handlers")?;
     let tokens = Tokens::default();
     let responder_task = tokio::spawn(responder::serve(listener, tokens.clone(), shutdown.clone()));
     tracing::info!(listen = %config.responder_listen, "challenge responder listening");
@@ -179,7 +182,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => tracing::info!("HAPROXY_RUNTIME_API unset: writing certificate files only"),
     }
     let shared = Arc::new(Shared::new(config, store, installer, tokens));
-    let ids = reconciler::sync_config(&shared)?;
+    let (ids, unwanted) = reconciler::sync_specs(&shared, &shared.config.certificates)?;
+    // Held for the daemon's lifetime: dropping it stops the watch.
+    let _watcher = match &shared.config.domains_file {
+        Some(file) => Some(
+            haproxy_acme::watch::watch_file(file, reload_tx.clone())
+                .with_context(|| format!("cannot watch DOMAINS_FILE {}", file.display()))?,
+        ),
+        None => None,
+    };
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         shared.clone(),
@@ -194,7 +205,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         return Ok(());
     }
     tracing::info!(certificates = ids.len(), directory = %shared.config.acme_directory, "reconciler started");
-    reconciler::run(shared.clone(), ids, shutdown).await;
+    reconciler::run(shared.clone(), ids, unwanted, shutdown, reload).await;
     let _ = tokio::join!(responder_task, admin_task);
     let _ = std::fs::remove_file(admin::socket_path(&shared.config.data_dir));
     tracing::info!("stopped");

@@ -3,7 +3,7 @@
 //! the action with bounded concurrency, and feeds the results back through `state::apply`,
 //! persisting each new record (flushed) before the next ACME request.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,7 @@ use tokio::sync::{watch, OnceCell};
 use tokio::task::JoinSet;
 
 use crate::acme::{AcmeClient, AcmeError, OrderHooks};
-use crate::config::Config;
+use crate::config::{CertSpec, Config};
 use crate::installer::Installer;
 use crate::responder::Tokens;
 use crate::store::{Store, StoreError};
@@ -29,6 +29,8 @@ const STORE_RETRY_SECS: i64 = 30;
 const MAX_STEPS_PER_WAKE: usize = 32;
 /// How long shutdown waits for in-flight steps to reach a durable point.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// After a reload trigger, wait this long for the writer to finish before reading.
+const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 
 pub fn unix_now() -> UnixTime {
     SystemTime::now()
@@ -148,12 +150,15 @@ fn sync_tokens(tokens: &Tokens, old: Option<&Record>, new: Option<&Record>) {
     }
 }
 
-/// Brings the store in line with the configuration at start-up: new certificates get a record,
-/// changed ones an event; the responder gets every published challenge back. Returns the ids to
-/// manage.
-pub fn sync_config(shared: &Shared) -> Result<Vec<String>, StoreError> {
+/// Brings the store in line with the wanted certificates (at start and after a configuration
+/// change): new certificates get a record, changed ones an event, and the responder gets every
+/// published challenge back. Returns the wanted ids and the stored ids no longer wanted.
+pub fn sync_specs(
+    shared: &Shared,
+    specs: &[CertSpec],
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
     let now = unix_now();
-    // One pass over the store; records not in the configuration are left as they are.
+    // One pass over the store.
     let mut stored: HashMap<String, Record> = shared
         .store
         .records()?
@@ -161,7 +166,7 @@ pub fn sync_config(shared: &Shared) -> Result<Vec<String>, StoreError> {
         .map(|r| (r.id.clone(), r))
         .collect();
     let mut wanted = Vec::new();
-    for spec in &shared.config.certificates {
+    for spec in specs {
         let configured = Event::Configured {
             names: spec.names.clone(),
             key_type: shared.config.key_type,
@@ -186,41 +191,144 @@ pub fn sync_config(shared: &Shared) -> Result<Vec<String>, StoreError> {
         sync_tokens(&shared.tokens, None, Some(&new));
         wanted.push(spec.id.clone());
     }
-    for id in stored.keys() {
-        tracing::info!(cert = %id, "in the store but not in DOMAINS: kept as it is, not renewed");
+    let mut unwanted: Vec<String> = stored.into_keys().collect();
+    unwanted.sort();
+    Ok((wanted, unwanted))
+}
+
+/// Due times of the certificates, earliest first, at most one entry per certificate.
+#[derive(Default)]
+struct Schedule {
+    due: BTreeSet<(UnixTime, String)>,
+    at: HashMap<String, UnixTime>,
+}
+
+impl Schedule {
+    /// Sets (or moves) the due time of `id`.
+    fn set(&mut self, id: String, t: UnixTime) {
+        if let Some(old) = self.at.insert(id.clone(), t) {
+            self.due.remove(&(old, id.clone()));
+        }
+        self.due.insert((t, id));
     }
-    Ok(wanted)
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.at.remove(id) {
+            self.due.remove(&(old, id.to_string()));
+        }
+    }
+
+    /// Takes the earliest entry if it is due at `now`.
+    fn pop_due(&mut self, now: UnixTime) -> Option<String> {
+        match self.due.first() {
+            Some((t, _)) if *t <= now => {
+                let (_, id) = self.due.pop_first().expect("first exists");
+                self.at.remove(&id);
+                Some(id)
+            }
+            _ => None,
+        }
+    }
+
+    fn next(&self) -> Option<UnixTime> {
+        self.due.first().map(|(t, _)| *t)
+    }
 }
 
 /// Runs until `shutdown` turns true, then lets in-flight steps finish (bounded) and returns.
-pub async fn run(shared: Arc<Shared>, ids: Vec<String>, mut shutdown: watch::Receiver<bool>) {
-    // Due times, earliest first; everything is looked at once at start.
-    let mut due: BTreeSet<(UnixTime, String)> = ids.into_iter().map(|id| (0, id)).collect();
+/// `unwanted` are stored certificates no longer configured (pruned with `--prune`); a change of
+/// `reload` (SIGHUP, DOMAINS_FILE edited) re-reads the wanted certificates.
+pub async fn run(
+    shared: Arc<Shared>,
+    ids: Vec<String>,
+    unwanted: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+    mut reload: watch::Receiver<u64>,
+) {
+    for id in &unwanted {
+        tracing::info!(cert = %id, prune = shared.config.prune, "in the store but not configured: not renewed");
+        if shared.config.prune {
+            prune(&shared, id).await;
+        }
+    }
+    let mut wanted: HashSet<String> = ids.iter().cloned().collect();
+    // Everything is looked at once at start.
+    let mut schedule = Schedule::default();
+    for id in ids {
+        schedule.set(id, 0);
+    }
+    // Certificates a task is working on, and those to prune once their task is done.
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut prune_when_done: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<(String, Option<UnixTime>)> = JoinSet::new();
     loop {
         let now = unix_now();
         while tasks.len() < MAX_CONCURRENT {
-            match due.first() {
-                Some((t, _)) if *t <= now => {
-                    let (_, id) = due.pop_first().expect("first exists");
-                    tasks.spawn(drive(shared.clone(), id));
-                }
-                _ => break,
+            let Some(id) = schedule.pop_due(now) else {
+                break;
+            };
+            // A running task reschedules its certificate itself when it returns.
+            if in_flight.insert(id.clone()) {
+                tasks.spawn(drive(shared.clone(), id));
             }
         }
-        let wait = match due.first() {
-            Some((t, _)) if tasks.len() < MAX_CONCURRENT => {
-                Duration::from_secs((t - now).max(1) as u64)
-            }
+        let wait = match schedule.next() {
+            Some(t) if tasks.len() < MAX_CONCURRENT => Duration::from_secs((t - now).max(1) as u64),
             _ => Duration::from_secs(3600),
         };
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
-                Ok((id, Some(t))) => { due.insert((t, id)); }
-                Ok((_, None)) => {}
+                Ok((id, next)) => {
+                    in_flight.remove(&id);
+                    if prune_when_done.remove(&id) {
+                        prune(&shared, &id).await;
+                    } else if let (Some(t), true) = (next, wanted.contains(&id)) {
+                        schedule.set(id, t);
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "a certificate task failed unexpectedly"),
             },
+            Ok(()) = reload.changed() => {
+                // Editors and ConfigMaps write in several steps: let them finish.
+                tokio::time::sleep(RELOAD_SETTLE).await;
+                reload.borrow_and_update();
+                let specs = match shared.config.read_certificates() {
+                    Ok(specs) => specs,
+                    Err(errors) => {
+                        for e in errors {
+                            tracing::error!("configuration change refused, the running configuration stays: {e}");
+                        }
+                        continue;
+                    }
+                };
+                let (ids, gone) = match sync_specs(&shared, &specs) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration change not applied (store error)");
+                        continue;
+                    }
+                };
+                tracing::info!(certificates = ids.len(), "configuration reloaded");
+                for id in &gone {
+                    if wanted.remove(id) {
+                        schedule.remove(id);
+                        tracing::info!(cert = %id, prune = shared.config.prune, "removed from the configuration: no longer renewed");
+                        if shared.config.prune {
+                            if in_flight.contains(id) {
+                                prune_when_done.insert(id.clone());
+                            } else {
+                                prune(&shared, id).await;
+                            }
+                        }
+                    }
+                }
+                for id in ids {
+                    prune_when_done.remove(&id);
+                    wanted.insert(id.clone());
+                    schedule.set(id, 0);
+                }
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -233,6 +341,23 @@ pub async fn run(shared: Arc<Shared>, ids: Vec<String>, mut shutdown: watch::Rec
         tracing::warn!(
             "in-flight steps did not finish in time; they resume from the store at next start"
         );
+    }
+}
+
+/// Removes a certificate no longer configured from HAProxy, the certificate directory and the
+/// store (`--prune`). On an HAProxy error the state is kept, so nothing is half-forgotten.
+async fn prune(shared: &Shared, id: &str) {
+    if let Err(e) = shared.installer.remove(id).await {
+        tracing::error!(cert = %id, error = %e, "prune failed; the certificate and its state are kept");
+        return;
+    }
+    let old = shared.store.get(id).ok().flatten();
+    match shared.store.delete(id) {
+        Ok(()) => {
+            sync_tokens(&shared.tokens, old.as_ref(), None);
+            tracing::info!(cert = %id, "pruned: removed from HAProxy, the certificate directory and the store");
+        }
+        Err(e) => tracing::error!(cert = %id, error = %e, "prune: the store kept the record"),
     }
 }
 

@@ -164,6 +164,20 @@ impl Store {
         self.flush()
     }
 
+    /// Forgets certificate `id` entirely: record, chain and keys, in one transaction (`--prune`).
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        (&self.records, &self.certs, &self.keys)
+            .transaction(|(records, certs, keys)| {
+                records.remove(id.as_bytes())?;
+                certs.remove(id.as_bytes())?;
+                keys.remove(current_key(id).as_bytes())?;
+                keys.remove(pending_key(id).as_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.flush()
+    }
+
     /// The stored certificate chain and its key.
     pub fn certificate(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
         let chain = self.get_string(&self.certs, id)?;
@@ -319,6 +333,10 @@ mod tests {
             Some(("CHAIN".to_string(), "KEY".to_string()))
         );
         assert_eq!(store.pending_key("a.test").unwrap(), None);
+        let other = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 1);
+        store.put(&other).unwrap();
+        store.delete("b.test").unwrap();
+        assert_eq!(store.get("b.test").unwrap(), None);
         drop(store);
         // Everything is there after reopening, and a second opener is told the store is locked.
         let store = Store::open(dir.path()).unwrap();

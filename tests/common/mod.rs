@@ -490,6 +490,14 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP: read the configuration again.
+    pub fn hup(&mut self) {
+        let pid = self.child.as_ref().expect("daemon running").id();
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+    }
+
     /// SIGKILL: the crash the durable-intent rule is for.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("daemon still running");
