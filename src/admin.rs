@@ -89,7 +89,17 @@ fn route(shared: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>> 
                 format!("{e}\n"),
             ),
         },
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/healthz") => {
+            if shared.ready.load(std::sync::atomic::Ordering::Acquire) {
+                reply(StatusCode::OK, "text/plain", "ok\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "starting\n".into(),
+                )
+            }
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

@@ -182,7 +182,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => tracing::info!("HAPROXY_RUNTIME_API unset: writing certificate files only"),
     }
     let shared = Arc::new(Shared::new(config, store, installer, tokens));
-    let (ids, unwanted) = reconciler::sync_specs(&shared, &shared.config.certificates)?;
+    let (records, unwanted) = reconciler::sync_specs(&shared, &shared.config.certificates)?;
+    shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(certificates = records.len(), directory = %shared.config.acme_directory, "store in line with the configuration");
     // Held for the daemon's lifetime: dropping it stops the watch.
     let _watcher = match &shared.config.domains_file {
         Some(file) => Some(
@@ -204,8 +208,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(admin::socket_path(&shared.config.data_dir));
         return Ok(());
     }
-    tracing::info!(certificates = ids.len(), directory = %shared.config.acme_directory, "reconciler started");
-    reconciler::run(shared.clone(), ids, unwanted, shutdown, reload).await;
+    reconciler::run(shared.clone(), records, unwanted, shutdown, reload).await;
     let _ = tokio::join!(responder_task, admin_task);
     let _ = std::fs::remove_file(admin::socket_path(&shared.config.data_dir));
     tracing::info!("stopped");

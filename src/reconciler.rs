@@ -48,6 +48,10 @@ pub struct Shared {
     /// The ACME account, connected on first use (so an unreachable CA is a recorded, retried
     /// failure rather than a start-up error).
     acme: OnceCell<AcmeClient>,
+    /// Set once the store is in line with the configuration (start-up done; the daemon may still
+    /// be waiting for HAProxy, which in compose starts only once we are healthy); `/healthz`
+    /// fails before.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -58,6 +62,7 @@ impl Shared {
             installer,
             tokens,
             acme: OnceCell::new(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -152,11 +157,13 @@ fn sync_tokens(tokens: &Tokens, old: Option<&Record>, new: Option<&Record>) {
 
 /// Brings the store in line with the wanted certificates (at start and after a configuration
 /// change): new certificates get a record, changed ones an event, and the responder gets every
-/// published challenge back. Returns the wanted ids and the stored ids no longer wanted.
+/// published challenge back. Returns the wanted records and the stored ids no longer wanted.
+/// Changed records are written in one batch (one flush), so a start with many new certificates
+/// is not one fsync each.
 pub fn sync_specs(
     shared: &Shared,
     specs: &[CertSpec],
-) -> Result<(Vec<String>, Vec<String>), StoreError> {
+) -> Result<(Vec<Record>, Vec<String>), StoreError> {
     let now = unix_now();
     // One pass over the store.
     let mut stored: HashMap<String, Record> = shared
@@ -165,7 +172,8 @@ pub fn sync_specs(
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
-    let mut wanted = Vec::new();
+    let mut wanted = Vec::with_capacity(specs.len());
+    let mut changed = Vec::new();
     for spec in specs {
         let configured = Event::Configured {
             names: spec.names.clone(),
@@ -178,7 +186,7 @@ pub fn sync_specs(
             .unwrap_or_else(|| Record::new(spec.names.clone(), shared.config.key_type, now));
         let (new, _) = apply(&base, configured, now);
         if old.as_ref() != Some(&new) {
-            shared.store.put(&new)?;
+            changed.push(new.clone());
             match old {
                 None => {
                     tracing::info!(cert = %spec.id, names = ?spec.names, "new certificate wanted")
@@ -188,12 +196,26 @@ pub fn sync_specs(
                 }
             }
         }
-        sync_tokens(&shared.tokens, None, Some(&new));
-        wanted.push(spec.id.clone());
+        wanted.push(new);
+    }
+    shared.store.put_many(&changed)?;
+    for r in &wanted {
+        sync_tokens(&shared.tokens, None, Some(r));
     }
     let mut unwanted: Vec<String> = stored.into_keys().collect();
     unwanted.sort();
     Ok((wanted, unwanted))
+}
+
+/// Schedules each record at the time its plan says (now for work to do, never for an idle one).
+fn schedule_records(schedule: &mut Schedule, records: Vec<Record>, now: UnixTime) {
+    for r in records {
+        match plan(&r, now) {
+            Plan::Now(_) => schedule.set(r.id, now),
+            Plan::At(t) => schedule.set(r.id, t),
+            Plan::Idle => schedule.remove(&r.id),
+        }
+    }
 }
 
 /// Due times of the certificates, earliest first, at most one entry per certificate.
@@ -230,6 +252,11 @@ impl Schedule {
         }
     }
 
+    /// How many entries are due at `now`.
+    fn due_at(&self, now: UnixTime) -> usize {
+        self.due.range(..(now + 1, String::new())).count()
+    }
+
     fn next(&self) -> Option<UnixTime> {
         self.due.first().map(|(t, _)| *t)
     }
@@ -240,7 +267,7 @@ impl Schedule {
 /// `reload` (SIGHUP, DOMAINS_FILE edited) re-reads the wanted certificates.
 pub async fn run(
     shared: Arc<Shared>,
-    ids: Vec<String>,
+    records: Vec<Record>,
     unwanted: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
     mut reload: watch::Receiver<u64>,
@@ -251,12 +278,21 @@ pub async fn run(
             prune(&shared, id).await;
         }
     }
-    let mut wanted: HashSet<String> = ids.iter().cloned().collect();
-    // Everything is looked at once at start.
+    let started = std::time::Instant::now();
+    let mut wanted: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+    // Each certificate is scheduled from its record (no store read, no task for one with
+    // nothing to do).
     let mut schedule = Schedule::default();
-    for id in ids {
-        schedule.set(id, 0);
-    }
+    schedule_records(&mut schedule, records, unix_now());
+    shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(
+        certificates = wanted.len(),
+        due_now = schedule.due_at(unix_now()),
+        ms = started.elapsed().as_millis() as u64,
+        "reconciler ready"
+    );
     // Certificates a task is working on, and those to prune once their task is done.
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut prune_when_done: HashSet<String> = HashSet::new();
@@ -302,14 +338,14 @@ pub async fn run(
                         continue;
                     }
                 };
-                let (ids, gone) = match sync_specs(&shared, &specs) {
+                let (records, gone) = match sync_specs(&shared, &specs) {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!(error = %e, "configuration change not applied (store error)");
                         continue;
                     }
                 };
-                tracing::info!(certificates = ids.len(), "configuration reloaded");
+                tracing::info!(certificates = records.len(), "configuration reloaded");
                 for id in &gone {
                     if wanted.remove(id) {
                         schedule.remove(id);
@@ -323,11 +359,11 @@ pub async fn run(
                         }
                     }
                 }
-                for id in ids {
-                    prune_when_done.remove(&id);
-                    wanted.insert(id.clone());
-                    schedule.set(id, 0);
+                for r in &records {
+                    prune_when_done.remove(&r.id);
+                    wanted.insert(r.id.clone());
                 }
+                schedule_records(&mut schedule, records, unix_now());
             }
             _ = tokio::time::sleep(wait) => {}
         }
@@ -518,4 +554,53 @@ impl OrderHooks for Hooks<'_> {
 
 fn store_failure(step: Step, e: StoreError) -> AcmeError {
     AcmeError::new(step, FailureKind::Retryable, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_keeps_one_entry_per_certificate() {
+        let mut s = Schedule::default();
+        s.set("a".into(), 50);
+        s.set("b".into(), 10);
+        s.set("a".into(), 5); // moved, not duplicated
+        assert_eq!(s.next(), Some(5));
+        assert_eq!(s.due_at(10), 2);
+        assert_eq!(s.pop_due(4), None, "nothing due before 5");
+        assert_eq!(s.pop_due(10).as_deref(), Some("a"));
+        assert_eq!(s.pop_due(10).as_deref(), Some("b"));
+        assert_eq!(s.pop_due(1000), None, "a's old entry at 50 is gone");
+        s.set("c".into(), 7);
+        s.remove("c");
+        assert_eq!(s.next(), None);
+    }
+
+    #[test]
+    fn records_are_scheduled_by_their_plan() {
+        let mut s = Schedule::default();
+        let pending = Record::new(
+            vec!["p.test".into()],
+            haproxy_acme_state::KeyType::EcdsaP256,
+            0,
+        );
+        let mut waiting = pending.clone();
+        waiting.id = "w.test".into();
+        waiting.failure = Some(haproxy_acme_state::Failure {
+            step: Step::Order,
+            kind: FailureKind::Retryable,
+            error: "x".into(),
+            attempts: 1,
+            at: 0,
+            next_attempt_at: Some(500),
+        });
+        let mut idle = waiting.clone();
+        idle.id = "i.test".into();
+        idle.failure.as_mut().unwrap().next_attempt_at = None;
+        schedule_records(&mut s, vec![pending, waiting, idle], 100);
+        assert_eq!(s.pop_due(100).as_deref(), Some("p.test"));
+        assert_eq!(s.next(), Some(500));
+        assert_eq!(s.at.len(), 1, "an idle record is not scheduled");
+    }
 }

@@ -120,6 +120,19 @@ impl Store {
         self.flush()
     }
 
+    /// Writes many records in one batch and flushes once.
+    pub fn put_many(&self, records: &[Record]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for r in records {
+            batch.insert(r.id.as_bytes(), encode(r));
+        }
+        self.records.apply_batch(batch).map_err(write_err)?;
+        self.flush()
+    }
+
     /// Writes a record together with the freshly generated key of its current order, atomically,
     /// and flushes: the key exists on disk before any finalize can use it.
     pub fn put_with_pending_key(&self, r: &Record, key_pem: &str) -> Result<(), StoreError> {
