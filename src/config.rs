@@ -252,17 +252,21 @@ fn read_certificates(
             Ok(content) => match parse_domains_file(&content) {
                 Err(e) => errors.extend(e),
                 Ok(more) => {
-                    for spec in more {
+                    // name -> id, for the names of DOMAINS only (each source is checked on its own).
+                    let in_domains: HashMap<&str, &str> = specs
+                        .iter()
+                        .flat_map(|s| s.names.iter().map(move |n| (n.as_str(), s.id.as_str())))
+                        .collect();
+                    for spec in &more {
                         for name in &spec.names {
-                            if let Some(other) = specs.iter().find(|s| s.names.contains(name)) {
+                            if let Some(id) = in_domains.get(name.as_str()) {
                                 errors.push(format!(
-                                    "DOMAINS_FILE: {name:?} is listed twice (also in certificate {:?} of DOMAINS)",
-                                    other.id
+                                    "DOMAINS_FILE: {name:?} is listed twice (also in certificate {id:?} of DOMAINS)"
                                 ));
                             }
                         }
-                        specs.push(spec);
                     }
+                    specs.extend(more);
                 }
             },
         }

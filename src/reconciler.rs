@@ -297,6 +297,8 @@ pub async fn run(
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut prune_when_done: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<(String, Option<UnixTime>)> = JoinSet::new();
+    // The wanted certificates as last applied: a reload that reads the same is a no-op.
+    let mut applied: Vec<CertSpec> = shared.config.certificates.clone();
     loop {
         let now = unix_now();
         while tasks.len() < MAX_CONCURRENT {
@@ -338,6 +340,10 @@ pub async fn run(
                         continue;
                     }
                 };
+                if specs == applied {
+                    tracing::debug!("configuration re-read: unchanged");
+                    continue;
+                }
                 let (records, gone) = match sync_specs(&shared, &specs) {
                     Ok(r) => r,
                     Err(e) => {
@@ -346,6 +352,7 @@ pub async fn run(
                     }
                 };
                 tracing::info!(certificates = records.len(), "configuration reloaded");
+                applied = specs;
                 for id in &gone {
                     if wanted.remove(id) {
                         schedule.remove(id);

@@ -19,14 +19,30 @@ pub fn watch_file(
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
+    let name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(e) if changes_content(&e.kind) => reload.send_modify(|n| *n = n.wrapping_add(1)),
+            Ok(e) if changes_content(&e.kind) && concerns(&e.paths, &name) => {
+                reload.send_modify(|n| *n = n.wrapping_add(1))
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "watching DOMAINS_FILE"),
         })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Whether an event in the directory is about the watched file: the file itself, or a name
+/// starting with ".." (a Kubernetes ConfigMap swaps its `..data` symlink). Other files in the same
+/// directory (a log, say) must not trigger reloads.
+fn concerns(paths: &[std::path::PathBuf], name: &std::ffi::OsStr) -> bool {
+    paths.iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n == name || n.to_string_lossy().starts_with(".."))
+    })
 }
 
 /// Reads (our own included) change nothing; a write being closed, a create, a rename or a
@@ -60,5 +76,9 @@ mod tests {
             .expect("a change is reported within 5 s")
             .unwrap();
         assert!(!changes_content(&EventKind::Access(AccessKind::Read)));
+        let name = std::ffi::OsStr::new("domains");
+        assert!(concerns(&[dir.path().join("domains")], name));
+        assert!(concerns(&[dir.path().join("..data")], name));
+        assert!(!concerns(&[dir.path().join("daemon.log")], name));
     }
 }
