@@ -18,7 +18,7 @@ const DEFAULT_CERTS_DIR: &str = "/etc/haproxy/certs";
 const DEFAULT_RESPONDER_LISTEN: &str = "0.0.0.0:80";
 
 /// One wanted certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct CertSpec {
     /// The first name; also the file name `<id>.pem`.
     pub id: String,

@@ -63,17 +63,22 @@ impl Store {
             .map_err(|e| open_err(e.to_string()))?;
         let _ = fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700));
         let path = data_dir.join("store");
-        let db = sled::Config::new().path(&path).open().map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("lock")
-                || msg.contains("WouldBlock")
-                || msg.contains("temporarily unavailable")
-            {
-                StoreError::Locked(data_dir.to_path_buf())
-            } else {
-                open_err(msg)
-            }
-        })?;
+        // sled's page cache defaults to 1 GiB; records are small and read once at start.
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(32 * 1024 * 1024)
+            .open()
+            .map_err(|e| {
+                let msg = e.to_string();
+                if msg.contains("lock")
+                    || msg.contains("WouldBlock")
+                    || msg.contains("temporarily unavailable")
+                {
+                    StoreError::Locked(data_dir.to_path_buf())
+                } else {
+                    open_err(msg)
+                }
+            })?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         Ok(Store {
             records: tree(RECORDS)?,
@@ -272,18 +277,31 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
         id: id.into(),
         detail,
     };
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let version = value
-        .get("schema_version")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0);
-    if version == 0 || version > u64::from(RECORD_SCHEMA_VERSION) {
-        return Err(corrupt(format!(
-            "schema_version {version}, this build reads 1..={RECORD_SCHEMA_VERSION}"
-        )));
+    /// Only the version, to explain a record this build cannot read.
+    #[derive(serde::Deserialize)]
+    struct Version {
+        schema_version: Option<u64>,
     }
-    serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
+    let version = |bytes: &[u8]| {
+        serde_json::from_slice::<Version>(bytes)
+            .ok()
+            .and_then(|v| v.schema_version)
+            .unwrap_or(0)
+    };
+    let wrong_version = |v: u64| v == 0 || v > u64::from(RECORD_SCHEMA_VERSION);
+    let explain =
+        |v: u64| format!("schema_version {v}, this build reads 1..={RECORD_SCHEMA_VERSION}");
+    // One parse on the common path (start-up reads every record).
+    match serde_json::from_slice::<Record>(bytes) {
+        Ok(r) if wrong_version(u64::from(r.schema_version)) => {
+            Err(corrupt(explain(u64::from(r.schema_version))))
+        }
+        Ok(r) => Ok(r),
+        Err(e) => match version(bytes) {
+            v if wrong_version(v) => Err(corrupt(explain(v))),
+            _ => Err(corrupt(e.to_string())),
+        },
+    }
 }
 
 #[cfg(test)]
