@@ -67,6 +67,8 @@ impl Store {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(32 * 1024 * 1024)
+            // Every write is flushed explicitly; no background flusher waking an idle daemon.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| {
                 let msg = e.to_string();
