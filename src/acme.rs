@@ -13,8 +13,8 @@ use haproxy_acme_state::{Challenge, FailureKind, Step, UnixTime};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeStatus, ChallengeType,
-    Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, BodyWrapper, BytesResponse, CertificateIdentifier,
+    ChallengeStatus, ChallengeType, Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -216,18 +216,78 @@ impl AcmeClient {
     }
 
     /// Creates an order for `names` and returns its URL (to be persisted before anything else).
-    pub async fn new_order(&self, names: &[String]) -> Result<String, AcmeError> {
-        with_retry_after(self.new_order_inner(names)).await
+    /// `replaces`: the PEM chain of the certificate this order renews, when the CA offers
+    /// renewal information (RFC 9773 §5); a CA that answers `alreadyReplaced` gets the order
+    /// again without it.
+    pub async fn new_order(
+        &self,
+        names: &[String],
+        replaces: Option<&str>,
+    ) -> Result<String, AcmeError> {
+        with_retry_after(self.new_order_inner(names, replaces)).await
     }
 
-    async fn new_order_inner(&self, names: &[String]) -> Result<String, AcmeError> {
+    async fn new_order_inner(
+        &self,
+        names: &[String],
+        replaces: Option<&str>,
+    ) -> Result<String, AcmeError> {
         let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let replaced = replaces.and_then(|chain| match certificate_identifier(chain) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "no ARI identifier for the replaced certificate");
+                None
+            }
+        });
+        if let Some(id) = replaced {
+            match self
+                .account
+                .new_order(&NewOrder::new(&ids).replaces(id))
+                .await
+            {
+                Ok(order) => return Ok(order.url().to_string()),
+                Err(instant_acme::Error::Api(p))
+                    if p.r#type
+                        .as_deref()
+                        .is_some_and(|t| t.ends_with(":alreadyReplaced")) =>
+                {
+                    tracing::info!("the CA says the certificate was already replaced: ordering without `replaces`");
+                }
+                Err(e) => return Err(AcmeError::from_acme(Step::Order, e)),
+            }
+        }
         let order = self
             .account
             .new_order(&NewOrder::new(&ids))
             .await
             .map_err(|e| AcmeError::from_acme(Step::Order, e))?;
         Ok(order.url().to_string())
+    }
+
+    /// The CA's suggested renewal window for the leaf of `chain_pem` and when to ask again
+    /// (RFC 9773), or `None` when the CA offers no renewal information.
+    pub async fn renewal_info(
+        &self,
+        chain_pem: &str,
+    ) -> Result<Option<((UnixTime, UnixTime), Option<UnixTime>)>, AcmeError> {
+        let id = certificate_identifier(chain_pem)
+            .map_err(|e| AcmeError::new(Step::Order, FailureKind::Retryable, e))?;
+        match self.account.renewal_info(&id).await {
+            Ok((info, retry)) => {
+                let w = info.suggested_window;
+                let retry_at = SystemTime::now() + retry;
+                let retry_at = retry_at
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                Ok(Some((
+                    (w.start.unix_timestamp(), w.end.unix_timestamp()),
+                    Some(retry_at),
+                )))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(AcmeError::from_acme(Step::Order, e)),
+        }
     }
 
     /// Takes the order at `url` as far as it goes, whatever state a previous run left it in:
@@ -345,6 +405,15 @@ impl AcmeClient {
             }
         }
     }
+}
+
+/// The RFC 9773 identifier (`base64url(AKI).base64url(serial)`) of the leaf of a PEM chain.
+fn certificate_identifier(chain_pem: &str) -> Result<CertificateIdentifier<'static>, String> {
+    let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .ok_or("no certificate in the stored chain")?
+        .map_err(|e| e.to_string())?;
+    CertificateIdentifier::try_from(&leaf).map(CertificateIdentifier::into_owned)
 }
 
 /// Why the authorizations of an invalid order failed, from the CA's own words.
@@ -495,6 +564,27 @@ fn retry_after_from_detail(detail: &str) -> Option<UnixTime> {
 mod tests {
     use super::*;
     use instant_acme::HttpClient;
+
+    #[test]
+    fn ari_identifier_of_a_stored_chain() {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SerialNumber,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let mut leaf = CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        leaf.use_authority_key_identifier_extension = true;
+        // RFC 9773 §4.1's example serial; DER keeps its leading zero byte.
+        leaf.serial_number = Some(SerialNumber::from_slice(&[0x00, 0x87, 0x65, 0x43, 0x21]));
+        let leaf = leaf.signed_by(&KeyPair::generate().unwrap(), &ca).unwrap();
+        let chain = format!("{}\n{}", leaf.pem(), ca.pem());
+        let id = certificate_identifier(&chain).unwrap().to_string();
+        let (aki, serial) = id.split_once('.').unwrap();
+        assert_eq!(serial, "AIdlQyE", "the RFC's encoding of 00:87:65:43:21");
+        assert!(!aki.is_empty());
+        assert!(certificate_identifier("no pem here").is_err());
+    }
 
     #[test]
     fn retry_after_header_forms() {

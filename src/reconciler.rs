@@ -19,6 +19,7 @@ use crate::config::{CertSpec, Config};
 use crate::installer::Installer;
 use crate::responder::Tokens;
 use crate::store::{Store, StoreError};
+use haproxy_acme_state::dump::rfc3339;
 
 /// At most this many certificates are worked on at once.
 const MAX_CONCURRENT: usize = 8;
@@ -125,7 +126,7 @@ impl Shared {
             cert = id,
             step = step.as_str(),
             kind = kind.as_str(),
-            next_attempt_at = next.map(haproxy_acme_state::dump::rfc3339),
+            next_attempt_at = next.map(rfc3339),
             "{message}"
         );
         Ok(r)
@@ -445,7 +446,12 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
                 Ok(a) => a,
                 Err(e) => return shared.fail_acme(id, e).map(drop),
             };
-            match acme.new_order(&r.names).await {
+            // A renewal from a CA with renewal information names the certificate it replaces.
+            let replaces = match (&r.ari_window, r.cert.is_some()) {
+                (Some(_), true) => shared.store.certificate(id)?.map(|(chain, _)| chain),
+                _ => None,
+            };
+            match acme.new_order(&r.names, replaces.as_deref()).await {
                 Ok(url) => {
                     tracing::info!(cert = id, order = %url, "order created");
                     shared.record(id, Event::OrderCreated { url })?;
@@ -491,6 +497,35 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
                     shared.fail_acme(id, e)?;
                 }
             }
+        }
+        Action::CheckRenewalInfo => {
+            let event = match (shared.acme().await, shared.store.certificate(id)?) {
+                (_, None) => Event::RenewalInfoUnavailable { retry_at: None },
+                (Err(e), _) => {
+                    tracing::warn!(cert = id, error = %e, "renewal information: no ACME account; asking again in an hour");
+                    Event::RenewalInfoUnavailable {
+                        retry_at: Some(unix_now() + 3600),
+                    }
+                }
+                (Ok(acme), Some((chain, _))) => match acme.renewal_info(&chain).await {
+                    Ok(Some((window, retry_after))) => {
+                        tracing::info!(cert = id, start = %rfc3339(window.0), end = %rfc3339(window.1), "renewal window from the CA");
+                        Event::RenewalInfo {
+                            window,
+                            retry_after,
+                            jitter_permille: rand::random::<u16>() % 1001,
+                        }
+                    }
+                    Ok(None) => Event::RenewalInfoUnavailable { retry_at: None },
+                    Err(e) => {
+                        tracing::warn!(cert = id, error = %e, "renewal information unavailable; asking again in an hour");
+                        Event::RenewalInfoUnavailable {
+                            retry_at: Some(unix_now() + 3600),
+                        }
+                    }
+                },
+            };
+            shared.record(id, event)?;
         }
         Action::Install { fingerprint } => {
             let Some(meta) = r.cert.clone().filter(|c| c.fingerprint == fingerprint) else {

@@ -75,6 +75,9 @@ fn a_hundred_thousand_issued_certificates_start_fast_and_stay_idle() {
         };
         let (r, _) = haproxy_acme_state::apply(&r, Event::CertificateStored { meta }, now);
         let (r, _) = haproxy_acme_state::apply(&r, Event::Installed { fingerprint }, now);
+        // As with a CA that offers no renewal information (the lifetime rule decides).
+        let (r, _) =
+            haproxy_acme_state::apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now);
         names.push_str(&format!("{},{}\n", r.names[0], r.names[1]));
         records.push(r);
     }

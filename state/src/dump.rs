@@ -33,6 +33,8 @@ pub struct CertView {
     pub not_before: Option<String>,
     pub not_after: Option<String>,
     pub renew_at: Option<String>,
+    /// The CA's suggested renewal window (RFC 9773), when it offers one: `[start, end]`.
+    pub renewal_window: Option<[String; 2]>,
     /// SHA-256 of the stored certificate (leaf DER).
     pub fingerprint: Option<String>,
     /// SHA-256 of the certificate HAProxy was last confirmed to serve.
@@ -86,6 +88,7 @@ impl CertView {
             not_before: r.cert.as_ref().map(|c| rfc3339(c.not_before)),
             not_after: r.cert.as_ref().map(|c| rfc3339(c.not_after)),
             renew_at: r.renew_at.map(rfc3339),
+            renewal_window: r.ari_window.map(|(a, b)| [rfc3339(a), rfc3339(b)]),
             fingerprint: r.cert.as_ref().map(|c| c.fingerprint.clone()),
             installed_fingerprint: r.installed_fingerprint.clone(),
             installed: r.is_installed(),

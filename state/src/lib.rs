@@ -203,6 +203,13 @@ pub struct Record {
     /// API committed and checked), or of the file written in files-only mode.
     pub installed_fingerprint: Option<String>,
     pub renew_at: Option<UnixTime>,
+    /// The CA's suggested renewal window for the current certificate (RFC 9773), if it offers one;
+    /// `renew_at` is then a random point in it, kept until the window changes.
+    #[serde(default)]
+    pub ari_window: Option<(UnixTime, UnixTime)>,
+    /// When to ask the CA for renewal information next; `None` when it offers none.
+    #[serde(default)]
+    pub ari_check_at: Option<UnixTime>,
     pub failure: Option<Failure>,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
@@ -222,6 +229,8 @@ impl Record {
             cert: None,
             installed_fingerprint: None,
             renew_at: None,
+            ari_window: None,
+            ari_check_at: None,
             failure: None,
             created_at: now,
             updated_at: now,

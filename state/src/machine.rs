@@ -1,7 +1,7 @@
 //! The pure lifecycle: `apply(record, event, now)` folds what happened into a record, and
 //! `plan(record, now)` says what the shell must do next for it, or when to look again.
 
-use crate::timing::{backoff_secs, renewal_time};
+use crate::timing::{ari_next_check, ari_renewal_time, backoff_secs, renewal_time};
 use crate::{
     CertMeta, Challenge, Failure, FailureKind, KeyType, OrderProgress, Phase, Record, Step,
     UnixTime,
@@ -49,6 +49,19 @@ pub enum Event {
         fingerprint: String,
     },
     Failed(FailureReport),
+    /// The CA's renewal information for the current certificate (RFC 9773): its suggested
+    /// window, and when to ask again (its `Retry-After`). `jitter_permille` picks the point in
+    /// the window.
+    RenewalInfo {
+        window: (UnixTime, UnixTime),
+        retry_after: Option<UnixTime>,
+        jitter_permille: u16,
+    },
+    /// Asking for renewal information failed (`retry_at`: when to ask again) or the CA offers
+    /// none (`None`: stop asking; the lifetime rule stays in force).
+    RenewalInfoUnavailable {
+        retry_at: Option<UnixTime>,
+    },
     /// Time passed: an issued certificate whose renewal time has come becomes `Expiring`.
     Tick,
     /// An operator asked to renew now, or to retry after a permanent failure.
@@ -63,6 +76,8 @@ pub enum Action {
     /// Take the order at `url` as far as it goes: answer challenges, store a key (unless
     /// `key_generated`), finalize with the stored key, download and store the certificate.
     DriveOrder { url: String, key_generated: bool },
+    /// Ask the CA for the renewal window of the current certificate (RFC 9773).
+    CheckRenewalInfo,
     /// Write `<id>.pem` and push the stored certificate into HAProxy.
     Install { fingerprint: String },
 }
@@ -121,6 +136,9 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
         }
         Event::CertificateStored { meta } => {
             r.renew_at = Some(renewal_time(meta.not_before, meta.not_after));
+            // Ask the CA for a renewal window at once; without one the lifetime rule holds.
+            r.ari_window = None;
+            r.ari_check_at = Some(now);
             r.cert = Some(meta);
             r.order = None;
             r.phase = Phase::Issued;
@@ -163,6 +181,22 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
                 at: now,
                 next_attempt_at,
             });
+        }
+        Event::RenewalInfo {
+            window,
+            retry_after,
+            jitter_permille,
+        } => {
+            if r.cert.is_some() {
+                if r.ari_window != Some(window) {
+                    r.ari_window = Some(window);
+                    r.renew_at = Some(ari_renewal_time(window, jitter_permille));
+                }
+                r.ari_check_at = Some(ari_next_check(now, retry_after));
+            }
+        }
+        Event::RenewalInfoUnavailable { retry_at } => {
+            r.ari_check_at = retry_at;
         }
         Event::Tick => {
             if r.phase == Phase::Issued && r.renew_at.is_some_and(|t| t <= now) {
@@ -225,10 +259,15 @@ pub fn plan(r: &Record, now: UnixTime) -> Plan {
             // Not produced by `apply`; a hand-edited record still converges.
             None => Plan::Now(Action::CreateOrder),
         },
-        Phase::Issued => match r.renew_at {
-            Some(t) => Plan::At(t),
-            None => Plan::Idle,
-        },
+        Phase::Issued => {
+            if r.ari_check_at.is_some_and(|t| t <= now) {
+                return Plan::Now(Action::CheckRenewalInfo);
+            }
+            match [r.renew_at, r.ari_check_at].into_iter().flatten().min() {
+                Some(t) => Plan::At(t),
+                None => Plan::Idle,
+            }
+        }
     }
 }
 
@@ -298,6 +337,8 @@ mod tests {
                     },
                     T0,
                 ),
+                // A CA without renewal information (pebble, here): the lifetime rule holds.
+                (Event::RenewalInfoUnavailable { retry_at: None }, T0),
             ],
         )
         .0
@@ -358,6 +399,11 @@ mod tests {
                     fingerprint: "f1".into(),
                 },
                 Phase::Issued,
+                vec![Action::CheckRenewalInfo],
+            ),
+            (
+                Event::RenewalInfoUnavailable { retry_at: None },
+                Phase::Issued,
                 vec![],
             ),
         ];
@@ -414,7 +460,11 @@ mod tests {
             },
             renew_at,
         );
-        assert!(a.is_empty());
+        assert_eq!(
+            a,
+            vec![Action::CheckRenewalInfo],
+            "the new certificate's window is asked for"
+        );
         assert!(r.is_installed());
     }
 
@@ -595,6 +645,79 @@ mod tests {
             "the staging certificate serves until the new one is installed"
         );
         assert_eq!(r.acme_directory, "https://production/dir");
+    }
+
+    #[test]
+    fn renewal_information_sets_the_renewal_time_and_is_asked_again() {
+        let r = run(
+            pending(),
+            vec![
+                (Event::OrderCreated { url: "u".into() }, T0),
+                (
+                    Event::CertificateStored {
+                        meta: meta("f1", T0, 90),
+                    },
+                    T0,
+                ),
+                (
+                    Event::Installed {
+                        fingerprint: "f1".into(),
+                    },
+                    T0,
+                ),
+            ],
+        )
+        .0;
+        assert_eq!(
+            plan(&r, T0),
+            Plan::Now(Action::CheckRenewalInfo),
+            "asked right after issuance"
+        );
+        let window = (T0 + 59 * DAY, T0 + 61 * DAY);
+        let info = |jitter| Event::RenewalInfo {
+            window,
+            retry_after: Some(T0 + 6 * 3600),
+            jitter_permille: jitter,
+        };
+        let (r, a) = apply(&r, info(500), T0);
+        assert!(a.is_empty());
+        assert_eq!(
+            r.renew_at,
+            Some(T0 + 60 * DAY),
+            "the middle of the window for a draw of 500"
+        );
+        assert_eq!(
+            r.ari_check_at,
+            Some(T0 + 6 * 3600),
+            "asked again when the CA said"
+        );
+        assert_eq!(plan(&r, T0), Plan::At(T0 + 6 * 3600));
+        // The same window again keeps the chosen time (persisted, not redrawn).
+        let (r, _) = apply(&r, info(0), T0 + 6 * 3600);
+        assert_eq!(r.renew_at, Some(T0 + 60 * DAY));
+        // A window moved into the past (revocation): renew now.
+        let later = T0 + 7 * 3600;
+        let (r, _) = apply(
+            &r,
+            Event::RenewalInfo {
+                window: (T0, T0 + 3600),
+                retry_after: None,
+                jitter_permille: 900,
+            },
+            later,
+        );
+        let (r, a) = apply(&r, Event::Tick, later);
+        assert_eq!((r.phase, a), (Phase::Expiring, vec![Action::CreateOrder]));
+        // A failed check is asked again later; an unsupported one never.
+        let (r2, _) = apply(
+            &issued("f1"),
+            Event::RenewalInfoUnavailable {
+                retry_at: Some(T0 + 99),
+            },
+            T0,
+        );
+        assert_eq!(r2.ari_check_at, Some(T0 + 99));
+        assert_eq!(issued("f1").ari_check_at, None);
     }
 
     #[test]

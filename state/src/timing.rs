@@ -20,6 +20,32 @@ pub fn renewal_time(not_before: UnixTime, not_after: UnixTime) -> UnixTime {
     }
 }
 
+/// Without a `Retry-After`, renewal information is asked for again after this long ("about
+/// twice a day").
+pub const ARI_CHECK_SECS: i64 = 12 * 3600;
+/// Bounds on the CA's `Retry-After` for renewal information: not hammering it, not going a day
+/// without news (a revocation shortens the window).
+const ARI_MIN_CHECK_SECS: i64 = 3600;
+const ARI_MAX_CHECK_SECS: i64 = 24 * 3600;
+
+/// The renewal time inside a suggested window (RFC 9773 §4.2: a uniformly random point, so a
+/// CA's clients do not all come at once). `jitter_permille` (0..=1000) is the draw. A time in the
+/// past means "renew now", which the caller gets by comparing with the clock.
+pub fn ari_renewal_time(window: (UnixTime, UnixTime), jitter_permille: u16) -> UnixTime {
+    let (start, end) = window;
+    let span = (end - start).max(0);
+    start + span * i64::from(jitter_permille.min(1000)) / 1000
+}
+
+/// When to ask for renewal information again: the CA's `Retry-After`, bounded to between an
+/// hour and a day; twelve hours without one.
+pub fn ari_next_check(now: UnixTime, retry_after: Option<UnixTime>) -> UnixTime {
+    match retry_after {
+        Some(t) => (t - now).clamp(ARI_MIN_CHECK_SECS, ARI_MAX_CHECK_SECS) + now,
+        None => now + ARI_CHECK_SECS,
+    }
+}
+
 /// Delay before retry number `attempts` (1 = after the first failure): exponential from 5 s,
 /// capped at a day, scaled by a jitter factor in [0.5, 1.0] from `jitter_permille` (0..=1000) so
 /// that many certificates failing together do not retry together.
@@ -61,6 +87,37 @@ mod tests {
             1000,
             "a backwards validity renews at once"
         );
+    }
+
+    /// Renewal information as RFC 9773 §4.2 shows it (its example response), and as Let's
+    /// Encrypt answers for a revoked certificate (a window in the past).
+    #[test]
+    fn ari_windows_from_recorded_responses() {
+        // {"suggestedWindow": {"start": "2025-01-02T04:00:00Z", "end": "2025-01-03T04:00:00Z"},
+        //  "explanationURL": "https://acme.example.com/docs/ari"}, Retry-After: 21600
+        let start = 1_735_790_400; // 2025-01-02T04:00:00Z
+        let end = 1_735_876_800; // 2025-01-03T04:00:00Z
+        let now = start - 10 * 86_400;
+        assert_eq!(ari_renewal_time((start, end), 0), start);
+        assert_eq!(ari_renewal_time((start, end), 1000), end);
+        assert_eq!(ari_renewal_time((start, end), 500), start + 43_200);
+        assert_eq!(ari_next_check(now, Some(now + 21_600)), now + 21_600);
+        assert_eq!(ari_next_check(now, None), now + 12 * 3600);
+        assert_eq!(
+            ari_next_check(now, Some(now + 5)),
+            now + 3600,
+            "at most hourly"
+        );
+        assert_eq!(
+            ari_next_check(now, Some(now + 30 * 86_400)),
+            now + 86_400,
+            "at least daily"
+        );
+        // Revoked: the window lies in the past, so the chosen time is already due.
+        let revoked = (now - 86_400, now - 3600);
+        assert!(ari_renewal_time(revoked, 1000) < now);
+        // A backwards window is taken at its start.
+        assert_eq!(ari_renewal_time((end, start), 700), end);
     }
 
     #[test]
