@@ -7,11 +7,13 @@
 //!   what happens next to a certificate.
 //! - [`timing`]: when to renew, how long to back off after a failure.
 //! - [`dump`]: the versioned JSON view operators read (`state dump`).
+//! - [`ledger`]: the local rate-limit budget (what the CA counts, whether one more order fits).
 //!
 //! Architecture invariant: this crate does no I/O, never reads the clock and never draws random
 //! numbers. Time (`now`) and jitter come in as arguments, so every decision can be replayed in a test.
 
 pub mod dump;
+pub mod ledger;
 pub mod machine;
 pub mod timing;
 
