@@ -134,7 +134,8 @@ pub fn check(
 
     let orders = entries
         .iter()
-        .filter_map(|e| matches!(e, Entry::Order { .. }).then(|| e.at()))
+        .filter(|e| matches!(e, Entry::Order { .. }))
+        .map(Entry::at)
         .collect();
     if let Some(t) = over(limits.orders, orders, now) {
         reasons.push((
