@@ -56,6 +56,11 @@ pub struct RawSettings {
     /// its state (default: keep them, stop renewing).
     #[arg(long, env = "PRUNE", global = true)]
     pub prune: bool,
+    /// Local rate-limit budget: `auto` (default: Let's Encrypt's limits for Let's Encrypt
+    /// directories, none otherwise), `off`, `lets-encrypt`, or a list such as
+    /// `orders=300/3h,exact-set=5/7d,registered-domain=50/7d,failed-validations=5/1h`.
+    #[arg(long, env = "RATE_LIMITS", global = true)]
+    pub rate_limits: Option<String>,
     /// ACME account contact e-mail.
     #[arg(long, env = "EMAIL", global = true)]
     pub email: Option<String>,

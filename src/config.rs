@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use haproxy_acme_state::ledger::{Limit, Limits};
 use haproxy_acme_state::KeyType;
 use serde::Serialize;
 
@@ -66,6 +67,8 @@ pub struct Config {
     pub haproxy_runtime_api: Option<RuntimeApiAddr>,
     pub load_balancer_service_name: Option<String>,
     pub responder_listen: SocketAddr,
+    /// The local rate-limit budget (`None`: off).
+    pub rate_limits: Option<Limits>,
 }
 
 /// Everything wrong with the settings, one human-readable line each.
@@ -207,10 +210,17 @@ impl Config {
             SocketAddr::from(([0, 0, 0, 0], 80))
         });
 
+        let rate_limits = parse_rate_limits(raw.rate_limits.as_deref(), &acme_directory)
+            .unwrap_or_else(|e| {
+                errors.push(format!("RATE_LIMITS: {e}"));
+                None
+            });
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
         Ok(Config {
+            rate_limits,
             certificates,
             domains,
             domains_file,
@@ -402,6 +412,73 @@ pub fn normalize_name(raw: &str) -> Result<String, String> {
     Ok(ascii)
 }
 
+/// `RATE_LIMITS`: `auto`/unset, `off`, `lets-encrypt`, or `key=N/duration,...` with keys
+/// `orders`, `exact-set`, `registered-domain`, `failed-validations` (a key left out is no limit)
+/// and durations such as `90s`, `3h`, `7d`.
+fn parse_rate_limits(value: Option<&str>, directory: &str) -> Result<Option<Limits>, String> {
+    let v = value.map(str::trim).unwrap_or("");
+    let is_lets_encrypt = directory
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .is_some_and(|host| host == "letsencrypt.org" || host.ends_with(".letsencrypt.org"));
+    match v {
+        "" | "auto" => return Ok(is_lets_encrypt.then_some(Limits::LETS_ENCRYPT)),
+        "off" | "none" => return Ok(None),
+        "on" | "lets-encrypt" => return Ok(Some(Limits::LETS_ENCRYPT)),
+        _ => {}
+    }
+    let mut limits = Limits {
+        orders: None,
+        exact_set: None,
+        registered_domain: None,
+        failed_validations: None,
+    };
+    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, spec) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: expected key=N/duration"))?;
+        let (count, window) = spec
+            .split_once('/')
+            .ok_or_else(|| format!("{item:?}: expected N/duration, e.g. 5/7d"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("{item:?}: {count:?} is not a count"))?;
+        let window = window.trim();
+        let (num, unit) = window.split_at(window.len().saturating_sub(1));
+        let mult = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => {
+                return Err(format!(
+                    "{item:?}: duration {window:?} needs a unit s, m, h or d"
+                ))
+            }
+        };
+        let n: i64 = num
+            .parse()
+            .map_err(|_| format!("{item:?}: {window:?} is not a duration"))?;
+        let limit = Some(Limit {
+            count,
+            window_secs: n * mult,
+        });
+        match key.trim() {
+            "orders" => limits.orders = limit,
+            "exact-set" => limits.exact_set = limit,
+            "registered-domain" => limits.registered_domain = limit,
+            "failed-validations" => limits.failed_validations = limit,
+            other => {
+                return Err(format!(
+                    "unknown limit {other:?} (orders, exact-set, registered-domain, failed-validations)"
+                ))
+            }
+        }
+    }
+    Ok(Some(limits))
+}
+
 fn validate_email(e: &str) -> Result<String, &'static str> {
     let e = e.strip_prefix("mailto:").unwrap_or(e);
     match e.split_once('@') {
@@ -563,6 +640,51 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::from_raw(&only_file, Need::Daemon).is_ok());
+    }
+
+    #[test]
+    fn rate_limits_default_to_lets_encrypt_only_for_lets_encrypt() {
+        let p = |v, d| parse_rate_limits(v, d);
+        assert_eq!(
+            p(None, LETSENCRYPT_PRODUCTION),
+            Ok(Some(Limits::LETS_ENCRYPT))
+        );
+        assert_eq!(
+            p(Some("auto"), LETSENCRYPT_STAGING),
+            Ok(Some(Limits::LETS_ENCRYPT))
+        );
+        assert_eq!(p(None, "https://127.0.0.1:14000/dir"), Ok(None));
+        assert_eq!(p(None, "https://letsencrypt.org.evil.test/dir"), Ok(None));
+        assert_eq!(p(Some("off"), LETSENCRYPT_PRODUCTION), Ok(None));
+        assert_eq!(
+            p(Some("on"), "https://ca/dir"),
+            Ok(Some(Limits::LETS_ENCRYPT))
+        );
+        let custom = p(Some("exact-set=1/7d, orders=10/90m"), "https://ca/dir")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            custom.exact_set,
+            Some(Limit {
+                count: 1,
+                window_secs: 7 * 86_400
+            })
+        );
+        assert_eq!(
+            custom.orders,
+            Some(Limit {
+                count: 10,
+                window_secs: 5400
+            })
+        );
+        assert_eq!(custom.registered_domain, None);
+        assert!(p(Some("exact-set=1/7"), "x")
+            .unwrap_err()
+            .contains("needs a unit"));
+        assert!(p(Some("bogus=1/7d"), "x")
+            .unwrap_err()
+            .contains("unknown limit"));
+        assert!(p(Some("exact-set"), "x").is_err());
     }
 
     fn raw() -> RawSettings {

@@ -14,12 +14,14 @@
 //! - [`installer`]: certificate files and HAProxy's runtime API.
 //! - [`reconciler`]: the loop that drives every certificate through the lifecycle.
 //! - [`admin`]: the admin socket the CLI talks to while the daemon runs.
+//! - [`budget`]: the local rate-limit budget (ledger in the store, registered domains by psl).
 //! - [`signals`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload).
 //! - [`watch`]: DOMAINS_FILE changes (notify).
 //! - [`haproxy_snippet`]: the HAProxy configuration printed by `haproxy-config`.
 
 pub mod acme;
 pub mod admin;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod haproxy_snippet;

@@ -20,6 +20,7 @@ use crate::installer::Installer;
 use crate::responder::Tokens;
 use crate::store::{Store, StoreError};
 use haproxy_acme_state::dump::rfc3339;
+use haproxy_acme_state::ledger::Entry;
 
 /// At most this many certificates are worked on at once.
 const MAX_CONCURRENT: usize = 8;
@@ -130,6 +131,16 @@ impl Shared {
             "{message}"
         );
         Ok(r)
+    }
+
+    /// Notes in the rate-limit ledger something the CA counts.
+    fn note(&self, entry: Entry) -> Result<(), StoreError> {
+        crate::budget::note(
+            &self.store,
+            &self.config.acme_directory,
+            self.config.rate_limits.as_ref(),
+            entry,
+        )
     }
 
     fn fail_acme(&self, id: &str, e: AcmeError) -> Result<Record, StoreError> {
@@ -442,6 +453,35 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
     let id = r.id.as_str();
     match action {
         Action::CreateOrder => {
+            // Stay inside the CA's limits rather than be refused (and locked out) by it.
+            let directory = shared.config.acme_directory.as_str();
+            if let Some(limits) = &shared.config.rate_limits {
+                let renewal = r.cert.is_some();
+                if let Some(d) = crate::budget::check(
+                    &shared.store,
+                    directory,
+                    limits,
+                    &r.names,
+                    renewal,
+                    unix_now(),
+                )? {
+                    let message = format!(
+                        "local rate-limit budget: {}; the order waits until {}",
+                        d.reason,
+                        rfc3339(d.until)
+                    );
+                    return shared
+                        .fail(
+                            id,
+                            Step::Order,
+                            FailureKind::RateLimited,
+                            message,
+                            Some(d.until),
+                            false,
+                        )
+                        .map(drop);
+                }
+            }
             let acme = match shared.acme().await {
                 Ok(a) => a,
                 Err(e) => return shared.fail_acme(id, e).map(drop),
@@ -455,6 +495,7 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
                 Ok(url) => {
                     tracing::info!(cert = id, order = %url, "order created");
                     shared.record(id, Event::OrderCreated { url })?;
+                    shared.note(Entry::Order { at: unix_now() })?;
                 }
                 Err(e) => {
                     shared.fail_acme(id, e)?;
@@ -481,6 +522,7 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
                             s.put_certificate(rec, &chain)
                         })?;
                         tracing::info!(cert = id, serial = %serial, ms = started.elapsed().as_millis() as u64, "certificate issued and stored");
+                        shared.note(crate::budget::certificate(&r.names, unix_now()))?;
                     }
                     Err(e) => {
                         shared.fail(
@@ -494,6 +536,17 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
                     }
                 },
                 Err(e) => {
+                    if e.step == Step::Validation && e.order_dead {
+                        // The CA counts failed validations per name; the error does not say
+                        // which name failed, so every name of the order is counted.
+                        for name in &r.names {
+                            let at = unix_now();
+                            shared.note(Entry::FailedValidation {
+                                at,
+                                name: name.clone(),
+                            })?;
+                        }
+                    }
                     shared.fail_acme(id, e)?;
                 }
             }

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use haproxy_acme_state::{Record, RECORD_SCHEMA_VERSION};
+use haproxy_acme_state::{Record, UnixTime, RECORD_SCHEMA_VERSION};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
@@ -15,6 +15,7 @@ const RECORDS: &str = "records"; // id -> Record as JSON (carries schema_version
 const CERTS: &str = "certs"; // id -> PEM chain of the stored certificate
 const KEYS: &str = "keys"; // "current/<id>" | "pending/<id>" | "account/<directory>" -> PEM / PKCS#8
 const ACCOUNTS: &str = "accounts"; // directory URL -> instant-acme credentials JSON (holds a key)
+const LEDGER: &str = "ledger"; // directory \0 time(be) id(be) -> ledger::Entry as JSON
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +44,7 @@ pub struct Store {
     certs: sled::Tree,
     keys: sled::Tree,
     accounts: sled::Tree,
+    ledger: sled::Tree,
 }
 
 fn write_err(e: impl std::fmt::Display) -> StoreError {
@@ -87,6 +89,7 @@ impl Store {
             certs: tree(CERTS)?,
             keys: tree(KEYS)?,
             accounts: tree(ACCOUNTS)?,
+            ledger: tree(LEDGER)?,
             db,
         })
     }
@@ -184,6 +187,49 @@ impl Store {
         self.flush()
     }
 
+    /// Appends to the rate-limit ledger of `directory`, forgetting entries older than `keep_since`.
+    pub fn ledger_append(
+        &self,
+        directory: &str,
+        entry: &haproxy_acme_state::ledger::Entry,
+        keep_since: UnixTime,
+    ) -> Result<(), StoreError> {
+        let id = self.db.generate_id().map_err(write_err)?;
+        let value = serde_json::to_vec(entry).expect("a ledger entry serializes");
+        self.ledger
+            .insert(ledger_key(directory, entry.at(), id), value)
+            .map_err(write_err)?;
+        let old: Vec<sled::IVec> = self
+            .ledger
+            .range(ledger_key(directory, i64::MIN, 0)..ledger_key(directory, keep_since, 0))
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(write_err)?;
+        for k in old {
+            self.ledger.remove(k).map_err(write_err)?;
+        }
+        self.flush()
+    }
+
+    /// The ledger entries of `directory` at or after `since`, oldest first.
+    pub fn ledger_since(
+        &self,
+        directory: &str,
+        since: UnixTime,
+    ) -> Result<Vec<haproxy_acme_state::ledger::Entry>, StoreError> {
+        self.ledger
+            .range(ledger_key(directory, since, 0)..ledger_key(directory, i64::MAX, u64::MAX))
+            .values()
+            .map(|v| {
+                let v = v.map_err(write_err)?;
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    id: format!("rate-limit ledger of {directory}"),
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Forgets certificate `id` entirely: record, chain and keys, in one transaction (`--prune`).
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
         (&self.records, &self.certs, &self.keys)
@@ -258,6 +304,17 @@ fn tx_err(e: TransactionError<()>) -> StoreError {
     }
 }
 
+/// Ledger keys sort by directory, then time, then a unique id. Times are offset so that the
+/// big-endian bytes of negative and positive times sort as the numbers do.
+fn ledger_key(directory: &str, at: UnixTime, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(directory.len() + 17);
+    k.extend_from_slice(directory.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 fn pending_key(id: &str) -> String {
     format!("pending/{id}")
 }
@@ -317,6 +374,49 @@ mod tests {
         "created_at":10,"challenges":[{"token":"tok","key_authorization":"tok.thumb"}],
         "key_generated":true},"cert":null,"installed_fingerprint":null,"renew_at":null,
         "failure":null,"created_at":10,"updated_at":10}"#;
+
+    #[test]
+    fn ledger_is_per_directory_in_time_order_and_forgets_the_old() {
+        use haproxy_acme_state::ledger::Entry;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .ledger_append("https://ca/dir", &Entry::Order { at: 300 }, 0)
+            .unwrap();
+        store
+            .ledger_append("https://ca/dir", &Entry::Order { at: 100 }, 0)
+            .unwrap();
+        store
+            .ledger_append("https://other/dir", &Entry::Order { at: 200 }, 0)
+            .unwrap();
+        let got = store.ledger_since("https://ca/dir", 0).unwrap();
+        assert_eq!(
+            got,
+            vec![Entry::Order { at: 100 }, Entry::Order { at: 300 }]
+        );
+        assert_eq!(
+            store.ledger_since("https://ca/dir", 101).unwrap(),
+            vec![Entry::Order { at: 300 }]
+        );
+        // Appending with keep_since = 250 forgets the entry at 100.
+        store
+            .ledger_append("https://ca/dir", &Entry::Order { at: 400 }, 250)
+            .unwrap();
+        assert_eq!(
+            store
+                .ledger_since("https://ca/dir", i64::MIN)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            store
+                .ledger_since("https://other/dir", i64::MIN)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 
     #[test]
     fn version_1_records_still_load() {

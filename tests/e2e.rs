@@ -265,3 +265,55 @@ fn renewal_replaces_the_certificate_hot_while_the_old_one_keeps_serving() {
     assert_eq!(dump["certificates"][0]["serial"], second.as_str());
     assert_eq!(dump["certificates"][0]["installed"], true);
 }
+
+#[test]
+fn the_local_rate_limit_budget_defers_an_order_the_ca_would_refuse() {
+    let env = Env::start();
+    let root = env.issuer_root();
+    // A budget of one certificate per exact set of names per week.
+    let budget = [("RATE_LIMITS", "exact-set=1/7d")];
+    let mut daemon = env.start_daemon_with("rl.example.test", &budget);
+    wait_until("first certificate served", Duration::from_secs(30), || {
+        daemon.assert_running();
+        env.served_and_valid("rl.example.test", &root).is_some()
+    });
+    assert!(daemon.terminate().success());
+    // A new key type asks for a second certificate for the same names: over budget.
+    let mut daemon = env.start_daemon_with(
+        "rl.example.test",
+        &[
+            ("RATE_LIMITS", "exact-set=1/7d"),
+            ("KEY_TYPE", "ecdsa-p384"),
+        ],
+    );
+    let dump = || -> serde_json::Value {
+        let out = env.cli("rl.example.test", &["state", "dump"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    wait_until(
+        "the order is deferred, and says so",
+        Duration::from_secs(30),
+        || {
+            daemon.assert_running();
+            dump()["certificates"][0]["last_error"]["kind"] == "rate-limited"
+        },
+    );
+    let c = &dump()["certificates"][0];
+    let message = c["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "local rate-limit budget: 1 certificates for this exact set of names in 7 days"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        c["phase"], "expiring",
+        "wanted again, waiting for the budget"
+    );
+    assert!(c["last_error"]["next_attempt_at"].as_str().is_some());
+    assert_eq!(env.pebble_new_orders(), 1, "the CA was not asked");
+    assert!(
+        env.served_and_valid("rl.example.test", &root).is_some(),
+        "the old certificate keeps serving"
+    );
+}
