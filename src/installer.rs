@@ -154,13 +154,8 @@ impl Installer {
             return Ok(Method::FilesOnly);
         };
         let api = RuntimeApi { addr };
-        let file = self
-            .haproxy_certs_dir
-            .join(format!("{id}.pem"))
-            .display()
-            .to_string();
-        let crt_list = self.haproxy_certs_dir.display().to_string();
-        let crt_list = crt_list.trim_end_matches('/');
+        let (file, crt_list) = self.haproxy_names(id);
+        let crt_list = crt_list.as_str();
 
         api.abort_stale_transaction().await?;
         let known = api
@@ -181,11 +176,7 @@ impl Installer {
         .await?;
         api.expect(&format!("commit ssl cert {file}"), &["Success!"])
             .await?;
-        let listed = api.send(&format!("show ssl crt-list {crt_list}")).await?;
-        if !listed
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(file.as_str()))
-        {
+        if !api.in_crt_list(crt_list, &file).await? {
             api.expect(
                 &format!("add ssl crt-list {crt_list} {file}"),
                 &["Success!"],
@@ -211,25 +202,28 @@ impl Installer {
 }
 
 impl Installer {
+    /// The file name of certificate `id` and the crt-list name of the directory, as HAProxy
+    /// names them (the directory without a trailing slash).
+    fn haproxy_names(&self, id: &str) -> (String, String) {
+        let file = self
+            .haproxy_certs_dir
+            .join(format!("{id}.pem"))
+            .display()
+            .to_string();
+        let dir = self.haproxy_certs_dir.display().to_string();
+        (file, dir.trim_end_matches('/').to_string())
+    }
+
     /// Removes certificate `id` from HAProxy (crt-list entry, then the certificate) and deletes
     /// its file (`--prune`). Entries HAProxy does not know are fine: removal is idempotent.
     pub async fn remove(&self, id: &str) -> Result<(), InstallError> {
         let _guard = self.lock.lock().await;
         if let Some(addr) = &self.runtime {
             let api = RuntimeApi { addr };
-            let file = self
-                .haproxy_certs_dir
-                .join(format!("{id}.pem"))
-                .display()
-                .to_string();
-            let dir = self.haproxy_certs_dir.display().to_string();
-            let crt_list = dir.trim_end_matches('/');
+            let (file, crt_list) = self.haproxy_names(id);
+            let crt_list = crt_list.as_str();
             api.abort_stale_transaction().await?;
-            let listed = api.send(&format!("show ssl crt-list {crt_list}")).await?;
-            if listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(file.as_str()))
-            {
+            if api.in_crt_list(crt_list, &file).await? {
                 api.expect(
                     &format!("del ssl crt-list {crt_list} {file}"),
                     &["deleted in crtlist", "Success!"],
@@ -335,6 +329,14 @@ impl RuntimeApi<'_> {
                 "no answer within 10 s",
             ))),
         }
+    }
+
+    /// Whether `file` is an entry of the crt-list (the directory bind) `crt_list`.
+    async fn in_crt_list(&self, crt_list: &str, file: &str) -> Result<bool, InstallError> {
+        let listed = self.send(&format!("show ssl crt-list {crt_list}")).await?;
+        Ok(listed
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(file)))
     }
 
     /// A transaction left open (by a crash of ours mid-install) blocks every other one.
