@@ -110,6 +110,7 @@ impl Installer {
         };
         let api = RuntimeApi { addr };
         let mut last_log: Option<std::time::Instant> = None;
+        let mut delay = Duration::from_millis(10);
         loop {
             match api.send("show info").await {
                 Ok(info) if info.contains("Name: HAProxy") => return true,
@@ -124,10 +125,12 @@ impl Installer {
                     }
                 }
             }
+            // HAProxy usually comes up within moments of us: look again soon, then less often.
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return false,
             }
+            delay = (delay * 2).min(Duration::from_millis(500));
         }
     }
 
