@@ -31,6 +31,16 @@ pub fn dump_json(store: &Store) -> Result<String, crate::store::StoreError> {
     Ok(serde_json::to_string_pretty(&dump).expect("the dump always serializes") + "\n")
 }
 
+/// The `status` screen of every record in `store`.
+pub fn status_text(store: &Store, color: bool) -> Result<String, crate::store::StoreError> {
+    let records = store.records()?;
+    Ok(haproxy_acme_state::dump::status_table(
+        &records,
+        unix_now(),
+        color,
+    ))
+}
+
 /// Binds the admin socket. Only called while holding the store's lock, so a socket file that
 /// is already there is a leftover of a previous run and is replaced.
 pub fn bind(data_dir: &Path) -> io::Result<UnixListener> {
@@ -63,7 +73,10 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req.method(), req.uri().path())) }
+                async move {
+                    let color = req.uri().query() == Some("color=1");
+                    Ok::<_, Infallible>(route(&shared, req.method(), req.uri().path(), color))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -72,7 +85,7 @@ pub async fn serve(
     }
 }
 
-fn route(shared: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>> {
+fn route(shared: &Shared, method: &Method, path: &str, color: bool) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, ctype: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -83,6 +96,14 @@ fn route(shared: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>> 
     match (method, path) {
         (&Method::GET, "/state") => match dump_json(&shared.store) {
             Ok(json) => reply(StatusCode::OK, "application/json", json),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+        },
+        (&Method::GET, "/status") => match status_text(&shared.store, color) {
+            Ok(text) => reply(StatusCode::OK, "text/plain; charset=utf-8", text),
             Err(e) => reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",

@@ -26,6 +26,9 @@ pub enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// One line per certificate: id, names, phase, expires in, renews in, last error (colour on
+    /// a terminal). Works whether or not the daemon runs.
+    Status,
     /// Validate the configuration and print it as JSON (exit code 2 and the errors if invalid).
     CheckConfig,
     /// Print the HAProxy frontend/backend snippet that matches the current settings.

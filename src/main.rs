@@ -43,7 +43,9 @@ fn main() -> ExitCode {
 
     let need = match cli.command {
         Command::Run | Command::CheckConfig => Need::Daemon,
-        Command::State { .. } | Command::HaproxyConfig | Command::Healthcheck => Need::StoreOnly,
+        Command::State { .. } | Command::Status | Command::HaproxyConfig | Command::Healthcheck => {
+            Need::StoreOnly
+        }
     };
     let config = match Config::from_raw(&cli.settings, need) {
         Ok(c) => c,
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::State {
             command: StateCommand::Dump,
         } => runtime().and_then(|rt| rt.block_on(state_dump(&config))),
+        Command::Status => runtime().and_then(|rt| rt.block_on(status(&config))),
         Command::Healthcheck => runtime().and_then(|rt| rt.block_on(healthcheck(&config))),
         Command::Run => runtime().and_then(|rt| rt.block_on(run(config))),
     };
@@ -103,23 +106,38 @@ async fn healthcheck(config: &Config) -> anyhow::Result<()> {
 
 /// `state dump`: from the running daemon if there is one, else straight from the store.
 async fn state_dump(config: &Config) -> anyhow::Result<()> {
-    if let Some(json) = admin::get(&config.data_dir, "/state")
-        .await
-        .with_context(|| {
-            format!(
-                "asking the daemon through {}",
-                admin::socket_path(&config.data_dir).display()
-            )
-        })?
-    {
-        print!("{json}");
-        return Ok(());
+    print!(
+        "{}",
+        from_daemon_or_store(config, "/state", admin::dump_json).await?
+    );
+    Ok(())
+}
+
+/// `status`: the same, as a table (coloured on a terminal).
+async fn status(config: &Config) -> anyhow::Result<()> {
+    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let path = if color { "/status?color=1" } else { "/status" };
+    let text = from_daemon_or_store(config, path, |s| admin::status_text(s, color)).await?;
+    print!("{text}");
+    Ok(())
+}
+
+/// Asks the running daemon for `path`; with no daemon, computes the same from the store.
+async fn from_daemon_or_store(
+    config: &Config,
+    path: &str,
+    offline: impl FnOnce(&Store) -> Result<String, StoreError>,
+) -> anyhow::Result<String> {
+    if let Some(text) = admin::get(&config.data_dir, path).await.with_context(|| {
+        format!(
+            "asking the daemon through {}",
+            admin::socket_path(&config.data_dir).display()
+        )
+    })? {
+        return Ok(text);
     }
     match Store::open(&config.data_dir) {
-        Ok(store) => {
-            print!("{}", admin::dump_json(&store)?);
-            Ok(())
-        }
+        Ok(store) => Ok(offline(&store)?),
         Err(StoreError::Locked(dir)) => anyhow::bail!(
             "the store in {} is held by a running daemon whose admin socket {} does not answer",
             dir.display(),

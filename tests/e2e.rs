@@ -51,6 +51,29 @@ fn issues_two_certificates_through_haproxy_without_reload_and_survives_a_restart
     let a = env.served_and_valid("www.a.example.test", &root).unwrap();
     assert!(a.contains("a.example.test"));
     assert_eq!(env.haproxy_reloads(), 0, "HAProxy must not be reloaded");
+    // `status`: one line per certificate, plain when piped.
+    {
+        let out = env.cli(DOMAINS, &["status"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[1].starts_with("a.example.test")
+                && lines[1].contains("+1")
+                && lines[1].contains("issued"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("b.example.test") && lines[2].contains("issued"),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b'), "no colour in a pipe");
+    }
     let health = env.cli(DOMAINS, &["healthcheck"]);
     assert!(
         health.status.success(),
@@ -114,6 +137,10 @@ fn issues_two_certificates_through_haproxy_without_reload_and_survives_a_restart
         daemon.log_text()
     );
     assert_eq!(dump(&env)["certificates"].as_array().unwrap().len(), 2);
+    let offline = env.cli(DOMAINS, &["status"]);
+    assert!(
+        offline.status.success() && String::from_utf8_lossy(&offline.stdout).lines().count() == 3
+    );
     let health = env.cli(DOMAINS, &["healthcheck"]);
     assert_eq!(health.status.code(), Some(1), "no daemon, unhealthy");
     assert!(String::from_utf8_lossy(&health.stderr).contains("no daemon answers"));

@@ -7,7 +7,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::{Failure, Record, UnixTime};
+use crate::{Failure, Phase, Record, UnixTime};
 
 /// Version of the dump schema. Additive changes keep it; renaming or removing a field bumps it.
 pub const DUMP_SCHEMA_VERSION: u32 = 1;
@@ -144,5 +144,170 @@ mod tests {
         assert_eq!(b["last_error"]["next_attempt_at"], "1970-01-01T01:00:00Z");
         assert_eq!(b["installed"], false);
         assert!(b["serial"].is_null());
+    }
+}
+
+/// A human duration from `secs` (negative: in the past), e.g. "59d", "3h", "12m", "40s".
+fn human(secs: i64) -> String {
+    let a = secs.unsigned_abs();
+    let s = match a {
+        0..=119 => format!("{a}s"),
+        120..=7199 => format!("{}m", a / 60),
+        7200..=172_799 => format!("{}h", a / 3600),
+        _ => format!("{}d", a / 86_400),
+    };
+    if secs < 0 {
+        format!("{s} ago")
+    } else {
+        s
+    }
+}
+
+/// The `status` screen: one line per certificate (id, names, phase, expires in, renews in, last
+/// error), sorted by id, with a header. `color` adds ANSI colours for a terminal.
+pub fn status_table<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+    now: UnixTime,
+    color: bool,
+) -> String {
+    let mut records: Vec<&Record> = records.into_iter().collect();
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    let rows: Vec<[String; 6]> = records
+        .iter()
+        .map(|r| {
+            let expires = r.cert.as_ref().map_or("-".into(), |c| {
+                let left = c.not_after - now;
+                if left < 0 {
+                    format!("EXPIRED {}", human(left))
+                } else {
+                    human(left)
+                }
+            });
+            let renews = match (r.phase, r.renew_at) {
+                (Phase::Issued, Some(t)) if t > now => human(t - now),
+                (Phase::Issued, Some(_)) | (Phase::Expiring, _) => "now".into(),
+                (Phase::Pending | Phase::Validating, _) => "-".into(),
+                (Phase::Issued, None) => "-".into(),
+            };
+            let error = r.failure.as_ref().map_or(String::new(), |f| {
+                let next = f.next_attempt_at.map_or("no retry until told".into(), |t| {
+                    if t > now {
+                        format!("retry in {}", human(t - now))
+                    } else {
+                        "retrying".into()
+                    }
+                });
+                format!(
+                    "{} {} ({next}): {}",
+                    f.step.as_str(),
+                    f.kind.as_str(),
+                    f.error
+                )
+            });
+            let names = if r.names.len() > 1 {
+                format!("+{}", r.names.len() - 1)
+            } else {
+                String::new()
+            };
+            [
+                r.id.clone(),
+                names,
+                r.phase.as_str().into(),
+                expires,
+                renews,
+                error,
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "MORE",
+        "PHASE",
+        "EXPIRES IN",
+        "RENEWS IN",
+        "LAST ERROR",
+    ]
+    .map(String::from);
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (n, row) in std::iter::once(&header).chain(rows.iter()).enumerate() {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate().take(5) {
+            line.push_str(&format!("{:w$}  ", cell, w = widths[i]));
+        }
+        line.push_str(&row[5]);
+        let line = line.trim_end().to_string();
+        let paint = |code: &str| format!("\x1b[{code}m{line}\x1b[0m");
+        let line = match (color, n) {
+            (false, _) => line,
+            (true, 0) => paint("1"),
+            (true, _) if !row[5].is_empty() => paint("31"),
+            (true, _) if row[2] != "issued" => paint("33"),
+            (true, _) => line,
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+    use crate::machine::{apply, Event};
+    use crate::{CertMeta, KeyType};
+
+    #[test]
+    fn one_line_per_certificate_plain_when_not_a_terminal() {
+        let day = 86_400;
+        let r = Record::new(
+            vec!["a.test".into(), "www.a.test".into()],
+            KeyType::EcdsaP256,
+            0,
+        );
+        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, 0);
+        let meta = CertMeta {
+            serial: "1".into(),
+            not_before: 0,
+            not_after: 90 * day,
+            fingerprint: "f".into(),
+            issued_at: 0,
+        };
+        let (r, _) = apply(&r, Event::CertificateStored { meta }, 0);
+        let (a, _) = apply(
+            &r,
+            Event::Installed {
+                fingerprint: "f".into(),
+            },
+            0,
+        );
+        let b = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 0);
+        let t = status_table([&b, &a], day, false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ID"));
+        assert!(
+            lines[1].starts_with("a.test")
+                && lines[1].contains("+1")
+                && lines[1].contains("issued"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("89d") && lines[1].contains("59d"),
+            "expires in 89 days, renews in 59: {t}"
+        );
+        assert!(lines[2].starts_with("b.test") && lines[2].contains("pending"));
+        assert!(!t.contains('\x1b'), "no colour when not on a terminal");
+        assert!(status_table([&b], day, true).contains('\x1b'));
+        assert_eq!(human(-3 * day), "3d ago");
+        assert_eq!(human(90), "90s");
     }
 }
