@@ -64,6 +64,9 @@ pub struct RawSettings {
     /// `orders=300/3h,exact-set=5/7d,registered-domain=50/7d,failed-validations=5/1h`.
     #[arg(long, env = "RATE_LIMITS", global = true)]
     pub rate_limits: Option<String>,
+    /// Log format: `text` (default; coloured on a terminal) or `json` (one object per line).
+    #[arg(long, env = "LOG_FORMAT", global = true, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     /// ACME account contact e-mail.
     #[arg(long, env = "EMAIL", global = true)]
     pub email: Option<String>,

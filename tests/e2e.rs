@@ -311,6 +311,7 @@ fn the_local_rate_limit_budget_defers_an_order_the_ca_would_refuse() {
         &[
             ("RATE_LIMITS", "exact-set=1/7d"),
             ("KEY_TYPE", "ecdsa-p384"),
+            ("LOG_FORMAT", "json"),
         ],
     );
     let dump = || -> serde_json::Value {
@@ -343,4 +344,18 @@ fn the_local_rate_limit_budget_defers_an_order_the_ca_would_refuse() {
         env.served_and_valid("rl.example.test", &root).is_some(),
         "the old certificate keeps serving"
     );
+    // LOG_FORMAT=json: every line is a JSON object; lines about a certificate carry its id.
+    let log = daemon.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["cert"] == "rl.example.test"
+            && l["level"] == "WARN"
+            && l["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("local rate-limit budget")));
 }
