@@ -296,9 +296,6 @@ pub async fn run(
     // nothing to do).
     let mut schedule = Schedule::default();
     schedule_records(&mut schedule, records, unix_now());
-    shared
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         certificates = wanted.len(),
         due_now = schedule.due_at(unix_now()),
@@ -308,6 +305,9 @@ pub async fn run(
     // Certificates a task is working on, and those to prune once their task is done.
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut prune_when_done: HashSet<String> = HashSet::new();
+    // Certificates that came due while a task was on them: that task may have planned from a
+    // record older than the change that made them due, so they are looked at again at once.
+    let mut look_again: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<(String, Option<UnixTime>)> = JoinSet::new();
     // A digest of the wanted certificates as last applied: a reload that reads the same is a
     // no-op. (A digest, not a copy: with 100,000 certificates a copy costs tens of MiB.)
@@ -318,9 +318,10 @@ pub async fn run(
             let Some(id) = schedule.pop_due(now) else {
                 break;
             };
-            // A running task reschedules its certificate itself when it returns.
             if in_flight.insert(id.clone()) {
                 tasks.spawn(drive(shared.clone(), id));
+            } else {
+                look_again.insert(id);
             }
         }
         let wait = match schedule.next() {
@@ -332,9 +333,14 @@ pub async fn run(
             Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
                 Ok((id, next)) => {
                     in_flight.remove(&id);
+                    let again = look_again.remove(&id);
                     if prune_when_done.remove(&id) {
                         prune(&shared, &id).await;
-                    } else if let (Some(t), true) = (next, wanted.contains(&id)) {
+                    } else if !wanted.contains(&id) {
+                        // Removed from the configuration meanwhile: no longer scheduled.
+                    } else if again {
+                        schedule.set(id, unix_now());
+                    } else if let Some(t) = next {
                         schedule.set(id, t);
                     }
                 }
