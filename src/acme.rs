@@ -496,10 +496,19 @@ impl instant_acme::HttpClient for RetryAfterClient {
         &self,
         req: hyper::Request<BodyWrapper<hyper::body::Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
         let fut = self.0.request(req);
         Box::pin(async move {
-            let rsp = fut.await?;
+            let rsp = match fut.await {
+                Ok(r) => r,
+                Err(e) => {
+                    crate::metrics::global().acme_request(&method, &path, None);
+                    return Err(e);
+                }
+            };
             let status = rsp.parts.status;
+            crate::metrics::global().acme_request(&method, &path, Some(status.as_u16()));
             if status.is_client_error() || status.is_server_error() {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)

@@ -36,12 +36,50 @@ pub enum Command {
     /// Exit 0 if the daemon using DATA_DIR answers its health check, 1 otherwise (for a
     /// container HEALTHCHECK).
     Healthcheck,
+    /// Renew certificate ID now if it is due, or say when it will be; `--force` renews it now
+    /// regardless (the current certificate keeps serving). Exit 3: no such certificate.
+    Renew {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Clear the recorded failure of certificate ID (a permanent one included) and try again now;
+    /// runs a failed deploy hook again.
+    Retry { id: String },
+    /// Add or remove certificates at runtime (kept in the store; take effect at once).
+    Domains {
+        #[command(subcommand)]
+        command: DomainsCommand,
+    },
+    /// Adopt certificates obtained by another client.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
-    /// Print every certificate as JSON (no key material). Works whether or not the daemon runs.
-    Dump,
+    /// Print every certificate (or only ID) as JSON (no key material). Works whether or not the
+    /// daemon runs.
+    Dump { id: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainsCommand {
+    /// Add one certificate: its names, comma-separated, the first is its id
+    /// (e.g. "a.com,www.a.com"). Refused when a name is already wanted.
+    Add { spec: String },
+    /// Remove a certificate added with `domains add` (kept and no longer renewed; removed
+    /// entirely with PRUNE=true).
+    Remove { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Adopt the certificates and keys of a certbot configuration directory (e.g.
+    /// /etc/letsencrypt) as issued: no new issuance, no rate limit spent.
+    Certbot { dir: PathBuf },
 }
 
 /// Settings as given, before validation (see `config::Config::from_raw`).
@@ -98,6 +136,24 @@ pub struct RawSettings {
     /// Unset: write certificate files only.
     #[arg(long, env = "HAPROXY_RUNTIME_API", global = true)]
     pub haproxy_runtime_api: Option<String>,
+    /// Also serve the admin endpoint (state, status, /healthz, /metrics; read-only) on this TCP
+    /// address, e.g. 127.0.0.1:9120 for Prometheus. Loopback only unless
+    /// ADMIN_LISTEN_NON_LOOPBACK=true. Commands that change anything stay on the unix socket.
+    #[arg(long, env = "ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<String>,
+    /// Allow ADMIN_LISTEN on a non-loopback address (it serves the state and metrics unencrypted
+    /// and unauthenticated: put it on a private network only).
+    #[arg(long, env = "ADMIN_LISTEN_NON_LOOPBACK", global = true)]
+    pub admin_listen_non_loopback: bool,
+    /// Shell command run (`sh -c`) after each new certificate is installed, with certbot's
+    /// variables: RENEWED_LINEAGE (a directory with cert.pem, chain.pem, fullchain.pem,
+    /// privkey.pem) and RENEWED_DOMAINS (space-separated names).
+    #[arg(long, env = "DEPLOY_HOOK", global = true)]
+    pub deploy_hook: Option<String>,
+    /// How long the deploy hook may run before it is killed and recorded as failed, e.g. 60s,
+    /// 5m [default: 60s].
+    #[arg(long, env = "DEPLOY_HOOK_TIMEOUT", global = true)]
+    pub deploy_hook_timeout: Option<String>,
     /// Address of the HTTP-01 challenge responder [default: 0.0.0.0:80].
     #[arg(long, env = "RESPONDER_LISTEN", global = true)]
     pub responder_listen: Option<String>,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use haproxy_acme_state::ledger::{Limit, Limits};
 use haproxy_acme_state::KeyType;
@@ -69,6 +70,16 @@ pub struct Config {
     pub responder_listen: SocketAddr,
     /// The local rate-limit budget (`None`: off).
     pub rate_limits: Option<Limits>,
+    /// The read-only admin endpoint on TCP (`ADMIN_LISTEN`), if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// `DEPLOY_HOOK`: run with `sh -c` after each new certificate is installed.
+    pub deploy_hook: Option<String>,
+    #[serde(serialize_with = "serialize_secs")]
+    pub deploy_hook_timeout: Duration,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
 }
 
 /// Everything wrong with the settings, one human-readable line each.
@@ -106,20 +117,13 @@ impl Config {
             .clone()
             .filter(|p| !p.as_os_str().is_empty());
         let certificates = if need == Need::Daemon {
-            read_certificates(&domains, domains_file.as_deref()).unwrap_or_else(|mut e| {
+            read_certificates(&domains, domains_file.as_deref(), &[]).unwrap_or_else(|mut e| {
                 errors.append(&mut e);
                 Vec::new()
             })
         } else {
             Vec::new()
         };
-        if need == Need::Daemon && certificates.is_empty() && errors.is_empty() {
-            errors.push(
-                "DOMAINS is empty: list the certificates to obtain, e.g. DOMAINS=\"a.com,www.a.com;b.com\" \
-                 (or in DOMAINS_FILE, one per line)"
-                    .into(),
-            );
-        }
 
         let email = match raw
             .email
@@ -216,10 +220,53 @@ impl Config {
                 None
             });
 
+        let admin_listen = match raw.admin_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => match a.parse::<SocketAddr>() {
+                Err(_) => {
+                    errors.push(format!(
+                        "ADMIN_LISTEN {a:?}: expected an address and port such as 127.0.0.1:9120"
+                    ));
+                    None
+                }
+                Ok(addr) if !addr.ip().is_loopback() && !raw.admin_listen_non_loopback => {
+                    errors.push(format!(
+                        "ADMIN_LISTEN {a:?} is not a loopback address: the admin endpoint has no \
+                         authentication or TLS. Use 127.0.0.1 or [::1], or set \
+                         ADMIN_LISTEN_NON_LOOPBACK=true if the network is private"
+                    ));
+                    None
+                }
+                Ok(addr) => Some(addr),
+            },
+        };
+
+        let deploy_hook = raw
+            .deploy_hook
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(String::from);
+        let deploy_hook_timeout = match raw.deploy_hook_timeout.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_DEPLOY_HOOK_TIMEOUT,
+            Some(t) => match parse_duration(t) {
+                Some(d) if !d.is_zero() => d,
+                _ => {
+                    errors.push(format!(
+                        "DEPLOY_HOOK_TIMEOUT {t:?}: expected a duration such as 60s, 5m or 1h"
+                    ));
+                    DEFAULT_DEPLOY_HOOK_TIMEOUT
+                }
+            },
+        };
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
         Ok(Config {
+            admin_listen,
+            deploy_hook,
+            deploy_hook_timeout,
             rate_limits,
             certificates,
             domains,
@@ -239,17 +286,46 @@ impl Config {
     }
 }
 
+const DEFAULT_DEPLOY_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Parses "90", "90s", "5m", "1h".
+fn parse_duration(s: &str) -> Option<Duration> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit.trim() {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
 impl Config {
-    /// Reads the wanted certificates again (DOMAINS_FILE may have changed).
-    pub fn read_certificates(&self) -> Result<Vec<CertSpec>, Vec<String>> {
-        read_certificates(&self.domains, self.domains_file.as_deref())
+    /// Reads the wanted certificates again (DOMAINS_FILE may have changed), with those `added`
+    /// at runtime (`domains add`, kept in the store) after them.
+    pub fn read_certificates(&self, added: &[Vec<String>]) -> Result<Vec<CertSpec>, Vec<String>> {
+        read_certificates(&self.domains, self.domains_file.as_deref(), added)
     }
+}
+
+/// The error for a daemon with no certificate to manage.
+pub fn nothing_to_manage() -> ConfigError {
+    ConfigError(vec![
+        "DOMAINS is empty: list the certificates to obtain, e.g. DOMAINS=\"a.com,www.a.com;b.com\" \
+         (or in DOMAINS_FILE, one per line, or add one with `haproxy-acme domains add a.com`)"
+            .into(),
+    ])
 }
 
 /// The certificates of `DOMAINS` followed by those of `DOMAINS_FILE`; a name in both is an error.
 fn read_certificates(
     domains: &str,
     file: Option<&std::path::Path>,
+    added: &[Vec<String>],
 ) -> Result<Vec<CertSpec>, Vec<String>> {
     let mut errors = Vec::new();
     let mut specs = parse_domains(domains).unwrap_or_else(|e| {
@@ -279,6 +355,36 @@ fn read_certificates(
                     specs.extend(more);
                 }
             },
+        }
+    }
+    if !added.is_empty() {
+        let entries: Vec<String> = added.iter().map(|names| names.join(",")).collect();
+        match parse_certificates(
+            entries
+                .iter()
+                .map(|e| (format!("added certificate {e:?}"), e.as_str())),
+            "added certificates",
+        ) {
+            Err(e) => errors.extend(e),
+            Ok(more) => {
+                let configured: HashMap<&str, &str> = specs
+                    .iter()
+                    .flat_map(|s| s.names.iter().map(move |n| (n.as_str(), s.id.as_str())))
+                    .collect();
+                for spec in &more {
+                    for name in &spec.names {
+                        if let Some(id) = configured.get(name.as_str()) {
+                            errors.push(format!(
+                                "{name:?} was added at runtime (certificate {:?}) and is also in \
+                                 certificate {id:?} of DOMAINS or DOMAINS_FILE: run \
+                                 `haproxy-acme domains remove {}` or remove it from the configuration",
+                                spec.id, spec.id
+                            ));
+                        }
+                    }
+                }
+                specs.extend(more);
+            }
         }
     }
     if errors.is_empty() {
@@ -625,13 +731,13 @@ mod tests {
         let c = Config::from_raw(&raw, Need::Daemon).unwrap();
         assert_eq!(names(&c.certificates), vec![vec!["a.com"], vec!["b.com"]]);
         std::fs::write(&file, "c.com\nwww.a.com,a.com\n").unwrap();
-        let errs = c.read_certificates().unwrap_err();
+        let errs = c.read_certificates(&[]).unwrap_err();
         assert!(
             errs[0].contains("also in certificate \"a.com\" of DOMAINS"),
             "{errs:?}"
         );
         std::fs::remove_file(&file).unwrap();
-        assert!(c.read_certificates().unwrap_err()[0].starts_with("DOMAINS_FILE "));
+        assert!(c.read_certificates(&[]).unwrap_err()[0].starts_with("DOMAINS_FILE "));
         // DOMAINS_FILE alone is enough.
         std::fs::write(&file, "b.com\n").unwrap();
         let only_file = RawSettings {
@@ -759,8 +865,77 @@ mod tests {
         };
         let e = Config::from_raw(&bad, Need::Daemon).unwrap_err();
         assert_eq!(e.0.len(), 5, "{e}");
-        let empty = Config::from_raw(&RawSettings::default(), Need::Daemon).unwrap_err();
-        assert!(empty.0[0].contains("DOMAINS is empty"));
+        // No certificate in the environment: the daemon may still have some added at runtime,
+        // so `run` decides once it has read the store.
+        let empty = Config::from_raw(&RawSettings::default(), Need::Daemon).unwrap();
+        assert!(empty.certificates.is_empty());
+        assert!(nothing_to_manage().0[0].contains("DOMAINS is empty"));
         assert!(Config::from_raw(&RawSettings::default(), Need::StoreOnly).is_ok());
+    }
+
+    #[test]
+    fn admin_listen_is_loopback_unless_forced() {
+        let with = |addr: &str, force: bool| {
+            Config::from_raw(
+                &RawSettings {
+                    domains: Some("a.test".into()),
+                    admin_listen: Some(addr.into()),
+                    admin_listen_non_loopback: force,
+                    ..Default::default()
+                },
+                Need::Daemon,
+            )
+        };
+        assert_eq!(
+            with("127.0.0.1:9120", false).unwrap().admin_listen,
+            Some("127.0.0.1:9120".parse().unwrap())
+        );
+        assert!(with("[::1]:9120", false).is_ok());
+        let e = with("0.0.0.0:9120", false).unwrap_err();
+        assert!(e.0[0].contains("ADMIN_LISTEN_NON_LOOPBACK=true"), "{e}");
+        assert!(with("10.1.2.3:9120", true).is_ok());
+        assert!(with("localhost", false).unwrap_err().0[0].contains("127.0.0.1:9120"));
+    }
+
+    #[test]
+    fn deploy_hook_timeout_spellings() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1d"), None);
+        assert_eq!(parse_duration("soon"), None);
+        let c = Config::from_raw(
+            &RawSettings {
+                deploy_hook_timeout: Some("0".into()),
+                ..Default::default()
+            },
+            Need::StoreOnly,
+        );
+        assert!(c.unwrap_err().0[0].starts_with("DEPLOY_HOOK_TIMEOUT"));
+    }
+
+    #[test]
+    fn added_certificates_join_the_configured_ones_without_sharing_a_name() {
+        let c = Config::from_raw(
+            &RawSettings {
+                domains: Some("a.test,www.a.test".into()),
+                ..Default::default()
+            },
+            Need::Daemon,
+        )
+        .unwrap();
+        let specs = c
+            .read_certificates(&[vec!["b.test".into(), "www.b.test".into()]])
+            .unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[1].id, "b.test");
+        let e = c
+            .read_certificates(&[vec!["b.test".into(), "www.a.test".into()]])
+            .unwrap_err();
+        assert!(
+            e[0].contains("www.a.test") && e[0].contains("domains remove b.test"),
+            "{e:?}"
+        );
     }
 }

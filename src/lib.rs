@@ -13,7 +13,12 @@
 //! - [`pki`]: keys, CSRs, certificate parsing (rcgen, x509-parser).
 //! - [`installer`]: certificate files and HAProxy's runtime API.
 //! - [`reconciler`]: the loop that drives every certificate through the lifecycle.
-//! - [`admin`]: the admin socket the CLI talks to while the daemon runs.
+//! - [`admin`]: the admin endpoint (unix socket, optional loopback TCP) the CLI talks to while
+//!   the daemon runs.
+//! - [`ops`]: operator commands (renew, retry, domains add/remove), on the daemon or the store.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`hook`]: the deploy hook (certbot's variables).
+//! - [`import`]: adopting certificates from a certbot directory.
 //! - [`budget`]: the local rate-limit budget (ledger in the store, registered domains by psl).
 //! - [`signals`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload).
 //! - [`watch`]: DOMAINS_FILE changes (notify).
@@ -25,7 +30,11 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod haproxy_snippet;
+pub mod hook;
+pub mod import;
 pub mod installer;
+pub mod metrics;
+pub mod ops;
 pub mod pki;
 pub mod reconciler;
 pub mod responder;

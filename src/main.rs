@@ -5,13 +5,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use haproxy_acme::cli::{self, Command, StateCommand};
+use haproxy_acme::cli::{self, Command, DomainsCommand, ImportCommand, StateCommand};
 use haproxy_acme::config::{Config, Need};
 use haproxy_acme::installer::Installer;
+use haproxy_acme::ops::{self, OpError};
 use haproxy_acme::reconciler::{self, Shared};
 use haproxy_acme::responder::{self, Tokens};
 use haproxy_acme::store::{Store, StoreError};
-use haproxy_acme::{admin, haproxy_snippet, signals};
+use haproxy_acme::{admin, haproxy_snippet, import, signals};
 
 fn main() -> ExitCode {
     let options = std::env::var("OPTIONS").ok();
@@ -47,9 +48,14 @@ fn main() -> ExitCode {
 
     let need = match cli.command {
         Command::Run | Command::CheckConfig => Need::Daemon,
-        Command::State { .. } | Command::Status | Command::HaproxyConfig | Command::Healthcheck => {
-            Need::StoreOnly
-        }
+        Command::State { .. }
+        | Command::Status
+        | Command::HaproxyConfig
+        | Command::Healthcheck
+        | Command::Renew { .. }
+        | Command::Retry { .. }
+        | Command::Domains { .. }
+        | Command::Import { .. } => Need::StoreOnly,
     };
     let config = match Config::from_raw(&cli.settings, need) {
         Ok(c) => c,
@@ -59,6 +65,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::CheckConfig if config.certificates.is_empty() => {
+            eprint!("{}", haproxy_acme::config::nothing_to_manage());
+            return ExitCode::from(2);
+        }
         Command::CheckConfig => {
             println!(
                 "{}",
@@ -71,18 +81,145 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::State {
-            command: StateCommand::Dump,
-        } => runtime().and_then(|rt| rt.block_on(state_dump(&config))),
+            command: StateCommand::Dump { id },
+        } => runtime().and_then(|rt| rt.block_on(state_dump(&config, id.as_deref()))),
+        Command::Renew { id, force } => {
+            let path = format!(
+                "/certificates/{id}/renew{}",
+                if force { "?force=1" } else { "" }
+            );
+            command(
+                &config,
+                hyper::Method::POST,
+                &path,
+                Vec::new(),
+                |store, config| {
+                    let _ = config;
+                    ops::renew(store, &id, force, reconciler::unix_now())
+                },
+            )
+        }
+        Command::Retry { id } => command(
+            &config,
+            hyper::Method::POST,
+            &format!("/certificates/{id}/retry"),
+            Vec::new(),
+            |store, _| ops::retry(store, &id, reconciler::unix_now()),
+        ),
+        Command::Domains {
+            command: DomainsCommand::Add { spec },
+        } => command(
+            &config,
+            hyper::Method::POST,
+            "/domains",
+            spec.clone().into_bytes(),
+            |store, config| ops::domains_add(store, config, &spec),
+        ),
+        Command::Domains {
+            command: DomainsCommand::Remove { id },
+        } => command(
+            &config,
+            hyper::Method::DELETE,
+            &format!("/domains/{id}"),
+            Vec::new(),
+            |store, config| ops::domains_remove(store, config, &id),
+        ),
+        Command::Import {
+            command: ImportCommand::Certbot { dir },
+        } => match import::read_certbot(&dir) {
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            Ok(found) => {
+                let body = serde_json::to_vec(&found).expect("lineages serialize");
+                command(
+                    &config,
+                    hyper::Method::POST,
+                    "/import",
+                    body,
+                    |store, config| import::adopt(store, config, &found, reconciler::unix_now()),
+                )
+            }
+        },
         Command::Status => runtime().and_then(|rt| rt.block_on(status(&config))),
         Command::Healthcheck => runtime().and_then(|rt| rt.block_on(healthcheck(&config))),
         Command::Run => runtime().and_then(|rt| rt.block_on(run(config))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Exit>().is_some() => {
+            let exit = e.downcast_ref::<Exit>().expect("checked");
+            eprintln!("error: {}", exit.1.trim_end());
+            ExitCode::from(exit.0)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// An error with its own exit code: 2 refused or invalid, 3 no such certificate.
+#[derive(Debug)]
+struct Exit(u8, String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Runs an operator command on the daemon through its admin socket, or, with no daemon, on the
+/// store directly (the change then takes effect when the daemon starts).
+fn command(
+    config: &Config,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+    offline: impl FnOnce(&Store, &Config) -> Result<ops::Done, OpError>,
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let answer = rt
+        .block_on(admin::request(&config.data_dir, method, path, body))
+        .with_context(|| {
+            format!(
+                "asking the daemon through {}",
+                admin::socket_path(&config.data_dir).display()
+            )
+        })?;
+    if let Some(a) = answer {
+        return match a.status.as_u16() {
+            200..=299 => {
+                print!("{}", a.body);
+                Ok(())
+            }
+            404 => Err(Exit(3, a.body).into()),
+            400 | 409 => Err(Exit(2, a.body).into()),
+            _ => anyhow::bail!("the daemon answered {}: {}", a.status, a.body.trim()),
+        };
+    }
+    let store = match Store::open(&config.data_dir) {
+        Err(StoreError::Locked(dir)) => anyhow::bail!(
+            "the store in {} is held by a running daemon whose admin socket {} does not answer",
+            dir.display(),
+            admin::socket_path(&dir).display()
+        ),
+        other => other?,
+    };
+    match offline(&store, config) {
+        Ok(done) => {
+            println!("{}", done.message);
+            if done.wake.is_some() || done.reload {
+                println!("(no daemon runs: this takes effect when it starts)");
+            }
+            Ok(())
+        }
+        Err(OpError::NotFound(m)) => Err(Exit(3, m).into()),
+        Err(OpError::Refused(m)) => Err(Exit(2, m).into()),
+        Err(OpError::Store(e)) => Err(e.into()),
     }
 }
 
@@ -108,12 +245,35 @@ async fn healthcheck(config: &Config) -> anyhow::Result<()> {
     }
 }
 
-/// `state dump`: from the running daemon if there is one, else straight from the store.
-async fn state_dump(config: &Config) -> anyhow::Result<()> {
-    print!(
-        "{}",
-        from_daemon_or_store(config, "/state", admin::dump_json).await?
-    );
+/// `state dump [ID]`: from the running daemon if there is one, else straight from the store.
+async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
+    let path = id.map_or("/state".to_string(), |id| format!("/state/{id}"));
+    if let Some(a) = admin::request(&config.data_dir, hyper::Method::GET, &path, Vec::new())
+        .await
+        .with_context(|| {
+            format!(
+                "asking the daemon through {}",
+                admin::socket_path(&config.data_dir).display()
+            )
+        })?
+    {
+        return match a.status.as_u16() {
+            200 => {
+                print!("{}", a.body);
+                Ok(())
+            }
+            404 => Err(Exit(3, a.body).into()),
+            _ => anyhow::bail!("the daemon answered {}: {}", a.status, a.body.trim()),
+        };
+    }
+    let text = from_daemon_or_store(config, None, |s| {
+        admin::dump_json(s, id).map(|d| d.unwrap_or_default())
+    })
+    .await?;
+    if text.is_empty() {
+        return Err(Exit(3, format!("no certificate {:?}", id.unwrap_or_default())).into());
+    }
+    print!("{text}");
     Ok(())
 }
 
@@ -121,24 +281,27 @@ async fn state_dump(config: &Config) -> anyhow::Result<()> {
 async fn status(config: &Config) -> anyhow::Result<()> {
     let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let path = if color { "/status?color=1" } else { "/status" };
-    let text = from_daemon_or_store(config, path, |s| admin::status_text(s, color)).await?;
+    let text = from_daemon_or_store(config, Some(path), |s| admin::status_text(s, color)).await?;
     print!("{text}");
     Ok(())
 }
 
-/// Asks the running daemon for `path`; with no daemon, computes the same from the store.
+/// Asks the running daemon for `path` (`None`: already asked); with no daemon, computes the
+/// same from the store.
 async fn from_daemon_or_store(
     config: &Config,
-    path: &str,
+    path: Option<&str>,
     offline: impl FnOnce(&Store) -> Result<String, StoreError>,
 ) -> anyhow::Result<String> {
-    if let Some(text) = admin::get(&config.data_dir, path).await.with_context(|| {
-        format!(
-            "asking the daemon through {}",
-            admin::socket_path(&config.data_dir).display()
-        )
-    })? {
-        return Ok(text);
+    if let Some(path) = path {
+        if let Some(text) = admin::get(&config.data_dir, path).await.with_context(|| {
+            format!(
+                "asking the daemon through {}",
+                admin::socket_path(&config.data_dir).display()
+            )
+        })? {
+            return Ok(text);
+        }
     }
     match Store::open(&config.data_dir) {
         Ok(store) => Ok(offline(&store)?),
@@ -201,12 +364,33 @@ async fn run(config: Config) -> anyhow::Result<()> {
             admin::socket_path(&config.data_dir).display()
         )
     })?;
+    let admin_tcp = match config.admin_listen {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on ADMIN_LISTEN {addr}"))?;
+            tracing::info!(listen = %addr, "admin endpoint (read-only: state, status, healthz, metrics)");
+            Some(l)
+        }
+    };
     match &config.haproxy_runtime_api {
         Some(a) => tracing::info!(runtime_api = %a, "installing through HAProxy's runtime API"),
         None => tracing::info!("HAPROXY_RUNTIME_API unset: writing certificate files only"),
     }
-    let shared = Arc::new(Shared::new(config, store, installer, tokens));
-    let (records, unwanted) = reconciler::sync_specs(&shared, &shared.config.certificates)?;
+    let (shared, woken) = Shared::new(config, store, installer, tokens, reload_tx.clone());
+    let shared = Arc::new(shared);
+    // DOMAINS and DOMAINS_FILE, and the certificates added at runtime (kept in the store).
+    let specs = match shared.wanted_specs() {
+        Ok(specs) if specs.is_empty() => {
+            return Err(Exit(2, haproxy_acme::config::nothing_to_manage().to_string()).into())
+        }
+        Ok(specs) => specs,
+        Err(errors) => {
+            return Err(Exit(2, haproxy_acme::config::ConfigError(errors).to_string()).into())
+        }
+    };
+    let (records, unwanted) = reconciler::sync_specs(&shared, &specs)?;
     shared
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
@@ -221,6 +405,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
+        admin_tcp,
         shared.clone(),
         shutdown.clone(),
     ));
@@ -232,7 +417,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(admin::socket_path(&shared.config.data_dir));
         return Ok(());
     }
-    reconciler::run(shared.clone(), records, unwanted, shutdown, reload).await;
+    reconciler::run(
+        shared.clone(),
+        &specs,
+        records,
+        unwanted,
+        shutdown,
+        reload,
+        woken,
+    )
+    .await;
     let _ = tokio::join!(responder_task, admin_task);
     let _ = std::fs::remove_file(admin::socket_path(&shared.config.data_dir));
     tracing::info!("stopped");

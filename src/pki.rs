@@ -86,6 +86,85 @@ pub fn chain_meta(chain_pem: &str, now: UnixTime) -> Result<CertMeta, PkiError> 
     })
 }
 
+/// What identifies the leaf of a chain obtained elsewhere (`import certbot`).
+#[derive(Debug)]
+pub struct Leaf {
+    /// DNS names: the subject's common name first when it is one of them, then the others in
+    /// the certificate's order.
+    pub names: Vec<String>,
+    /// `None` for a key type we do not issue (Ed25519, P-521, odd RSA sizes).
+    pub key_type: Option<KeyType>,
+    /// SubjectPublicKeyInfo DER, to check the private key against.
+    spki: Vec<u8>,
+}
+
+/// Reads the names, key type and public key of the leaf of `chain_pem`.
+pub fn leaf(chain_pem: &str) -> Result<Leaf, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::public_key::PublicKey;
+    let first = Pem::iter_from_buffer(chain_pem.as_bytes())
+        .next()
+        .ok_or_else(|| PkiError::BadChain("no PEM block found".into()))?
+        .map_err(|e| PkiError::BadChain(e.to_string()))?;
+    let cert = first
+        .parse_x509()
+        .map_err(|e| PkiError::BadChain(e.to_string()))?;
+    let mut names: Vec<String> = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .map(str::to_ascii_lowercase);
+    if let Some(pos) = cn.and_then(|cn| names.iter().position(|n| *n == cn)) {
+        let cn = names.remove(pos);
+        names.insert(0, cn);
+    }
+    let spki = cert.public_key();
+    let key_type = match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => match rsa.key_size() {
+            2048 => Some(KeyType::Rsa2048),
+            4096 => Some(KeyType::Rsa4096),
+            _ => None,
+        },
+        Ok(PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            match curve.as_deref() {
+                Some("1.2.840.10045.3.1.7") => Some(KeyType::EcdsaP256),
+                Some("1.3.132.0.34") => Some(KeyType::EcdsaP384),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Ok(Leaf {
+        names,
+        key_type,
+        spki: spki.raw.to_vec(),
+    })
+}
+
+impl Leaf {
+    /// Whether `key_pem` is the private key of this certificate.
+    pub fn matches_key(&self, key_pem: &str) -> Result<bool, PkiError> {
+        use rcgen::PublicKeyData;
+        let kp = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadKey(e.to_string()))?;
+        Ok(kp.subject_public_key_info() == self.spki)
+    }
+}
+
 /// Serial as HAProxy's `show ssl cert` prints it: the integer's bytes in upper-case hex, without
 /// DER's leading zero sign byte (so a serial may start with one '0' digit, e.g. "0DF4...").
 pub fn serial_hex(raw: &[u8]) -> String {
@@ -122,6 +201,34 @@ mod tests {
         assert_eq!(meta.fingerprint.len(), 64);
         assert!(meta.not_after > meta.not_before);
         assert_eq!(meta.issued_at, 5);
+    }
+
+    #[test]
+    fn a_leaf_names_its_common_name_first_and_matches_only_its_key() {
+        let key = generate_key(KeyType::EcdsaP384).unwrap();
+        let kp = KeyPair::from_pem(&key).unwrap();
+        let mut params =
+            CertificateParams::new(vec!["www.a.test".into(), "a.test".into()]).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "a.test");
+        params.distinguished_name = dn;
+        let pem = params.self_signed(&kp).unwrap().pem();
+        let leaf = leaf(&pem).unwrap();
+        assert_eq!(leaf.names, vec!["a.test", "www.a.test"]);
+        assert_eq!(leaf.key_type, Some(KeyType::EcdsaP384));
+        assert!(leaf.matches_key(&key).unwrap());
+        let other = generate_key(KeyType::EcdsaP384).unwrap();
+        assert!(!leaf.matches_key(&other).unwrap());
+        let rsa = generate_key(KeyType::Rsa2048).unwrap();
+        let kp = KeyPair::from_pem(&rsa).unwrap();
+        let pem = CertificateParams::new(vec!["r.test".into()])
+            .unwrap()
+            .self_signed(&kp)
+            .unwrap()
+            .pem();
+        let rsa_leaf = super::leaf(&pem).unwrap();
+        assert_eq!(rsa_leaf.key_type, Some(KeyType::Rsa2048));
+        assert!(rsa_leaf.matches_key(&rsa).unwrap());
     }
 
     #[test]

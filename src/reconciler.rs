@@ -11,7 +11,7 @@ use haproxy_acme_state::machine::FailureReport;
 use haproxy_acme_state::{
     apply, plan, Action, Challenge, Event, FailureKind, Plan, Record, Step, UnixTime,
 };
-use tokio::sync::{watch, OnceCell};
+use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::task::JoinSet;
 
 use crate::acme::{AcmeClient, AcmeError, OrderHooks};
@@ -33,6 +33,10 @@ const MAX_STEPS_PER_WAKE: usize = 32;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// After a reload trigger, wait this long for the writer to finish before reading.
 const RELOAD_SETTLE: Duration = Duration::from_millis(100);
+/// The reconciler completes a pass at least this often, even with nothing due; `/healthz`
+/// fails when it has not for `STALL_AFTER`.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+pub const STALL_AFTER: i64 = 4 * HEARTBEAT.as_secs() as i64;
 
 pub fn unix_now() -> UnixTime {
     SystemTime::now()
@@ -54,18 +58,60 @@ pub struct Shared {
     /// be waiting for HAProxy, which in compose starts only once we are healthy); `/healthz`
     /// fails before.
     pub ready: std::sync::atomic::AtomicBool,
+    /// When the reconciler last completed a pass (0: not started; it starts once HAProxy's
+    /// runtime API answers).
+    pub last_pass: std::sync::atomic::AtomicI64,
+    /// Re-read the wanted certificates (bumped by SIGHUP, DOMAINS_FILE and `domains` commands).
+    pub reload: Arc<watch::Sender<u64>>,
+    /// Look at this certificate now (operator commands).
+    wake: mpsc::UnboundedSender<String>,
+    /// When the order in flight of a certificate was created, for the issuance-duration metric
+    /// (in memory: an issuance resumed after a restart is timed from the restart).
+    order_started: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Shared {
-    pub fn new(config: Config, store: Store, installer: Installer, tokens: Tokens) -> Shared {
-        Shared {
+    /// Also returns the receiving end of the wake-ups, for `run`.
+    pub fn new(
+        config: Config,
+        store: Store,
+        installer: Installer,
+        tokens: Tokens,
+        reload: Arc<watch::Sender<u64>>,
+    ) -> (Shared, mpsc::UnboundedReceiver<String>) {
+        let (wake, woken) = mpsc::unbounded_channel();
+        let shared = Shared {
             config,
             store,
             installer,
             tokens,
             acme: OnceCell::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
-        }
+            last_pass: std::sync::atomic::AtomicI64::new(0),
+            reload,
+            wake,
+            order_started: std::sync::Mutex::new(HashMap::new()),
+        };
+        (shared, woken)
+    }
+
+    /// Asks the reconciler to look at certificate `id` now.
+    pub fn wake(&self, id: String) {
+        let _ = self.wake.send(id);
+    }
+
+    /// Asks the reconciler to re-read the wanted certificates.
+    pub fn request_reload(&self) {
+        self.reload.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The certificates wanted now: DOMAINS, DOMAINS_FILE, and those added at runtime.
+    pub fn wanted_specs(&self) -> Result<Vec<CertSpec>, Vec<String>> {
+        let added = self
+            .store
+            .added_domains()
+            .map_err(|e| vec![e.to_string()])?;
+        self.config.read_certificates(&added)
     }
 
     async fn acme(&self) -> Result<&AcmeClient, AcmeError> {
@@ -82,6 +128,7 @@ impl Shared {
         event: Event,
         write: impl FnOnce(&Store, &Record) -> Result<(), StoreError>,
     ) -> Result<Record, StoreError> {
+        let _guard = self.store.lock_records();
         let old = self
             .store
             .get(id)?
@@ -123,6 +170,7 @@ impl Shared {
             }),
         )?;
         let next = r.failure.as_ref().and_then(|f| f.next_attempt_at);
+        crate::metrics::global().failure(step.as_str(), kind.as_str());
         tracing::warn!(
             cert = id,
             step = step.as_str(),
@@ -177,6 +225,7 @@ pub fn sync_specs(
     specs: &[CertSpec],
 ) -> Result<(Vec<Record>, Vec<String>), StoreError> {
     let now = unix_now();
+    let _guard = shared.store.lock_records();
     // One pass over the store.
     let mut stored: HashMap<String, Record> = shared
         .store
@@ -191,6 +240,7 @@ pub fn sync_specs(
             names: spec.names.clone(),
             key_type: shared.config.key_type,
             acme_directory: shared.config.acme_directory.clone(),
+            deploy_hook: shared.config.deploy_hook.is_some(),
         };
         let old = stored.remove(&spec.id);
         let base = old
@@ -277,12 +327,15 @@ impl Schedule {
 /// Runs until `shutdown` turns true, then lets in-flight steps finish (bounded) and returns.
 /// `unwanted` are stored certificates no longer configured (pruned with `--prune`); a change of
 /// `reload` (SIGHUP, DOMAINS_FILE edited) re-reads the wanted certificates.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     shared: Arc<Shared>,
+    specs: &[CertSpec],
     records: Vec<Record>,
     unwanted: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
     mut reload: watch::Receiver<u64>,
+    mut woken: mpsc::UnboundedReceiver<String>,
 ) {
     for id in &unwanted {
         tracing::info!(cert = %id, prune = shared.config.prune, "in the store but not configured: not renewed");
@@ -311,9 +364,12 @@ pub async fn run(
     let mut tasks: JoinSet<(String, Option<UnixTime>)> = JoinSet::new();
     // A digest of the wanted certificates as last applied: a reload that reads the same is a
     // no-op. (A digest, not a copy: with 100,000 certificates a copy costs tens of MiB.)
-    let mut applied = digest(&shared.config.certificates);
+    let mut applied = digest(specs);
     loop {
         let now = unix_now();
+        shared
+            .last_pass
+            .store(now, std::sync::atomic::Ordering::Release);
         while tasks.len() < MAX_CONCURRENT {
             let Some(id) = schedule.pop_due(now) else {
                 break;
@@ -326,8 +382,9 @@ pub async fn run(
         }
         let wait = match schedule.next() {
             Some(t) if tasks.len() < MAX_CONCURRENT => Duration::from_secs((t - now).max(1) as u64),
-            _ => Duration::from_secs(3600),
-        };
+            _ => HEARTBEAT,
+        }
+        .min(HEARTBEAT);
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
@@ -346,11 +403,20 @@ pub async fn run(
                 }
                 Err(e) => tracing::error!(error = %e, "a certificate task failed unexpectedly"),
             },
+            Some(id) = woken.recv() => {
+                if !wanted.contains(&id) {
+                    tracing::info!(cert = %id, "not configured: an operator's request changes its state but nothing is done until it is");
+                } else if in_flight.contains(&id) {
+                    look_again.insert(id);
+                } else {
+                    schedule.set(id, unix_now());
+                }
+            }
             Ok(()) = reload.changed() => {
                 // Editors and ConfigMaps write in several steps: let them finish.
                 tokio::time::sleep(RELOAD_SETTLE).await;
                 reload.borrow_and_update();
-                let specs = match shared.config.read_certificates() {
+                let specs = match shared.wanted_specs() {
                     Ok(specs) => specs,
                     Err(errors) => {
                         for e in errors {
@@ -500,6 +566,11 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
             match acme.new_order(&r.names, replaces.as_deref()).await {
                 Ok(url) => {
                     tracing::info!(cert = id, order = %url, "order created");
+                    shared
+                        .order_started
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id.to_string(), std::time::Instant::now());
                     shared.record(id, Event::OrderCreated { url })?;
                     shared.note(Entry::Order { at: unix_now() })?;
                 }
@@ -527,6 +598,13 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
                         shared.commit(id, Event::CertificateStored { meta }, |s, rec| {
                             s.put_certificate(rec, &chain)
                         })?;
+                        let since_order = shared
+                            .order_started
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(id);
+                        crate::metrics::global()
+                            .issued(since_order.map_or(started.elapsed(), |t| t.elapsed()));
                         tracing::info!(cert = id, serial = %serial, ms = started.elapsed().as_millis() as u64, "certificate issued and stored");
                         shared.note(crate::budget::certificate(&r.names, unix_now()))?;
                     }
@@ -604,9 +682,14 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
             match shared.installer.install(id, &chain, &key, &meta).await {
                 Ok(method) => {
                     shared.record(id, Event::Installed { fingerprint })?;
+                    crate::metrics::global()
+                        .installed(method == crate::installer::Method::RuntimeApi);
                     tracing::info!(cert = id, serial = %meta.serial, method = ?method, "certificate installed");
                 }
                 Err(e) => {
+                    if !matches!(e, crate::installer::InstallError::File { .. }) {
+                        crate::metrics::global().runtime_api_error();
+                    }
                     shared.fail(
                         id,
                         Step::Install,
@@ -617,6 +700,61 @@ async fn execute(shared: &Shared, r: &Record, action: Action) -> Result<(), Stor
                     )?;
                 }
             }
+        }
+        Action::RunHook { fingerprint } => {
+            let Some(command) = &shared.config.deploy_hook else {
+                // Configured off since the plan was made: the next reload clears the flag.
+                return shared
+                    .record(
+                        id,
+                        Event::HookRan {
+                            fingerprint,
+                            error: Some("DEPLOY_HOOK is no longer set".into()),
+                        },
+                    )
+                    .map(drop);
+            };
+            let error = match shared.store.certificate(id)? {
+                None => Some("the stored certificate or its key is missing".to_string()),
+                Some((chain, key)) => {
+                    let lineage = crate::hook::lineage_dir(&shared.config.data_dir, id);
+                    let written = tokio::task::spawn_blocking({
+                        let lineage = lineage.clone();
+                        move || crate::hook::write_lineage(&lineage, &chain, &key)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                    match written {
+                        Err(e) => Some(format!("cannot write {}: {e}", lineage.display())),
+                        Ok(()) => {
+                            let out = crate::hook::run(
+                                command,
+                                &lineage,
+                                &r.names,
+                                shared.config.deploy_hook_timeout,
+                            )
+                            .await;
+                            for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
+                                tracing::info!(cert = id, stream = "stdout", "deploy hook: {line}");
+                            }
+                            for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
+                                tracing::info!(cert = id, stream = "stderr", "deploy hook: {line}");
+                            }
+                            let ms = out.took.as_millis() as u64;
+                            match &out.error {
+                                None => tracing::info!(cert = id, ms, "deploy hook succeeded"),
+                                Some(e) => {
+                                    tracing::error!(cert = id, ms, error = %e, "deploy hook failed (`retry {id}` runs it again)")
+                                }
+                            }
+                            out.error
+                        }
+                    }
+                }
+            };
+            crate::metrics::global().hook(error.is_none());
+            shared.record(id, Event::HookRan { fingerprint, error })?;
         }
     }
     Ok(())

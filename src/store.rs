@@ -16,6 +16,8 @@ const CERTS: &str = "certs"; // id -> PEM chain of the stored certificate
 const KEYS: &str = "keys"; // "current/<id>" | "pending/<id>" | "account/<directory>" -> PEM / PKCS#8
 const ACCOUNTS: &str = "accounts"; // directory URL -> instant-acme credentials JSON (holds a key)
 const LEDGER: &str = "ledger"; // directory \0 time(be) id(be) -> ledger::Entry as JSON
+const SETTINGS: &str = "settings"; // "added-domains" -> JSON [[name, ...], ...]; "heartbeat"
+const ADDED_DOMAINS: &str = "added-domains";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +47,10 @@ pub struct Store {
     keys: sled::Tree,
     accounts: sled::Tree,
     ledger: sled::Tree,
+    settings: sled::Tree,
+    /// Held across each read-modify-write of a record, so the reconciler's tasks, a
+    /// configuration reload and an operator's command never overwrite each other's change.
+    record_lock: std::sync::Mutex<()>,
 }
 
 fn write_err(e: impl std::fmt::Display) -> StoreError {
@@ -90,12 +96,71 @@ impl Store {
             keys: tree(KEYS)?,
             accounts: tree(ACCOUNTS)?,
             ledger: tree(LEDGER)?,
+            settings: tree(SETTINGS)?,
+            record_lock: std::sync::Mutex::new(()),
             db,
         })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(write_err)
+    }
+
+    /// Serializes read-modify-write cycles on records (see `record_lock`). Hold it from the
+    /// `get` to the write; never across an await.
+    pub fn lock_records(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding it leaves no partial write behind (writes are atomic).
+        self.record_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The certificates added at runtime (`domains add`), each as its list of names.
+    pub fn added_domains(&self) -> Result<Vec<Vec<String>>, StoreError> {
+        match self.get_bytes(&self.settings, ADDED_DOMAINS)? {
+            None => Ok(Vec::new()),
+            Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                id: "added domains".into(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn put_added_domains(&self, added: &[Vec<String>]) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(added).expect("names serialize");
+        self.settings
+            .insert(ADDED_DOMAINS, value)
+            .map_err(write_err)?;
+        self.flush()
+    }
+
+    /// Writes and flushes a small value: proves the store takes writes (`/healthz`).
+    pub fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
+        self.settings
+            .insert("heartbeat", &now.to_be_bytes())
+            .map_err(write_err)?;
+        self.flush()
+    }
+
+    /// Adopts a certificate obtained elsewhere (`import certbot`): its record, chain and key in
+    /// one transaction, flushed.
+    pub fn put_adopted(
+        &self,
+        r: &Record,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<(), StoreError> {
+        let value = encode(r);
+        (&self.records, &self.certs, &self.keys)
+            .transaction(|(records, certs, keys)| {
+                keys.insert(current_key(&r.id).as_bytes(), key_pem.as_bytes())?;
+                keys.remove(pending_key(&r.id).as_bytes())?;
+                certs.insert(r.id.as_bytes(), chain_pem.as_bytes())?;
+                records.insert(r.id.as_bytes(), value.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.flush()
     }
 
     /// All records, in id order.

@@ -54,6 +54,7 @@ fn a_hundred_thousand_issued_certificates_start_fast_and_stay_idle() {
                 names: r.names.clone(),
                 key_type: r.key_type,
                 acme_directory: directory.into(),
+                deploy_hook: false,
             },
             now,
         );

@@ -42,7 +42,20 @@ pub struct CertView {
     pub installed: bool,
     pub order_url: Option<String>,
     pub last_error: Option<ErrorView>,
+    /// The last run of the deploy hook, when one is configured.
+    pub deploy_hook: Option<HookView>,
     pub updated_at: String,
+}
+
+/// The last run of the deploy hook for a certificate.
+#[derive(Debug, Serialize)]
+pub struct HookView {
+    /// The certificate it ran for.
+    pub fingerprint: String,
+    pub ok: bool,
+    /// Why it failed (exit status, timeout), with the end of its output.
+    pub error: Option<String>,
+    pub at: String,
 }
 
 /// The last failure of a certificate.
@@ -94,6 +107,12 @@ impl CertView {
             installed: r.is_installed(),
             order_url: r.order.as_ref().map(|o| o.url.clone()),
             last_error: r.failure.as_ref().map(error_view),
+            deploy_hook: r.hook.as_ref().map(|h| HookView {
+                fingerprint: h.fingerprint.clone(),
+                ok: h.error.is_none(),
+                error: h.error.clone(),
+                at: rfc3339(h.at),
+            }),
             updated_at: rfc3339(r.updated_at),
         }
     }
@@ -189,6 +208,7 @@ pub fn status_table<'a>(
                 (Phase::Pending | Phase::Validating, _) => "-".into(),
                 (Phase::Issued, None) => "-".into(),
             };
+            let hook_error = r.hook.as_ref().and_then(|h| h.error.as_ref());
             let error = r.failure.as_ref().map_or(String::new(), |f| {
                 let next = f.next_attempt_at.map_or("no retry until told".into(), |t| {
                     if t > now {
@@ -204,6 +224,10 @@ pub fn status_table<'a>(
                     f.error
                 )
             });
+            let error = match hook_error {
+                Some(h) if error.is_empty() => format!("deploy-hook: {h}"),
+                _ => error,
+            };
             let names = if r.names.len() > 1 {
                 format!("+{}", r.names.len() - 1)
             } else {

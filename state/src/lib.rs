@@ -184,6 +184,17 @@ pub struct Failure {
     pub next_attempt_at: Option<UnixTime>,
 }
 
+/// The outcome of the deploy hook for one certificate. A failed hook is not retried on its own
+/// (hooks need not be idempotent); `retry` runs it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookOutcome {
+    /// The certificate the hook ran for.
+    pub fingerprint: String,
+    /// `None` when the hook exited 0 in time.
+    pub error: Option<String>,
+    pub at: UnixTime,
+}
+
 /// Everything persisted about one certificate. No key material: keys are stored apart and never
 /// pass through this type, so nothing that serializes a record can leak one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +224,12 @@ pub struct Record {
     #[serde(default)]
     pub ari_check_at: Option<UnixTime>,
     pub failure: Option<Failure>,
+    /// Whether a deploy hook is configured (it runs once for each installed certificate).
+    #[serde(default)]
+    pub deploy_hook: bool,
+    /// The last run of the deploy hook.
+    #[serde(default)]
+    pub hook: Option<HookOutcome>,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
 }
@@ -234,6 +251,8 @@ impl Record {
             ari_window: None,
             ari_check_at: None,
             failure: None,
+            deploy_hook: false,
+            hook: None,
             created_at: now,
             updated_at: now,
         }

@@ -3,8 +3,8 @@
 
 use crate::timing::{ari_next_check, ari_renewal_time, backoff_secs, renewal_time};
 use crate::{
-    CertMeta, Challenge, Failure, FailureKind, KeyType, OrderProgress, Phase, Record, Step,
-    UnixTime,
+    CertMeta, Challenge, Failure, FailureKind, HookOutcome, KeyType, OrderProgress, Phase, Record,
+    Step, UnixTime,
 };
 
 /// A failure as reported by the shell, already classified by the module that saw it.
@@ -29,6 +29,8 @@ pub enum Event {
         names: Vec<String>,
         key_type: KeyType,
         acme_directory: String,
+        /// A deploy hook runs after each new certificate is installed.
+        deploy_hook: bool,
     },
     /// `new_order` returned this URL (persist before using it).
     OrderCreated {
@@ -64,8 +66,17 @@ pub enum Event {
     },
     /// Time passed: an issued certificate whose renewal time has come becomes `Expiring`.
     Tick,
-    /// An operator asked to renew now, or to retry after a permanent failure.
+    /// An operator asked to renew now (`renew --force`): a new certificate is ordered even though
+    /// the current one is not due, and any recorded failure is cleared.
     ForceRenew,
+    /// An operator asked to retry (`retry`): the recorded failure is cleared, so the next step
+    /// is taken at once; a failed deploy hook runs again.
+    Retry,
+    /// The deploy hook ran for the certificate with `fingerprint`; `error` says why it failed.
+    HookRan {
+        fingerprint: String,
+        error: Option<String>,
+    },
 }
 
 /// Work the shell must do for a record.
@@ -80,6 +91,9 @@ pub enum Action {
     CheckRenewalInfo,
     /// Write `<id>.pem` and push the stored certificate into HAProxy.
     Install { fingerprint: String },
+    /// Run the deploy hook for the installed certificate (once per certificate: a crash before
+    /// its outcome is recorded runs it again).
+    RunHook { fingerprint: String },
 }
 
 /// What the shell should do with a record now.
@@ -102,7 +116,9 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
             names,
             key_type,
             acme_directory,
+            deploy_hook,
         } => {
+            r.deploy_hook = deploy_hook;
             // A record that never had a CA (just created) takes this one without re-issuing; a
             // change of CA (staging to production, say) re-issues: the certificate and any order
             // in flight belong to the other CA.
@@ -209,6 +225,19 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
                 r.phase = Phase::Expiring;
             }
         }
+        Event::Retry => {
+            r.failure = None;
+            if r.hook.as_ref().is_some_and(|h| h.error.is_some()) {
+                r.hook = None;
+            }
+        }
+        Event::HookRan { fingerprint, error } => {
+            r.hook = Some(HookOutcome {
+                fingerprint,
+                error,
+                at: now,
+            });
+        }
     }
     if r != *record {
         r.updated_at = now;
@@ -245,6 +274,11 @@ pub fn plan(r: &Record, now: UnixTime) -> Plan {
     if let Some(cert) = &r.cert {
         if !r.is_installed() {
             return Plan::Now(Action::Install {
+                fingerprint: cert.fingerprint.clone(),
+            });
+        }
+        if r.deploy_hook && r.hook.as_ref().map(|h| &h.fingerprint) != Some(&cert.fingerprint) {
+            return Plan::Now(Action::RunHook {
                 fingerprint: cert.fingerprint.clone(),
             });
         }
@@ -570,6 +604,7 @@ mod tests {
                 names: vec!["a.test".into()],
                 key_type: KeyType::EcdsaP256,
                 acme_directory: String::new(),
+                deploy_hook: false,
             },
             T0,
         );
@@ -587,6 +622,7 @@ mod tests {
                 names: r.names.clone(),
                 key_type: r.key_type,
                 acme_directory: String::new(),
+                deploy_hook: false,
             },
             T0 + 5,
         );
@@ -600,6 +636,7 @@ mod tests {
                 names: names.clone(),
                 key_type: r.key_type,
                 acme_directory: String::new(),
+                deploy_hook: false,
             },
             T0 + 5,
         );
@@ -614,6 +651,7 @@ mod tests {
                 names,
                 key_type: KeyType::Rsa2048,
                 acme_directory: String::new(),
+                deploy_hook: false,
             },
             T0,
         );
@@ -627,6 +665,7 @@ mod tests {
             names: r.names.clone(),
             key_type: r.key_type,
             acme_directory: dir.into(),
+            deploy_hook: false,
         };
         let r = issued("f1");
         let (r, a) = apply(&r, conf(&r, "https://staging/dir"), T0);
@@ -751,5 +790,85 @@ mod tests {
             t,
         );
         assert!(r.failure.is_none());
+    }
+    #[test]
+    fn the_deploy_hook_runs_once_per_installed_certificate() {
+        let hook_on = |r: &Record| Event::Configured {
+            names: r.names.clone(),
+            key_type: r.key_type,
+            acme_directory: String::new(),
+            deploy_hook: true,
+        };
+        // No hook configured: nothing to run.
+        assert_eq!(
+            plan(&issued("f1"), T0),
+            Plan::At(issued("f1").renew_at.unwrap())
+        );
+        let (r, actions) = apply(&issued("f1"), hook_on(&issued("f1")), T0);
+        let run_f1 = Action::RunHook {
+            fingerprint: "f1".into(),
+        };
+        assert_eq!(
+            actions,
+            vec![run_f1.clone()],
+            "the current certificate is deployed once"
+        );
+        let ran = |fp: &str, error: Option<&str>| Event::HookRan {
+            fingerprint: fp.into(),
+            error: error.map(String::from),
+        };
+        let (r, actions) = apply(&r, ran("f1", Some("exit status 3")), T0);
+        assert!(
+            actions.is_empty(),
+            "a failed hook is not retried on its own"
+        );
+        assert!(matches!(plan(&r, T0), Plan::At(_)));
+        let (r, actions) = apply(&r, Event::Retry, T0 + 5);
+        assert_eq!(actions, vec![run_f1], "retry runs a failed hook again");
+        let (r, _) = apply(&r, ran("f1", None), T0 + 6);
+        let (r2, actions) = apply(&r, Event::Retry, T0 + 7);
+        assert!(
+            actions.is_empty(),
+            "a hook that succeeded is not run again by retry"
+        );
+        assert_eq!(r2.hook, r.hook);
+        // A renewal: the hook runs for the new certificate only after it is installed.
+        let (r, _) = apply(&r, Event::ForceRenew, T0 + 10);
+        let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, T0 + 10);
+        let (r, actions) = apply(
+            &r,
+            Event::CertificateStored {
+                meta: meta("f2", T0 + 10, 90),
+            },
+            T0 + 10,
+        );
+        assert_eq!(
+            actions,
+            vec![Action::Install {
+                fingerprint: "f2".into()
+            }]
+        );
+        let (_, actions) = apply(
+            &r,
+            Event::Installed {
+                fingerprint: "f2".into(),
+            },
+            T0 + 10,
+        );
+        assert_eq!(
+            actions,
+            vec![Action::RunHook {
+                fingerprint: "f2".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn retry_clears_a_permanent_failure() {
+        let (r, _) = apply(&pending(), fail(FailureKind::Permanent, None, true), T0);
+        assert_eq!(plan(&r, T0 + 100), Plan::Idle);
+        let (r, actions) = apply(&r, Event::Retry, T0 + 100);
+        assert!(r.failure.is_none());
+        assert_eq!(actions, vec![Action::CreateOrder]);
     }
 }

@@ -1,0 +1,312 @@
+//! `import certbot DIR`: adopts the certificates of an existing certbot configuration directory
+//! (`/etc/letsencrypt`) as issued, with their keys, so switching tools costs no issuance and no
+//! rate limit. certbot keeps one lineage per `renewal/<name>.conf`, whose files are the symlinks
+//! in `live/<name>/`.
+//!
+//! The renewal files are configobj `key = value` lines; only `server` (the ACME directory) is
+//! read, by the few lines of `conf_value` rather than an INI crate.
+
+use std::path::Path;
+
+use haproxy_acme_state::{apply, Event, Phase, Record, UnixTime};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CertSpec, Config};
+use crate::ops::{Done, OpError};
+use crate::pki;
+use crate::store::Store;
+
+/// One certbot lineage as read from disk: what the daemon needs to adopt it.
+#[derive(Serialize, Deserialize)]
+pub struct Lineage {
+    pub name: String,
+    /// The ACME directory it came from (`server` in its renewal file).
+    pub server: Option<String>,
+    pub fullchain_pem: String,
+    pub key_pem: String,
+}
+
+// Key material: never print it.
+impl std::fmt::Debug for Lineage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lineage")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What was found in a certbot directory.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Found {
+    pub lineages: Vec<Lineage>,
+    /// Lineages that could not be read, with why.
+    pub unreadable: Vec<String>,
+    /// What we found of certbot's accounts (not imported; see `read_certbot`).
+    pub accounts: Vec<String>,
+}
+
+/// Reads the lineages of the certbot configuration directory `dir`.
+///
+/// Accounts are reported, not imported: certbot's account keys are RSA JWKs and instant-acme
+/// signs with ECDSA P-256 only, so the daemon registers its own account (creating an account does
+/// not count against the certificate rate limits).
+pub fn read_certbot(dir: &Path) -> Result<Found, String> {
+    let renewal = dir.join("renewal");
+    let entries = std::fs::read_dir(&renewal).map_err(|e| {
+        format!(
+            "{}: {e} (expected certbot's configuration directory, e.g. /etc/letsencrypt, \
+             with renewal/ and live/)",
+            renewal.display()
+        )
+    })?;
+    let mut found = Found::default();
+    let mut confs: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    confs.sort();
+    for conf in confs {
+        let name = conf
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = match std::fs::read_to_string(&conf) {
+            Ok(t) => t,
+            Err(e) => {
+                found
+                    .unreadable
+                    .push(format!("{name}: {}: {e}", conf.display()));
+                continue;
+            }
+        };
+        let live = dir.join("live").join(&name);
+        let read = |file: &str| {
+            std::fs::read_to_string(live.join(file))
+                .map_err(|e| format!("{name}: {}: {e}", live.join(file).display()))
+        };
+        match (read("fullchain.pem"), read("privkey.pem")) {
+            (Ok(fullchain_pem), Ok(key_pem)) => found.lineages.push(Lineage {
+                name,
+                server: conf_value(&text, "server"),
+                fullchain_pem,
+                key_pem,
+            }),
+            (Err(e), _) | (_, Err(e)) => found.unreadable.push(e),
+        }
+    }
+    if let Ok(hosts) = std::fs::read_dir(dir.join("accounts")) {
+        for host in hosts.filter_map(Result::ok) {
+            let Ok(dirs) = std::fs::read_dir(host.path().join("directory")) else {
+                continue;
+            };
+            for acct in dirs.filter_map(Result::ok) {
+                let uri = std::fs::read_to_string(acct.path().join("regr.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["uri"].as_str().map(String::from))
+                    .unwrap_or_else(|| "(no regr.json)".into());
+                let kty = std::fs::read_to_string(acct.path().join("private_key.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["kty"].as_str().map(String::from))
+                    .unwrap_or_else(|| "?".into());
+                found.accounts.push(format!(
+                    "{} ({kty} key on {})",
+                    uri,
+                    host.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The value of `key` in a configobj file (`key = value`), outside or inside any section.
+fn conf_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+/// Adopts `found` into the store. A lineage becomes the record of the configured certificate with
+/// the same names (so the daemon does not re-issue it), or a record of its own, not renewed until
+/// it is configured. Never replaces a stored certificate that expires later.
+pub fn adopt(
+    store: &Store,
+    config: &Config,
+    found: &Found,
+    now: UnixTime,
+) -> Result<Done, OpError> {
+    let added = store.added_domains()?;
+    let wanted: Vec<CertSpec> = config.read_certificates(&added).unwrap_or_default();
+    let mut lines = Vec::new();
+    let mut imported = 0;
+    for l in &found.lineages {
+        match adopt_one(store, config, &wanted, l, now) {
+            Ok(line) => {
+                imported += 1;
+                lines.push(line);
+            }
+            Err(OpError::Refused(why)) => lines.push(format!("skipped {}: {why}", l.name)),
+            Err(e) => return Err(e),
+        }
+    }
+    for u in &found.unreadable {
+        lines.push(format!("skipped {u}"));
+    }
+    for a in &found.accounts {
+        lines.push(format!(
+            "account {a}: not imported (instant-acme signs with ECDSA P-256 keys only); a new \
+             account is registered on first use, which costs no certificate rate limit"
+        ));
+    }
+    lines.push(format!(
+        "{imported} of {} certificates imported",
+        found.lineages.len() + found.unreadable.len()
+    ));
+    Ok(Done {
+        message: lines.join("\n"),
+        wake: None,
+        reload: imported > 0,
+    })
+}
+
+fn adopt_one(
+    store: &Store,
+    config: &Config,
+    wanted: &[CertSpec],
+    l: &Lineage,
+    now: UnixTime,
+) -> Result<String, OpError> {
+    let refused = |why: String| OpError::Refused(why);
+    let leaf = pki::leaf(&l.fullchain_pem).map_err(|e| refused(e.to_string()))?;
+    if !leaf
+        .matches_key(&l.key_pem)
+        .map_err(|e| refused(e.to_string()))?
+    {
+        return Err(refused(
+            "privkey.pem is not the key of fullchain.pem".into(),
+        ));
+    }
+    let meta = pki::chain_meta(&l.fullchain_pem, now).map_err(|e| refused(e.to_string()))?;
+    if meta.not_after <= now {
+        return Err(refused(
+            "expired; the daemon issues a new one when it is configured".into(),
+        ));
+    }
+    let Some(key_type) = leaf.key_type else {
+        return Err(refused(
+            "key type not supported (ecdsa-p256, ecdsa-p384, rsa2048, rsa4096)".into(),
+        ));
+    };
+    if leaf.names.is_empty() {
+        return Err(refused("no DNS names in the certificate".into()));
+    }
+    // Take the configured certificate's id and name order when it lists the same names.
+    let mut sorted = leaf.names.clone();
+    sorted.sort();
+    let spec = wanted.iter().find(|s| {
+        let mut n = s.names.clone();
+        n.sort();
+        n == sorted
+    });
+    let names = spec.map_or(leaf.names.clone(), |s| s.names.clone());
+    let id = names[0].clone();
+    let directory = l
+        .server
+        .clone()
+        .unwrap_or_else(|| config.acme_directory.clone());
+
+    let _guard = store.lock_records();
+    if let Some(old) = store.get(&id)? {
+        if let Some(c) = &old.cert {
+            if c.fingerprint == meta.fingerprint {
+                return Err(refused(format!("already in the store as {id}")));
+            }
+            if c.not_after >= meta.not_after {
+                return Err(refused(format!(
+                    "the store already has a certificate for {id} that expires later"
+                )));
+            }
+        }
+        if old.phase == Phase::Validating {
+            return Err(refused(format!(
+                "an order for {id} is in flight; import again once it is done, or not at all"
+            )));
+        }
+    }
+    let r = Record::new(names.clone(), key_type, now);
+    let (r, _) = apply(
+        &r,
+        Event::Configured {
+            names: names.clone(),
+            key_type,
+            acme_directory: directory.clone(),
+            deploy_hook: config.deploy_hook.is_some(),
+        },
+        now,
+    );
+    let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
+    store.put_adopted(&r, &l.fullchain_pem, &l.key_pem)?;
+    let mut line = format!(
+        "imported {} as {id} ({}; {}; expires {})",
+        l.name,
+        names.join(", "),
+        key_type.as_str(),
+        haproxy_acme_state::dump::rfc3339(r.cert.as_ref().map_or(0, |c| c.not_after))
+    );
+    let mut warnings = Vec::new();
+    if spec.is_none() {
+        warnings.push(format!(
+            "not configured: it is not renewed until you add it to DOMAINS or run \
+             `haproxy-acme domains add {}`",
+            names.join(",")
+        ));
+    }
+    if key_type != config.key_type {
+        warnings.push(format!(
+            "its key type differs from KEY_TYPE {}: the daemon re-issues it (set KEY_TYPE={} to keep it)",
+            config.key_type.as_str(),
+            key_type.as_str()
+        ));
+    }
+    if directory != config.acme_directory {
+        warnings.push(format!(
+            "it comes from {directory}, not from ACME_DIRECTORY {}: the daemon re-issues it",
+            config.acme_directory
+        ));
+    }
+    if !warnings.is_empty() {
+        line = format!("{line}\n  warning: {}", warnings.join("\n  warning: "));
+    }
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_conf_server_is_read() {
+        let conf = "version = 2.1.0\narchive_dir = /x\n\n[renewalparams]\naccount = abc\n\
+                    server = https://127.0.0.1:14000/dir\nauthenticator = webroot\n";
+        assert_eq!(
+            conf_value(conf, "server").as_deref(),
+            Some("https://127.0.0.1:14000/dir")
+        );
+        assert_eq!(conf_value(conf, "nope"), None);
+    }
+
+    #[test]
+    fn a_directory_that_is_not_certbots_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_certbot(dir.path()).unwrap_err();
+        assert!(
+            e.contains("renewal") && e.contains("/etc/letsencrypt"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text) served at the admin endpoint's
+//! `/metrics`. Names follow cert-manager's where they mean the same thing, with our prefix:
+//! `haproxy_acme_certificate_expiration_timestamp_seconds` is cert-manager's
+//! `certmanager_certificate_expiration_timestamp_seconds`, and so on.
+//!
+//! Counters live in one process-wide [`Metrics`] (like the Go client's default registry: the
+//! ACME HTTP client, the installer and the reconciler count into it without being handed a
+//! reference). Per-certificate gauges are computed from the records at scrape time, so they can
+//! never disagree with `state dump`.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use haproxy_acme_state::{Record, UnixTime};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcmeRequest {
+    /// What the request was for (`new-order`, `finalize`, ...; see [`acme_endpoint`]).
+    endpoint: String,
+    method: String,
+    /// The HTTP status, or `error` when no response came.
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstallLabels {
+    /// `runtime-api` (no reload) or `file` (files-only mode).
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    /// `success` or `failure`.
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    step: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabel {
+    /// The certificate id (its first name).
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    name: String,
+    /// `True` or `False`, as cert-manager's `certificate_ready_status`.
+    condition: String,
+}
+
+/// The process-wide counters. Cloning a prometheus-client metric shares it, so each scrape
+/// registers clones into a fresh registry together with the per-certificate gauges.
+pub struct Metrics {
+    acme_requests: Family<AcmeRequest, Counter>,
+    issuances: Counter,
+    issuance_duration: Histogram,
+    installs: Family<InstallLabels, Counter>,
+    runtime_api_errors: Counter,
+    failures: Family<FailureLabels, Counter>,
+    hooks: Family<ResultLabel, Counter>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// The process-wide metrics.
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            acme_requests: Family::default(),
+            issuances: Counter::default(),
+            // 50 ms .. ~27 min: pebble issues in under a second, a real CA in seconds to minutes.
+            issuance_duration: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
+            installs: Family::default(),
+            runtime_api_errors: Counter::default(),
+            failures: Family::default(),
+            hooks: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// One HTTP request to the CA (`status` `None`: no response).
+    pub fn acme_request(&self, method: &str, path: &str, status: Option<u16>) {
+        self.acme_requests
+            .get_or_create(&AcmeRequest {
+                endpoint: acme_endpoint(path).into(),
+                method: method.into(),
+                status: status.map_or_else(|| "error".into(), |s| s.to_string()),
+            })
+            .inc();
+    }
+
+    /// A certificate was issued and stored, `took` after its order was created.
+    pub fn issued(&self, took: Duration) {
+        self.issuances.inc();
+        self.issuance_duration.observe(took.as_secs_f64());
+    }
+
+    /// A certificate reached HAProxy; `runtime_api` false for files-only mode.
+    pub fn installed(&self, runtime_api: bool) {
+        let method = if runtime_api { "runtime-api" } else { "file" };
+        self.installs
+            .get_or_create(&InstallLabels {
+                method: method.into(),
+            })
+            .inc();
+    }
+
+    /// HAProxy's runtime API was unreachable, refused a command, or served the wrong serial.
+    pub fn runtime_api_error(&self) {
+        self.runtime_api_errors.inc();
+    }
+
+    /// A step failed (recorded in the certificate's state).
+    pub fn failure(&self, step: &str, kind: &str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                step: step.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    /// The deploy hook ran.
+    pub fn hook(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.hooks
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text of the counters and of a gauge set for `records` at `now`.
+    /// `ready`: start-up done; `last_pass`: when the reconciler last completed a pass.
+    pub fn render(
+        &self,
+        records: &[Record],
+        now: UnixTime,
+        ready: bool,
+        last_pass: UnixTime,
+    ) -> String {
+        let mut reg = Registry::with_prefix("haproxy_acme");
+        let expiry = Family::<CertLabel, Gauge>::default();
+        let renewal = Family::<CertLabel, Gauge>::default();
+        let ready_status = Family::<ReadyLabels, Gauge>::default();
+        let failures = Family::<CertLabel, Gauge>::default();
+        let next_attempt = Family::<CertLabel, Gauge>::default();
+        for r in records {
+            let name = || CertLabel { name: r.id.clone() };
+            if let Some(c) = &r.cert {
+                expiry.get_or_create(&name()).set(c.not_after);
+            }
+            if let Some(t) = r.renew_at {
+                renewal.get_or_create(&name()).set(t);
+            }
+            let served = r.is_installed() && r.cert.as_ref().is_some_and(|c| c.not_after > now);
+            for (condition, value) in [("True", served), ("False", !served)] {
+                ready_status
+                    .get_or_create(&ReadyLabels {
+                        name: r.id.clone(),
+                        condition: condition.into(),
+                    })
+                    .set(i64::from(value));
+            }
+            let f = r.failure.as_ref();
+            failures
+                .get_or_create(&name())
+                .set(f.map_or(0, |f| i64::from(f.attempts)));
+            if let Some(t) = f.and_then(|f| f.next_attempt_at) {
+                next_attempt.get_or_create(&name()).set(t);
+            }
+        }
+        reg.register(
+            "certificate_expiration_timestamp_seconds",
+            "The date after which the certificate expires (Unix seconds)",
+            expiry,
+        );
+        reg.register(
+            "certificate_renewal_timestamp_seconds",
+            "The date after which the certificate is renewed (Unix seconds)",
+            renewal,
+        );
+        reg.register(
+            "certificate_ready_status",
+            "The certificate is served by HAProxy (the stored one, unexpired): condition True is 1",
+            ready_status,
+        );
+        reg.register(
+            "certificate_failures",
+            "Consecutive failed attempts of the certificate's current step (0: none)",
+            failures,
+        );
+        reg.register(
+            "certificate_next_attempt_timestamp_seconds",
+            "When a failed certificate is tried again (backoff or the CA's Retry-After)",
+            next_attempt,
+        );
+        reg.register(
+            "http_acme_client_request",
+            "HTTP requests to the ACME CA, by endpoint, method and status",
+            self.acme_requests.clone(),
+        );
+        reg.register(
+            "certificate_issuances",
+            "Certificates issued and stored",
+            self.issuances.clone(),
+        );
+        reg.register(
+            "certificate_issuance_duration_seconds",
+            "From order creation to the certificate stored",
+            self.issuance_duration.clone(),
+        );
+        reg.register(
+            "certificate_installs",
+            "Certificates installed into HAProxy, by method",
+            self.installs.clone(),
+        );
+        reg.register(
+            "haproxy_runtime_api_errors",
+            "HAProxy runtime API failures (unreachable, refused, wrong serial served)",
+            self.runtime_api_errors.clone(),
+        );
+        reg.register(
+            "certificate_step_failures",
+            "Failed steps, by step and kind",
+            self.failures.clone(),
+        );
+        reg.register(
+            "deploy_hook_runs",
+            "Deploy hook runs, by result",
+            self.hooks.clone(),
+        );
+        let ready_gauge = Gauge::<i64>::default();
+        ready_gauge.set(i64::from(ready));
+        reg.register(
+            "ready",
+            "1 once start-up is done (the store is in line with the configuration)",
+            ready_gauge,
+        );
+        let pass = Gauge::<i64>::default();
+        pass.set(last_pass);
+        reg.register(
+            "reconciler_last_pass_timestamp_seconds",
+            "When the reconciler last completed a pass (Unix seconds)",
+            pass,
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The kind of ACME request a URL path is, for a label with few values. ACME URLs are the CA's
+/// choice; these are the spellings of Let's Encrypt (boulder) and pebble.
+pub fn acme_endpoint(path: &str) -> &'static str {
+    let p = path.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| p.contains(w));
+    if has(&["nonce"]) {
+        "new-nonce"
+    } else if has(&["new-acct", "sign-me-up", "new-account"]) {
+        "new-account"
+    } else if has(&["new-order", "order-plz"]) {
+        "new-order"
+    } else if has(&["finalize"]) {
+        "finalize"
+    } else if has(&["renewal-info", "renewalinfo"]) {
+        "renewal-info"
+    } else if has(&["authz"]) {
+        "authorization"
+    } else if has(&["chal"]) {
+        "challenge"
+    } else if has(&["cert"]) {
+        "certificate"
+    } else if has(&["order"]) {
+        "order"
+    } else if has(&["acct", "account"]) {
+        "account"
+    } else if has(&["dir"]) {
+        "directory"
+    } else {
+        "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haproxy_acme_state::{apply, CertMeta, Event, KeyType};
+
+    #[test]
+    fn endpoints_of_lets_encrypt_and_pebble() {
+        for (path, want) in [
+            ("/acme/new-nonce", "new-nonce"),
+            ("/nonce-plz", "new-nonce"),
+            ("/acme/new-acct", "new-account"),
+            ("/sign-me-up", "new-account"),
+            ("/acme/new-order", "new-order"),
+            ("/order-plz", "new-order"),
+            ("/acme/order/123/456", "order"),
+            ("/my-order/abc", "order"),
+            ("/acme/authz-v3/1", "authorization"),
+            ("/authZ/abc", "authorization"),
+            ("/acme/chall-v3/1/x", "challenge"),
+            ("/chalZ/abc", "challenge"),
+            ("/acme/finalize/1/2", "finalize"),
+            ("/finalize-order/abc", "finalize"),
+            ("/acme/cert/fa1afe1", "certificate"),
+            ("/certZ/abc", "certificate"),
+            ("/draft-ietf-acme-ari-03/renewalInfo/x.y", "renewal-info"),
+            ("/acme/acct/42", "account"),
+            ("/my-account/1", "account"),
+            ("/directory", "directory"),
+            ("/dir", "directory"),
+            ("/", "other"),
+        ] {
+            assert_eq!(acme_endpoint(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn render_has_per_certificate_gauges_and_counters() {
+        let m = Metrics::default();
+        m.acme_request("POST", "/order-plz", Some(201));
+        m.acme_request("POST", "/order-plz", Some(201));
+        m.acme_request("POST", "/finalize-order/x", None);
+        m.issued(Duration::from_millis(300));
+        m.installed(true);
+        m.hook(false);
+        let now = 1_700_000_000;
+        let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, now);
+        let meta = CertMeta {
+            serial: "01".into(),
+            not_before: now,
+            not_after: now + 90 * 86_400,
+            fingerprint: "f".into(),
+            issued_at: now,
+        };
+        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, now);
+        let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
+        let (installed, _) = apply(
+            &r,
+            Event::Installed {
+                fingerprint: "f".into(),
+            },
+            now,
+        );
+        let mut waiting = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, now);
+        waiting.id = "b.test".into();
+        let text = m.render(&[installed, waiting], now, true, now);
+        let expiry = format!(
+            "haproxy_acme_certificate_expiration_timestamp_seconds{{name=\"a.test\"}} {}",
+            now + 90 * 86_400
+        );
+        assert!(text.contains(&expiry), "{text}");
+        assert!(text.contains(
+            "haproxy_acme_certificate_ready_status{name=\"a.test\",condition=\"True\"} 1"
+        ));
+        assert!(text.contains(
+            "haproxy_acme_certificate_ready_status{name=\"b.test\",condition=\"False\"} 1"
+        ));
+        assert!(text.contains(
+            "haproxy_acme_http_acme_client_request_total{endpoint=\"new-order\",method=\"POST\",status=\"201\"} 2"
+        ));
+        assert!(text.contains(
+            "haproxy_acme_http_acme_client_request_total{endpoint=\"finalize\",method=\"POST\",status=\"error\"} 1"
+        ));
+        assert!(text.contains("haproxy_acme_certificate_issuances_total 1"));
+        assert!(text.contains("haproxy_acme_certificate_issuance_duration_seconds_count 1"));
+        assert!(text.contains("haproxy_acme_certificate_installs_total{method=\"runtime-api\"} 1"));
+        assert!(text.contains("haproxy_acme_deploy_hook_runs_total{result=\"failure\"} 1"));
+        assert!(text.contains("haproxy_acme_ready 1"));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}

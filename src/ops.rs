@@ -1,0 +1,287 @@
+//! Operator commands that change state: `renew`, `retry`, `domains add`, `domains remove`. Each
+//! works on the store, so the same code serves the daemon (through its admin socket, which then
+//! wakes the reconciler) and the CLI when no daemon runs (the change takes effect at next start).
+
+use haproxy_acme_state::dump::rfc3339;
+use haproxy_acme_state::{apply, Event, Phase, Record, UnixTime};
+
+use crate::config::{parse_domains, Config};
+use crate::store::{Store, StoreError};
+
+/// Why a command was refused. Each maps to an HTTP status on the admin socket and to an exit
+/// code of the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// No such certificate (exit code 3).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request cannot be done as asked (exit code 2).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a command did: a message for the operator, and whether a certificate should be looked at
+/// now (`Some(id)`) or the wanted set re-read (`reload`).
+#[derive(Debug, Default)]
+pub struct Done {
+    pub message: String,
+    pub wake: Option<String>,
+    pub reload: bool,
+}
+
+fn unknown(store: &Store, id: &str) -> OpError {
+    let known = store
+        .records()
+        .map(|rs| rs.into_iter().map(|r| r.id).take(5).collect::<Vec<_>>())
+        .unwrap_or_default();
+    OpError::NotFound(format!(
+        "no certificate {id:?} (certificates are named by their first name{}; see `haproxy-acme status`)",
+        if known.is_empty() {
+            String::new()
+        } else {
+            format!(", e.g. {}", known.join(", "))
+        }
+    ))
+}
+
+/// Applies `event` to record `id` under the store's record lock.
+fn update(store: &Store, id: &str, event: Event, now: UnixTime) -> Result<Record, OpError> {
+    let _guard = store.lock_records();
+    let old = store.get(id)?.ok_or_else(|| unknown(store, id))?;
+    let (new, _) = apply(&old, event, now);
+    if new != old {
+        store.put(&new)?;
+    }
+    Ok(new)
+}
+
+/// `renew ID [--force]`: with `force`, orders a new certificate now (the current one keeps
+/// serving); without, says when the certificate renews and whether anything stands in the way.
+pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done, OpError> {
+    if force {
+        let r = update(store, id, Event::ForceRenew, now)?;
+        let message = match r.phase {
+            Phase::Expiring => format!(
+                "{id}: renewing now; the current certificate keeps serving until the new one is installed"
+            ),
+            Phase::Pending => format!("{id}: ordering now"),
+            Phase::Validating => format!("{id}: an order is already in flight; driving it now"),
+            Phase::Issued => format!("{id}: renewing now"),
+        };
+        return Ok(Done {
+            message,
+            wake: Some(id.to_string()),
+            reload: false,
+        });
+    }
+    let r = store.get(id)?.ok_or_else(|| unknown(store, id))?;
+    let message = if let Some(f) = &r.failure {
+        match f.next_attempt_at {
+            Some(t) if t > now => format!(
+                "{id}: the last attempt failed ({} {}: {}); next attempt at {}. `retry {id}` tries now",
+                f.step.as_str(), f.kind.as_str(), f.error, rfc3339(t)
+            ),
+            Some(_) => format!("{id}: retrying now after a failure ({})", f.error),
+            None => format!(
+                "{id}: stopped after a permanent failure ({} : {}); fix the cause, then `retry {id}`",
+                f.step.as_str(),
+                f.error
+            ),
+        }
+    } else {
+        match (r.phase, r.renew_at) {
+            (Phase::Issued, Some(t)) if t > now => format!(
+                "{id}: not due; renews at {} (use --force to renew now)",
+                rfc3339(t)
+            ),
+            (Phase::Issued, _) | (Phase::Expiring, _) => format!("{id}: due; renewing now"),
+            (Phase::Pending | Phase::Validating, _) => format!("{id}: being issued now"),
+        }
+    };
+    Ok(Done {
+        message,
+        wake: Some(id.to_string()),
+        reload: false,
+    })
+}
+
+/// `retry ID`: clears a recorded failure (permanent or in backoff) so the next step runs now, and
+/// runs a failed deploy hook again.
+pub fn retry(store: &Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
+    let before = store.get(id)?.ok_or_else(|| unknown(store, id))?;
+    let hook_failed = before.hook.as_ref().and_then(|h| h.error.clone());
+    if before.failure.is_none() && hook_failed.is_none() {
+        return Ok(Done {
+            message: format!("{id}: no failure recorded; nothing to retry"),
+            wake: None,
+            reload: false,
+        });
+    }
+    update(store, id, Event::Retry, now)?;
+    let mut what = Vec::new();
+    if let Some(f) = &before.failure {
+        what.push(format!(
+            "cleared the {} failure of step {} ({})",
+            f.kind.as_str(),
+            f.step.as_str(),
+            f.error
+        ));
+    }
+    if let Some(e) = hook_failed {
+        what.push(format!("the deploy hook runs again (it failed: {e})"));
+    }
+    Ok(Done {
+        message: format!("{id}: {}; trying now", what.join("; ")),
+        wake: Some(id.to_string()),
+        reload: false,
+    })
+}
+
+/// `domains add SPEC`: one certificate in DOMAINS syntax (`a.com,www.a.com`), kept in the store
+/// beside DOMAINS and DOMAINS_FILE.
+pub fn domains_add(store: &Store, config: &Config, spec: &str) -> Result<Done, OpError> {
+    let specs = parse_domains(spec.trim()).map_err(|e| OpError::Refused(e.join("; ")))?;
+    let [new] = specs.as_slice() else {
+        return Err(OpError::Refused(format!(
+            "{spec:?}: give one certificate (names separated by commas); add others one by one"
+        )));
+    };
+    let mut added = store.added_domains()?;
+    if added.iter().any(|names| names[0] == new.id) {
+        return Err(OpError::Refused(format!(
+            "{:?} is already added; `domains remove {}` first to change its names",
+            new.id, new.id
+        )));
+    }
+    added.push(new.names.clone());
+    // The whole wanted set must stay valid: no name twice across DOMAINS, DOMAINS_FILE and here.
+    config
+        .read_certificates(&added)
+        .map_err(|e| OpError::Refused(e.join("; ")))?;
+    store.put_added_domains(&added)?;
+    Ok(Done {
+        message: format!("added certificate {} ({})", new.id, new.names.join(", ")),
+        wake: None,
+        reload: true,
+    })
+}
+
+/// `domains remove ID`: removes a certificate added with `domains add`. Its certificate is kept
+/// and no longer renewed (removed entirely with PRUNE=true), as for DOMAINS_FILE edits.
+pub fn domains_remove(store: &Store, config: &Config, id: &str) -> Result<Done, OpError> {
+    let mut added = store.added_domains()?;
+    let before = added.len();
+    added.retain(|names| names[0] != id);
+    if added.len() == before {
+        let configured = config
+            .read_certificates(&[])
+            .unwrap_or_default()
+            .into_iter()
+            .any(|s| s.id == id);
+        return Err(if configured {
+            OpError::Refused(format!(
+                "{id:?} comes from DOMAINS or DOMAINS_FILE, not from `domains add`: remove it there"
+            ))
+        } else {
+            OpError::NotFound(format!(
+                "no certificate {id:?} was added with `domains add`"
+            ))
+        });
+    }
+    store.put_added_domains(&added)?;
+    let kept = if config.prune {
+        "its certificate, file and state are removed (PRUNE)"
+    } else {
+        "its certificate keeps serving until it expires and is no longer renewed"
+    };
+    Ok(Done {
+        message: format!("removed certificate {id}; {kept}"),
+        wake: None,
+        reload: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::RawSettings;
+    use crate::config::Need;
+    use haproxy_acme_state::{CertMeta, KeyType};
+
+    fn config(domains: &str) -> Config {
+        let raw = RawSettings {
+            domains: Some(domains.into()),
+            ..RawSettings::default()
+        };
+        Config::from_raw(&raw, Need::Daemon).unwrap()
+    }
+
+    fn issued(id: &str, now: UnixTime) -> Record {
+        let r = Record::new(vec![id.into()], KeyType::EcdsaP256, now);
+        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, now);
+        let meta = CertMeta {
+            serial: "01".into(),
+            not_before: now,
+            not_after: now + 90 * 86_400,
+            fingerprint: "f".into(),
+            issued_at: now,
+        };
+        let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
+        r
+    }
+
+    #[test]
+    fn renew_retry_and_domains_on_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = 1_700_000_000;
+        store.put(&issued("a.test", now)).unwrap();
+
+        let e = renew(&store, "nope.test", false, now).unwrap_err();
+        assert!(matches!(e, OpError::NotFound(_)), "{e}");
+        assert!(e.to_string().contains("a.test"), "{e}");
+        let d = renew(&store, "a.test", false, now).unwrap();
+        assert!(d.message.contains("not due"), "{}", d.message);
+        assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Issued);
+        let d = renew(&store, "a.test", true, now).unwrap();
+        assert!(d.message.contains("renewing now"), "{}", d.message);
+        assert_eq!(d.wake.as_deref(), Some("a.test"));
+        assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Expiring);
+
+        assert!(retry(&store, "a.test", now)
+            .unwrap()
+            .message
+            .contains("nothing to retry"));
+
+        let c = config("a.test");
+        let e = domains_add(&store, &c, "a.test,b.test").unwrap_err();
+        assert!(matches!(e, OpError::Refused(_)));
+        assert!(e.to_string().contains("\"a.test\""), "{e}");
+        let e = domains_add(&store, &c, "x.test;y.test").unwrap_err();
+        assert!(e.to_string().contains("one certificate"), "{e}");
+        assert!(domains_add(&store, &c, "*.bad.test").is_err());
+        let d = domains_add(&store, &c, "B.test, www.b.test").unwrap();
+        assert!(d.reload);
+        assert_eq!(
+            store.added_domains().unwrap(),
+            vec![vec!["b.test".to_string(), "www.b.test".to_string()]]
+        );
+        assert!(domains_add(&store, &c, "b.test").is_err(), "added twice");
+        assert_eq!(
+            c.read_certificates(&store.added_domains().unwrap())
+                .unwrap()
+                .len(),
+            2
+        );
+        let e = domains_remove(&store, &c, "a.test").unwrap_err();
+        assert!(e.to_string().contains("DOMAINS"), "{e}");
+        assert!(matches!(
+            domains_remove(&store, &c, "zzz.test"),
+            Err(OpError::NotFound(_))
+        ));
+        domains_remove(&store, &c, "b.test").unwrap();
+        assert!(store.added_domains().unwrap().is_empty());
+    }
+}
