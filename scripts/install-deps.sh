@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local demo run, from Debian's packages, when missing:
-# pebble (+ pebble-challtestsrv), haproxy, openssl, curl, socat, systemd (systemd-analyze). Needs root (or sudo) for apt-get.
+# pebble (+ pebble-challtestsrv), haproxy, openssl, curl, socat, systemd (systemd-analyze),
+# certbot (the `import certbot` test imports what a real certbot run produced). Needs root (or sudo) for apt-get.
 # The Debian haproxy package's own system service is never used; if it was started by the
 # install, it is stopped so that it holds no ports.
 set -euo pipefail
 
 need=()
-for pair in pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd; do
+for pair in pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd certbot:certbot; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

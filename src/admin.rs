@@ -227,17 +227,34 @@ async fn route(shared: &Shared, req: Request<Incoming>, writable: bool) -> Respo
 
 /// `/healthz`: start-up done, the store takes writes, and the reconciler completes passes.
 fn health(shared: &Shared, now: i64) -> (bool, String) {
-    if !shared.ready.load(Ordering::Acquire) {
+    let ready = shared.ready.load(Ordering::Acquire);
+    // Only probe a store that is open for business.
+    let probe = if ready {
+        shared.store.probe_write(now).map_err(|e| e.to_string())
+    } else {
+        Ok(())
+    };
+    verdict(ready, probe, shared.last_pass.load(Ordering::Acquire), now)
+}
+
+/// The health verdict from its inputs (pure, for tests). `last_pass` 0: the reconciler has not
+/// started (it waits for HAProxy, which in compose waits for us to be healthy).
+fn verdict(ready: bool, probe: Result<(), String>, last_pass: i64, now: i64) -> (bool, String) {
+    if !ready {
         return (false, "starting".into());
     }
-    if let Err(e) = shared.store.probe_write(now) {
+    if let Err(e) = probe {
         return (false, format!("the store does not take writes: {e}"));
     }
-    match shared.last_pass.load(Ordering::Acquire) {
+    match last_pass {
         0 => (true, "ok (waiting for HAProxy's runtime API)".into()),
         t if now - t > crate::reconciler::STALL_AFTER => (
             false,
-            format!("the reconciler has not completed a pass for {}s", now - t),
+            format!(
+                "the reconciler has not completed a pass for {}s (expected every {}s)",
+                now - t,
+                crate::reconciler::HEARTBEAT.as_secs()
+            ),
         ),
         _ => (true, "ok".into()),
     }
@@ -326,5 +343,26 @@ pub async fn get(data_dir: &Path, path: &str) -> io::Result<Option<String>> {
             a.status,
             a.body.trim()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_fails_when_starting_unwritable_or_stalled() {
+        let now = 1_000_000;
+        assert_eq!(verdict(false, Ok(()), 0, now), (false, "starting".into()));
+        assert!(
+            verdict(true, Ok(()), 0, now).0,
+            "waiting for HAProxy is healthy"
+        );
+        assert_eq!(verdict(true, Ok(()), now - 5, now), (true, "ok".into()));
+        let (ok, why) = verdict(true, Err("No space left on device".into()), now, now);
+        assert!(!ok && why.contains("No space left"), "{why}");
+        let stalled = now - crate::reconciler::STALL_AFTER - 1;
+        let (ok, why) = verdict(true, Ok(()), stalled, now);
+        assert!(!ok && why.contains("has not completed a pass"), "{why}");
     }
 }

@@ -42,15 +42,22 @@ pub struct Found {
     pub lineages: Vec<Lineage>,
     /// Lineages that could not be read, with why.
     pub unreadable: Vec<String>,
-    /// What we found of certbot's accounts (not imported; see `read_certbot`).
-    pub accounts: Vec<String>,
+    /// certbot's accounts (reported, not imported; see `read_certbot`).
+    pub accounts: Vec<Account>,
+}
+
+/// A certbot account: its URL and its key's JWK type (the key itself is not read).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Account {
+    pub uri: String,
+    pub kty: String,
 }
 
 /// Reads the lineages of the certbot configuration directory `dir`.
 ///
 /// Accounts are reported, not imported: certbot's account keys are RSA JWKs and instant-acme
-/// signs with ECDSA P-256 only, so the daemon registers its own account (creating an account does
-/// not count against the certificate rate limits).
+/// loads only its own PKCS#8 ECDSA P-256 keys, so the daemon registers its own account (creating an
+/// account does not count against the certificate rate limits).
 pub fn read_certbot(dir: &Path) -> Result<Found, String> {
     let renewal = dir.join("renewal");
     let entries = std::fs::read_dir(&renewal).map_err(|e| {
@@ -96,27 +103,29 @@ pub fn read_certbot(dir: &Path) -> Result<Found, String> {
             (Err(e), _) | (_, Err(e)) => found.unreadable.push(e),
         }
     }
-    if let Ok(hosts) = std::fs::read_dir(dir.join("accounts")) {
-        for host in hosts.filter_map(Result::ok) {
-            let Ok(dirs) = std::fs::read_dir(host.path().join("directory")) else {
-                continue;
-            };
-            for acct in dirs.filter_map(Result::ok) {
-                let uri = std::fs::read_to_string(acct.path().join("regr.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    // accounts/<host>/<directory path...>/<account id>/{regr.json,private_key.json}
+    let mut stack = vec![(dir.join("accounts"), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let p = e.path();
+            if p.join("regr.json").is_file() {
+                let json = |f: &str| {
+                    std::fs::read_to_string(p.join(f))
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                };
+                let uri = json("regr.json")
                     .and_then(|v| v["uri"].as_str().map(String::from))
-                    .unwrap_or_else(|| "(no regr.json)".into());
-                let kty = std::fs::read_to_string(acct.path().join("private_key.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .unwrap_or_else(|| "(no uri)".into());
+                let kty = json("private_key.json")
                     .and_then(|v| v["kty"].as_str().map(String::from))
-                    .unwrap_or_else(|| "?".into());
-                found.accounts.push(format!(
-                    "{} ({kty} key on {})",
-                    uri,
-                    host.file_name().to_string_lossy()
-                ));
+                    .unwrap_or_else(|| "unknown".into());
+                found.accounts.push(Account { uri, kty });
+            } else if p.is_dir() && depth < 6 {
+                stack.push((p, depth + 1));
             }
         }
     }
@@ -159,8 +168,10 @@ pub fn adopt(
     }
     for a in &found.accounts {
         lines.push(format!(
-            "account {a}: not imported (instant-acme signs with ECDSA P-256 keys only); a new \
-             account is registered on first use, which costs no certificate rate limit"
+            "certbot account {} ({} key): not imported, instant-acme signs with ECDSA P-256 account \
+             keys of its own; a new account is registered on first use (that costs no certificate \
+             rate limit)",
+            a.uri, a.kty
         ));
     }
     lines.push(format!(

@@ -169,7 +169,7 @@ impl Metrics {
             if let Some(c) = &r.cert {
                 expiry.get_or_create(&name()).set(c.not_after);
             }
-            if let Some(t) = r.renew_at {
+            if let Some(t) = r.renew_at.filter(|_| !r.unconfigured) {
                 renewal.get_or_create(&name()).set(t);
             }
             let served = r.is_installed() && r.cert.as_ref().is_some_and(|c| c.not_after > now);

@@ -260,6 +260,11 @@ pub fn sync_specs(
         }
         wanted.push(new);
     }
+    // Those no longer listed are marked (status, dump and metrics say they are not renewed).
+    for old in stored.values().filter(|r| !r.unconfigured) {
+        let (new, _) = apply(old, Event::Unconfigured, now);
+        changed.push(new);
+    }
     shared.store.put_many(&changed)?;
     for r in &wanted {
         sync_tokens(&shared.tokens, None, Some(r));

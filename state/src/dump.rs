@@ -42,6 +42,8 @@ pub struct CertView {
     pub installed: bool,
     pub order_url: Option<String>,
     pub last_error: Option<ErrorView>,
+    /// False once the configuration no longer lists it: kept and served, not renewed.
+    pub configured: bool,
     /// The last run of the deploy hook, when one is configured.
     pub deploy_hook: Option<HookView>,
     pub updated_at: String,
@@ -107,6 +109,7 @@ impl CertView {
             installed: r.is_installed(),
             order_url: r.order.as_ref().map(|o| o.url.clone()),
             last_error: r.failure.as_ref().map(error_view),
+            configured: !r.unconfigured,
             deploy_hook: r.hook.as_ref().map(|h| HookView {
                 fingerprint: h.fingerprint.clone(),
                 ok: h.error.is_none(),
@@ -203,6 +206,7 @@ pub fn status_table<'a>(
                 }
             });
             let renews = match (r.phase, r.renew_at) {
+                _ if r.unconfigured => "never (not configured)".into(),
                 (Phase::Issued, Some(t)) if t > now => human(t - now),
                 (Phase::Issued, Some(_)) | (Phase::Expiring, _) => "now".into(),
                 (Phase::Pending | Phase::Validating, _) => "-".into(),

@@ -224,6 +224,10 @@ pub struct Record {
     #[serde(default)]
     pub ari_check_at: Option<UnixTime>,
     pub failure: Option<Failure>,
+    /// True when the configuration no longer lists the certificate: it is kept (and served)
+    /// but not renewed, unless it is configured again.
+    #[serde(default)]
+    pub unconfigured: bool,
     /// Whether a deploy hook is configured (it runs once for each installed certificate).
     #[serde(default)]
     pub deploy_hook: bool,
@@ -251,6 +255,7 @@ impl Record {
             ari_window: None,
             ari_check_at: None,
             failure: None,
+            unconfigured: false,
             deploy_hook: false,
             hook: None,
             created_at: now,

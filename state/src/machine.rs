@@ -66,6 +66,8 @@ pub enum Event {
     },
     /// Time passed: an issued certificate whose renewal time has come becomes `Expiring`.
     Tick,
+    /// The configuration no longer lists the certificate: keep it, renew it no more.
+    Unconfigured,
     /// An operator asked to renew now (`renew --force`): a new certificate is ordered even though
     /// the current one is not due, and any recorded failure is cleared.
     ForceRenew,
@@ -119,6 +121,7 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
             deploy_hook,
         } => {
             r.deploy_hook = deploy_hook;
+            r.unconfigured = false;
             // A record that never had a CA (just created) takes this one without re-issuing; a
             // change of CA (staging to production, say) re-issues: the certificate and any order
             // in flight belong to the other CA.
@@ -225,6 +228,9 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
                 r.phase = Phase::Expiring;
             }
         }
+        Event::Unconfigured => {
+            r.unconfigured = true;
+        }
         Event::Retry => {
             r.failure = None;
             if r.hook.as_ref().is_some_and(|h| h.error.is_some()) {
@@ -264,6 +270,9 @@ fn restart_issuance(r: &mut Record) {
 /// What to do next for `record` at `now`. Installing a stored certificate comes first, so a
 /// renewal never delays serving a certificate we already have.
 pub fn plan(r: &Record, now: UnixTime) -> Plan {
+    if r.unconfigured {
+        return Plan::Idle;
+    }
     if let Some(f) = &r.failure {
         match f.next_attempt_at {
             None => return Plan::Idle,
@@ -870,5 +879,32 @@ mod tests {
         let (r, actions) = apply(&r, Event::Retry, T0 + 100);
         assert!(r.failure.is_none());
         assert_eq!(actions, vec![Action::CreateOrder]);
+    }
+
+    #[test]
+    fn an_unconfigured_certificate_is_kept_but_not_renewed_until_configured_again() {
+        let r = issued("f1");
+        let due = r.renew_at.unwrap() + 1;
+        let (r, actions) = apply(&r, Event::Unconfigured, T0);
+        assert!(actions.is_empty());
+        assert!(r.cert.is_some() && r.is_installed(), "kept");
+        assert_eq!(plan(&r, due), Plan::Idle, "not renewed");
+        let (r, actions) = apply(
+            &r,
+            Event::Configured {
+                names: r.names.clone(),
+                key_type: r.key_type,
+                acme_directory: String::new(),
+                deploy_hook: false,
+            },
+            due,
+        );
+        assert!(!r.unconfigured);
+        assert!(
+            actions.is_empty(),
+            "the same certificate again: no re-issue"
+        );
+        let (_, actions) = apply(&r, Event::Tick, due);
+        assert_eq!(actions, vec![Action::CreateOrder], "renewed again when due");
     }
 }

@@ -25,6 +25,8 @@ fn require_programs() {
         "haproxy",
         "openssl",
         "curl",
+        // The `import certbot` test imports what a real certbot run produced.
+        "certbot",
     ]
     .into_iter()
     .filter(|p| {
@@ -40,7 +42,7 @@ fn require_programs() {
     );
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -394,13 +396,57 @@ impl Env {
 
     /// Runs a CLI command of the daemon's binary with the daemon's environment.
     pub fn cli(&self, domains: &str, args: &[&str]) -> Output {
+        self.cli_with(domains, &[], args)
+    }
+
+    /// Runs a CLI command with some variables of `daemon_env` overridden.
+    pub fn cli_with(&self, domains: &str, overrides: &[(&str, &str)], args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.daemon_env(domains))
+            .envs(overrides.iter().copied())
             .output()
             .unwrap()
+    }
+
+    /// Runs certbot 2 (Debian's package) against this pebble: `certonly --standalone` on the
+    /// responder's port, where HAProxy sends validation traffic. Returns its config directory.
+    pub fn certbot(&self, names: &[&str]) -> PathBuf {
+        let base = self.dir.path().join("certbot");
+        let mut cmd = Command::new("certbot");
+        cmd.args([
+            "certonly",
+            "--non-interactive",
+            "--agree-tos",
+            "--register-unsafely-without-email",
+            "--standalone",
+            "--http-01-address",
+            "127.0.0.1",
+            "--http-01-port",
+            &self.responder_port.to_string(),
+            "--server",
+            &self.directory_url(),
+        ])
+        .arg("--config-dir")
+        .arg(base.join("config"))
+        .arg("--work-dir")
+        .arg(base.join("work"))
+        .arg("--logs-dir")
+        .arg(base.join("logs"))
+        .env("REQUESTS_CA_BUNDLE", &self.listener_ca);
+        for n in names {
+            cmd.args(["-d", n]);
+        }
+        let out = cmd.output().expect("run certbot");
+        assert!(
+            out.status.success(),
+            "certbot failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        base.join("config")
     }
 
     /// Connects to HAProxy's TLS frontend with `name` as SNI and verifies the chain against
