@@ -264,7 +264,7 @@ fn verdict(ready: bool, probe: Result<(), String>, last_pass: i64, now: i64) -> 
 fn done(shared: &Shared, result: Result<ops::Done, ops::OpError>) -> Response<Full<Bytes>> {
     match result {
         Ok(d) => {
-            if let Some(id) = d.wake {
+            for id in d.wake {
                 shared.wake(id);
             }
             if d.reload {

@@ -152,11 +152,11 @@ pub fn adopt(
     let added = store.added_domains()?;
     let wanted: Vec<CertSpec> = config.read_certificates(&added).unwrap_or_default();
     let mut lines = Vec::new();
-    let mut imported = 0;
+    let mut imported = Vec::new();
     for l in &found.lineages {
         match adopt_one(store, config, &wanted, l, now) {
-            Ok(line) => {
-                imported += 1;
+            Ok((id, line)) => {
+                imported.push(id);
                 lines.push(line);
             }
             Err(OpError::Refused(why)) => lines.push(format!("skipped {}: {why}", l.name)),
@@ -175,13 +175,15 @@ pub fn adopt(
         ));
     }
     lines.push(format!(
-        "{imported} of {} certificates imported",
+        "{} of {} certificates imported",
+        imported.len(),
         found.lineages.len() + found.unreadable.len()
     ));
+    // A running daemon installs the imported certificates at once.
     Ok(Done {
         message: lines.join("\n"),
-        wake: None,
-        reload: imported > 0,
+        wake: imported,
+        reload: false,
     })
 }
 
@@ -191,7 +193,7 @@ fn adopt_one(
     wanted: &[CertSpec],
     l: &Lineage,
     now: UnixTime,
-) -> Result<String, OpError> {
+) -> Result<(String, String), OpError> {
     let refused = |why: String| OpError::Refused(why);
     let leaf = pki::leaf(&l.fullchain_pem).map_err(|e| refused(e.to_string()))?;
     if !leaf
@@ -293,7 +295,7 @@ fn adopt_one(
     if !warnings.is_empty() {
         line = format!("{line}\n  warning: {}", warnings.join("\n  warning: "));
     }
-    Ok(line)
+    Ok((id, line))
 }
 
 #[cfg(test)]

@@ -212,7 +212,7 @@ fn command(
     match offline(&store, config) {
         Ok(done) => {
             println!("{}", done.message);
-            if done.wake.is_some() || done.reload {
+            if !done.wake.is_empty() || done.reload {
                 println!("(no daemon runs: this takes effect when it starts)");
             }
             Ok(())

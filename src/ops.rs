@@ -23,11 +23,11 @@ pub enum OpError {
 }
 
 /// What a command did: a message for the operator, and whether a certificate should be looked at
-/// now (`Some(id)`) or the wanted set re-read (`reload`).
+/// now (`wake`) or the wanted set re-read (`reload`).
 #[derive(Debug, Default)]
 pub struct Done {
     pub message: String,
-    pub wake: Option<String>,
+    pub wake: Vec<String>,
     pub reload: bool,
 }
 
@@ -72,7 +72,7 @@ pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done
         };
         return Ok(Done {
             message,
-            wake: Some(id.to_string()),
+            wake: vec![id.to_string()],
             reload: false,
         });
     }
@@ -102,7 +102,7 @@ pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done
     };
     Ok(Done {
         message,
-        wake: Some(id.to_string()),
+        wake: vec![id.to_string()],
         reload: false,
     })
 }
@@ -115,7 +115,7 @@ pub fn retry(store: &Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
     if before.failure.is_none() && hook_failed.is_none() {
         return Ok(Done {
             message: format!("{id}: no failure recorded; nothing to retry"),
-            wake: None,
+            wake: Vec::new(),
             reload: false,
         });
     }
@@ -134,7 +134,7 @@ pub fn retry(store: &Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
     }
     Ok(Done {
         message: format!("{id}: {}; trying now", what.join("; ")),
-        wake: Some(id.to_string()),
+        wake: vec![id.to_string()],
         reload: false,
     })
 }
@@ -163,7 +163,7 @@ pub fn domains_add(store: &Store, config: &Config, spec: &str) -> Result<Done, O
     store.put_added_domains(&added)?;
     Ok(Done {
         message: format!("added certificate {} ({})", new.id, new.names.join(", ")),
-        wake: None,
+        wake: Vec::new(),
         reload: true,
     })
 }
@@ -198,7 +198,7 @@ pub fn domains_remove(store: &Store, config: &Config, id: &str) -> Result<Done, 
     };
     Ok(Done {
         message: format!("removed certificate {id}; {kept}"),
-        wake: None,
+        wake: Vec::new(),
         reload: true,
     })
 }
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Issued);
         let d = renew(&store, "a.test", true, now).unwrap();
         assert!(d.message.contains("renewing now"), "{}", d.message);
-        assert_eq!(d.wake.as_deref(), Some("a.test"));
+        assert_eq!(d.wake, vec!["a.test".to_string()]);
         assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Expiring);
 
         assert!(retry(&store, "a.test", now)

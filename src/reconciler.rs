@@ -65,6 +65,8 @@ pub struct Shared {
     pub reload: Arc<watch::Sender<u64>>,
     /// Look at this certificate now (operator commands).
     wake: mpsc::UnboundedSender<String>,
+    /// Re-read the wanted certificates now, without waiting for a writer to settle.
+    reload_now: tokio::sync::Notify,
     /// When the order in flight of a certificate was created, for the issuance-duration metric
     /// (in memory: an issuance resumed after a restart is timed from the restart).
     order_started: std::sync::Mutex<HashMap<String, std::time::Instant>>,
@@ -90,6 +92,7 @@ impl Shared {
             last_pass: std::sync::atomic::AtomicI64::new(0),
             reload,
             wake,
+            reload_now: tokio::sync::Notify::new(),
             order_started: std::sync::Mutex::new(HashMap::new()),
         };
         (shared, woken)
@@ -100,9 +103,9 @@ impl Shared {
         let _ = self.wake.send(id);
     }
 
-    /// Asks the reconciler to re-read the wanted certificates.
+    /// Asks the reconciler to re-read the wanted certificates now (the store changed).
     pub fn request_reload(&self) {
-        self.reload.send_modify(|n| *n = n.wrapping_add(1));
+        self.reload_now.notify_one();
     }
 
     /// The certificates wanted now: DOMAINS, DOMAINS_FILE, and those added at runtime.
@@ -390,6 +393,7 @@ pub async fn run(
             _ => HEARTBEAT,
         }
         .min(HEARTBEAT);
+        let mut reread = false;
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
@@ -421,48 +425,55 @@ pub async fn run(
                 // Editors and ConfigMaps write in several steps: let them finish.
                 tokio::time::sleep(RELOAD_SETTLE).await;
                 reload.borrow_and_update();
-                let specs = match shared.wanted_specs() {
-                    Ok(specs) => specs,
-                    Err(errors) => {
-                        for e in errors {
-                            tracing::error!("configuration change refused, the running configuration stays: {e}");
-                        }
-                        continue;
+                reread = true;
+            }
+            // `domains add/remove`: the store is already written, no need to wait.
+            _ = shared.reload_now.notified() => reread = true,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if reread {
+            let specs = match shared.wanted_specs() {
+                Ok(specs) => specs,
+                Err(errors) => {
+                    for e in errors {
+                        tracing::error!(
+                            "configuration change refused, the running configuration stays: {e}"
+                        );
                     }
-                };
-                if digest(&specs) == applied {
-                    tracing::debug!("configuration re-read: unchanged");
                     continue;
                 }
-                let (records, gone) = match sync_specs(&shared, &specs) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "configuration change not applied (store error)");
-                        continue;
-                    }
-                };
-                tracing::info!(certificates = records.len(), "configuration reloaded");
-                applied = digest(&specs);
-                for id in &gone {
-                    if wanted.remove(id) {
-                        schedule.remove(id);
-                        tracing::info!(cert = %id, prune = shared.config.prune, "removed from the configuration: no longer renewed");
-                        if shared.config.prune {
-                            if in_flight.contains(id) {
-                                prune_when_done.insert(id.clone());
-                            } else {
-                                prune(&shared, id).await;
-                            }
+            };
+            if digest(&specs) == applied {
+                tracing::debug!("configuration re-read: unchanged");
+                continue;
+            }
+            let (records, gone) = match sync_specs(&shared, &specs) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration change not applied (store error)");
+                    continue;
+                }
+            };
+            tracing::info!(certificates = records.len(), "configuration reloaded");
+            applied = digest(&specs);
+            for id in &gone {
+                if wanted.remove(id) {
+                    schedule.remove(id);
+                    tracing::info!(cert = %id, prune = shared.config.prune, "removed from the configuration: no longer renewed");
+                    if shared.config.prune {
+                        if in_flight.contains(id) {
+                            prune_when_done.insert(id.clone());
+                        } else {
+                            prune(&shared, id).await;
                         }
                     }
                 }
-                for r in &records {
-                    prune_when_done.remove(&r.id);
-                    wanted.insert(r.id.clone());
-                }
-                schedule_records(&mut schedule, records, unix_now());
             }
-            _ = tokio::time::sleep(wait) => {}
+            for r in &records {
+                prune_when_done.remove(&r.id);
+                wanted.insert(r.id.clone());
+            }
+            schedule_records(&mut schedule, records, unix_now());
         }
     }
     tracing::info!(

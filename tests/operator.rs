@@ -298,7 +298,9 @@ fn import_certbot_adopts_its_certificates_without_a_new_issuance() {
     let root = env.issuer_root();
     let names = ["cb.example.test", "www.cb.example.test"];
     let certbot_dir = env.certbot(&names);
-    assert_eq!(env.pebble_finalizes(), 1, "certbot's one issuance");
+    // A second certbot directory, imported later through the running daemon.
+    let certbot_dir2 = env.certbot(&["cb2.example.test"]);
+    assert_eq!(env.pebble_finalizes(), 2, "certbot's two issuances");
     let live = certbot_dir.join("live/cb.example.test/cert.pem");
     let out = Command::new("openssl")
         .args(["x509", "-noout", "-serial", "-in"])
@@ -356,10 +358,6 @@ fn import_certbot_adopts_its_certificates_without_a_new_issuance() {
         certbot_serial.trim_start_matches('0'),
         "HAProxy serves certbot's certificate"
     );
-    // Let the daemon settle, then count: no order, no finalize beyond certbot's own.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(env.pebble_new_orders(), 1, "no new order");
-    assert_eq!(env.pebble_finalizes(), 1, "no new issuance");
 
     // Through the running daemon: importing again changes nothing.
     let out = env.cli(domains, &["import", "certbot", &dir]);
@@ -369,5 +367,25 @@ fn import_certbot_adopts_its_certificates_without_a_new_issuance() {
         "{}",
         text(&out)
     );
+    // A lineage that is not configured is imported through the daemon with a warning, and is
+    // installed (not re-issued) once `domains add` asks for it.
+    let dir2 = certbot_dir2.display().to_string();
+    let out = env.cli(domains, &["import", "certbot", &dir2]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("imported cb2.example.test") && text(&out).contains("not configured"),
+        "{}",
+        text(&out)
+    );
+    let out = env.cli(domains, &["domains", "add", "cb2.example.test"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("the second import served", Duration::from_secs(10), || {
+        daemon.assert_running();
+        env.served_and_valid("cb2.example.test", &root).is_some()
+    });
+    // Let the daemon settle, then count: no order, no finalize beyond certbot's own.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(env.pebble_new_orders(), 2, "no new order");
+    assert_eq!(env.pebble_finalizes(), 2, "no new issuance");
     assert!(daemon.terminate().success());
 }

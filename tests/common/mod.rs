@@ -412,9 +412,10 @@ impl Env {
     }
 
     /// Runs certbot 2 (Debian's package) against this pebble: `certonly --standalone` on the
-    /// responder's port, where HAProxy sends validation traffic. Returns its config directory.
+    /// responder's port, where HAProxy sends validation traffic. Returns its config directory (one
+    /// per first name).
     pub fn certbot(&self, names: &[&str]) -> PathBuf {
-        let base = self.dir.path().join("certbot");
+        let base = self.dir.path().join(format!("certbot-{}", names[0]));
         let mut cmd = Command::new("certbot");
         cmd.args([
             "certonly",
@@ -523,6 +524,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
