@@ -186,9 +186,10 @@ impl Bench {
     fn start_us(&self, base: &str) -> Daemon {
         self.write_domains(&[base.to_string()]);
         let file = self.domains_file().display().to_string();
+        let level = std::env::var("BENCH_DAEMON_LOG").unwrap_or_else(|_| "info".into());
         let mut d = self
             .env
-            .start_daemon_with("", &[("DOMAINS_FILE", &file), ("RUST_LOG", "info")]);
+            .start_daemon_with("", &[("DOMAINS_FILE", &file), ("RUST_LOG", &level)]);
         self.daemon_ready(&mut d);
         let t0 = Instant::now();
         self.prober
@@ -458,7 +459,9 @@ fn main() {
             let t0 = Instant::now();
             let out = b.env.cli("", &["domains", "add", &name]);
             assert!(out.status.success(), "{out:?}");
-            let t = b.prober.wait_all(&[name], t0, Duration::from_secs(60));
+            let t = b
+                .prober
+                .wait_all(std::slice::from_ref(&name), t0, Duration::from_secs(60));
             b.push(
                 "1 one new domain, time to served",
                 "haproxy-acme",
@@ -466,6 +469,12 @@ fn main() {
                 t,
                 "",
             );
+            if std::env::var_os("BENCH_DAEMON_LOG").is_some() {
+                // Where the time went, for profiling: the daemon's lines from the command on.
+                let log = d.log_text();
+                let from = log.rfind("configuration reloaded").unwrap_or(0);
+                eprintln!("BENCH daemon log for {name}:\n{}", &log[from..]);
+            }
             d.terminate();
             for peer in peers {
                 let web = (peer == "uacme").then(|| b.webroot_server());
