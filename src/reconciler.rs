@@ -61,7 +61,8 @@ pub struct Shared {
     /// When the reconciler last completed a pass (0: not started; it starts once HAProxy's
     /// runtime API answers).
     pub last_pass: std::sync::atomic::AtomicI64,
-    /// Re-read the wanted certificates (bumped by SIGHUP, DOMAINS_FILE and `domains` commands).
+    /// The reload channel SIGHUP and DOMAINS_FILE changes bump (`domains` commands use
+    /// `reload_now` instead: the store is already written, nothing to wait for).
     pub reload: Arc<watch::Sender<u64>>,
     /// Look at this certificate now (operator commands).
     wake: mpsc::UnboundedSender<String>,
