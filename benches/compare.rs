@@ -407,7 +407,12 @@ impl Bench {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is taken from the command line.
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and must not start a
+    // 25-minute run that rewrites BENCHMARKS.md.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("benches/compare.rs is a benchmark: run `bash scripts/bench.sh`");
+        return;
+    }
     let scenarios: Vec<String> = std::env::var("BENCH_SCENARIOS")
         .unwrap_or_else(|_| "1,2,3,4,5,6".into())
         .split(',')
