@@ -632,7 +632,6 @@ fn drop_child(mut c: Child) {
 /// Scenario 3: records written through the store's own API, shaped like issued certificates.
 fn scale(b: &mut Bench, n: usize) {
     use haproxy_acme::store::Store;
-    use haproxy_acme_state::{apply, CertMeta, Event, KeyType, Record};
     let dir = b.work.join("scale");
     let data = dir.join("data");
     std::fs::create_dir_all(&dir).unwrap();
@@ -641,40 +640,7 @@ fn scale(b: &mut Bench, n: usize) {
         .unwrap()
         .as_secs() as i64;
     let directory = "https://127.0.0.1:9/dir";
-    let mut lines = String::new();
-    let mut records = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("s{i}.example.test");
-        let r = Record::new(
-            vec![id.clone(), format!("www.{id}")],
-            KeyType::EcdsaP256,
-            now,
-        );
-        let (r, _) = apply(
-            &r,
-            Event::Configured {
-                names: r.names.clone(),
-                key_type: r.key_type,
-                acme_directory: directory.into(),
-                deploy_hook: false,
-            },
-            now,
-        );
-        let not_before = now - 86_400 * (i as i64 % 30);
-        let fingerprint = format!("{i:064x}");
-        let meta = CertMeta {
-            serial: format!("{:016X}", i as u64 * 7919 + 1),
-            not_before,
-            not_after: not_before + 90 * 86_400,
-            fingerprint: fingerprint.clone(),
-            issued_at: not_before,
-        };
-        let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
-        let (r, _) = apply(&r, Event::Installed { fingerprint }, now);
-        let (r, _) = apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now);
-        lines.push_str(&format!("{},{}\n", r.names[0], r.names[1]));
-        records.push(r);
-    }
+    let (records, lines) = common::issued_records(n, directory, now);
     Store::open(&data).unwrap().put_many(&records).unwrap();
     drop(records);
     let file = dir.join("domains.txt");

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::{wait_until, BIN};
 use haproxy_acme::store::Store;
-use haproxy_acme_state::{CertMeta, Event, KeyType, Record};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -39,49 +38,7 @@ fn a_hundred_thousand_issued_certificates_start_fast_and_stay_idle() {
         .as_secs() as i64;
 
     let seeding = Instant::now();
-    let mut names = String::with_capacity(n * 32);
-    let mut records = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("s{i}.example.test");
-        let r = Record::new(
-            vec![id.clone(), format!("www.{id}")],
-            KeyType::EcdsaP256,
-            now - 86_400,
-        );
-        let (r, _) = haproxy_acme_state::apply(
-            &r,
-            Event::Configured {
-                names: r.names.clone(),
-                key_type: r.key_type,
-                acme_directory: directory.into(),
-                deploy_hook: false,
-            },
-            now,
-        );
-        let (r, _) = haproxy_acme_state::apply(
-            &r,
-            Event::OrderCreated {
-                url: format!("https://ca/order/{i}"),
-            },
-            now,
-        );
-        let fingerprint = format!("{i:064x}");
-        let not_before = now - 86_400 * (i as i64 % 30);
-        let meta = CertMeta {
-            serial: format!("{:016X}", i as u64 * 7919 + 1),
-            not_before,
-            not_after: not_before + 90 * 86_400,
-            fingerprint: fingerprint.clone(),
-            issued_at: not_before,
-        };
-        let (r, _) = haproxy_acme_state::apply(&r, Event::CertificateStored { meta }, now);
-        let (r, _) = haproxy_acme_state::apply(&r, Event::Installed { fingerprint }, now);
-        // As with a CA that offers no renewal information (the lifetime rule decides).
-        let (r, _) =
-            haproxy_acme_state::apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now);
-        names.push_str(&format!("{},{}\n", r.names[0], r.names[1]));
-        records.push(r);
-    }
+    let (records, names) = common::issued_records(n, directory, now);
     {
         let store = Store::open(&data).unwrap();
         store.put_many(&records).unwrap();

@@ -584,3 +584,55 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// `n` records shaped like issued, installed certificates from `directory` (a CA without renewal
+/// information), and the DOMAINS_FILE that wants them: the scale test's and the benchmark's data.
+pub fn issued_records(
+    n: usize,
+    directory: &str,
+    now: i64,
+) -> (Vec<haproxy_acme_state::Record>, String) {
+    use haproxy_acme_state::{apply, CertMeta, Event, KeyType, Record};
+    let mut names = String::with_capacity(n * 32);
+    let mut records = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("s{i}.example.test");
+        let r = Record::new(
+            vec![id.clone(), format!("www.{id}")],
+            KeyType::EcdsaP256,
+            now - 86_400,
+        );
+        let (r, _) = apply(
+            &r,
+            Event::Configured {
+                names: r.names.clone(),
+                key_type: r.key_type,
+                acme_directory: directory.into(),
+                deploy_hook: false,
+            },
+            now,
+        );
+        let (r, _) = apply(
+            &r,
+            Event::OrderCreated {
+                url: format!("https://ca/order/{i}"),
+            },
+            now,
+        );
+        let fingerprint = format!("{i:064x}");
+        let not_before = now - 86_400 * (i as i64 % 30);
+        let meta = CertMeta {
+            serial: format!("{:016X}", i as u64 * 7919 + 1),
+            not_before,
+            not_after: not_before + 90 * 86_400,
+            fingerprint: fingerprint.clone(),
+            issued_at: not_before,
+        };
+        let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
+        let (r, _) = apply(&r, Event::Installed { fingerprint }, now);
+        let (r, _) = apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now);
+        names.push_str(&format!("{},{}\n", r.names[0], r.names[1]));
+        records.push(r);
+    }
+    (records, names)
+}
