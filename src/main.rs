@@ -191,15 +191,7 @@ fn command(
             )
         })?;
     if let Some(a) = answer {
-        return match a.status.as_u16() {
-            200..=299 => {
-                print!("{}", a.body);
-                Ok(())
-            }
-            404 => Err(Exit(3, a.body).into()),
-            400 | 409 => Err(Exit(2, a.body).into()),
-            _ => anyhow::bail!("the daemon answered {}: {}", a.status, a.body.trim()),
-        };
+        return print_answer(a);
     }
     let store = match Store::open(&config.data_dir) {
         Err(StoreError::Locked(dir)) => anyhow::bail!(
@@ -220,6 +212,19 @@ fn command(
         Err(OpError::NotFound(m)) => Err(Exit(3, m).into()),
         Err(OpError::Refused(m)) => Err(Exit(2, m).into()),
         Err(OpError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// Prints a daemon's answer, or turns it into the error with the matching exit code.
+fn print_answer(a: admin::Answer) -> anyhow::Result<()> {
+    match a.status.as_u16() {
+        200..=299 => {
+            print!("{}", a.body);
+            Ok(())
+        }
+        404 => Err(Exit(3, a.body).into()),
+        400 | 409 => Err(Exit(2, a.body).into()),
+        _ => anyhow::bail!("the daemon answered {}: {}", a.status, a.body.trim()),
     }
 }
 
@@ -257,14 +262,7 @@ async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
             )
         })?
     {
-        return match a.status.as_u16() {
-            200 => {
-                print!("{}", a.body);
-                Ok(())
-            }
-            404 => Err(Exit(3, a.body).into()),
-            _ => anyhow::bail!("the daemon answered {}: {}", a.status, a.body.trim()),
-        };
+        return print_answer(a);
     }
     let text = from_daemon_or_store(config, None, |s| {
         admin::dump_json(s, id).map(|d| d.unwrap_or_default())
