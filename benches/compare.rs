@@ -810,13 +810,18 @@ fn installs(b: &mut Bench, n: usize) {
     let t0 = Instant::now();
     let _ = b.env.master("reload");
     wait_until("HAProxy reloaded", Duration::from_secs(600), || {
-        b.env.haproxy_reloads() > reloads0
-            && b.env
-                .master("show proc")
-                .lines()
-                .filter(|l| l.split_whitespace().nth(1) == Some("worker"))
-                .count()
-                == 1
+        // The master CLI does not answer while the master re-executes itself.
+        let out = b.env.master("show proc");
+        let field = |l: &str, i| l.split_whitespace().nth(i).map(str::to_string);
+        let reloads = out
+            .lines()
+            .find(|l| field(l, 1).as_deref() == Some("master"))
+            .and_then(|l| field(l, 2)?.parse::<u32>().ok());
+        let workers = out
+            .lines()
+            .filter(|l| field(l, 1).as_deref() == Some("worker"))
+            .count();
+        reloads.is_some_and(|r| r > reloads0) && workers == 1
     });
     let reload = t0.elapsed().as_secs_f64();
     let rss = worker_rss(&b.env);
