@@ -695,11 +695,11 @@ fn scale(b: &mut Bench, n: usize) {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(f64::NAN);
         b.push(
-            &format!("3 scale, {n} records: reconciler pass over all (nothing due)"),
+            &format!("3 scale, {n} records: start-up schedule from every record's plan"),
             "haproxy-acme",
             "ms",
             ms,
-            "the start-up pass; an idle wake-up is one BTreeSet lookup",
+            "part of start-up; later wake-ups look at the earliest due time only",
         );
         std::thread::sleep(Duration::from_secs(2));
         b.push(
@@ -708,6 +708,56 @@ fn scale(b: &mut Bench, n: usize) {
             "MiB",
             rss_kib(child.id()) as f64 / 1024.0,
             "",
+        );
+        // Idle: a heartbeat pass every 30 s, nothing due; the CPU it all costs.
+        let pid = child.id();
+        let c0 = cpu_ticks(pid);
+        std::thread::sleep(Duration::from_secs(35));
+        b.push(
+            &format!("3 scale, {n} records: CPU while idle for 35 s (a heartbeat pass)"),
+            "haproxy-acme",
+            "ms",
+            (cpu_ticks(pid) - c0) as f64 * 10.0,
+            "",
+        );
+        // A pass over every certificate: the configuration re-read (SIGHUP), unchanged, then
+        // with one certificate added (one store scan, one record written).
+        let logged_ms = |what: &str, count: usize| -> f64 {
+            wait_until(what, Duration::from_secs(120), || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .matches(what)
+                    .count()
+                    >= count
+            });
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(what))
+                .nth(count - 1)
+                .and_then(|l| l.split("ms=").nth(1))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+        b.push(
+            &format!("3 scale, {n} records: configuration re-read, unchanged (SIGHUP)"),
+            "haproxy-acme",
+            "ms",
+            logged_ms("configuration re-read: unchanged", 1),
+            "reads and checks DOMAINS_FILE; nothing due, nothing written",
+        );
+        let mut lines = std::fs::read_to_string(&file).unwrap();
+        lines.push_str(&format!("added-{}.example.test\n", pid));
+        std::fs::write(&file, lines).unwrap();
+        b.push(
+            &format!("3 scale, {n} records: configuration re-read, one certificate added"),
+            "haproxy-acme",
+            "ms",
+            logged_ms("configuration reloaded", 1),
+            "plus one scan of every record",
         );
         let t0 = Instant::now();
         let out = Command::new(BIN)

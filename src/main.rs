@@ -376,6 +376,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(a) => tracing::info!(runtime_api = %a, "installing through HAProxy's runtime API"),
         None => tracing::info!("HAPROXY_RUNTIME_API unset: writing certificate files only"),
     }
+    // Read again just below, with the certificates added at runtime; not kept twice (100,000
+    // certificates are ~25 MiB of names).
+    let mut config = config;
+    config.certificates = Vec::new();
     let (shared, woken) = Shared::new(config, store, installer, tokens, reload_tx.clone());
     let shared = Arc::new(shared);
     // DOMAINS and DOMAINS_FILE, and the certificates added at runtime (kept in the store).
@@ -388,11 +392,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             return Err(Exit(2, haproxy_acme::config::ConfigError(errors).to_string()).into())
         }
     };
-    let (records, unwanted) = reconciler::sync_specs(&shared, &specs)?;
+    let (wanted, unwanted) = reconciler::sync_specs(&shared, &specs)?;
     shared
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
-    tracing::info!(certificates = records.len(), directory = %shared.config.acme_directory, "store in line with the configuration");
+    tracing::info!(certificates = wanted.len(), directory = %shared.config.acme_directory, "store in line with the configuration");
     // Held for the daemon's lifetime: dropping it stops the watch.
     let _watcher = match &shared.config.domains_file {
         Some(file) => Some(
@@ -417,8 +421,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     reconciler::run(
         shared.clone(),
-        &specs,
-        records,
+        specs,
+        wanted,
         unwanted,
         shutdown,
         reload,

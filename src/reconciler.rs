@@ -221,84 +221,120 @@ fn sync_tokens(tokens: &Tokens, old: Option<&Record>, new: Option<&Record>) {
 
 /// Brings the store in line with the wanted certificates (at start and after a configuration
 /// change): new certificates get a record, changed ones an event, and the responder gets every
-/// published challenge back. Returns the wanted records and the stored ids no longer wanted.
+/// published challenge back. Returns when each wanted certificate is due and the stored ids no
+/// longer wanted (in id order).
 /// Changed records are written in one batch (one flush), so a start with many new certificates
 /// is not one fsync each.
 pub fn sync_specs(
     shared: &Shared,
     specs: &[CertSpec],
-) -> Result<(Vec<Record>, Vec<String>), StoreError> {
+) -> Result<(Vec<Wanted>, Vec<String>), StoreError> {
     let now = unix_now();
     let _guard = shared.store.lock_records();
-    // One pass over the store.
-    let mut stored: HashMap<String, Record> = shared
-        .store
-        .records()?
-        .into_iter()
-        .map(|r| (r.id.clone(), r))
-        .collect();
+    let by_id: HashMap<&str, &CertSpec> = specs.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut found: HashSet<&str> = HashSet::with_capacity(specs.len());
     let mut wanted = Vec::with_capacity(specs.len());
     let mut changed = Vec::new();
-    for spec in specs {
+    let mut unwanted = Vec::new();
+    // The record's schedule, and the record when it changed.
+    let reconcile = |spec: &CertSpec, old: Option<Record>| -> (Wanted, Option<Record>) {
         let configured = Event::Configured {
             names: spec.names.clone(),
             key_type: shared.config.key_type,
             acme_directory: shared.config.acme_directory.clone(),
             deploy_hook: shared.config.deploy_hook.is_some(),
         };
-        let old = stored.remove(&spec.id);
         let base = old
             .clone()
             .unwrap_or_else(|| Record::new(spec.names.clone(), shared.config.key_type, now));
         let (new, _) = apply(&base, configured, now);
-        if old.as_ref() != Some(&new) {
-            changed.push(new.clone());
-            match old {
-                None => {
-                    tracing::info!(cert = %spec.id, names = ?spec.names, "new certificate wanted")
-                }
-                Some(_) => {
-                    tracing::info!(cert = %spec.id, names = ?spec.names, "certificate names, key type or CA changed: re-issuing")
-                }
+        sync_tokens(&shared.tokens, None, Some(&new));
+        let due = Wanted::of(&new, now);
+        if old.as_ref() == Some(&new) {
+            return (due, None);
+        }
+        match old {
+            None => {
+                tracing::info!(cert = %spec.id, names = ?spec.names, "new certificate wanted")
+            }
+            Some(_) => {
+                tracing::info!(cert = %spec.id, names = ?spec.names, "certificate names, key type or CA changed: re-issuing")
             }
         }
-        wanted.push(new);
-    }
-    // Those no longer listed are marked (status, dump and metrics say they are not renewed).
-    for old in stored.values().filter(|r| !r.unconfigured) {
-        let (new, _) = apply(old, Event::Unconfigured, now);
-        changed.push(new);
+        (due, Some(new))
+    };
+    // One pass over the store, one record at a time: at 100,000 certificates, holding them all
+    // at once is what set the daemon's peak memory (BENCHMARKS.md, scenario 3).
+    shared
+        .store
+        .for_each_record(|old| match by_id.get(old.id.as_str()) {
+            Some(spec) => {
+                found.insert(spec.id.as_str());
+                let (due, new) = reconcile(spec, Some(old));
+                wanted.push(due);
+                changed.extend(new);
+            }
+            None => {
+                // No longer listed: marked (status, dump and metrics say it is not renewed).
+                if !old.unconfigured {
+                    changed.push(apply(&old, Event::Unconfigured, now).0);
+                }
+                unwanted.push(old.id);
+            }
+        })?;
+    for spec in specs.iter().filter(|s| !found.contains(s.id.as_str())) {
+        let (due, new) = reconcile(spec, None);
+        wanted.push(due);
+        changed.extend(new);
     }
     shared.store.put_many(&changed)?;
-    for r in &wanted {
-        sync_tokens(&shared.tokens, None, Some(r));
-    }
-    let mut unwanted: Vec<String> = stored.into_keys().collect();
-    unwanted.sort();
     Ok((wanted, unwanted))
 }
 
-/// Schedules each record at the time its plan says (now for work to do, never for an idle one).
-fn schedule_records(schedule: &mut Schedule, records: Vec<Record>, now: UnixTime) {
-    for r in records {
-        match plan(&r, now) {
-            Plan::Now(_) => schedule.set(r.id, now),
-            Plan::At(t) => schedule.set(r.id, t),
-            Plan::Idle => schedule.remove(&r.id),
+/// A wanted certificate and when its plan next has work.
+pub struct Wanted {
+    /// Shared with the reconciler's schedule and set of wanted ids.
+    pub id: Arc<str>,
+    /// `None`: nothing to do until something changes (an event, the configuration).
+    pub due: Option<UnixTime>,
+}
+
+impl Wanted {
+    fn of(r: &Record, now: UnixTime) -> Wanted {
+        let due = match plan(r, now) {
+            Plan::Now(_) => Some(now),
+            Plan::At(t) => Some(t),
+            Plan::Idle => None,
+        };
+        Wanted {
+            id: r.id.as_str().into(),
+            due,
         }
     }
 }
 
-/// Due times of the certificates, earliest first, at most one entry per certificate.
+/// Schedules each certificate at the time its plan says (never for an idle one).
+fn schedule_wanted(schedule: &mut Schedule, wanted: Vec<Wanted>) {
+    for w in wanted {
+        match w.due {
+            Some(t) => schedule.set(w.id, t),
+            None => schedule.remove(&w.id),
+        }
+    }
+}
+
+/// Due times of the certificates, earliest first, at most one entry per certificate. Both maps
+/// share one allocation per id (100,000 certificates: the schedule went from 12 to ~8 MiB).
 #[derive(Default)]
 struct Schedule {
-    due: BTreeSet<(UnixTime, String)>,
-    at: HashMap<String, UnixTime>,
+    due: BTreeSet<(UnixTime, Arc<str>)>,
+    at: HashMap<Arc<str>, UnixTime>,
 }
 
 impl Schedule {
     /// Sets (or moves) the due time of `id`.
-    fn set(&mut self, id: String, t: UnixTime) {
+    fn set(&mut self, id: impl Into<Arc<str>>, t: UnixTime) {
+        let id: Arc<str> = id.into();
         if let Some(old) = self.at.insert(id.clone(), t) {
             self.due.remove(&(old, id.clone()));
         }
@@ -306,8 +342,8 @@ impl Schedule {
     }
 
     fn remove(&mut self, id: &str) {
-        if let Some(old) = self.at.remove(id) {
-            self.due.remove(&(old, id.to_string()));
+        if let Some((id, old)) = self.at.remove_entry(id) {
+            self.due.remove(&(old, id));
         }
     }
 
@@ -317,7 +353,7 @@ impl Schedule {
             Some((t, _)) if *t <= now => {
                 let (_, id) = self.due.pop_first().expect("first exists");
                 self.at.remove(&id);
-                Some(id)
+                Some(id.to_string())
             }
             _ => None,
         }
@@ -325,7 +361,7 @@ impl Schedule {
 
     /// How many entries are due at `now`.
     fn due_at(&self, now: UnixTime) -> usize {
-        self.due.range(..(now + 1, String::new())).count()
+        self.due.range(..(now + 1, Arc::from(""))).count()
     }
 
     fn next(&self) -> Option<UnixTime> {
@@ -339,8 +375,8 @@ impl Schedule {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     shared: Arc<Shared>,
-    specs: &[CertSpec],
-    records: Vec<Record>,
+    specs: Vec<CertSpec>,
+    wanted_due: Vec<Wanted>,
     unwanted: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
     mut reload: watch::Receiver<u64>,
@@ -353,11 +389,11 @@ pub async fn run(
         }
     }
     let started = std::time::Instant::now();
-    let mut wanted: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
-    // Each certificate is scheduled from its record (no store read, no task for one with
-    // nothing to do).
+    let mut wanted: HashSet<Arc<str>> = wanted_due.iter().map(|w| w.id.clone()).collect();
+    // Each certificate is scheduled from its record's plan (no second store read, no task for
+    // one with nothing to do).
     let mut schedule = Schedule::default();
-    schedule_records(&mut schedule, records, unix_now());
+    schedule_wanted(&mut schedule, wanted_due);
     tracing::info!(
         certificates = wanted.len(),
         due_now = schedule.due_at(unix_now()),
@@ -373,7 +409,8 @@ pub async fn run(
     let mut tasks: JoinSet<(String, Option<UnixTime>)> = JoinSet::new();
     // A digest of the wanted certificates as last applied: a reload that reads the same is a
     // no-op. (A digest, not a copy: with 100,000 certificates a copy costs tens of MiB.)
-    let mut applied = digest(specs);
+    let mut applied = digest(&specs);
+    drop(specs);
     loop {
         let now = unix_now();
         shared
@@ -403,7 +440,7 @@ pub async fn run(
                     let again = look_again.remove(&id);
                     if prune_when_done.remove(&id) {
                         prune(&shared, &id).await;
-                    } else if !wanted.contains(&id) {
+                    } else if !wanted.contains(id.as_str()) {
                         // Removed from the configuration meanwhile: no longer scheduled.
                     } else if again {
                         schedule.set(id, unix_now());
@@ -414,7 +451,7 @@ pub async fn run(
                 Err(e) => tracing::error!(error = %e, "a certificate task failed unexpectedly"),
             },
             Some(id) = woken.recv() => {
-                if !wanted.contains(&id) {
+                if !wanted.contains(id.as_str()) {
                     tracing::info!(cert = %id, "not configured: an operator's request changes its state but nothing is done until it is");
                 } else if in_flight.contains(&id) {
                     look_again.insert(id);
@@ -433,6 +470,7 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
         if reread {
+            let reread_at = std::time::Instant::now();
             let specs = match shared.wanted_specs() {
                 Ok(specs) => specs,
                 Err(errors) => {
@@ -445,20 +483,30 @@ pub async fn run(
                 }
             };
             if digest(&specs) == applied {
-                tracing::debug!("configuration re-read: unchanged");
+                let ms = reread_at.elapsed().as_millis() as u64;
+                tracing::info!(
+                    certificates = specs.len(),
+                    ms,
+                    "configuration re-read: unchanged"
+                );
                 continue;
             }
-            let (records, gone) = match sync_specs(&shared, &specs) {
+            let (now_wanted, gone) = match sync_specs(&shared, &specs) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "configuration change not applied (store error)");
                     continue;
                 }
             };
-            tracing::info!(certificates = records.len(), "configuration reloaded");
+            let ms = reread_at.elapsed().as_millis() as u64;
+            tracing::info!(
+                certificates = now_wanted.len(),
+                ms,
+                "configuration reloaded"
+            );
             applied = digest(&specs);
             for id in &gone {
-                if wanted.remove(id) {
+                if wanted.remove(id.as_str()) {
                     schedule.remove(id);
                     tracing::info!(cert = %id, prune = shared.config.prune, "removed from the configuration: no longer renewed");
                     if shared.config.prune {
@@ -470,11 +518,11 @@ pub async fn run(
                     }
                 }
             }
-            for r in &records {
-                prune_when_done.remove(&r.id);
-                wanted.insert(r.id.clone());
+            for w in &now_wanted {
+                prune_when_done.remove(&*w.id);
+                wanted.insert(w.id.clone());
             }
-            schedule_records(&mut schedule, records, unix_now());
+            schedule_wanted(&mut schedule, now_wanted);
         }
     }
     tracing::info!(
@@ -827,16 +875,16 @@ mod tests {
     #[test]
     fn schedule_keeps_one_entry_per_certificate() {
         let mut s = Schedule::default();
-        s.set("a".into(), 50);
-        s.set("b".into(), 10);
-        s.set("a".into(), 5); // moved, not duplicated
+        s.set("a", 50);
+        s.set("b", 10);
+        s.set("a", 5); // moved, not duplicated
         assert_eq!(s.next(), Some(5));
         assert_eq!(s.due_at(10), 2);
         assert_eq!(s.pop_due(4), None, "nothing due before 5");
         assert_eq!(s.pop_due(10).as_deref(), Some("a"));
         assert_eq!(s.pop_due(10).as_deref(), Some("b"));
         assert_eq!(s.pop_due(1000), None, "a's old entry at 50 is gone");
-        s.set("c".into(), 7);
+        s.set("c", 7);
         s.remove("c");
         assert_eq!(s.next(), None);
     }
@@ -862,7 +910,8 @@ mod tests {
         let mut idle = waiting.clone();
         idle.id = "i.test".into();
         idle.failure.as_mut().unwrap().next_attempt_at = None;
-        schedule_records(&mut s, vec![pending, waiting, idle], 100);
+        let records = [pending, waiting, idle];
+        schedule_wanted(&mut s, records.iter().map(|r| Wanted::of(r, 100)).collect());
         assert_eq!(s.pop_due(100).as_deref(), Some("p.test"));
         assert_eq!(s.next(), Some(500));
         assert_eq!(s.at.len(), 1, "an idle record is not scheduled");

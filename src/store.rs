@@ -165,16 +165,21 @@ impl Store {
 
     /// All records, in id order.
     pub fn records(&self) -> Result<Vec<Record>, StoreError> {
-        self.records
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(|e| StoreError::Corrupt {
-                    id: "?".into(),
-                    detail: e.to_string(),
-                })?;
-                decode(&String::from_utf8_lossy(&k), &v)
-            })
-            .collect()
+        let mut all = Vec::new();
+        self.for_each_record(|r| all.push(r))?;
+        Ok(all)
+    }
+
+    /// Every record, in id order, one at a time (nothing is held but the one being looked at).
+    pub fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<(), StoreError> {
+        for kv in self.records.iter() {
+            let (k, v) = kv.map_err(|e| StoreError::Corrupt {
+                id: "?".into(),
+                detail: e.to_string(),
+            })?;
+            f(decode(&String::from_utf8_lossy(&k), &v)?);
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
