@@ -117,10 +117,12 @@ impl Config {
             .clone()
             .filter(|p| !p.as_os_str().is_empty());
         let certificates = if need == Need::Daemon {
-            read_certificates(&domains, domains_file.as_deref(), &[]).unwrap_or_else(|mut e| {
-                errors.append(&mut e);
-                Vec::new()
-            })
+            read_certificates(&domains, read_file(domains_file.as_deref()), &[]).unwrap_or_else(
+                |mut e| {
+                    errors.append(&mut e);
+                    Vec::new()
+                },
+            )
         } else {
             Vec::new()
         };
@@ -308,8 +310,45 @@ impl Config {
     /// Reads the wanted certificates again (DOMAINS_FILE may have changed), with those `added`
     /// at runtime (`domains add`, kept in the store) after them.
     pub fn read_certificates(&self, added: &[Vec<String>]) -> Result<Vec<CertSpec>, Vec<String>> {
-        read_certificates(&self.domains, self.domains_file.as_deref(), added)
+        let file = read_file(self.domains_file.as_deref());
+        read_certificates(&self.domains, file, added)
     }
+
+    /// Like `read_certificates`, with a digest of what was read (DOMAINS, DOMAINS_FILE's bytes,
+    /// the additions); the certificates are `None`, not parsed, when that digest is
+    /// `unchanged_from`. At 100,000 certificates parsing costs ~0.4 s, reading and hashing the
+    /// file a few ms (BENCHMARKS.md, scenario 3: a SIGHUP that changes nothing).
+    pub fn read_certificates_since(
+        &self,
+        added: &[Vec<String>],
+        unchanged_from: Option<u64>,
+    ) -> Result<(u64, Option<Vec<CertSpec>>), Vec<String>> {
+        use std::hash::{Hash, Hasher};
+        let file = read_file(self.domains_file.as_deref());
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.domains.hash(&mut h);
+        match &file {
+            Some((_, Ok(content))) => content.hash(&mut h),
+            // An unreadable file is an error each time it is read, never "unchanged".
+            Some((_, Err(_))) => {
+                return read_certificates(&self.domains, file, added).map(|s| (0, Some(s)))
+            }
+            None => {}
+        }
+        added.hash(&mut h);
+        let digest = h.finish();
+        if unchanged_from == Some(digest) {
+            return Ok((digest, None));
+        }
+        read_certificates(&self.domains, file, added).map(|s| (digest, Some(s)))
+    }
+}
+
+/// DOMAINS_FILE's path and content, read once: what is parsed is what was hashed.
+fn read_file(
+    path: Option<&std::path::Path>,
+) -> Option<(&std::path::Path, std::io::Result<String>)> {
+    path.map(|p| (p, std::fs::read_to_string(p)))
 }
 
 /// The error for a daemon with no certificate to manage.
@@ -324,7 +363,7 @@ pub fn nothing_to_manage() -> ConfigError {
 /// The certificates of `DOMAINS` followed by those of `DOMAINS_FILE`; a name in both is an error.
 fn read_certificates(
     domains: &str,
-    file: Option<&std::path::Path>,
+    file: Option<(&std::path::Path, std::io::Result<String>)>,
     added: &[Vec<String>],
 ) -> Result<Vec<CertSpec>, Vec<String>> {
     let mut errors = Vec::new();
@@ -332,8 +371,8 @@ fn read_certificates(
         errors.extend(e);
         Vec::new()
     });
-    if let Some(path) = file {
-        match std::fs::read_to_string(path) {
+    if let Some((path, content)) = file {
+        match content {
             Err(e) => errors.push(format!("DOMAINS_FILE {}: {e}", path.display())),
             Ok(content) => match parse_domains_file(&content) {
                 Err(e) => errors.extend(e),
@@ -717,6 +756,32 @@ mod tests {
             "{errs:?}"
         );
         assert!(errs[1].contains("\"a.com\" is listed twice"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_re_read_of_the_same_sources_is_not_parsed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("domains");
+        std::fs::write(&file, "b.com\n").unwrap();
+        let raw = RawSettings {
+            domains_file: Some(file.clone()),
+            ..raw()
+        };
+        let c = Config::from_raw(&raw, Need::Daemon).unwrap();
+        let (d1, specs) = c.read_certificates_since(&[], None).unwrap();
+        assert_eq!(names(&specs.unwrap()), vec![vec!["a.com"], vec!["b.com"]]);
+        assert!(c.read_certificates_since(&[], Some(d1)).unwrap().1.is_none());
+        // A comment is a change of bytes: parsed (the specs then say nothing changed).
+        std::fs::write(&file, "# x\nb.com\n").unwrap();
+        let (d2, specs) = c.read_certificates_since(&[], Some(d1)).unwrap();
+        assert_ne!(d1, d2);
+        assert_eq!(names(&specs.unwrap()), vec![vec!["a.com"], vec!["b.com"]]);
+        // So is an addition at runtime.
+        let added = [vec!["c.com".to_string()]];
+        assert!(c.read_certificates_since(&added, Some(d2)).unwrap().1.is_some());
+        // An unreadable file is an error every time, whatever was read before.
+        std::fs::remove_file(&file).unwrap();
+        assert!(c.read_certificates_since(&[], Some(d2)).is_err());
     }
 
     #[test]

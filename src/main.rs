@@ -383,11 +383,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let (shared, woken) = Shared::new(config, store, installer, tokens, reload_tx.clone());
     let shared = Arc::new(shared);
     // DOMAINS and DOMAINS_FILE, and the certificates added at runtime (kept in the store).
-    let specs = match shared.wanted_specs() {
-        Ok(specs) if specs.is_empty() => {
+    let (sources, specs) = match shared.wanted_specs_since(None) {
+        Ok((_, Some(specs))) if specs.is_empty() => {
             return Err(Exit(2, haproxy_acme::config::nothing_to_manage().to_string()).into())
         }
-        Ok(specs) => specs,
+        Ok((sources, specs)) => (
+            sources,
+            specs.expect("always read without a digest to match"),
+        ),
         Err(errors) => {
             return Err(Exit(2, haproxy_acme::config::ConfigError(errors).to_string()).into())
         }
@@ -421,7 +424,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     reconciler::run(
         shared.clone(),
-        specs,
+        (sources, specs),
         wanted,
         unwanted,
         shutdown,

@@ -109,13 +109,17 @@ impl Shared {
         self.reload_now.notify_one();
     }
 
-    /// The certificates wanted now: DOMAINS, DOMAINS_FILE, and those added at runtime.
-    pub fn wanted_specs(&self) -> Result<Vec<CertSpec>, Vec<String>> {
+    /// The certificates wanted now (DOMAINS, DOMAINS_FILE, and those added at runtime) and a
+    /// digest of what they were read from; `None` when that is `unchanged_from`.
+    pub fn wanted_specs_since(
+        &self,
+        unchanged_from: Option<u64>,
+    ) -> Result<(u64, Option<Vec<CertSpec>>), Vec<String>> {
         let added = self
             .store
             .added_domains()
             .map_err(|e| vec![e.to_string()])?;
-        self.config.read_certificates(&added)
+        self.config.read_certificates_since(&added, unchanged_from)
     }
 
     async fn acme(&self) -> Result<&AcmeClient, AcmeError> {
@@ -375,7 +379,7 @@ impl Schedule {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     shared: Arc<Shared>,
-    specs: Vec<CertSpec>,
+    (sources, specs): (u64, Vec<CertSpec>),
     wanted_due: Vec<Wanted>,
     unwanted: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
@@ -411,6 +415,8 @@ pub async fn run(
     // no-op. (A digest, not a copy: with 100,000 certificates a copy costs tens of MiB.)
     let mut applied = digest(&specs);
     drop(specs);
+    // And of what they were read from: a re-read of the same bytes is not parsed again.
+    let mut applied_sources = sources;
     loop {
         let now = unix_now();
         shared
@@ -471,8 +477,17 @@ pub async fn run(
         }
         if reread {
             let reread_at = std::time::Instant::now();
-            let specs = match shared.wanted_specs() {
-                Ok(specs) => specs,
+            let (sources, specs) = match shared.wanted_specs_since(Some(applied_sources)) {
+                Ok((_, None)) => {
+                    let ms = reread_at.elapsed().as_millis() as u64;
+                    tracing::info!(
+                        certificates = wanted.len(),
+                        ms,
+                        "configuration re-read: unchanged"
+                    );
+                    continue;
+                }
+                Ok((sources, Some(specs))) => (sources, specs),
                 Err(errors) => {
                     for e in errors {
                         tracing::error!(
@@ -483,6 +498,8 @@ pub async fn run(
                 }
             };
             if digest(&specs) == applied {
+                // Only spelling changed (a comment, spaces).
+                applied_sources = sources;
                 let ms = reread_at.elapsed().as_millis() as u64;
                 tracing::info!(
                     certificates = specs.len(),
@@ -505,6 +522,7 @@ pub async fn run(
                 "configuration reloaded"
             );
             applied = digest(&specs);
+            applied_sources = sources;
             for id in &gone {
                 if wanted.remove(id.as_str()) {
                     schedule.remove(id);
