@@ -770,7 +770,11 @@ mod tests {
         let c = Config::from_raw(&raw, Need::Daemon).unwrap();
         let (d1, specs) = c.read_certificates_since(&[], None).unwrap();
         assert_eq!(names(&specs.unwrap()), vec![vec!["a.com"], vec!["b.com"]]);
-        assert!(c.read_certificates_since(&[], Some(d1)).unwrap().1.is_none());
+        assert!(c
+            .read_certificates_since(&[], Some(d1))
+            .unwrap()
+            .1
+            .is_none());
         // A comment is a change of bytes: parsed (the specs then say nothing changed).
         std::fs::write(&file, "# x\nb.com\n").unwrap();
         let (d2, specs) = c.read_certificates_since(&[], Some(d1)).unwrap();
@@ -778,7 +782,11 @@ mod tests {
         assert_eq!(names(&specs.unwrap()), vec![vec!["a.com"], vec!["b.com"]]);
         // So is an addition at runtime.
         let added = [vec!["c.com".to_string()]];
-        assert!(c.read_certificates_since(&added, Some(d2)).unwrap().1.is_some());
+        assert!(c
+            .read_certificates_since(&added, Some(d2))
+            .unwrap()
+            .1
+            .is_some());
         // An unreadable file is an error every time, whatever was read before.
         std::fs::remove_file(&file).unwrap();
         assert!(c.read_certificates_since(&[], Some(d2)).is_err());
