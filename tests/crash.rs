@@ -207,16 +207,21 @@ fn sigkill_at_random_instants_never_duplicates_issuance_nor_loses_a_key() {
     let orders = env.pebble_new_orders();
     let finalizes = env.pebble_finalizes();
     eprintln!(
-        "CRASH: {kills} SIGKILLs over {suite_secs:.1}s; pebble: {} certificates issued, {finalizes} finalize requests, {orders} orders; \
+        "CRASH: {kills} SIGKILLs over {suite_secs:.1}s; pebble: {} certificates issued, {finalizes} finalize requests logged, {orders} orders; \
          certificates per id: {:?}; converged {} ms after the last restart",
         serials.len(),
         per_id.values().map(Vec::len).collect::<Vec<_>>(),
         converged.as_millis()
     );
-    assert_eq!(
-        finalizes,
-        serials.len(),
-        "every finalize request issued exactly one certificate"
+    // pebble logs a request when its headers arrive ("POST /finalize-order/ -> calling
+    // handler()", also for an empty or malformed body), so a SIGKILL between an HTTP/2 request's
+    // headers and its body leaves a logged finalize that issued nothing (seen in CI: 97 logged,
+    // 96 issued, no id with a duplicate). Duplicate issuance is what the per-id check above rules
+    // out; here, that no finalize issued twice.
+    assert!(
+        serials.len() <= finalizes,
+        "{} certificates from {finalizes} finalize requests",
+        serials.len()
     );
     assert_eq!(env.haproxy_reloads(), 0);
 }
