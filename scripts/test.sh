@@ -9,9 +9,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The release binary, built exactly as deploy/Dockerfile builds it.
 cargo build --release --locked --bin haproxy-acme
 mkdir -p target
-# Not --all-targets: the benchmark (benches/compare.rs) runs ~25 min and rewrites BENCHMARKS.md;
-# it is built by clippy above and run by scripts/bench.sh.
-cargo test --workspace --lib --bins --tests 2>&1 | tee target/test-output.log
+# Not --all-targets: the benchmark (benches/compare.rs) runs ~15 min and rewrites BENCHMARKS.md;
+# it is built by clippy above and run by scripts/bench.sh. --no-fail-fast: one failing test
+# binary does not hide the others' results.
+cargo test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.log
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' \
   target/test-output.log
