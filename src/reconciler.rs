@@ -248,10 +248,16 @@ pub fn sync_specs(
             acme_directory: shared.config.acme_directory.clone(),
             deploy_hook: shared.config.deploy_hook.is_some(),
         };
-        let base = old
-            .clone()
-            .unwrap_or_else(|| Record::new(spec.names.clone(), shared.config.key_type, now));
-        let (new, _) = apply(&base, configured, now);
+        // No copy of the stored record (one per certificate at start-up): only a new one is made.
+        let fresh;
+        let base = match &old {
+            Some(r) => r,
+            None => {
+                fresh = Record::new(spec.names.clone(), shared.config.key_type, now);
+                &fresh
+            }
+        };
+        let (new, _) = apply(base, configured, now);
         sync_tokens(&shared.tokens, None, Some(&new));
         let due = Wanted::of(&new, now);
         if old.as_ref() == Some(&new) {
@@ -477,14 +483,13 @@ pub async fn run(
         }
         if reread {
             let reread_at = std::time::Instant::now();
+            let unchanged = |certificates: usize| {
+                let ms = reread_at.elapsed().as_millis() as u64;
+                tracing::info!(certificates, ms, "configuration re-read: unchanged");
+            };
             let (sources, specs) = match shared.wanted_specs_since(Some(applied_sources)) {
                 Ok((_, None)) => {
-                    let ms = reread_at.elapsed().as_millis() as u64;
-                    tracing::info!(
-                        certificates = wanted.len(),
-                        ms,
-                        "configuration re-read: unchanged"
-                    );
+                    unchanged(wanted.len());
                     continue;
                 }
                 Ok((sources, Some(specs))) => (sources, specs),
@@ -497,15 +502,11 @@ pub async fn run(
                     continue;
                 }
             };
-            if digest(&specs) == applied {
+            let specs_digest = digest(&specs);
+            if specs_digest == applied {
                 // Only spelling changed (a comment, spaces).
                 applied_sources = sources;
-                let ms = reread_at.elapsed().as_millis() as u64;
-                tracing::info!(
-                    certificates = specs.len(),
-                    ms,
-                    "configuration re-read: unchanged"
-                );
+                unchanged(specs.len());
                 continue;
             }
             let (now_wanted, gone) = match sync_specs(&shared, &specs) {
@@ -521,7 +522,7 @@ pub async fn run(
                 ms,
                 "configuration reloaded"
             );
-            applied = digest(&specs);
+            applied = specs_digest;
             applied_sources = sources;
             for id in &gone {
                 if wanted.remove(id.as_str()) {
