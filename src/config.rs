@@ -758,16 +758,22 @@ mod tests {
         assert!(errs[1].contains("\"a.com\" is listed twice"), "{errs:?}");
     }
 
-    #[test]
-    fn a_re_read_of_the_same_sources_is_not_parsed_again() {
+    /// A daemon configuration with DOMAINS="a.com" and a DOMAINS_FILE holding `content`.
+    fn with_domains_file(content: &str) -> (tempfile::TempDir, PathBuf, Config) {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("domains");
-        std::fs::write(&file, "b.com\n").unwrap();
+        std::fs::write(&file, content).unwrap();
         let raw = RawSettings {
             domains_file: Some(file.clone()),
             ..raw()
         };
         let c = Config::from_raw(&raw, Need::Daemon).unwrap();
+        (dir, file, c)
+    }
+
+    #[test]
+    fn a_re_read_of_the_same_sources_is_not_parsed_again() {
+        let (_dir, file, c) = with_domains_file("b.com\n");
         let (d1, specs) = c.read_certificates_since(&[], None).unwrap();
         assert_eq!(names(&specs.unwrap()), vec![vec!["a.com"], vec!["b.com"]]);
         assert!(c
@@ -794,14 +800,7 @@ mod tests {
 
     #[test]
     fn domains_and_domains_file_combine_without_duplicates() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("domains");
-        std::fs::write(&file, "b.com\n").unwrap();
-        let raw = RawSettings {
-            domains_file: Some(file.clone()),
-            ..raw()
-        };
-        let c = Config::from_raw(&raw, Need::Daemon).unwrap();
+        let (_dir, file, c) = with_domains_file("b.com\n");
         assert_eq!(names(&c.certificates), vec![vec!["a.com"], vec!["b.com"]]);
         std::fs::write(&file, "c.com\nwww.a.com,a.com\n").unwrap();
         let errs = c.read_certificates(&[]).unwrap_err();

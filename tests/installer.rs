@@ -69,6 +69,16 @@ fn crt_list_count(env: &Env, file: &Path) -> usize {
         .count()
 }
 
+/// Opens a transaction on `file` with `leaf` (chain, key) and leaves it uncommitted, as a crash
+/// of ours between `set` and `commit` would.
+fn stage(env: &Env, file: &Path, (chain, key): &(String, String)) {
+    let staged = env.runtime(&format!(
+        "set ssl cert {} <<\n{chain}{key}\n",
+        file.display()
+    ));
+    assert!(staged.contains("Transaction created"), "{staged}");
+}
+
 fn open_transaction(env: &Env) -> String {
     env.runtime("show ssl cert")
         .lines()
@@ -110,13 +120,7 @@ fn installs_hot_whatever_state_a_crash_left_haproxy_in() {
     // A transaction left open on another certificate (with a payload that must never be
     // committed): HAProxy 2.6 would take our payload into it under that other name.
     let decoy = ca.leaf("decoy.example.test");
-    let staged = env.runtime(&format!(
-        "set ssl cert {} <<\n{}{}\n",
-        file("a.example.test").display(),
-        decoy.0,
-        decoy.1
-    ));
-    assert!(staged.contains("Transaction created"), "{staged}");
+    stage(&env, &file("a.example.test"), &decoy);
     let b = ca.leaf("b.example.test");
     install("b.example.test", &b).expect("install with another certificate's transaction open");
     assert_eq!(held_serial(&env, &file("b.example.test")), serial_of(&b.0));
@@ -129,13 +133,7 @@ fn installs_hot_whatever_state_a_crash_left_haproxy_in() {
     assert!(env.served_and_valid("b.example.test", &root).is_some());
 
     // A transaction left open on the same certificate: replaced by the new payload.
-    let staged = env.runtime(&format!(
-        "set ssl cert {} <<\n{}{}\n",
-        file("b.example.test").display(),
-        decoy.0,
-        decoy.1
-    ));
-    assert!(staged.contains("Transaction created"), "{staged}");
+    stage(&env, &file("b.example.test"), &decoy);
     let b2 = ca.leaf("b.example.test");
     install("b.example.test", &b2).unwrap();
     assert_eq!(held_serial(&env, &file("b.example.test")), serial_of(&b2.0));
@@ -146,13 +144,7 @@ fn installs_hot_whatever_state_a_crash_left_haproxy_in() {
     let c = ca.leaf("c.example.test");
     let c_file = file("c.example.test");
     env.runtime(&format!("new ssl cert {}", c_file.display()));
-    let staged = env.runtime(&format!(
-        "set ssl cert {} <<\n{}{}\n",
-        c_file.display(),
-        c.0,
-        c.1
-    ));
-    assert!(staged.contains("Transaction created"), "{staged}");
+    stage(&env, &c_file, &c);
     assert!(env
         .runtime(&format!("commit ssl cert {}", c_file.display()))
         .contains("Success!"));
