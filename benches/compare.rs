@@ -632,6 +632,7 @@ fn drop_child(mut c: Child) {
 
 /// Scenario 3: records written through the store's own API, shaped like issued certificates.
 fn scale(b: &mut Bench, n: usize) {
+    use haproxy_acme::store::sled::SledStore;
     use haproxy_acme::store::Store;
     let dir = b.work.join("scale");
     let data = dir.join("data");
@@ -642,8 +643,11 @@ fn scale(b: &mut Bench, n: usize) {
         .as_secs() as i64;
     let directory = "https://127.0.0.1:9/dir";
     let (records, lines) = common::issued_records(n, directory, now);
-    Store::open(&data).unwrap().put_many(&records).unwrap();
-    drop(records);
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(SledStore::open(&data).unwrap());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.put_all(records))
+        .unwrap();
     let file = dir.join("domains.txt");
     std::fs::write(&file, lines).unwrap();
     for _ in 0..3 {

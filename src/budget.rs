@@ -6,6 +6,8 @@
 use haproxy_acme_state::ledger::{self, Deferral, Entry, Limits, OrderRequest};
 use haproxy_acme_state::UnixTime;
 
+use std::sync::Arc;
+
 use crate::store::{Store, StoreError};
 
 /// How long entries are kept when no limit says longer: Let's Encrypt's longest window.
@@ -29,49 +31,91 @@ fn horizon(limits: Option<&Limits>) -> i64 {
     })
 }
 
-/// Whether one more order for `names` fits; `renewal` when a certificate for the id exists.
-pub fn check(
-    store: &Store,
-    directory: &str,
-    limits: &Limits,
-    names: &[String],
-    renewal: bool,
-    now: UnixTime,
-) -> Result<Option<Deferral>, StoreError> {
-    let entries = store.ledger_since(directory, now - limits.horizon_secs())?;
-    let rds = registered_domains(names);
-    Ok(ledger::check(
-        &entries,
-        limits,
-        &OrderRequest {
-            names,
-            registered_domains: &rds,
-            renewal,
-        },
-        now,
-    ))
+/// The budget of one CA directory: the reconciler asks it before each order and tells it what
+/// the CA counts. Entries are kept whether or not limits are on, so turning them on finds the
+/// history.
+pub struct Budget {
+    store: Arc<dyn Store>,
+    directory: String,
+    limits: Option<Limits>,
 }
 
-/// Notes something the CA counts (kept whether or not limits are on, so turning them on finds
-/// the history).
-pub fn note(
-    store: &Store,
-    directory: &str,
-    limits: Option<&Limits>,
-    entry: Entry,
-) -> Result<(), StoreError> {
-    let keep_since = entry.at() - horizon(limits);
-    store.ledger_append(directory, &entry, keep_since)
-}
+impl Budget {
+    pub fn new(store: Arc<dyn Store>, directory: String, limits: Option<Limits>) -> Budget {
+        Budget {
+            store,
+            directory,
+            limits,
+        }
+    }
 
-/// The entry for an issued certificate.
-pub fn certificate(names: &[String], at: UnixTime) -> Entry {
-    let mut sorted = names.to_vec();
-    sorted.sort();
-    Entry::Certificate {
-        at,
-        names: sorted,
-        registered_domains: registered_domains(names),
+    /// `None` when one more order for `names` fits now (`renewal`: a certificate for the id
+    /// exists); otherwise why not and until when.
+    pub async fn admit(
+        &self,
+        names: &[String],
+        renewal: bool,
+        now: UnixTime,
+    ) -> Result<Option<Deferral>, StoreError> {
+        let Some(limits) = &self.limits else {
+            return Ok(None);
+        };
+        let entries = self
+            .store
+            .ledger_since(&self.directory, now - limits.horizon_secs())
+            .await?;
+        let rds = registered_domains(names);
+        Ok(ledger::check(
+            &entries,
+            limits,
+            &OrderRequest {
+                names,
+                registered_domains: &rds,
+                renewal,
+            },
+            now,
+        ))
+    }
+
+    /// An order was created.
+    pub async fn ordered(&self, at: UnixTime) -> Result<(), StoreError> {
+        self.note(Entry::Order { at }).await
+    }
+
+    /// A certificate for `names` was issued.
+    pub async fn issued(&self, names: &[String], at: UnixTime) -> Result<(), StoreError> {
+        let mut sorted = names.to_vec();
+        sorted.sort();
+        self.note(Entry::Certificate {
+            at,
+            names: sorted,
+            registered_domains: registered_domains(names),
+        })
+        .await
+    }
+
+    /// An order's validation failed. The CA counts failed validations per name; its error does
+    /// not say which name failed, so every name of the order is counted.
+    pub async fn failed_validation(
+        &self,
+        names: &[String],
+        at: UnixTime,
+    ) -> Result<(), StoreError> {
+        for name in names {
+            self.note(Entry::FailedValidation {
+                at,
+                name: name.clone(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn note(&self, entry: Entry) -> Result<(), StoreError> {
+        let keep_since = entry.at() - horizon(self.limits.as_ref());
+        self.store
+            .ledger_append(&self.directory, &entry, keep_since)
+            .await
     }
 }
 

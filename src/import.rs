@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{CertSpec, Config};
 use crate::ops::{Done, OpError};
 use crate::pki;
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 /// One certbot lineage as read from disk: what the daemon needs to adopt it.
 #[derive(Serialize, Deserialize)]
@@ -143,18 +143,18 @@ fn conf_value(text: &str, key: &str) -> Option<String> {
 /// Adopts `found` into the store. A lineage becomes the record of the configured certificate with
 /// the same names (so the daemon does not re-issue it), or a record of its own, not renewed until
 /// it is configured. Never replaces a stored certificate that expires later.
-pub fn adopt(
-    store: &Store,
+pub async fn adopt(
+    store: &dyn Store,
     config: &Config,
     found: &Found,
     now: UnixTime,
 ) -> Result<Done, OpError> {
-    let added = store.added_domains()?;
+    let added = store.added().await?;
     let wanted: Vec<CertSpec> = config.read_certificates(&added).unwrap_or_default();
     let mut lines = Vec::new();
     let mut imported = Vec::new();
     for l in &found.lineages {
-        match adopt_one(store, config, &wanted, l, now) {
+        match adopt_one(store, config, &wanted, l, now).await {
             Ok((id, line)) => {
                 imported.push(id);
                 lines.push(line);
@@ -187,8 +187,8 @@ pub fn adopt(
     })
 }
 
-fn adopt_one(
-    store: &Store,
+async fn adopt_one(
+    store: &dyn Store,
     config: &Config,
     wanted: &[CertSpec],
     l: &Lineage,
@@ -233,24 +233,6 @@ fn adopt_one(
         .clone()
         .unwrap_or_else(|| config.acme_directory.clone());
 
-    let _guard = store.lock_records();
-    if let Some(old) = store.get(&id)? {
-        if let Some(c) = &old.cert {
-            if c.fingerprint == meta.fingerprint {
-                return Err(refused(format!("already in the store as {id}")));
-            }
-            if c.not_after >= meta.not_after {
-                return Err(refused(format!(
-                    "the store already has a certificate for {id} that expires later"
-                )));
-            }
-        }
-        if old.phase == Phase::Validating {
-            return Err(refused(format!(
-                "an order for {id} is in flight; import again once it is done, or not at all"
-            )));
-        }
-    }
     let r = Record::new(names.clone(), key_type, now);
     let (r, _) = apply(
         &r,
@@ -263,7 +245,46 @@ fn adopt_one(
         now,
     );
     let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
-    store.put_adopted(&r, &l.fullchain_pem, &l.key_pem)?;
+    // Checked against the stored record and written in one update: an order finishing at the
+    // same moment is never overwritten.
+    let (chain_pem, key_pem, record, id2) = (
+        l.fullchain_pem.clone(),
+        l.key_pem.clone(),
+        r.clone(),
+        id.clone(),
+    );
+    store
+        .update(&id, move |old| {
+            let refusal = old.as_ref().and_then(|old| {
+                if let Some(c) = &old.cert {
+                    if c.fingerprint == record.cert.as_ref().map_or("", |m| &m.fingerprint) {
+                        return Some(format!("already in the store as {id2}"));
+                    }
+                    if c.not_after >= record.cert.as_ref().map_or(0, |m| m.not_after) {
+                        return Some(format!(
+                            "the store already has a certificate for {id2} that expires later"
+                        ));
+                    }
+                }
+                (old.phase == Phase::Validating).then(|| {
+                    format!(
+                        "an order for {id2} is in flight; import again once it is done, or not at all"
+                    )
+                })
+            });
+            match refusal {
+                Some(why) => (Change::Keep, Err(refused(why))),
+                None => (
+                    Change::PutAdopted {
+                        record,
+                        chain_pem,
+                        key_pem,
+                    },
+                    Ok(()),
+                ),
+            }
+        })
+        .await??;
     let mut line = format!(
         "imported {} as {id} ({}; {}; expires {})",
         l.name,

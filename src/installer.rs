@@ -8,6 +8,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use haproxy_acme_state::CertMeta;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -43,6 +44,41 @@ pub enum Method {
     FilesOnly,
 }
 
+/// What the reconciler needs from HAProxy (and the certificate directory it loads from).
+#[async_trait]
+pub trait Haproxy: Send + Sync + 'static {
+    /// Makes HAProxy serve this certificate for `id` (and a restarted HAProxy too); returns only
+    /// once it is confirmed served.
+    async fn install(
+        &self,
+        id: &str,
+        chain_pem: &str,
+        key_pem: &str,
+        meta: &CertMeta,
+    ) -> Result<Method, InstallError>;
+
+    /// Removes certificate `id` from HAProxy and the certificate directory; idempotent.
+    async fn remove(&self, id: &str) -> Result<(), InstallError>;
+}
+
+#[async_trait]
+impl Haproxy for Installer {
+    async fn install(
+        &self,
+        id: &str,
+        chain_pem: &str,
+        key_pem: &str,
+        meta: &CertMeta,
+    ) -> Result<Method, InstallError> {
+        Installer::install(self, id, chain_pem, key_pem, meta).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), InstallError> {
+        Installer::remove(self, id).await
+    }
+}
+
+/// HAProxy through its runtime API, and the certificate files.
 pub struct Installer {
     certs_dir: PathBuf,
     /// The same directory as HAProxy names it (runtime API file names must match its own).

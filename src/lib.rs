@@ -4,15 +4,19 @@
 //! # Layout
 //! - `haproxy-acme-state` (the `state/` crate): the lifecycle as data and a pure transition
 //!   function; it decides, the modules here do.
+//! - [`daemon`]: `run`'s start-up and shutdown: which part starts when, with what.
+//! - [`commands`]: the CLI's other commands (through the admin socket, or on the store).
 //! - [`cli`]: command line and raw settings (flags backed by environment variables).
 //! - [`config`]: validation of the raw settings into one typed [`config::Config`].
-//! - [`store`]: the sled store (records, chains, keys, account); the only module that knows the
-//!   on-disk encoding.
+//! - [`store`]: the `Store` trait (records, chains, keys, account, ledger, runtime additions;
+//!   one `update` per record change) and its backends (sled; in-memory for the simulation).
 //! - [`responder`]: the HTTP-01 challenge server.
-//! - [`acme`]: the ACME client (instant-acme).
+//! - [`acme`]: the `Ca` trait and its instant-acme implementation.
 //! - [`pki`]: keys, CSRs, certificate parsing (rcgen, x509-parser).
-//! - [`installer`]: certificate files and HAProxy's runtime API.
+//! - [`installer`]: the `Haproxy` trait: certificate files and HAProxy's runtime API.
 //! - [`reconciler`]: the loop that drives every certificate through the lifecycle.
+//! - [`clock`]: time and random draws (system, or tokio's paused clock and a seed in tests).
+//! - [`health`]: what `/healthz` reports.
 //! - [`admin`]: the admin endpoint (unix socket, optional loopback TCP) the CLI talks to while
 //!   the daemon runs.
 //! - [`ops`]: operator commands (renew, retry, domains add/remove), on the daemon or the store.
@@ -28,8 +32,12 @@ pub mod acme;
 pub mod admin;
 pub mod budget;
 pub mod cli;
+pub mod clock;
+pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod haproxy_snippet;
+pub mod health;
 pub mod hook;
 pub mod import;
 pub mod installer;

@@ -2,11 +2,13 @@
 //! works on the store, so the same code serves the daemon (through its admin socket, which then
 //! wakes the reconciler) and the CLI when no daemon runs (the change takes effect at next start).
 
+use std::sync::Arc;
+
 use haproxy_acme_state::dump::rfc3339;
 use haproxy_acme_state::{apply, Event, Phase, Record, UnixTime};
 
 use crate::config::{parse_domains, Config};
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Store, StoreError};
 
 /// Why a command was refused. Each maps to an HTTP status on the admin socket and to an exit
 /// code of the CLI.
@@ -31,9 +33,10 @@ pub struct Done {
     pub reload: bool,
 }
 
-fn unknown(store: &Store, id: &str) -> OpError {
+async fn unknown(store: &dyn Store, id: &str) -> OpError {
     let known = store
         .records()
+        .await
         .map(|rs| rs.into_iter().map(|r| r.id).take(5).collect::<Vec<_>>())
         .unwrap_or_default();
     OpError::NotFound(format!(
@@ -46,22 +49,51 @@ fn unknown(store: &Store, id: &str) -> OpError {
     ))
 }
 
-/// Applies `event` to record `id` under the store's record lock.
-fn update(store: &Store, id: &str, event: Event, now: UnixTime) -> Result<Record, OpError> {
-    let _guard = store.lock_records();
-    let old = store.get(id)?.ok_or_else(|| unknown(store, id))?;
-    let (new, _) = apply(&old, event, now);
-    if new != old {
-        store.put(&new)?;
+/// Applies `event` to record `id` in one `Store::update`.
+async fn update(
+    store: &dyn Store,
+    id: &str,
+    event: Event,
+    now: UnixTime,
+) -> Result<Record, OpError> {
+    let new = store
+        .update(id, move |old| match old {
+            None => (Change::Keep, None),
+            Some(old) => {
+                let (new, _) = apply(&old, event, now);
+                let change = if new == old {
+                    Change::Keep
+                } else {
+                    Change::Put(new.clone())
+                };
+                (change, Some(new))
+            }
+        })
+        .await?;
+    match new {
+        Some(r) => Ok(r),
+        None => Err(unknown(store, id).await),
     }
-    Ok(new)
+}
+
+/// The record of `id`, or the error naming some that exist.
+async fn get(store: &dyn Store, id: &str) -> Result<Record, OpError> {
+    match store.get(id).await? {
+        Some(r) => Ok(r),
+        None => Err(unknown(store, id).await),
+    }
 }
 
 /// `renew ID [--force]`: with `force`, orders a new certificate now (the current one keeps
 /// serving); without, says when the certificate renews and whether anything stands in the way.
-pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done, OpError> {
+pub async fn renew(
+    store: &dyn Store,
+    id: &str,
+    force: bool,
+    now: UnixTime,
+) -> Result<Done, OpError> {
     if force {
-        let r = update(store, id, Event::ForceRenew, now)?;
+        let r = update(store, id, Event::ForceRenew, now).await?;
         let message = match r.phase {
             Phase::Expiring => format!(
                 "{id}: renewing now; the current certificate keeps serving until the new one is installed"
@@ -76,7 +108,7 @@ pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done
             reload: false,
         });
     }
-    let r = store.get(id)?.ok_or_else(|| unknown(store, id))?;
+    let r = get(store, id).await?;
     let message = if let Some(f) = &r.failure {
         match f.next_attempt_at {
             Some(t) if t > now => format!(
@@ -109,8 +141,8 @@ pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done
 
 /// `retry ID`: clears a recorded failure (permanent or in backoff) so the next step runs now, and
 /// runs a failed deploy hook again.
-pub fn retry(store: &Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
-    let before = store.get(id)?.ok_or_else(|| unknown(store, id))?;
+pub async fn retry(store: &dyn Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
+    let before = get(store, id).await?;
     let hook_failed = before.hook.as_ref().and_then(|h| h.error.clone());
     if before.failure.is_none() && hook_failed.is_none() {
         return Ok(Done {
@@ -119,7 +151,7 @@ pub fn retry(store: &Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
             reload: false,
         });
     }
-    update(store, id, Event::Retry, now)?;
+    update(store, id, Event::Retry, now).await?;
     let mut what = Vec::new();
     if let Some(f) = &before.failure {
         what.push(format!(
@@ -141,28 +173,41 @@ pub fn retry(store: &Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
 
 /// `domains add SPEC`: one certificate in DOMAINS syntax (`a.com,www.a.com`), kept in the store
 /// beside DOMAINS and DOMAINS_FILE.
-pub fn domains_add(store: &Store, config: &Config, spec: &str) -> Result<Done, OpError> {
+pub async fn domains_add(
+    store: &dyn Store,
+    config: &Arc<Config>,
+    spec: &str,
+) -> Result<Done, OpError> {
     let specs = parse_domains(spec.trim()).map_err(|e| OpError::Refused(e.join("; ")))?;
     let [new] = specs.as_slice() else {
         return Err(OpError::Refused(format!(
             "{spec:?}: give one certificate (names separated by commas); add others one by one"
         )));
     };
-    let mut added = store.added_domains()?;
-    if added.iter().any(|names| names[0] == new.id) {
-        return Err(OpError::Refused(format!(
-            "{:?} is already added; `domains remove {}` first to change its names",
-            new.id, new.id
-        )));
-    }
-    added.push(new.names.clone());
-    // The whole wanted set must stay valid: no name twice across DOMAINS, DOMAINS_FILE and here.
-    config
-        .read_certificates(&added)
-        .map_err(|e| OpError::Refused(e.join("; ")))?;
-    store.put_added_domains(&added)?;
+    let new = new.clone();
+    let config = config.clone();
+    let names = new.names.clone();
+    // Read, checked and written under the store's lock of the additions: two `domains add` at
+    // once never lose one.
+    store
+        .update_added(Box::new(move |added| {
+            if added.iter().any(|names| names[0] == new.id) {
+                return Err(format!(
+                    "{:?} is already added; `domains remove {}` first to change its names",
+                    new.id, new.id
+                ));
+            }
+            let mut added = added.to_vec();
+            added.push(new.names.clone());
+            // The whole wanted set must stay valid: no name twice across DOMAINS, DOMAINS_FILE
+            // and here.
+            config.read_certificates(&added).map_err(|e| e.join("; "))?;
+            Ok(added)
+        }))
+        .await?
+        .map_err(OpError::Refused)?;
     Ok(Done {
-        message: format!("added certificate {} ({})", new.id, new.names.join(", ")),
+        message: format!("added certificate {} ({})", names[0], names.join(", ")),
         wake: Vec::new(),
         reload: true,
     })
@@ -170,11 +215,23 @@ pub fn domains_add(store: &Store, config: &Config, spec: &str) -> Result<Done, O
 
 /// `domains remove ID`: removes a certificate added with `domains add`. Its certificate is kept
 /// and no longer renewed (removed entirely with PRUNE=true), as for DOMAINS_FILE edits.
-pub fn domains_remove(store: &Store, config: &Config, id: &str) -> Result<Done, OpError> {
-    let mut added = store.added_domains()?;
-    let before = added.len();
-    added.retain(|names| names[0] != id);
-    if added.len() == before {
+pub async fn domains_remove(store: &dyn Store, config: &Config, id: &str) -> Result<Done, OpError> {
+    let target = id.to_string();
+    let removed = store
+        .update_added(Box::new(move |added| {
+            let kept: Vec<Vec<String>> = added
+                .iter()
+                .filter(|names| names[0] != target)
+                .cloned()
+                .collect();
+            if kept.len() == added.len() {
+                Err("not added".to_string())
+            } else {
+                Ok(kept)
+            }
+        }))
+        .await?;
+    if removed.is_err() {
         let configured = config
             .read_certificates(&[])
             .unwrap_or_default()
@@ -190,7 +247,6 @@ pub fn domains_remove(store: &Store, config: &Config, id: &str) -> Result<Done, 
             ))
         });
     }
-    store.put_added_domains(&added)?;
     let kept = if config.prune {
         "its certificate, file and state are removed (PRUNE)"
     } else {
@@ -232,56 +288,93 @@ mod tests {
         r
     }
 
-    #[test]
-    fn renew_retry_and_domains_on_the_store() {
+    #[tokio::test]
+    async fn renew_retry_and_domains_on_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sled::SledStore::open(dir.path()).unwrap());
+        let store = store.as_ref();
         let now = 1_700_000_000;
-        store.put(&issued("a.test", now)).unwrap();
+        let a = issued("a.test", now);
+        store
+            .update("a.test", move |_| (Change::Put(a), ()))
+            .await
+            .unwrap();
 
-        let e = renew(&store, "nope.test", false, now).unwrap_err();
+        let e = renew(store, "nope.test", false, now).await.unwrap_err();
         assert!(matches!(e, OpError::NotFound(_)), "{e}");
         assert!(e.to_string().contains("a.test"), "{e}");
-        let d = renew(&store, "a.test", false, now).unwrap();
+        let d = renew(store, "a.test", false, now).await.unwrap();
         assert!(d.message.contains("not due"), "{}", d.message);
-        assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Issued);
-        let d = renew(&store, "a.test", true, now).unwrap();
+        assert_eq!(
+            store.get("a.test").await.unwrap().unwrap().phase,
+            Phase::Issued
+        );
+        let d = renew(store, "a.test", true, now).await.unwrap();
         assert!(d.message.contains("renewing now"), "{}", d.message);
         assert_eq!(d.wake, vec!["a.test".to_string()]);
-        assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Expiring);
+        assert_eq!(
+            store.get("a.test").await.unwrap().unwrap().phase,
+            Phase::Expiring
+        );
 
-        assert!(retry(&store, "a.test", now)
+        assert!(retry(store, "a.test", now)
+            .await
             .unwrap()
             .message
             .contains("nothing to retry"));
 
-        let c = config("a.test");
-        let e = domains_add(&store, &c, "a.test,b.test").unwrap_err();
+        let c = Arc::new(config("a.test"));
+        let e = domains_add(store, &c, "a.test,b.test").await.unwrap_err();
         assert!(matches!(e, OpError::Refused(_)));
         assert!(e.to_string().contains("\"a.test\""), "{e}");
-        let e = domains_add(&store, &c, "x.test;y.test").unwrap_err();
+        let e = domains_add(store, &c, "x.test;y.test").await.unwrap_err();
         assert!(e.to_string().contains("one certificate"), "{e}");
-        assert!(domains_add(&store, &c, "*.bad.test").is_err());
-        let d = domains_add(&store, &c, "B.test, www.b.test").unwrap();
+        assert!(domains_add(store, &c, "*.bad.test").await.is_err());
+        let d = domains_add(store, &c, "B.test, www.b.test").await.unwrap();
         assert!(d.reload);
         assert_eq!(
-            store.added_domains().unwrap(),
+            store.added().await.unwrap(),
             vec![vec!["b.test".to_string(), "www.b.test".to_string()]]
         );
-        assert!(domains_add(&store, &c, "b.test").is_err(), "added twice");
+        assert!(
+            domains_add(store, &c, "b.test").await.is_err(),
+            "added twice"
+        );
         assert_eq!(
-            c.read_certificates(&store.added_domains().unwrap())
+            c.read_certificates(&store.added().await.unwrap())
                 .unwrap()
                 .len(),
             2
         );
-        let e = domains_remove(&store, &c, "a.test").unwrap_err();
+        let e = domains_remove(store, &c, "a.test").await.unwrap_err();
         assert!(e.to_string().contains("DOMAINS"), "{e}");
         assert!(matches!(
-            domains_remove(&store, &c, "zzz.test"),
+            domains_remove(store, &c, "zzz.test").await,
             Err(OpError::NotFound(_))
         ));
-        domains_remove(&store, &c, "b.test").unwrap();
-        assert!(store.added_domains().unwrap().is_empty());
+        domains_remove(store, &c, "b.test").await.unwrap();
+        assert!(store.added().await.unwrap().is_empty());
+    }
+
+    /// The lost update of runtime additions: every concurrent `domains add` is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_additions_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sled::SledStore::open(dir.path()).unwrap());
+        let c = Arc::new(config("a.test"));
+        let adds: Vec<_> = (0..24)
+            .map(|i| {
+                let (store, c) = (store.clone(), c.clone());
+                tokio::spawn(
+                    async move { domains_add(store.as_ref(), &c, &format!("n{i}.test")).await },
+                )
+            })
+            .collect();
+        for a in adds {
+            a.await.unwrap().unwrap();
+        }
+        assert_eq!(store.added().await.unwrap().len(), 24);
     }
 }

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{wait_until, BIN};
+use haproxy_acme::store::sled::SledStore;
 use haproxy_acme::store::Store;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -40,12 +41,12 @@ fn a_hundred_thousand_issued_certificates_start_fast_and_stay_idle() {
     let seeding = Instant::now();
     let (records, names) = common::issued_records(n, directory, now);
     {
-        let store = Store::open(&data).unwrap();
-        store.put_many(&records).unwrap();
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(SledStore::open(&data).unwrap());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(store.put_all(records)).unwrap();
     }
     let domains_file = dir.path().join("domains");
     std::fs::write(&domains_file, names).unwrap();
-    drop(records);
     eprintln!(
         "SCALE: seeded {n} records in {} ms",
         seeding.elapsed().as_millis()

@@ -1,14 +1,20 @@
-//! The durable store: records, certificate chains, private keys and ACME account credentials in
-//! sled. The only module that imports sled and knows the on-disk encoding; every write is
-//! flushed to disk before it returns (the durable-intent rule).
+//! The embedded store backend: sled in DATA_DIR. The only module that imports sled and knows the
+//! on-disk encoding; every write is flushed to disk before it returns (the durable-intent rule),
+//! and every call runs on tokio's blocking pool, never on an async worker.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use haproxy_acme_state::ledger::Entry;
 use haproxy_acme_state::{Record, UnixTime, RECORD_SCHEMA_VERSION};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
+
+use super::{AddedFn, Change, Store, StoreError, SweepFn, UpdateFn};
 
 /// Trees (sled's keyspaces) and what they hold.
 const RECORDS: &str = "records"; // id -> Record as JSON (carries schema_version)
@@ -19,28 +25,13 @@ const LEDGER: &str = "ledger"; // directory \0 time(be) id(be) -> ledger::Entry 
 const SETTINGS: &str = "settings"; // "added-domains" -> JSON [[name, ...], ...]; "heartbeat"
 const ADDED_DOMAINS: &str = "added-domains";
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(
-        "the store in {0} is locked by another process (is the daemon running? `state dump` talks \
-         to it through its admin socket)"
-    )]
-    Locked(PathBuf),
-    #[error("cannot open the store in {path}: {detail}")]
-    Open { path: PathBuf, detail: String },
-    #[error(
-        "record {id:?} in the store cannot be read ({detail}); the store is damaged or was written \
-         by a newer version: restore DATA_DIR from a backup or run a newer haproxy-acme"
-    )]
-    Corrupt { id: String, detail: String },
-    #[error(
-        "store write failed: {0} (is the disk full?); nothing was lost, the step will be retried"
-    )]
-    Write(String),
+/// The open sled store.
+pub struct SledStore {
+    inner: Arc<Inner>,
 }
 
-/// The open store. Cheap to share behind an `Arc`; sled handles concurrent access.
-pub struct Store {
+/// The synchronous store; [`SledStore`] runs each call on the blocking pool.
+struct Inner {
     db: sled::Db,
     records: sled::Tree,
     certs: sled::Tree,
@@ -51,15 +42,36 @@ pub struct Store {
     /// Held across each read-modify-write of a record, so the reconciler's tasks, a
     /// configuration reload and an operator's command never overwrite each other's change.
     record_lock: std::sync::Mutex<()>,
+    /// Held across each read-modify-write of the runtime additions.
+    added_lock: std::sync::Mutex<()>,
 }
 
 fn write_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Write(e.to_string())
 }
 
-impl Store {
+impl SledStore {
     /// Opens (creating if needed) the store in `data_dir`, which is made private (0700).
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
+        Inner::open(data_dir).map(|inner| SledStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Runs `f` on the blocking pool (sled reads may hit the disk, writes fsync).
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Write(format!("store task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn open(data_dir: &Path) -> Result<Inner, StoreError> {
         let open_err = |detail: String| StoreError::Open {
             path: data_dir.to_path_buf(),
             detail,
@@ -90,7 +102,7 @@ impl Store {
                 }
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
-        Ok(Store {
+        Ok(Inner {
             records: tree(RECORDS)?,
             certs: tree(CERTS)?,
             keys: tree(KEYS)?,
@@ -98,6 +110,7 @@ impl Store {
             ledger: tree(LEDGER)?,
             settings: tree(SETTINGS)?,
             record_lock: std::sync::Mutex::new(()),
+            added_lock: std::sync::Mutex::new(()),
             db,
         })
     }
@@ -108,7 +121,7 @@ impl Store {
 
     /// Serializes read-modify-write cycles on records (see `record_lock`). Hold it from the
     /// `get` to the write; never across an await.
-    pub fn lock_records(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock_records(&self) -> std::sync::MutexGuard<'_, ()> {
         // A panic while holding it leaves no partial write behind (writes are atomic).
         self.record_lock
             .lock()
@@ -116,7 +129,7 @@ impl Store {
     }
 
     /// The certificates added at runtime (`domains add`), each as its list of names.
-    pub fn added_domains(&self) -> Result<Vec<Vec<String>>, StoreError> {
+    fn added_domains(&self) -> Result<Vec<Vec<String>>, StoreError> {
         match self.get_bytes(&self.settings, ADDED_DOMAINS)? {
             None => Ok(Vec::new()),
             Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
@@ -126,7 +139,7 @@ impl Store {
         }
     }
 
-    pub fn put_added_domains(&self, added: &[Vec<String>]) -> Result<(), StoreError> {
+    fn put_added_domains(&self, added: &[Vec<String>]) -> Result<(), StoreError> {
         let value = serde_json::to_vec(added).expect("names serialize");
         self.settings
             .insert(ADDED_DOMAINS, value)
@@ -135,7 +148,7 @@ impl Store {
     }
 
     /// Writes and flushes a small value: proves the store takes writes (`/healthz`).
-    pub fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
+    fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
         self.settings
             .insert("heartbeat", &now.to_be_bytes())
             .map_err(write_err)?;
@@ -144,12 +157,7 @@ impl Store {
 
     /// Adopts a certificate obtained elsewhere (`import certbot`): its record, chain and key in
     /// one transaction, flushed.
-    pub fn put_adopted(
-        &self,
-        r: &Record,
-        chain_pem: &str,
-        key_pem: &str,
-    ) -> Result<(), StoreError> {
+    fn put_adopted(&self, r: &Record, chain_pem: &str, key_pem: &str) -> Result<(), StoreError> {
         let value = encode(r);
         (&self.records, &self.certs, &self.keys)
             .transaction(|(records, certs, keys)| {
@@ -163,15 +171,8 @@ impl Store {
         self.flush()
     }
 
-    /// All records, in id order.
-    pub fn records(&self) -> Result<Vec<Record>, StoreError> {
-        let mut all = Vec::new();
-        self.for_each_record(|r| all.push(r))?;
-        Ok(all)
-    }
-
     /// Every record, in id order, one at a time (nothing is held but the one being looked at).
-    pub fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<(), StoreError> {
+    fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<(), StoreError> {
         for kv in self.records.iter() {
             let (k, v) = kv.map_err(|e| StoreError::Corrupt {
                 id: "?".into(),
@@ -182,7 +183,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+    fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         match self.records.get(id).map_err(|e| StoreError::Corrupt {
             id: id.into(),
             detail: e.to_string(),
@@ -193,7 +194,7 @@ impl Store {
     }
 
     /// Writes a record and flushes.
-    pub fn put(&self, r: &Record) -> Result<(), StoreError> {
+    fn put(&self, r: &Record) -> Result<(), StoreError> {
         self.records
             .insert(r.id.as_bytes(), encode(r))
             .map_err(write_err)?;
@@ -201,7 +202,7 @@ impl Store {
     }
 
     /// Writes many records in one batch and flushes once.
-    pub fn put_many(&self, records: &[Record]) -> Result<(), StoreError> {
+    fn put_many(&self, records: &[Record]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -213,9 +214,26 @@ impl Store {
         self.flush()
     }
 
+    /// Writes what `change` says for record `id` (the caller holds the record lock).
+    fn apply_change(&self, id: &str, change: Change) -> Result<(), StoreError> {
+        debug_assert!(super::change_id_matches(id, &change));
+        match change {
+            Change::Keep => Ok(()),
+            Change::Put(r) => self.put(&r),
+            Change::PutWithPendingKey(r, key) => self.put_with_pending_key(&r, &key),
+            Change::PutCertificate(r, chain) => self.put_certificate(&r, &chain),
+            Change::PutAdopted {
+                record,
+                chain_pem,
+                key_pem,
+            } => self.put_adopted(&record, &chain_pem, &key_pem),
+            Change::Delete => self.delete(id),
+        }
+    }
+
     /// Writes a record together with the freshly generated key of its current order, atomically,
     /// and flushes: the key exists on disk before any finalize can use it.
-    pub fn put_with_pending_key(&self, r: &Record, key_pem: &str) -> Result<(), StoreError> {
+    fn put_with_pending_key(&self, r: &Record, key_pem: &str) -> Result<(), StoreError> {
         let value = encode(r);
         (&self.records, &self.keys)
             .transaction(|(records, keys)| {
@@ -228,14 +246,14 @@ impl Store {
     }
 
     /// The stored key of the current order, if generated.
-    pub fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {
+    fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {
         self.get_string(&self.keys, &pending_key(id))
     }
 
     /// Stores a downloaded certificate: the chain, its key promoted from pending to current, and
     /// the record, atomically, then flushes. The previous certificate's key is replaced only here,
     /// in the same transaction as its chain.
-    pub fn put_certificate(&self, r: &Record, chain_pem: &str) -> Result<(), StoreError> {
+    fn put_certificate(&self, r: &Record, chain_pem: &str) -> Result<(), StoreError> {
         let value = encode(r);
         (&self.records, &self.certs, &self.keys)
             .transaction(|(records, certs, keys)| {
@@ -258,7 +276,7 @@ impl Store {
     }
 
     /// Appends to the rate-limit ledger of `directory`, forgetting entries older than `keep_since`.
-    pub fn ledger_append(
+    fn ledger_append(
         &self,
         directory: &str,
         entry: &haproxy_acme_state::ledger::Entry,
@@ -282,7 +300,7 @@ impl Store {
     }
 
     /// The ledger entries of `directory` at or after `since`, oldest first.
-    pub fn ledger_since(
+    fn ledger_since(
         &self,
         directory: &str,
         since: UnixTime,
@@ -301,7 +319,7 @@ impl Store {
     }
 
     /// Forgets certificate `id` entirely: record, chain and keys, in one transaction (`--prune`).
-    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+    fn delete(&self, id: &str) -> Result<(), StoreError> {
         (&self.records, &self.certs, &self.keys)
             .transaction(|(records, certs, keys)| {
                 records.remove(id.as_bytes())?;
@@ -315,18 +333,18 @@ impl Store {
     }
 
     /// The stored certificate chain and its key.
-    pub fn certificate(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+    fn certificate(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
         let chain = self.get_string(&self.certs, id)?;
         let key = self.get_string(&self.keys, &current_key(id))?;
         Ok(chain.zip(key))
     }
 
     /// ACME account credentials (instant-acme's JSON) for a directory.
-    pub fn account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_bytes(&self.accounts, directory)
     }
 
-    pub fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
+    fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
         self.accounts
             .insert(directory, credentials)
             .map_err(write_err)?;
@@ -334,11 +352,11 @@ impl Store {
     }
 
     /// The account key (PKCS#8 DER) generated for a directory before the account was created.
-    pub fn account_key(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn account_key(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_bytes(&self.keys, &account_key(directory))
     }
 
-    pub fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
+    fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
         self.keys
             .insert(account_key(directory), pkcs8_der)
             .map_err(write_err)?;
@@ -364,6 +382,127 @@ impl Store {
                     detail: "not UTF-8".into(),
                 }),
         }
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |s| s.get(&id)).await
+    }
+
+    async fn scan(&self, mut visit: Box<dyn FnMut(Record) + Send>) -> Result<(), StoreError> {
+        self.blocking(move |s| s.for_each_record(&mut visit)).await
+    }
+
+    async fn update_boxed(&self, id: &str, f: UpdateFn) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.blocking(move |s| {
+            let _guard = s.lock_records();
+            let change = f(s.get(&id)?);
+            s.apply_change(&id, change)
+        })
+        .await
+    }
+
+    async fn update_all(
+        &self,
+        mut sweep: SweepFn,
+        more: Box<dyn FnOnce() -> Vec<Record> + Send>,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |s| {
+            let _guard = s.lock_records();
+            let mut changed = Vec::new();
+            s.for_each_record(|r| changed.extend(sweep(&r)))?;
+            changed.extend(more());
+            s.put_many(&changed)
+        })
+        .await
+    }
+
+    async fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |s| s.pending_key(&id)).await
+    }
+
+    async fn certificate(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |s| s.certificate(&id)).await
+    }
+
+    async fn added(&self) -> Result<Vec<Vec<String>>, StoreError> {
+        self.blocking(|s| s.added_domains()).await
+    }
+
+    async fn update_added(
+        &self,
+        f: AddedFn,
+    ) -> Result<Result<Vec<Vec<String>>, String>, StoreError> {
+        self.blocking(move |s| {
+            let _guard = s
+                .added_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let old = s.added_domains()?;
+            match f(&old) {
+                Err(refused) => Ok(Err(refused)),
+                Ok(new) => {
+                    if new != old {
+                        s.put_added_domains(&new)?;
+                    }
+                    Ok(Ok(new))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn ledger_append(
+        &self,
+        directory: &str,
+        entry: &Entry,
+        keep_since: UnixTime,
+    ) -> Result<(), StoreError> {
+        let (directory, entry) = (directory.to_string(), entry.clone());
+        self.blocking(move |s| s.ledger_append(&directory, &entry, keep_since))
+            .await
+    }
+
+    async fn ledger_since(
+        &self,
+        directory: &str,
+        since: UnixTime,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let directory = directory.to_string();
+        self.blocking(move |s| s.ledger_since(&directory, since))
+            .await
+    }
+
+    async fn account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let directory = directory.to_string();
+        self.blocking(move |s| s.account(&directory)).await
+    }
+
+    async fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
+        let (directory, credentials) = (directory.to_string(), credentials.to_vec());
+        self.blocking(move |s| s.put_account(&directory, &credentials))
+            .await
+    }
+
+    async fn account_key(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let directory = directory.to_string();
+        self.blocking(move |s| s.account_key(&directory)).await
+    }
+
+    async fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
+        let (directory, der) = (directory.to_string(), pkcs8_der.to_vec());
+        self.blocking(move |s| s.put_account_key(&directory, &der))
+            .await
+    }
+
+    async fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
+        self.blocking(move |s| s.probe_write(now)).await
     }
 }
 
@@ -449,7 +588,7 @@ mod tests {
     fn ledger_is_per_directory_in_time_order_and_forgets_the_old() {
         use haproxy_acme_state::ledger::Entry;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Inner::open(dir.path()).unwrap();
         store
             .ledger_append("https://ca/dir", &Entry::Order { at: 300 }, 0)
             .unwrap();
@@ -512,7 +651,7 @@ mod tests {
     #[test]
     fn certificate_and_key_are_stored_together() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Inner::open(dir.path()).unwrap();
         let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, 1);
         let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, 1);
         store.put(&r).unwrap();
@@ -542,10 +681,12 @@ mod tests {
         assert_eq!(store.get("b.test").unwrap(), None);
         drop(store);
         // Everything is there after reopening, and a second opener is told the store is locked.
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.records().unwrap(), vec![issued]);
+        let store = Inner::open(dir.path()).unwrap();
+        let mut all = Vec::new();
+        store.for_each_record(|r| all.push(r)).unwrap();
+        assert_eq!(all, vec![issued]);
         assert!(matches!(
-            Store::open(dir.path()),
+            Inner::open(dir.path()),
             Err(StoreError::Locked(_))
         ));
         let mode = fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;

@@ -2,23 +2,21 @@
 //! finalize with a key we generated and stored, certificate download. The only user of
 //! instant-acme; its errors are classified here before they reach the core.
 
-use std::cell::Cell;
-use std::future::Future;
-use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use haproxy_acme_state::{Challenge, FailureKind, Step, UnixTime};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AuthorizationStatus, BodyWrapper, BytesResponse, CertificateIdentifier,
-    ChallengeStatus, ChallengeType, Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType,
+    Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::OnceCell;
 
+use super::http::{http_client, retry_after_from_detail, with_retry_after};
+use super::{AcmeError, Ca, OrderHooks, RenewalInfo};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -29,29 +27,8 @@ const POLL: RetryPolicy = RetryPolicy::new()
     .backoff(1.5)
     .timeout(Duration::from_secs(120));
 
-/// An ACME failure, classified for the core.
-#[derive(Debug, Clone)]
-pub struct AcmeError {
-    pub step: Step,
-    pub kind: FailureKind,
-    pub message: String,
-    pub retry_after: Option<UnixTime>,
-    /// The order can never complete: the next attempt must create a new one.
-    pub order_dead: bool,
-}
-
 impl AcmeError {
-    pub fn new(step: Step, kind: FailureKind, message: impl Into<String>) -> AcmeError {
-        AcmeError {
-            step,
-            kind,
-            message: message.into(),
-            retry_after: None,
-            order_dead: false,
-        }
-    }
-
-    fn dead(step: Step, message: impl Into<String>) -> AcmeError {
+    pub(super) fn dead(step: Step, message: impl Into<String>) -> AcmeError {
         AcmeError {
             order_dead: true,
             ..AcmeError::new(step, FailureKind::Retryable, message)
@@ -60,7 +37,7 @@ impl AcmeError {
 
     /// Classifies an instant-acme error: rate limits and permanent refusals by their RFC 8555
     /// problem type, a vanished order (404) as dead, everything else as retryable.
-    fn from_acme(step: Step, e: instant_acme::Error) -> AcmeError {
+    pub(crate) fn from_acme(step: Step, e: instant_acme::Error) -> AcmeError {
         match e {
             instant_acme::Error::Api(p) => {
                 let kind_name = p
@@ -107,12 +84,6 @@ impl AcmeError {
     }
 }
 
-impl std::fmt::Display for AcmeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
 /// An error with its chain of causes ("client error (Connect): tls handshake: UnknownIssuer"):
 /// the outermost message alone rarely says what to fix.
 fn with_sources(e: &dyn std::error::Error) -> String {
@@ -136,17 +107,6 @@ fn unix_at(i: Instant) -> UnixTime {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// What `drive_order` needs from its caller at the two durable points of an order.
-pub trait OrderHooks {
-    /// Publish these challenges (responder map and store) before the CA is told to validate.
-    fn publish(
-        &self,
-        challenges: Vec<Challenge>,
-    ) -> impl Future<Output = Result<(), AcmeError>> + Send;
-    /// The stored certificate key for this order, generating and storing one first if needed.
-    fn key_pem(&self) -> impl Future<Output = Result<String, AcmeError>> + Send;
-}
-
 /// A connected ACME account.
 pub struct AcmeClient {
     account: Account,
@@ -155,11 +115,11 @@ pub struct AcmeClient {
 impl AcmeClient {
     /// Loads the account for the configured directory, or creates it from a key that is stored
     /// before the CA hears of it (so a crash cannot leave an account we hold no key for).
-    pub async fn connect(config: &Config, store: &Store) -> Result<AcmeClient, AcmeError> {
+    pub async fn connect(config: &Config, store: &dyn Store) -> Result<AcmeClient, AcmeError> {
         with_retry_after(Self::connect_inner(config, store)).await
     }
 
-    async fn connect_inner(config: &Config, store: &Store) -> Result<AcmeClient, AcmeError> {
+    async fn connect_inner(config: &Config, store: &dyn Store) -> Result<AcmeClient, AcmeError> {
         let step = Step::Account;
         let err = |m: String| AcmeError::new(step, FailureKind::Retryable, m);
         let directory = config.acme_directory.clone();
@@ -168,7 +128,11 @@ impl AcmeClient {
                 config.acme_ca_bundle.as_deref(),
             )?))
         };
-        if let Some(creds) = store.account(&directory).map_err(|e| err(e.to_string()))? {
+        if let Some(creds) = store
+            .account(&directory)
+            .await
+            .map_err(|e| err(e.to_string()))?
+        {
             let creds = serde_json::from_slice(&creds)
                 .map_err(|e| err(format!("stored account credentials are unreadable: {e}")))?;
             let account = builder()?
@@ -179,6 +143,7 @@ impl AcmeClient {
         }
         let der = match store
             .account_key(&directory)
+            .await
             .map_err(|e| err(e.to_string()))?
         {
             Some(der) => der,
@@ -187,6 +152,7 @@ impl AcmeClient {
                 let der = pkcs8.secret_pkcs8_der().to_vec();
                 store
                     .put_account_key(&directory, &der)
+                    .await
                     .map_err(|e| err(e.to_string()))?;
                 der
             }
@@ -210,6 +176,7 @@ impl AcmeClient {
         let creds = serde_json::to_vec(&creds).map_err(|e| err(e.to_string()))?;
         store
             .put_account(&directory, &creds)
+            .await
             .map_err(|e| err(e.to_string()))?;
         tracing::info!(account = account.id(), directory = %directory, "ACME account ready");
         Ok(AcmeClient { account })
@@ -267,10 +234,7 @@ impl AcmeClient {
 
     /// The CA's suggested renewal window for the leaf of `chain_pem` and when to ask again
     /// (RFC 9773), or `None` when the CA offers no renewal information.
-    pub async fn renewal_info(
-        &self,
-        chain_pem: &str,
-    ) -> Result<Option<((UnixTime, UnixTime), Option<UnixTime>)>, AcmeError> {
+    pub async fn renewal_info(&self, chain_pem: &str) -> Result<Option<RenewalInfo>, AcmeError> {
         let id = certificate_identifier(chain_pem)
             .map_err(|e| AcmeError::new(Step::Order, FailureKind::Retryable, e))?;
         match self.account.renewal_info(&id).await {
@@ -297,7 +261,7 @@ impl AcmeClient {
         &self,
         url: &str,
         names: &[String],
-        hooks: &impl OrderHooks,
+        hooks: &dyn OrderHooks,
     ) -> Result<String, AcmeError> {
         with_retry_after(self.drive_order_inner(url, names, hooks)).await
     }
@@ -306,7 +270,7 @@ impl AcmeClient {
         &self,
         url: &str,
         names: &[String],
-        hooks: &impl OrderHooks,
+        hooks: &dyn OrderHooks,
     ) -> Result<String, AcmeError> {
         let v = Step::Validation;
         let mut order = self
@@ -412,6 +376,54 @@ impl AcmeClient {
     }
 }
 
+/// The ACME account of the configured directory, connected on first use (so an unreachable CA
+/// is a recorded, retried failure of a certificate rather than a start-up error).
+pub struct LazyAcme {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    client: OnceCell<AcmeClient>,
+}
+
+impl LazyAcme {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> LazyAcme {
+        LazyAcme {
+            config,
+            store,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> Result<&AcmeClient, AcmeError> {
+        self.client
+            .get_or_try_init(|| AcmeClient::connect(&self.config, self.store.as_ref()))
+            .await
+    }
+}
+
+#[async_trait]
+impl Ca for LazyAcme {
+    async fn new_order(
+        &self,
+        names: &[String],
+        replaces: Option<&str>,
+    ) -> Result<String, AcmeError> {
+        self.client().await?.new_order(names, replaces).await
+    }
+
+    async fn drive_order(
+        &self,
+        url: &str,
+        names: &[String],
+        hooks: &dyn OrderHooks,
+    ) -> Result<String, AcmeError> {
+        self.client().await?.drive_order(url, names, hooks).await
+    }
+
+    async fn renewal_info(&self, chain_pem: &str) -> Result<Option<RenewalInfo>, AcmeError> {
+        self.client().await?.renewal_info(chain_pem).await
+    }
+}
+
 /// The RFC 9773 identifier (`base64url(AKI).base64url(serial)`) of the leaf of a PEM chain.
 fn certificate_identifier(chain_pem: &str) -> Result<CertificateIdentifier<'static>, String> {
     let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
@@ -445,145 +457,9 @@ async fn validation_errors(order: &mut instant_acme::Order) -> String {
     }
 }
 
-/// The HTTPS client for the CA: the public web roots plus `ACME_CA_BUNDLE`, if given.
-fn http_client(bundle: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, AcmeError> {
-    let err = |m: String| AcmeError::new(Step::Account, FailureKind::Permanent, m);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = bundle {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
-        let mut added = 0;
-        for c in certs {
-            let c = c.map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
-            roots
-                .add(c)
-                .map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(err(format!(
-                "ACME_CA_BUNDLE {}: no certificate in it",
-                path.display()
-            )));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    // TCP_NODELAY: HTTP/2 sends a request's headers and body as separate frames; with Nagle
-    // on, the body waits for the CA's delayed ACK (~40 ms on Linux) on every POST. Measured:
-    // one issuance on pebble 0.43 s with Nagle, see BENCHMARKS.md for without.
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    let client: HyperClient<_, BodyWrapper<hyper::body::Bytes>> =
-        HyperClient::builder(TokioExecutor::new()).build(connector);
-    Ok(Box::new(RetryAfterClient(Box::new(client))))
-}
-
-tokio::task_local! {
-    /// The last `Retry-After` the CA sent with an error response during the current ACME call
-    /// (set up by `with_retry_after`).
-    static RETRY_AFTER: Cell<Option<UnixTime>>;
-}
-
-/// The HTTP client handed to instant-acme, wrapped to note the `Retry-After` header of error
-/// responses, which instant-acme drops. The note goes to the calling task (a task-local), so
-/// concurrent certificates never see each other's.
-struct RetryAfterClient(Box<dyn instant_acme::HttpClient>);
-
-impl instant_acme::HttpClient for RetryAfterClient {
-    fn request(
-        &self,
-        req: hyper::Request<BodyWrapper<hyper::body::Bytes>>,
-    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
-        let method = req.method().to_string();
-        let path = req.uri().path().to_string();
-        let fut = self.0.request(req);
-        Box::pin(async move {
-            let rsp = match fut.await {
-                Ok(r) => r,
-                Err(e) => {
-                    crate::metrics::global().acme_request(&method, &path, None);
-                    return Err(e);
-                }
-            };
-            let status = rsp.parts.status;
-            crate::metrics::global().acme_request(&method, &path, Some(status.as_u16()));
-            if status.is_client_error() || status.is_server_error() {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                if let Some(t) = rsp
-                    .parts
-                    .headers
-                    .get(hyper::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, now))
-                {
-                    let _ = RETRY_AFTER.try_with(|c| c.set(Some(t)));
-                }
-            }
-            Ok(rsp)
-        })
-    }
-}
-
-/// Runs one ACME call; a failure carries the CA's `Retry-After` header when it sent one (the
-/// header wins over a time found in the problem text).
-async fn with_retry_after<T>(
-    call: impl Future<Output = Result<T, AcmeError>>,
-) -> Result<T, AcmeError> {
-    RETRY_AFTER
-        .scope(Cell::new(None), async {
-            let result = call.await;
-            let header = RETRY_AFTER.with(Cell::get);
-            result.map_err(|mut e| {
-                if header.is_some() {
-                    e.retry_after = header;
-                }
-                e
-            })
-        })
-        .await
-}
-
-/// A `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
-fn parse_retry_after(value: &str, now: UnixTime) -> Option<UnixTime> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u32>() {
-        return Some(now + i64::from(secs));
-    }
-    let t = httpdate::parse_http_date(v).ok()?;
-    t.duration_since(UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs() as i64)
-}
-
-/// The time in a rate-limit problem's text, as Let's Encrypt writes it:
-/// "..., retry after 2025-02-03 04:05:06 UTC: see https://...".
-fn retry_after_from_detail(detail: &str) -> Option<UnixTime> {
-    let rest = detail.split("retry after ").nth(1)?;
-    let stamp = rest.get(..19)?;
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    let t = time::PrimitiveDateTime::parse(stamp, format).ok()?;
-    Some(t.assume_utc().unix_timestamp())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use instant_acme::HttpClient;
 
     #[test]
     fn ari_identifier_of_a_stored_chain() {
@@ -607,27 +483,6 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_header_forms() {
-        assert_eq!(parse_retry_after("120", 1000), Some(1120));
-        assert_eq!(parse_retry_after(" 0 ", 1000), Some(1000));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 0),
-            Some(784111777)
-        );
-        assert_eq!(parse_retry_after("soon", 0), None);
-        assert_eq!(parse_retry_after("-5", 0), None);
-    }
-
-    #[test]
-    fn retry_after_in_a_lets_encrypt_problem() {
-        let detail = "too many certificates (5) already issued for this exact set of identifiers in \
-                      the last 168h0m0s, retry after 2025-02-03 04:05:06 UTC: see https://letsencrypt.org/docs/rate-limits/";
-        assert_eq!(retry_after_from_detail(detail), Some(1738555506));
-        assert_eq!(retry_after_from_detail("no time here"), None);
-        assert_eq!(retry_after_from_detail("retry after tomorrow"), None);
-    }
-
-    #[test]
     fn a_rate_limit_problem_is_classified_with_its_time() {
         let p: instant_acme::Problem = serde_json::from_value(serde_json::json!({
             "type": "urn:ietf:params:acme:error:rateLimited",
@@ -639,65 +494,5 @@ mod tests {
         assert_eq!(e.kind, FailureKind::RateLimited);
         assert_eq!(e.retry_after, Some(1738555506));
         assert!(!e.order_dead);
-    }
-
-    /// An in-process HTTP client standing in for the network: it answers every request with
-    /// the given status and headers. (The CA's behaviour is tested against pebble; pebble sends
-    /// no Retry-After, so the capture itself is tested here.)
-    struct Canned(u16, Option<&'static str>);
-
-    impl instant_acme::HttpClient for Canned {
-        fn request(
-            &self,
-            _req: hyper::Request<BodyWrapper<hyper::body::Bytes>>,
-        ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>>
-        {
-            let mut rsp = hyper::Response::builder().status(self.0);
-            if let Some(v) = self.1 {
-                rsp = rsp.header(hyper::header::RETRY_AFTER, v);
-            }
-            let rsp = rsp
-                .body(http_body_util::Full::new(hyper::body::Bytes::new()))
-                .unwrap();
-            Box::pin(async move { Ok(BytesResponse::from(rsp)) })
-        }
-    }
-
-    async fn call(client: &RetryAfterClient) -> Result<(), AcmeError> {
-        let req = hyper::Request::get("https://ca.test/x")
-            .body(BodyWrapper::default())
-            .unwrap();
-        client
-            .request(req)
-            .await
-            .map_err(|e| AcmeError::from_acme(Step::Order, e))?;
-        Err(AcmeError::new(
-            Step::Order,
-            FailureKind::RateLimited,
-            "refused",
-        ))
-    }
-
-    #[tokio::test]
-    async fn the_header_of_an_error_response_reaches_the_failure() {
-        let limited = RetryAfterClient(Box::new(Canned(429, Some("3600"))));
-        let e = with_retry_after(call(&limited)).await.unwrap_err();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let t = e.retry_after.expect("captured");
-        assert!((now + 3590..=now + 3610).contains(&t), "{t} vs {now}");
-        // A Retry-After on a successful poll is instant-acme's business, not a failure's.
-        let polling = RetryAfterClient(Box::new(Canned(200, Some("3600"))));
-        assert_eq!(
-            with_retry_after(call(&polling))
-                .await
-                .unwrap_err()
-                .retry_after,
-            None
-        );
-        // Outside `with_retry_after` nothing is recorded and nothing panics.
-        assert!(call(&limited).await.is_err());
     }
 }

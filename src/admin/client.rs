@@ -1,0 +1,155 @@
+//! The typed client of the admin socket: what the CLI asks a running daemon, and its answer as
+//! an outcome the CLI turns into an exit code. Keeps hyper inside `admin`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+use super::socket_path;
+
+/// A request to the daemon.
+#[derive(Debug, Clone)]
+pub enum Ask {
+    /// The JSON dump of every certificate, or of one.
+    State(Option<String>),
+    /// The `status` table.
+    Status {
+        color: bool,
+    },
+    Healthz,
+    Renew {
+        id: String,
+        force: bool,
+    },
+    Retry {
+        id: String,
+    },
+    DomainsAdd {
+        spec: String,
+    },
+    DomainsRemove {
+        id: String,
+    },
+    /// `import certbot`: the lineages read by the CLI, as JSON.
+    Import {
+        lineages_json: Vec<u8>,
+    },
+}
+
+impl Ask {
+    fn request(&self) -> (Method, String, Vec<u8>) {
+        match self {
+            Ask::State(None) => (Method::GET, "/state".into(), Vec::new()),
+            Ask::State(Some(id)) => (Method::GET, format!("/state/{id}"), Vec::new()),
+            Ask::Status { color: true } => (Method::GET, "/status?color=1".into(), Vec::new()),
+            Ask::Status { color: false } => (Method::GET, "/status".into(), Vec::new()),
+            Ask::Healthz => (Method::GET, "/healthz".into(), Vec::new()),
+            Ask::Renew { id, force } => (
+                Method::POST,
+                format!(
+                    "/certificates/{id}/renew{}",
+                    if *force { "?force=1" } else { "" }
+                ),
+                Vec::new(),
+            ),
+            Ask::Retry { id } => (
+                Method::POST,
+                format!("/certificates/{id}/retry"),
+                Vec::new(),
+            ),
+            Ask::DomainsAdd { spec } => {
+                (Method::POST, "/domains".into(), spec.clone().into_bytes())
+            }
+            Ask::DomainsRemove { id } => (Method::DELETE, format!("/domains/{id}"), Vec::new()),
+            Ask::Import { lineages_json } => {
+                (Method::POST, "/import".into(), lineages_json.clone())
+            }
+        }
+    }
+}
+
+/// How the daemon took a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// No such certificate.
+    NotFound,
+    /// Refused or invalid.
+    Refused,
+    /// Anything else (its HTTP status): the daemon failed (a store error, say) or is unhealthy.
+    Failed(u16),
+}
+
+/// An answer of the daemon.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub outcome: Outcome,
+    pub body: String,
+}
+
+/// The admin socket of a DATA_DIR.
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(data_dir: &Path) -> Client {
+        Client {
+            socket: socket_path(data_dir),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends `ask` to a running daemon. `Ok(None)` when no daemon listens on the socket.
+    pub async fn send(&self, ask: &Ask) -> io::Result<Option<Answer>> {
+        let stream = match UnixStream::connect(&self.socket).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(conn);
+        let (method, path, body) = ask.request();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(io::Error::other)?;
+        let resp = sender.send_request(req).await.map_err(io::Error::other)?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(io::Error::other)?
+            .to_bytes();
+        let outcome = match status {
+            200..=299 => Outcome::Done,
+            404 => Outcome::NotFound,
+            400 | 409 => Outcome::Refused,
+            other => Outcome::Failed(other),
+        };
+        Ok(Some(Answer {
+            outcome,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }))
+    }
+}

@@ -1,0 +1,163 @@
+//! The CLI's commands other than `run`: each asks the running daemon through the admin socket
+//! ([`admin::client`]) or, with no daemon, does the same on the store itself. Exit codes: 0
+//! success, 1 runtime failure, 2 refused or invalid, 3 no such certificate.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::admin::client::{Answer, Ask, Client, Outcome};
+use crate::clock::unix_now;
+use crate::config::Config;
+use crate::ops::{self, OpError};
+use crate::store::sled::SledStore;
+use crate::store::{Store, StoreError};
+
+/// An error with its own exit code: 2 refused or invalid, 3 no such certificate.
+#[derive(Debug)]
+pub struct Exit(pub u8, pub String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// An operator command that changes state.
+pub enum Op {
+    Renew { id: String, force: bool },
+    Retry { id: String },
+    DomainsAdd { spec: String },
+    DomainsRemove { id: String },
+    Import(crate::import::Found),
+}
+
+/// Runs `op` on the daemon through its admin socket, or, with no daemon, on the store directly
+/// (the change then takes effect when the daemon starts).
+pub async fn operate(config: Config, op: Op) -> anyhow::Result<()> {
+    let client = Client::new(&config.data_dir);
+    let ask = match &op {
+        Op::Renew { id, force } => Ask::Renew {
+            id: id.clone(),
+            force: *force,
+        },
+        Op::Retry { id } => Ask::Retry { id: id.clone() },
+        Op::DomainsAdd { spec } => Ask::DomainsAdd { spec: spec.clone() },
+        Op::DomainsRemove { id } => Ask::DomainsRemove { id: id.clone() },
+        Op::Import(found) => Ask::Import {
+            lineages_json: serde_json::to_vec(found).expect("lineages serialize"),
+        },
+    };
+    if let Some(a) = ask_daemon(&client, &ask).await? {
+        return print_answer(a);
+    }
+    let store = open_offline(&config.data_dir)?;
+    let store = store.as_ref();
+    let now = unix_now();
+    let config = Arc::new(config);
+    let result = match &op {
+        Op::Renew { id, force } => ops::renew(store, id, *force, now).await,
+        Op::Retry { id } => ops::retry(store, id, now).await,
+        Op::DomainsAdd { spec } => ops::domains_add(store, &config, spec).await,
+        Op::DomainsRemove { id } => ops::domains_remove(store, &config, id).await,
+        Op::Import(found) => crate::import::adopt(store, &config, found, now).await,
+    };
+    match result {
+        Ok(done) => {
+            println!("{}", done.message);
+            if !done.wake.is_empty() || done.reload {
+                println!("(no daemon runs: this takes effect when it starts)");
+            }
+            Ok(())
+        }
+        Err(OpError::NotFound(m)) => Err(Exit(3, m).into()),
+        Err(OpError::Refused(m)) => Err(Exit(2, m).into()),
+        Err(OpError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// `state dump [ID]`: from the running daemon if there is one, else straight from the store.
+pub async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
+    let client = Client::new(&config.data_dir);
+    if let Some(a) = ask_daemon(&client, &Ask::State(id.map(String::from))).await? {
+        return print_answer(a);
+    }
+    let store = open_offline(&config.data_dir)?;
+    let text = crate::admin::dump_json(store.as_ref(), id, unix_now())
+        .await?
+        .ok_or_else(|| Exit(3, format!("no certificate {:?}", id.unwrap_or_default())))?;
+    print!("{text}");
+    Ok(())
+}
+
+/// `status`: the same, as a table (coloured on a terminal).
+pub async fn status(config: &Config) -> anyhow::Result<()> {
+    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let client = Client::new(&config.data_dir);
+    if let Some(a) = ask_daemon(&client, &Ask::Status { color }).await? {
+        return print_answer(a);
+    }
+    let store = open_offline(&config.data_dir)?;
+    print!(
+        "{}",
+        crate::admin::status_text(store.as_ref(), color, unix_now()).await?
+    );
+    Ok(())
+}
+
+/// `healthcheck`: asks the running daemon's admin socket.
+pub async fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    let client = Client::new(&config.data_dir);
+    match ask_daemon(&client, &Ask::Healthz).await? {
+        None => anyhow::bail!("no daemon answers on {}", client.socket().display()),
+        Some(Answer {
+            outcome: Outcome::Done,
+            body,
+        }) => {
+            print!("{body}");
+            Ok(())
+        }
+        Some(a) => anyhow::bail!(
+            "health check through {}: {}",
+            client.socket().display(),
+            a.body.trim()
+        ),
+    }
+}
+
+async fn ask_daemon(client: &Client, ask: &Ask) -> anyhow::Result<Option<Answer>> {
+    client
+        .send(ask)
+        .await
+        .with_context(|| format!("asking the daemon through {}", client.socket().display()))
+}
+
+/// Prints a daemon's answer, or turns it into the error with the matching exit code.
+fn print_answer(a: Answer) -> anyhow::Result<()> {
+    match a.outcome {
+        Outcome::Done => {
+            print!("{}", a.body);
+            Ok(())
+        }
+        Outcome::NotFound => Err(Exit(3, a.body).into()),
+        Outcome::Refused => Err(Exit(2, a.body).into()),
+        Outcome::Failed(status) => {
+            anyhow::bail!("the daemon answered {status}: {}", a.body.trim())
+        }
+    }
+}
+
+/// The store, opened by the CLI because no daemon answers.
+fn open_offline(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+    match SledStore::open(data_dir) {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(StoreError::Locked(dir)) => anyhow::bail!(
+            "the store in {} is held by a running daemon whose admin socket {} does not answer",
+            dir.display(),
+            crate::admin::socket_path(&dir).display()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}

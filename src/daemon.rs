@@ -1,0 +1,169 @@
+//! The daemon's start-up and shutdown (`haproxy-acme run`): which part starts when, and what
+//! each is handed. Start order: responder bound and serving → store opened → default
+//! certificate → admin socket (and `ADMIN_LISTEN`) → wanted set brought into the store → healthy
+//! → wait for HAProxy's runtime API → reconciler. Shutdown: the reconciler lets in-flight steps
+//! reach a durable point, then the servers stop and the admin socket is removed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::acme::LazyAcme;
+use crate::admin::{self, Admin};
+use crate::clock::{Dice, SystemClock};
+use crate::config::Config;
+use crate::health::Health;
+use crate::installer::Installer;
+use crate::reconciler::{Parts, Reconciler, StartError, Tuning};
+use crate::responder::{self, Tokens};
+use crate::store::sled::SledStore;
+use crate::store::{Store, StoreError};
+
+/// What stops the daemon and what asks it to re-read its configuration.
+pub struct Triggers {
+    /// Turns true on SIGTERM/SIGINT.
+    pub shutdown: watch::Receiver<bool>,
+    /// Bumped by SIGHUP; the daemon bumps it too when DOMAINS_FILE changes.
+    pub reload: Arc<watch::Sender<u64>>,
+}
+
+/// Why the daemon did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The wanted set is invalid or empty (exit code 2).
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for DaemonError {
+    fn from(e: StoreError) -> DaemonError {
+        DaemonError::Other(e.into())
+    }
+}
+
+/// Runs the daemon until `triggers.shutdown` turns true.
+pub async fn run(config: Config, triggers: Triggers) -> Result<(), DaemonError> {
+    let Triggers { shutdown, reload } = triggers;
+    // Subscribed before the wanted set is read: a SIGHUP during start-up is not lost.
+    let reload_rx = reload.subscribe();
+    // The responder listens before anything else, so validation traffic always has a target.
+    let listener = responder::bind(config.responder_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on RESPONDER_LISTEN {} (port 80 needs root or \
+                 CAP_NET_BIND_SERVICE; or pick another address that HAProxy forwards to)",
+                config.responder_listen
+            )
+        })?;
+    let tokens = Tokens::default();
+    let responder_task = tokio::spawn(responder::serve(listener, tokens.clone(), shutdown.clone()));
+    tracing::info!(listen = %config.responder_listen, "challenge responder listening");
+
+    let store: Arc<dyn Store> = Arc::new(open_store_waiting(&config.data_dir).await?);
+    let installer = Installer::new(
+        config.certs_dir.clone(),
+        config.haproxy_certs_dir.clone(),
+        config.haproxy_runtime_api.clone(),
+    );
+    if installer.prepare_certs_dir().map_err(anyhow::Error::new)? {
+        tracing::info!(dir = %config.certs_dir.display(), "wrote the self-signed default certificate 000-default.pem");
+    }
+    let admin_listener = admin::bind(&config.data_dir).with_context(|| {
+        format!(
+            "cannot bind the admin socket {}",
+            admin::socket_path(&config.data_dir).display()
+        )
+    })?;
+    let admin_tcp = match config.admin_listen {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on ADMIN_LISTEN {addr}"))?;
+            tracing::info!(listen = %addr, "admin endpoint (read-only: state, status, healthz, metrics)");
+            Some(l)
+        }
+    };
+    match &config.haproxy_runtime_api {
+        Some(a) => tracing::info!(runtime_api = %a, "installing through HAProxy's runtime API"),
+        None => tracing::info!("HAPROXY_RUNTIME_API unset: writing certificate files only"),
+    }
+    // Read again by the reconciler, with the certificates added at runtime; not kept twice
+    // (100,000 certificates are ~25 MiB of names).
+    let mut config = config;
+    config.certificates = Vec::new();
+    let config = Arc::new(config);
+    let installer = Arc::new(installer);
+    let health = Arc::new(Health::default());
+    let clock = Arc::new(SystemClock);
+    let (reconciler, control, inbox) = Reconciler::new(
+        Parts {
+            config: config.clone(),
+            store: store.clone(),
+            ca: Arc::new(LazyAcme::new(config.clone(), store.clone())),
+            haproxy: installer.clone(),
+            clock: clock.clone(),
+            dice: Dice::from_os(),
+            tokens,
+            health: health.clone(),
+        },
+        Tuning::default(),
+    );
+    let started = match reconciler.start().await {
+        Ok(s) => s,
+        Err(StartError::Config(e)) => return Err(DaemonError::Config(e)),
+        Err(StartError::Store(e)) => return Err(e.into()),
+    };
+    health.set_ready();
+    tracing::info!(certificates = started.wanted(), directory = %config.acme_directory, "store in line with the configuration");
+    // Held for the daemon's lifetime: dropping it stops the watch.
+    let _watcher = match &config.domains_file {
+        Some(file) => Some(
+            crate::watch::watch_file(file, reload.clone())
+                .with_context(|| format!("cannot watch DOMAINS_FILE {}", file.display()))?,
+        ),
+        None => None,
+    };
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_tcp,
+        Arc::new(Admin {
+            store,
+            config: config.clone(),
+            control,
+            health,
+            clock,
+        }),
+        shutdown.clone(),
+    ));
+    // No `sleep` in a compose file: the daemon itself waits until HAProxy can route validation
+    // traffic and take certificates, before it orders anything.
+    let mut waiting = shutdown.clone();
+    if installer.wait_for_runtime_api(&mut waiting).await {
+        reconciler.run(started, shutdown, reload_rx, inbox).await;
+    }
+    let _ = tokio::join!(responder_task, admin_task);
+    let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the store for the daemon. A CLI command that found no daemon (`state dump` during a
+/// restart) holds the lock for a moment: wait for it rather than fail, but not for long, since
+/// another daemon on the same DATA_DIR holds it for good.
+async fn open_store_waiting(data_dir: &Path) -> Result<SledStore, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(data_dir) {
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}

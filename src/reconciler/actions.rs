@@ -1,0 +1,296 @@
+//! One function per action of the core: create an order (if the rate-limit budget admits it),
+//! drive an order to a stored certificate, ask for renewal information, install, run the deploy
+//! hook. Each records its outcome as an event; none decides what comes next (`state::plan` does).
+
+use async_trait::async_trait;
+use haproxy_acme_state::dump::rfc3339;
+use haproxy_acme_state::{Challenge, Event, FailureKind, KeyType, Record, Step};
+
+use super::execute::With;
+use super::Reconciler;
+use crate::acme::{AcmeError, OrderHooks};
+use crate::store::StoreError;
+
+impl Reconciler {
+    /// Orders a new certificate, unless the local budget says the CA would refuse it.
+    pub(super) async fn create_order(&self, r: &Record) -> Result<(), StoreError> {
+        let id = r.id.as_str();
+        // Stay inside the CA's limits rather than be refused (and locked out) by it.
+        if let Some(d) = self
+            .budget
+            .admit(&r.names, r.cert.is_some(), self.clock.now())
+            .await?
+        {
+            let message = format!(
+                "local rate-limit budget: {}; the order waits until {}",
+                d.reason,
+                rfc3339(d.until)
+            );
+            return self
+                .fail(
+                    id,
+                    Step::Order,
+                    FailureKind::RateLimited,
+                    message,
+                    Some(d.until),
+                    false,
+                )
+                .await;
+        }
+        // A renewal from a CA with renewal information names the certificate it replaces.
+        let replaces = match (&r.ari_window, r.cert.is_some()) {
+            (Some(_), true) => self.store.certificate(id).await?.map(|(chain, _)| chain),
+            _ => None,
+        };
+        match self.ca.new_order(&r.names, replaces.as_deref()).await {
+            Ok(url) => {
+                tracing::info!(cert = id, order = %url, "order created");
+                self.order_started
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id.to_string(), std::time::Instant::now());
+                self.record(id, Event::OrderCreated { url }).await?;
+                self.budget.ordered(self.clock.now()).await
+            }
+            Err(e) => self.fail_acme(id, e).await,
+        }
+    }
+
+    /// Takes the order as far as it goes and stores the certificate with its key.
+    pub(super) async fn drive_order(
+        &self,
+        r: &Record,
+        url: &str,
+        key_generated: bool,
+    ) -> Result<(), StoreError> {
+        let id = r.id.as_str();
+        let hooks = Hooks {
+            reconciler: self,
+            id,
+            key_generated,
+            key_type: r.key_type,
+        };
+        let started = std::time::Instant::now();
+        let chain = match self.ca.drive_order(url, &r.names, &hooks).await {
+            Ok(chain) => chain,
+            Err(e) => {
+                if e.step == Step::Validation && e.order_dead {
+                    self.budget
+                        .failed_validation(&r.names, self.clock.now())
+                        .await?;
+                }
+                return self.fail_acme(id, e).await;
+            }
+        };
+        let meta = match crate::pki::chain_meta(&chain, self.clock.now()) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let message = e.to_string();
+                return self
+                    .fail(
+                        id,
+                        Step::Finalize,
+                        FailureKind::Retryable,
+                        message,
+                        None,
+                        false,
+                    )
+                    .await;
+            }
+        };
+        let serial = meta.serial.clone();
+        self.commit(id, Event::CertificateStored { meta }, With::Chain(chain))
+            .await?;
+        let since_order = self
+            .order_started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+        crate::metrics::global().issued(since_order.map_or(started.elapsed(), |t| t.elapsed()));
+        tracing::info!(cert = id, serial = %serial, ms = started.elapsed().as_millis() as u64, "certificate issued and stored");
+        self.budget.issued(&r.names, self.clock.now()).await
+    }
+
+    /// Asks the CA for the renewal window of the current certificate (RFC 9773).
+    pub(super) async fn check_renewal_info(&self, r: &Record) -> Result<(), StoreError> {
+        let id = r.id.as_str();
+        let ask_again = |e: &AcmeError| {
+            tracing::warn!(cert = id, error = %e, "renewal information unavailable; asking again in an hour");
+            Event::RenewalInfoUnavailable {
+                retry_at: Some(self.clock.now() + 3600),
+            }
+        };
+        let event = match self.store.certificate(id).await? {
+            None => Event::RenewalInfoUnavailable { retry_at: None },
+            Some((chain, _)) => match self.ca.renewal_info(&chain).await {
+                Ok(Some((window, retry_after))) => {
+                    tracing::info!(cert = id, start = %rfc3339(window.0), end = %rfc3339(window.1), "renewal window from the CA");
+                    Event::RenewalInfo {
+                        window,
+                        retry_after,
+                        jitter_permille: self.dice.permille(),
+                    }
+                }
+                Ok(None) => Event::RenewalInfoUnavailable { retry_at: None },
+                Err(e) => ask_again(&e),
+            },
+        };
+        self.record(id, event).await.map(drop)
+    }
+
+    /// Puts the stored certificate into HAProxy (file and runtime API).
+    pub(super) async fn install(&self, r: &Record, fingerprint: String) -> Result<(), StoreError> {
+        let id = r.id.as_str();
+        let Some(meta) = r.cert.clone().filter(|c| c.fingerprint == fingerprint) else {
+            return Ok(());
+        };
+        let Some((chain, key)) = self.store.certificate(id).await? else {
+            let message = "the stored certificate or its key is missing from the store".into();
+            return self
+                .fail(
+                    id,
+                    Step::Install,
+                    FailureKind::Permanent,
+                    message,
+                    None,
+                    false,
+                )
+                .await;
+        };
+        match self.haproxy.install(id, &chain, &key, &meta).await {
+            Ok(method) => {
+                self.record(id, Event::Installed { fingerprint }).await?;
+                crate::metrics::global().installed(method == crate::installer::Method::RuntimeApi);
+                tracing::info!(cert = id, serial = %meta.serial, method = ?method, "certificate installed");
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(e, crate::installer::InstallError::File { .. }) {
+                    crate::metrics::global().runtime_api_error();
+                }
+                let message = e.to_string();
+                self.fail(
+                    id,
+                    Step::Install,
+                    FailureKind::Retryable,
+                    message,
+                    None,
+                    false,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Runs the deploy hook for the installed certificate and records how it went.
+    pub(super) async fn run_hook(&self, r: &Record, fingerprint: String) -> Result<(), StoreError> {
+        let id = r.id.as_str();
+        let Some(command) = &self.config.deploy_hook else {
+            // Configured off since the plan was made: the next reload clears the flag.
+            let error = Some("DEPLOY_HOOK is no longer set".into());
+            return self
+                .record(id, Event::HookRan { fingerprint, error })
+                .await
+                .map(drop);
+        };
+        let error = match self.store.certificate(id).await? {
+            None => Some("the stored certificate or its key is missing".to_string()),
+            Some((chain, key)) => {
+                let lineage = crate::hook::lineage_dir(&self.config.data_dir, id);
+                let written = tokio::task::spawn_blocking({
+                    let lineage = lineage.clone();
+                    move || crate::hook::write_lineage(&lineage, &chain, &key)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                match written {
+                    Err(e) => Some(format!("cannot write {}: {e}", lineage.display())),
+                    Ok(()) => {
+                        let out = crate::hook::run(
+                            command,
+                            &lineage,
+                            &r.names,
+                            self.config.deploy_hook_timeout,
+                        )
+                        .await;
+                        for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
+                            tracing::info!(cert = id, stream = "stdout", "deploy hook: {line}");
+                        }
+                        for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
+                            tracing::info!(cert = id, stream = "stderr", "deploy hook: {line}");
+                        }
+                        let ms = out.took.as_millis() as u64;
+                        match &out.error {
+                            None => tracing::info!(cert = id, ms, "deploy hook succeeded"),
+                            Some(e) => {
+                                tracing::error!(cert = id, ms, error = %e, "deploy hook failed (`retry {id}` runs it again)")
+                            }
+                        }
+                        out.error
+                    }
+                }
+            }
+        };
+        crate::metrics::global().hook(error.is_none());
+        self.record(id, Event::HookRan { fingerprint, error })
+            .await
+            .map(drop)
+    }
+}
+
+/// The durable points inside an order, wired to the store.
+struct Hooks<'a> {
+    reconciler: &'a Reconciler,
+    id: &'a str,
+    key_generated: bool,
+    key_type: KeyType,
+}
+
+#[async_trait]
+impl OrderHooks for Hooks<'_> {
+    async fn publish(&self, challenges: Vec<Challenge>) -> Result<(), AcmeError> {
+        self.reconciler
+            .record(self.id, Event::ChallengesPublished { challenges })
+            .await
+            .map(drop)
+            .map_err(|e| store_failure(Step::Validation, e))
+    }
+
+    async fn key_pem(&self) -> Result<String, AcmeError> {
+        let store_err = |e| store_failure(Step::Finalize, e);
+        if self.key_generated {
+            if let Some(k) = self
+                .reconciler
+                .store
+                .pending_key(self.id)
+                .await
+                .map_err(store_err)?
+            {
+                return Ok(k);
+            }
+        }
+        let kt = self.key_type;
+        // A key generation failure is not a store failure: say what it is.
+        let keygen_err = |m: String| AcmeError::new(Step::Finalize, FailureKind::Retryable, m);
+        // An ECDSA key takes microseconds; an RSA key up to seconds, off the async workers.
+        let key = match kt {
+            KeyType::EcdsaP256 | KeyType::EcdsaP384 => crate::pki::generate_key(kt),
+            KeyType::Rsa2048 | KeyType::Rsa4096 => {
+                tokio::task::spawn_blocking(move || crate::pki::generate_key(kt))
+                    .await
+                    .map_err(|e| keygen_err(format!("key generation task failed: {e}")))?
+            }
+        }
+        .map_err(|e| keygen_err(e.to_string()))?;
+        self.reconciler
+            .commit(self.id, Event::KeyStored, With::PendingKey(key.clone()))
+            .await
+            .map_err(store_err)?;
+        Ok(key)
+    }
+}
+
+fn store_failure(step: Step, e: StoreError) -> AcmeError {
+    AcmeError::new(step, FailureKind::Retryable, e.to_string())
+}

@@ -1,0 +1,344 @@
+//! The reconciler: the I/O shell around the pure core. It wakes at the earliest due time of any
+//! certificate (or when a task ends, an operator asks, the configuration changes, or on
+//! shutdown), asks `state::plan` what to do, runs the action with bounded concurrency, and feeds
+//! the outcome back through `state::apply`, persisting each new record before the next step.
+//!
+//! - this file: the [`Reconciler`] (what it talks to), its [`Control`] handle, and the loop;
+//! - [`schedule`]: due times, one entry per certificate;
+//! - [`wanted`]: the wanted set brought into the store (start-up, reloads) and pruning;
+//! - [`execute`]: one certificate's task (`Tick → plan → action → apply` until it waits), and
+//!   the record updates every action goes through;
+//! - [`actions`]: one function per action of the core.
+//!
+//! Everything it talks to is a trait object ([`Store`], [`Ca`], [`Haproxy`], [`Clock`]), so the
+//! simulated-time tests run this very code against an in-memory CA and HAProxy.
+
+mod actions;
+mod execute;
+pub mod schedule;
+mod tokens;
+mod wanted;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use haproxy_acme_state::UnixTime;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::acme::Ca;
+use crate::budget::Budget;
+use crate::clock::{Clock, Dice};
+use crate::config::Config;
+use crate::health::Health;
+use crate::installer::Haproxy;
+use crate::responder::Tokens;
+use crate::store::{Store, StoreError};
+use schedule::{schedule_wanted, Schedule, Wanted};
+
+/// After a store error (disk full, say) a certificate is looked at again after this delay.
+const STORE_RETRY_SECS: i64 = 30;
+/// Bound on consecutive actions for one certificate in one wake-up; a guard against a loop that
+/// makes no progress, never reached in normal operation (an issuance is about five steps).
+const MAX_STEPS_PER_WAKE: usize = 32;
+/// How long shutdown waits for in-flight steps to reach a durable point.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// After a reload trigger, wait this long for the writer to finish before reading.
+const RELOAD_SETTLE: Duration = Duration::from_millis(100);
+
+/// What the reconciler talks to.
+pub struct Parts {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub ca: Arc<dyn Ca>,
+    pub haproxy: Arc<dyn Haproxy>,
+    pub clock: Arc<dyn Clock>,
+    pub dice: Dice,
+    /// The responder's challenge map, kept in step with the records' published challenges.
+    pub tokens: Tokens,
+    pub health: Arc<Health>,
+}
+
+/// Limits of the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// At most this many certificates are worked on at once.
+    pub max_concurrent: usize,
+    /// A pass at least this often, even with nothing due (`/healthz` watches it).
+    pub heartbeat: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            max_concurrent: 8,
+            heartbeat: crate::health::HEARTBEAT,
+        }
+    }
+}
+
+pub struct Reconciler {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    ca: Arc<dyn Ca>,
+    haproxy: Arc<dyn Haproxy>,
+    clock: Arc<dyn Clock>,
+    dice: Dice,
+    tokens: Tokens,
+    health: Arc<Health>,
+    budget: Budget,
+    tuning: Tuning,
+    /// When the order in flight of a certificate was created, for the issuance-duration metric
+    /// (in memory: an issuance resumed after a restart is timed from the restart).
+    order_started: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// The handle operator commands use: look at a certificate now, or re-read the wanted set now
+/// (the store is already written, nothing to wait for). Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    wake: mpsc::UnboundedSender<String>,
+    reload: Arc<Notify>,
+}
+
+impl Control {
+    /// Asks the reconciler to look at certificate `id` now.
+    pub fn wake(&self, id: String) {
+        let _ = self.wake.send(id);
+    }
+
+    /// Asks the reconciler to re-read the wanted certificates now.
+    pub fn reload(&self) {
+        self.reload.notify_one();
+    }
+}
+
+/// The receiving end of a [`Control`].
+pub struct Inbox {
+    woken: mpsc::UnboundedReceiver<String>,
+    reload: Arc<Notify>,
+}
+
+/// The wanted set as brought into the store at start-up, for [`Reconciler::run`].
+pub struct Started {
+    /// Digest of what the wanted set was read from, and of the set itself.
+    sources: u64,
+    specs: u64,
+    wanted: Vec<Wanted>,
+    unwanted: Vec<String>,
+}
+
+impl Started {
+    /// How many certificates are wanted.
+    pub fn wanted(&self) -> usize {
+        self.wanted.len()
+    }
+}
+
+/// Why the reconciler cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The wanted set is invalid or empty (exit code 2).
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Reconciler {
+    pub fn new(parts: Parts, tuning: Tuning) -> (Arc<Reconciler>, Control, Inbox) {
+        let (wake, woken) = mpsc::unbounded_channel();
+        let reload = Arc::new(Notify::new());
+        let budget = Budget::new(
+            parts.store.clone(),
+            parts.config.acme_directory.clone(),
+            parts.config.rate_limits,
+        );
+        let r = Reconciler {
+            config: parts.config,
+            store: parts.store,
+            ca: parts.ca,
+            haproxy: parts.haproxy,
+            clock: parts.clock,
+            dice: parts.dice,
+            tokens: parts.tokens,
+            health: parts.health,
+            budget,
+            tuning,
+            order_started: std::sync::Mutex::new(HashMap::new()),
+        };
+        let control = Control {
+            wake,
+            reload: reload.clone(),
+        };
+        (Arc::new(r), control, Inbox { woken, reload })
+    }
+
+    /// Brings the store in line with the wanted set (DOMAINS, DOMAINS_FILE and the certificates
+    /// added at runtime) and publishes every stored challenge again.
+    pub async fn start(&self) -> Result<Started, StartError> {
+        let (sources, specs) = match self.read_wanted(None).await? {
+            Ok((_, Some(specs))) if specs.is_empty() => {
+                return Err(StartError::Config(crate::config::nothing_to_manage()))
+            }
+            Ok((sources, specs)) => (sources, specs.expect("read without a digest to match")),
+            Err(errors) => return Err(StartError::Config(crate::config::ConfigError(errors))),
+        };
+        let (wanted, unwanted) = self.sync_specs(&specs).await?;
+        Ok(Started {
+            sources,
+            specs: wanted::digest(&specs),
+            wanted,
+            unwanted,
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then lets in-flight steps finish (bounded) and returns.
+    /// A change of `reload` (SIGHUP, DOMAINS_FILE edited) re-reads the wanted certificates after a
+    /// short settle delay; [`Control`] asks through `inbox`.
+    pub async fn run(
+        self: Arc<Self>,
+        started: Started,
+        mut shutdown: watch::Receiver<bool>,
+        mut reload: watch::Receiver<u64>,
+        mut inbox: Inbox,
+    ) {
+        let shared = self;
+        let Started {
+            sources,
+            specs,
+            wanted: wanted_due,
+            unwanted,
+        } = started;
+        for id in &unwanted {
+            tracing::info!(cert = %id, prune = shared.config.prune, "in the store but not configured: not renewed");
+            if shared.config.prune {
+                shared.prune(id).await;
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut wanted: HashSet<Arc<str>> = wanted_due.iter().map(|w| w.id.clone()).collect();
+        // Each certificate is scheduled from its record's plan (no second store read, no task for
+        // one with nothing to do).
+        let mut schedule = Schedule::default();
+        schedule_wanted(&mut schedule, wanted_due);
+        tracing::info!(
+            certificates = wanted.len(),
+            due_now = schedule.due_at(shared.clock.now()),
+            ms = started.elapsed().as_millis() as u64,
+            "reconciler ready"
+        );
+        // Certificates a task is working on, and those to prune once their task is done.
+        let mut in_flight: HashSet<String> = HashSet::new();
+        let mut prune_when_done: HashSet<String> = HashSet::new();
+        // Certificates that came due while a task was on them: that task may have planned from a
+        // record older than the change that made them due, so they are looked at again at once.
+        let mut look_again: HashSet<String> = HashSet::new();
+        let mut tasks: JoinSet<(String, Option<UnixTime>)> = JoinSet::new();
+        // A digest of the wanted certificates as last applied: a reload that reads the same is a
+        // no-op. (A digest, not a copy: with 100,000 certificates a copy costs tens of MiB.)
+        let mut applied = specs;
+        // And of what they were read from: a re-read of the same bytes is not parsed again.
+        let mut applied_sources = sources;
+        loop {
+            let now = shared.clock.now();
+            shared.health.passed(now);
+            while tasks.len() < shared.tuning.max_concurrent {
+                let Some(id) = schedule.pop_due(now) else {
+                    break;
+                };
+                if in_flight.insert(id.clone()) {
+                    tasks.spawn(shared.clone().drive(id));
+                } else {
+                    look_again.insert(id);
+                }
+            }
+            let heartbeat = shared.tuning.heartbeat;
+            let wait = match schedule.next() {
+                Some(t) if tasks.len() < shared.tuning.max_concurrent => {
+                    Duration::from_secs((t - now).max(1) as u64)
+                }
+                _ => heartbeat,
+            }
+            .min(heartbeat);
+            let mut reread = false;
+            // `biased`: the same order every time, so a simulated schedule replays from its seed.
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
+                    Ok((id, next)) => {
+                        in_flight.remove(&id);
+                        let again = look_again.remove(&id);
+                        if prune_when_done.remove(&id) {
+                            shared.prune(&id).await;
+                        } else if !wanted.contains(id.as_str()) {
+                            // Removed from the configuration meanwhile: no longer scheduled.
+                        } else if again {
+                            schedule.set(id, shared.clock.now());
+                        } else if let Some(t) = next {
+                            schedule.set(id, t);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "a certificate task failed unexpectedly"),
+                },
+                Some(id) = inbox.woken.recv() => {
+                    if !wanted.contains(id.as_str()) {
+                        tracing::info!(cert = %id, "not configured: an operator's request changes its state but nothing is done until it is");
+                    } else if in_flight.contains(&id) {
+                        look_again.insert(id);
+                    } else {
+                        schedule.set(id, shared.clock.now());
+                    }
+                }
+                Ok(()) = reload.changed() => {
+                    // Editors and ConfigMaps write in several steps: let them finish.
+                    tokio::time::sleep(RELOAD_SETTLE).await;
+                    reload.borrow_and_update();
+                    reread = true;
+                }
+                _ = inbox.reload.notified() => reread = true,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if !reread {
+                continue;
+            }
+            let Some((sources, specs_digest, now_wanted, gone)) =
+                shared.reread(applied_sources, applied).await
+            else {
+                continue;
+            };
+            applied = specs_digest;
+            applied_sources = sources;
+            for id in &gone {
+                if wanted.remove(id.as_str()) {
+                    schedule.remove(id);
+                    tracing::info!(cert = %id, prune = shared.config.prune, "removed from the configuration: no longer renewed");
+                    if shared.config.prune {
+                        if in_flight.contains(id) {
+                            prune_when_done.insert(id.clone());
+                        } else {
+                            shared.prune(id).await;
+                        }
+                    }
+                }
+            }
+            for w in &now_wanted {
+                prune_when_done.remove(&*w.id);
+                wanted.insert(w.id.clone());
+            }
+            schedule_wanted(&mut schedule, now_wanted);
+        }
+        tracing::info!(
+            in_flight = tasks.len(),
+            "shutting down: letting in-flight steps finish"
+        );
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!(
+                "in-flight steps did not finish in time; they resume from the store at next start"
+            );
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The wanted set in the store: at start-up and after each configuration change, new
+//! certificates get a record, changed ones an event, those no longer listed are marked (or, with
+//! PRUNE, removed from HAProxy, the certificate directory and the store).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use haproxy_acme_state::{apply, Event, Record};
+
+use super::schedule::Wanted;
+use super::tokens::sync_tokens;
+use super::Reconciler;
+use crate::config::CertSpec;
+use crate::store::{Change, StoreError};
+
+/// What one re-read found: the digests of its sources and of the set, when each wanted
+/// certificate is due, and the stored ids no longer wanted.
+type Reread = (u64, u64, Vec<Wanted>, Vec<String>);
+
+pub fn digest(specs: &[CertSpec]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    specs.hash(&mut h);
+    h.finish()
+}
+
+impl Reconciler {
+    /// The certificates wanted now (DOMAINS, DOMAINS_FILE, and those added at runtime) and a
+    /// digest of what they were read from; `None` when that is `unchanged_from`. The outer error
+    /// is the store's, the inner one the configuration's (one line per problem).
+    pub(super) async fn read_wanted(
+        &self,
+        unchanged_from: Option<u64>,
+    ) -> Result<Result<(u64, Option<Vec<CertSpec>>), Vec<String>>, StoreError> {
+        let added = self.store.added().await?;
+        Ok(self.config.read_certificates_since(&added, unchanged_from))
+    }
+
+    /// Re-reads the wanted set after a reload trigger; `None` when nothing changed or the change
+    /// is refused (logged; the running set stays).
+    pub(super) async fn reread(&self, applied_sources: u64, applied: u64) -> Option<Reread> {
+        let reread_at = std::time::Instant::now();
+        let unchanged = |certificates: Option<usize>| {
+            let ms = reread_at.elapsed().as_millis() as u64;
+            tracing::info!(certificates, ms, "configuration re-read: unchanged");
+        };
+        let (sources, specs) = match self.read_wanted(Some(applied_sources)).await {
+            Ok(Ok((_, None))) => {
+                unchanged(None);
+                return None;
+            }
+            Ok(Ok((sources, Some(specs)))) => (sources, specs),
+            Ok(Err(errors)) => {
+                for e in errors {
+                    tracing::error!(
+                        "configuration change refused, the running configuration stays: {e}"
+                    );
+                }
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration change not read (store error)");
+                return None;
+            }
+        };
+        let specs_digest = digest(&specs);
+        if specs_digest == applied {
+            // Only spelling changed (a comment, spaces).
+            unchanged(Some(specs.len()));
+            return Some((sources, applied, Vec::new(), Vec::new()));
+        }
+        match self.sync_specs(&specs).await {
+            Ok((now_wanted, gone)) => {
+                let ms = reread_at.elapsed().as_millis() as u64;
+                tracing::info!(
+                    certificates = now_wanted.len(),
+                    ms,
+                    "configuration reloaded"
+                );
+                Some((sources, specs_digest, now_wanted, gone))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration change not applied (store error)");
+                None
+            }
+        }
+    }
+
+    /// Brings the store in line with the wanted certificates, and gives the responder every
+    /// published challenge back. Returns when each wanted certificate is due and the stored ids
+    /// no longer wanted (in id order). One pass over the store, one record at a time, under the
+    /// record lock; changed records are written in one batch (one flush), so a start with many
+    /// new certificates is not one fsync each.
+    pub(super) async fn sync_specs(
+        &self,
+        specs: &[CertSpec],
+    ) -> Result<(Vec<Wanted>, Vec<String>), StoreError> {
+        let now = self.clock.now();
+        let by_id: Arc<HashMap<String, Vec<String>>> = Arc::new(
+            specs
+                .iter()
+                .map(|s| (s.id.clone(), s.names.clone()))
+                .collect(),
+        );
+        #[derive(Default)]
+        struct Found {
+            seen: HashSet<String>,
+            wanted: Vec<Wanted>,
+            unwanted: Vec<String>,
+        }
+        let found = Arc::new(Mutex::new(Found::default()));
+        let configured = {
+            let config = self.config.clone();
+            let tokens = self.tokens.clone();
+            // The record's schedule, and the record when it changed.
+            move |id: &str, names: &[String], old: Option<&Record>| -> (Wanted, Option<Record>) {
+                let event = Event::Configured {
+                    names: names.to_vec(),
+                    key_type: config.key_type,
+                    acme_directory: config.acme_directory.clone(),
+                    deploy_hook: config.deploy_hook.is_some(),
+                };
+                // No copy of the stored record (one per certificate at start-up): only a new
+                // one is made.
+                let fresh;
+                let base = match old {
+                    Some(r) => r,
+                    None => {
+                        fresh = Record::new(names.to_vec(), config.key_type, now);
+                        &fresh
+                    }
+                };
+                let (new, _) = apply(base, event, now);
+                sync_tokens(&tokens, None, Some(&new));
+                let due = Wanted::of(&new, now);
+                if old == Some(&new) {
+                    return (due, None);
+                }
+                match old {
+                    None => tracing::info!(cert = %id, names = ?names, "new certificate wanted"),
+                    Some(_) => {
+                        tracing::info!(cert = %id, names = ?names, "certificate names, key type or CA changed: re-issuing")
+                    }
+                }
+                (due, Some(new))
+            }
+        };
+        let sweep = {
+            let (found, by_id, configured) = (found.clone(), by_id.clone(), configured.clone());
+            move |old: &Record| -> Option<Record> {
+                let mut f = found
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match by_id.get(old.id.as_str()) {
+                    Some(names) => {
+                        f.seen.insert(old.id.clone());
+                        let (due, new) = configured(&old.id, names, Some(old));
+                        f.wanted.push(due);
+                        new
+                    }
+                    None => {
+                        // No longer listed: marked (status, dump and metrics say it is not
+                        // renewed).
+                        f.unwanted.push(old.id.clone());
+                        (!old.unconfigured).then(|| apply(old, Event::Unconfigured, now).0)
+                    }
+                }
+            }
+        };
+        let order: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+        let more = {
+            let found = found.clone();
+            move || -> Vec<Record> {
+                let mut f = found
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut new_records = Vec::new();
+                let seen = std::mem::take(&mut f.seen);
+                for id in order.iter().filter(|id| !seen.contains(*id)) {
+                    let (due, new) = configured(id, &by_id[id], None);
+                    f.wanted.push(due);
+                    new_records.extend(new);
+                }
+                new_records
+            }
+        };
+        self.store
+            .update_all(Box::new(sweep), Box::new(more))
+            .await?;
+        let mut f = found
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok((
+            std::mem::take(&mut f.wanted),
+            std::mem::take(&mut f.unwanted),
+        ))
+    }
+
+    /// Removes a certificate no longer configured from HAProxy, the certificate directory and
+    /// the store (`PRUNE`). On an HAProxy error the state is kept, so nothing is half-forgotten.
+    pub(super) async fn prune(&self, id: &str) {
+        if let Err(e) = self.haproxy.remove(id).await {
+            tracing::error!(cert = %id, error = %e, "prune failed; the certificate and its state are kept");
+            return;
+        }
+        match self.store.update(id, |old| (Change::Delete, old)).await {
+            Ok(old) => {
+                sync_tokens(&self.tokens, old.as_ref(), None);
+                tracing::info!(cert = %id, "pruned: removed from HAProxy, the certificate directory and the store");
+            }
+            Err(e) => tracing::error!(cert = %id, error = %e, "prune: the store kept the record"),
+        }
+    }
+}
