@@ -167,6 +167,177 @@ mod tests {
         assert_eq!(b["installed"], false);
         assert!(b["serial"].is_null());
     }
+
+    /// The dump of one record in each phase, as operators' scripts read it (schema_version 1).
+    const DUMP_V1: &str = r#"{
+  "schema_version": 1,
+  "generated_at": "1970-03-12T00:16:40Z",
+  "certificates": [
+    {
+      "id": "a-pending.test",
+      "names": [
+        "a-pending.test"
+      ],
+      "phase": "pending",
+      "key_type": "ecdsa-p256",
+      "acme_directory": "",
+      "serial": null,
+      "not_before": null,
+      "not_after": null,
+      "renew_at": null,
+      "renewal_window": null,
+      "fingerprint": null,
+      "installed_fingerprint": null,
+      "installed": false,
+      "order_url": null,
+      "last_error": null,
+      "configured": true,
+      "deploy_hook": null,
+      "updated_at": "1970-01-01T00:01:40Z"
+    },
+    {
+      "id": "b-validating.test",
+      "names": [
+        "b-validating.test",
+        "www.b-validating.test"
+      ],
+      "phase": "validating",
+      "key_type": "rsa2048",
+      "acme_directory": "https://ca/dir",
+      "serial": null,
+      "not_before": null,
+      "not_after": null,
+      "renew_at": null,
+      "renewal_window": null,
+      "fingerprint": null,
+      "installed_fingerprint": null,
+      "installed": false,
+      "order_url": "https://ca/order/7",
+      "last_error": {
+        "step": "validation",
+        "kind": "retryable",
+        "message": "validation failed",
+        "attempts": 1,
+        "at": "1970-01-01T00:01:53Z",
+        "next_attempt_at": "1970-01-01T00:01:56Z"
+      },
+      "configured": true,
+      "deploy_hook": null,
+      "updated_at": "1970-01-01T00:01:53Z"
+    },
+    {
+      "id": "c-issued.test",
+      "names": [
+        "c-issued.test"
+      ],
+      "phase": "issued",
+      "key_type": "ecdsa-p384",
+      "acme_directory": "https://ca/dir",
+      "serial": "0A1B",
+      "not_before": "1970-01-01T00:16:40Z",
+      "not_after": "1970-04-01T00:16:40Z",
+      "renew_at": "1970-03-01T12:16:40Z",
+      "renewal_window": [
+        "1970-03-01T00:16:40Z",
+        "1970-03-03T00:16:40Z"
+      ],
+      "fingerprint": "c-issued.test-f1",
+      "installed_fingerprint": "c-issued.test-f1",
+      "installed": true,
+      "order_url": null,
+      "last_error": null,
+      "configured": true,
+      "deploy_hook": {
+        "fingerprint": "c-issued.test-f1",
+        "ok": false,
+        "error": "exit status 3",
+        "at": "1970-01-01T00:16:45Z"
+      },
+      "updated_at": "1970-01-01T00:16:45Z"
+    },
+    {
+      "id": "d-expiring.test",
+      "names": [
+        "d-expiring.test"
+      ],
+      "phase": "expiring",
+      "key_type": "rsa4096",
+      "acme_directory": "https://ca/dir",
+      "serial": "0A1B",
+      "not_before": "1970-01-01T00:16:40Z",
+      "not_after": "1970-04-01T00:16:40Z",
+      "renew_at": "1970-03-01T12:16:40Z",
+      "renewal_window": [
+        "1970-03-01T00:16:40Z",
+        "1970-03-03T00:16:40Z"
+      ],
+      "fingerprint": "d-expiring.test-f1",
+      "installed_fingerprint": "d-expiring.test-f1",
+      "installed": true,
+      "order_url": null,
+      "last_error": {
+        "step": "order",
+        "kind": "permanent",
+        "message": "order failed",
+        "attempts": 1,
+        "at": "1970-01-01T00:33:22Z",
+        "next_attempt_at": null
+      },
+      "configured": false,
+      "deploy_hook": {
+        "fingerprint": "d-expiring.test-f1",
+        "ok": false,
+        "error": "exit status 3",
+        "at": "1970-01-01T00:16:45Z"
+      },
+      "updated_at": "1970-01-01T00:33:23Z"
+    },
+    {
+      "id": "e-renewing.test",
+      "names": [
+        "e-renewing.test"
+      ],
+      "phase": "validating",
+      "key_type": "ecdsa-p256",
+      "acme_directory": "https://ca/dir",
+      "serial": "0A1B",
+      "not_before": "1970-01-01T00:16:40Z",
+      "not_after": "1970-04-01T00:16:40Z",
+      "renew_at": "1970-03-01T12:16:40Z",
+      "renewal_window": [
+        "1970-03-01T00:16:40Z",
+        "1970-03-03T00:16:40Z"
+      ],
+      "fingerprint": "e-renewing.test-f1",
+      "installed_fingerprint": "e-renewing.test-f1",
+      "installed": true,
+      "order_url": "https://ca/order/e2",
+      "last_error": {
+        "step": "finalize",
+        "kind": "rate-limited",
+        "message": "finalize failed",
+        "attempts": 1,
+        "at": "1970-03-03T00:16:45Z",
+        "next_attempt_at": "1970-03-04T00:16:40Z"
+      },
+      "configured": true,
+      "deploy_hook": {
+        "fingerprint": "e-renewing.test-f1",
+        "ok": false,
+        "error": "exit status 3",
+        "at": "1970-01-01T00:16:45Z"
+      },
+      "updated_at": "1970-03-03T00:16:45Z"
+    }
+  ]
+}"#;
+
+    #[test]
+    fn the_dump_is_pinned() {
+        let records = crate::fixtures::records();
+        let got = serde_json::to_string_pretty(&dump(&records, 1000 + 70 * 86_400)).unwrap();
+        assert_eq!(got, DUMP_V1, "\n{got}\n");
+    }
 }
 
 /// A human duration from `secs` (negative: in the past), e.g. "59d", "3h", "12m", "40s".
