@@ -252,7 +252,7 @@ fn adopt_one(
         }
     }
     let r = Record::new(names.clone(), key_type, now);
-    let (r, _) = apply(
+    let r = apply(
         &r,
         Event::Configured {
             names: names.clone(),
@@ -262,7 +262,7 @@ fn adopt_one(
         },
         now,
     );
-    let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
+    let r = apply(&r, Event::CertificateStored { meta }, now);
     store.put_adopted(&r, &l.fullchain_pem, &l.key_pem)?;
     let mut line = format!(
         "imported {} as {id} ({}; {}; expires {})",

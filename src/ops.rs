@@ -50,7 +50,7 @@ fn unknown(store: &Store, id: &str) -> OpError {
 fn update(store: &Store, id: &str, event: Event, now: UnixTime) -> Result<Record, OpError> {
     let _guard = store.lock_records();
     let old = store.get(id)?.ok_or_else(|| unknown(store, id))?;
-    let (new, _) = apply(&old, event, now);
+    let new = apply(&old, event, now);
     if new != old {
         store.put(&new)?;
     }
@@ -220,7 +220,7 @@ mod tests {
 
     fn issued(id: &str, now: UnixTime) -> Record {
         let r = Record::new(vec![id.into()], KeyType::EcdsaP256, now);
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, now);
+        let r = apply(&r, Event::OrderCreated { url: "u".into() }, now);
         let meta = CertMeta {
             serial: "01".into(),
             not_before: now,
@@ -228,8 +228,7 @@ mod tests {
             fingerprint: "f".into(),
             issued_at: now,
         };
-        let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
-        r
+        apply(&r, Event::CertificateStored { meta }, now)
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl Shared {
             .store
             .get(id)?
             .ok_or_else(|| StoreError::Write(format!("record {id:?} vanished")))?;
-        let (new, _) = apply(&old, event, unix_now());
+        let new = apply(&old, event, unix_now());
         if new != old {
             // Publish new tokens before the record says they are published; withdraw old ones
             // only after the record no longer needs them.
@@ -257,7 +257,7 @@ pub fn sync_specs(
                 &fresh
             }
         };
-        let (new, _) = apply(base, configured, now);
+        let new = apply(base, configured, now);
         sync_tokens(&shared.tokens, None, Some(&new));
         let due = Wanted::of(&new, now);
         if old.as_ref() == Some(&new) {
@@ -287,7 +287,7 @@ pub fn sync_specs(
             None => {
                 // No longer listed: marked (status, dump and metrics say it is not renewed).
                 if !old.unconfigured {
-                    changed.push(apply(&old, Event::Unconfigured, now).0);
+                    changed.push(apply(&old, Event::Unconfigured, now));
                 }
                 unwanted.push(old.id);
             }

@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn dump_has_a_stable_shape() {
         let r = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 0);
-        let (r, _) = apply(
+        let r = apply(
             &r,
             Event::Failed(FailureReport {
                 step: Step::Order,
@@ -472,7 +472,7 @@ mod status_tests {
             KeyType::EcdsaP256,
             0,
         );
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, 0);
+        let r = apply(&r, Event::OrderCreated { url: "u".into() }, 0);
         let meta = CertMeta {
             serial: "1".into(),
             not_before: 0,
@@ -480,8 +480,8 @@ mod status_tests {
             fingerprint: "f".into(),
             issued_at: 0,
         };
-        let (r, _) = apply(&r, Event::CertificateStored { meta }, 0);
-        let (a, _) = apply(
+        let r = apply(&r, Event::CertificateStored { meta }, 0);
+        let a = apply(
             &r,
             Event::Installed {
                 fingerprint: "f".into(),

@@ -283,9 +283,7 @@ pub(crate) mod fixtures {
     const DIR: &str = "https://ca/dir";
 
     fn step(r: Record, events: Vec<(Event, UnixTime)>) -> Record {
-        events
-            .into_iter()
-            .fold(r, |r, (e, now)| apply(&r, e, now).0)
+        events.into_iter().fold(r, |r, (e, now)| apply(&r, e, now))
     }
 
     fn configured(r: &Record) -> Event {
