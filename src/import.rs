@@ -245,7 +245,7 @@ fn adopt_one(
                 )));
             }
         }
-        if old.phase == Phase::Validating {
+        if old.phase() == Phase::Validating {
             return Err(refused(format!(
                 "an order for {id} is in flight; import again once it is done, or not at all"
             )));

@@ -62,7 +62,7 @@ fn update(store: &Store, id: &str, event: Event, now: UnixTime) -> Result<Record
 pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done, OpError> {
     if force {
         let r = update(store, id, Event::ForceRenew, now)?;
-        let message = match r.phase {
+        let message = match r.phase() {
             Phase::Expiring => format!(
                 "{id}: renewing now; the current certificate keeps serving until the new one is installed"
             ),
@@ -91,7 +91,7 @@ pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done
             ),
         }
     } else {
-        match (r.phase, r.renew_at) {
+        match (r.phase(), r.renew_at) {
             (Phase::Issued, Some(t)) if t > now => format!(
                 "{id}: not due; renews at {} (use --force to renew now)",
                 rfc3339(t)
@@ -243,11 +243,14 @@ mod tests {
         assert!(e.to_string().contains("a.test"), "{e}");
         let d = renew(&store, "a.test", false, now).unwrap();
         assert!(d.message.contains("not due"), "{}", d.message);
-        assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Issued);
+        assert_eq!(store.get("a.test").unwrap().unwrap().phase(), Phase::Issued);
         let d = renew(&store, "a.test", true, now).unwrap();
         assert!(d.message.contains("renewing now"), "{}", d.message);
         assert_eq!(d.wake, vec!["a.test".to_string()]);
-        assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Expiring);
+        assert_eq!(
+            store.get("a.test").unwrap().unwrap().phase(),
+            Phase::Expiring
+        );
 
         assert!(retry(&store, "a.test", now)
             .unwrap()

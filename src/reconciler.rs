@@ -148,7 +148,7 @@ impl Shared {
             sync_tokens(&self.tokens, None, Some(&new));
             write(&self.store, &new)?;
             sync_tokens(&self.tokens, Some(&old), Some(&new));
-            tracing::debug!(cert = id, phase = new.phase.as_str(), "record updated");
+            tracing::debug!(cert = id, phase = new.phase().as_str(), "record updated");
         }
         Ok(new)
     }
@@ -208,7 +208,7 @@ impl Shared {
 /// `old` that `new` no longer has.
 fn sync_tokens(tokens: &Tokens, old: Option<&Record>, new: Option<&Record>) {
     let chs = |r: Option<&Record>| -> Vec<Challenge> {
-        r.and_then(|r| r.order.as_ref())
+        r.and_then(|r| r.order())
             .map(|o| o.challenges.clone())
             .unwrap_or_default()
     };

@@ -492,7 +492,7 @@ mod tests {
     fn version_1_records_still_load() {
         let r = decode("a.test", RECORD_V1.as_bytes()).unwrap();
         assert_eq!(r.names, vec!["a.test", "www.a.test"]);
-        assert!(r.order.unwrap().key_generated);
+        assert!(r.order().unwrap().key_generated);
     }
 
     #[test]

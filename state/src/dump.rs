@@ -96,7 +96,7 @@ impl CertView {
         CertView {
             id: r.id.clone(),
             names: r.names.clone(),
-            phase: r.phase.as_str(),
+            phase: r.phase().as_str(),
             key_type: r.key_type.as_str(),
             acme_directory: r.acme_directory.clone(),
             serial: r.cert.as_ref().map(|c| c.serial.clone()),
@@ -107,7 +107,7 @@ impl CertView {
             fingerprint: r.cert.as_ref().map(|c| c.fingerprint.clone()),
             installed_fingerprint: r.installed_fingerprint.clone(),
             installed: r.is_installed(),
-            order_url: r.order.as_ref().map(|o| o.url.clone()),
+            order_url: r.order().map(|o| o.url.clone()),
             last_error: r.failure.as_ref().map(error_view),
             configured: !r.unconfigured,
             deploy_hook: r.hook.as_ref().map(|h| HookView {
@@ -376,7 +376,7 @@ pub fn status_table<'a>(
                     human(left)
                 }
             });
-            let renews = match (r.phase, r.renew_at) {
+            let renews = match (r.phase(), r.renew_at) {
                 _ if r.unconfigured => "never (not configured)".into(),
                 (Phase::Issued, Some(t)) if t > now => human(t - now),
                 (Phase::Issued, Some(_)) | (Phase::Expiring, _) => "now".into(),
@@ -411,7 +411,7 @@ pub fn status_table<'a>(
             [
                 r.id.clone(),
                 names,
-                r.phase.as_str().into(),
+                r.phase().as_str().into(),
                 expires,
                 renews,
                 error,

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - this file: the record types (what is persisted, one record per certificate id).
+//! - `repr`: their persisted JSON layout, and the consistency check on decoding.
 //! - [`machine`]: `apply(record, event, now)` and `plan(record, now)`, the only place that decides
 //!   what happens next to a certificate.
 //! - [`timing`]: when to renew, how long to back off after a failure.
@@ -15,6 +16,7 @@
 pub mod dump;
 pub mod ledger;
 pub mod machine;
+mod repr;
 pub mod timing;
 
 use serde::{Deserialize, Serialize};
@@ -62,14 +64,15 @@ impl KeyType {
     }
 }
 
-/// Where a certificate is in its lifecycle. Failures are not a phase: they are recorded in
-/// [`Record::failure`] and the record stays where it was.
+/// Where a certificate is in its lifecycle, as status, dump and metrics name it ([`Stage`]
+/// without its data). Failures are not a phase: they are recorded in [`Record::failure`] and
+/// the record stays where it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Wanted, and no valid certificate exists yet.
     Pending,
-    /// An order exists at the CA ([`Record::order`] holds its URL); the old certificate, if any,
+    /// An order exists at the CA ([`Record::order`] has its URL); the old certificate, if any,
     /// keeps being served.
     Validating,
     /// A certificate is stored; it is (or is about to be) installed in HAProxy.
@@ -96,6 +99,40 @@ impl Phase {
 pub struct Challenge {
     pub token: String,
     pub key_authorization: String,
+}
+
+/// Where a certificate is in its lifecycle, with the order while there is one: an order exists
+/// only while validating. `Issued` and `Expiring` also need a stored certificate
+/// ([`Record::cert`]); `apply` keeps that so and decoding refuses a record that breaks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// Wanted, and no valid certificate exists yet.
+    Pending,
+    /// An order exists at the CA; the old certificate, if any, keeps being served.
+    Validating(OrderProgress),
+    /// A certificate is stored; it is (or is about to be) installed in HAProxy.
+    Issued,
+    /// The renewal time has passed: a new order is due, the current certificate keeps serving.
+    Expiring,
+}
+
+impl Stage {
+    pub fn phase(&self) -> Phase {
+        match self {
+            Stage::Pending => Phase::Pending,
+            Stage::Validating(_) => Phase::Validating,
+            Stage::Issued => Phase::Issued,
+            Stage::Expiring => Phase::Expiring,
+        }
+    }
+
+    /// The order in flight, while validating.
+    pub fn order(&self) -> Option<&OrderProgress> {
+        match self {
+            Stage::Validating(o) => Some(o),
+            Stage::Pending | Stage::Issued | Stage::Expiring => None,
+        }
+    }
 }
 
 /// The order in flight for a record: what a restart needs to resume it instead of ordering again.
@@ -197,7 +234,11 @@ pub struct HookOutcome {
 
 /// Everything persisted about one certificate. No key material: keys are stored apart and never
 /// pass through this type, so nothing that serializes a record can leak one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Persisted as JSON with the stage flat, as `"phase"` and `"order"` (module `repr`); decoding
+/// refuses a record whose phase, order and certificate disagree.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "repr::RecordRepr")]
 pub struct Record {
     pub schema_version: u32,
     /// The certificate id: its first name, also the HAProxy file name `<id>.pem`.
@@ -207,10 +248,11 @@ pub struct Record {
     pub key_type: KeyType,
     /// The ACME directory the certificate (and any order in flight) comes from; empty until the
     /// configuration says.
-    #[serde(default)]
     pub acme_directory: String,
-    pub phase: Phase,
-    pub order: Option<OrderProgress>,
+    /// Where the certificate is in its lifecycle, and the order in flight if any.
+    pub stage: Stage,
+    /// The stored certificate: always there when issued or expiring, also while a renewal
+    /// validates.
     pub cert: Option<CertMeta>,
     /// Fingerprint of the certificate HAProxy was last confirmed to serve (file written, runtime
     /// API committed and checked), or of the file written in files-only mode.
@@ -218,21 +260,16 @@ pub struct Record {
     pub renew_at: Option<UnixTime>,
     /// The CA's suggested renewal window for the current certificate (RFC 9773), if it offers one;
     /// `renew_at` is then a random point in it, kept until the window changes.
-    #[serde(default)]
     pub ari_window: Option<(UnixTime, UnixTime)>,
     /// When to ask the CA for renewal information next; `None` when it offers none.
-    #[serde(default)]
     pub ari_check_at: Option<UnixTime>,
     pub failure: Option<Failure>,
     /// True when the configuration no longer lists the certificate: it is kept (and served)
     /// but not renewed, unless it is configured again.
-    #[serde(default)]
     pub unconfigured: bool,
     /// Whether a deploy hook is configured (it runs once for each installed certificate).
-    #[serde(default)]
     pub deploy_hook: bool,
     /// The last run of the deploy hook.
-    #[serde(default)]
     pub hook: Option<HookOutcome>,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
@@ -247,8 +284,7 @@ impl Record {
             names,
             key_type,
             acme_directory: String::new(),
-            phase: Phase::Pending,
-            order: None,
+            stage: Stage::Pending,
             cert: None,
             installed_fingerprint: None,
             renew_at: None,
@@ -261,6 +297,16 @@ impl Record {
             created_at: now,
             updated_at: now,
         }
+    }
+
+    /// The phase of [`Record::stage`], without its data.
+    pub fn phase(&self) -> Phase {
+        self.stage.phase()
+    }
+
+    /// The order in flight, while validating.
+    pub fn order(&self) -> Option<&OrderProgress> {
+        self.stage.order()
     }
 
     /// True when the stored certificate is the one HAProxy was last confirmed to serve.

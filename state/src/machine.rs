@@ -3,7 +3,7 @@
 
 use crate::timing::{ari_next_check, ari_renewal_time, backoff_secs, renewal_time};
 use crate::{
-    CertMeta, Challenge, Failure, FailureKind, HookOutcome, KeyType, OrderProgress, Phase, Record,
+    CertMeta, Challenge, Failure, FailureKind, HookOutcome, KeyType, OrderProgress, Record, Stage,
     Step, UnixTime,
 };
 
@@ -135,21 +135,20 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
             r.acme_directory = acme_directory;
         }
         Event::OrderCreated { url } => {
-            r.order = Some(OrderProgress {
+            r.stage = Stage::Validating(OrderProgress {
                 url,
                 created_at: now,
                 challenges: Vec::new(),
                 key_generated: false,
             });
-            r.phase = Phase::Validating;
         }
         Event::ChallengesPublished { challenges } => {
-            if let Some(o) = r.order.as_mut() {
+            if let Stage::Validating(o) = &mut r.stage {
                 o.challenges = challenges;
             }
         }
         Event::KeyStored => {
-            if let Some(o) = r.order.as_mut() {
+            if let Stage::Validating(o) = &mut r.stage {
                 o.key_generated = true;
             }
         }
@@ -159,8 +158,7 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
             r.ari_window = None;
             r.ari_check_at = Some(now);
             r.cert = Some(meta);
-            r.order = None;
-            r.phase = Phase::Issued;
+            r.stage = Stage::Issued;
             r.failure = None;
         }
         Event::Installed { fingerprint } => {
@@ -185,12 +183,7 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
                 }
             };
             if report.order_dead {
-                r.order = None;
-                r.phase = if r.cert.is_some() {
-                    Phase::Expiring
-                } else {
-                    Phase::Pending
-                };
+                r.stage = without_order(&r);
             }
             r.failure = Some(Failure {
                 step: report.step,
@@ -218,14 +211,14 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
             r.ari_check_at = retry_at;
         }
         Event::Tick => {
-            if r.phase == Phase::Issued && r.renew_at.is_some_and(|t| t <= now) {
-                r.phase = Phase::Expiring;
+            if r.stage == Stage::Issued && r.renew_at.is_some_and(|t| t <= now) {
+                r.stage = Stage::Expiring;
             }
         }
         Event::ForceRenew => {
             r.failure = None;
-            if r.phase == Phase::Issued {
-                r.phase = Phase::Expiring;
+            if r.stage == Stage::Issued {
+                r.stage = Stage::Expiring;
             }
         }
         Event::Unconfigured => {
@@ -254,13 +247,18 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
 /// Forgets the order in flight (its names or key type are no longer wanted) and asks for a new
 /// certificate; the current one, if any, keeps serving meanwhile.
 fn restart_issuance(r: &mut Record) {
-    r.order = None;
     r.failure = None;
-    r.phase = if r.cert.is_some() {
-        Phase::Expiring
+    r.stage = without_order(r);
+}
+
+/// The stage of `r` once its order is gone: a new one is due, and the current certificate, if
+/// any, keeps serving meanwhile.
+fn without_order(r: &Record) -> Stage {
+    if r.cert.is_some() {
+        Stage::Expiring
     } else {
-        Phase::Pending
-    };
+        Stage::Pending
+    }
 }
 
 /// What to do next for `record` at `now`. Installing a stored certificate comes first, so a
@@ -288,17 +286,13 @@ pub fn plan(r: &Record, now: UnixTime) -> Plan {
             });
         }
     }
-    match r.phase {
-        Phase::Pending | Phase::Expiring => Plan::Now(Action::CreateOrder),
-        Phase::Validating => match &r.order {
-            Some(o) => Plan::Now(Action::DriveOrder {
-                url: o.url.clone(),
-                key_generated: o.key_generated,
-            }),
-            // Not produced by `apply`; a hand-edited record still converges.
-            None => Plan::Now(Action::CreateOrder),
-        },
-        Phase::Issued => {
+    match &r.stage {
+        Stage::Pending | Stage::Expiring => Plan::Now(Action::CreateOrder),
+        Stage::Validating(o) => Plan::Now(Action::DriveOrder {
+            url: o.url.clone(),
+            key_generated: o.key_generated,
+        }),
+        Stage::Issued => {
             if r.ari_check_at.is_some_and(|t| t <= now) {
                 return Plan::Now(Action::CheckRenewalInfo);
             }
@@ -313,7 +307,7 @@ pub fn plan(r: &Record, now: UnixTime) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{KeyType, RECORD_SCHEMA_VERSION};
+    use crate::{KeyType, Phase, RECORD_SCHEMA_VERSION};
 
     const T0: UnixTime = 1_700_000_000;
     const DAY: i64 = 86_400;
@@ -450,11 +444,11 @@ mod tests {
         let mut r = pending();
         for (i, (event, phase, action)) in table.into_iter().enumerate() {
             r = apply(&r, event, T0);
-            assert_eq!(r.phase, phase, "step {i}");
+            assert_eq!(r.phase(), phase, "step {i}");
             assert_eq!(due(&r, T0), action, "step {i}");
         }
         assert!(
-            r.order.is_none(),
+            r.order().is_none(),
             "the order is forgotten once the certificate is stored"
         );
         assert!(r.is_installed());
@@ -467,13 +461,13 @@ mod tests {
         let r = issued("f1");
         let renew_at = r.renew_at.unwrap();
         let r = apply(&r, Event::Tick, renew_at - 1);
-        assert_eq!(r.phase, Phase::Issued);
+        assert_eq!(r.phase(), Phase::Issued);
         assert_eq!(due(&r, renew_at - 1), None);
         let r = apply(&r, Event::Tick, renew_at);
-        assert_eq!(r.phase, Phase::Expiring);
+        assert_eq!(r.phase(), Phase::Expiring);
         assert_eq!(due(&r, renew_at), Some(Action::CreateOrder));
         let r = apply(&r, Event::OrderCreated { url: "u2".into() }, renew_at);
-        assert_eq!(r.phase, Phase::Validating);
+        assert_eq!(r.phase(), Phase::Validating);
         assert!(
             r.is_installed(),
             "the old certificate is still the installed one"
@@ -542,7 +536,7 @@ mod tests {
         assert_eq!(due(&r, T0), None, "no action while backing off");
         let f = r.failure.clone().unwrap();
         assert_eq!((f.attempts, f.step), (1, Step::Validation));
-        assert_eq!(r.phase, Phase::Validating, "a failure is not a phase");
+        assert_eq!(r.phase(), Phase::Validating, "a failure is not a phase");
         let first = f.next_attempt_at.unwrap();
         assert!(first > T0);
         assert_eq!(plan(&r, T0), Plan::At(first));
@@ -583,8 +577,8 @@ mod tests {
     fn a_dead_order_is_dropped_and_ordered_again_after_backoff() {
         let r = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
         let r = apply(&r, fail(FailureKind::Retryable, None, true), T0);
-        assert_eq!(r.phase, Phase::Pending);
-        assert!(r.order.is_none());
+        assert_eq!(r.phase(), Phase::Pending);
+        assert!(r.order().is_none());
         let t = r.failure.as_ref().unwrap().next_attempt_at.unwrap();
         assert_eq!(plan(&r, t), Plan::Now(Action::CreateOrder));
         // Once issued, a dead renewal order falls back to expiring, still serving the old cert.
@@ -592,7 +586,7 @@ mod tests {
         let r = apply(&r, Event::ForceRenew, T0);
         let r = apply(&r, Event::OrderCreated { url: "u2".into() }, T0);
         let r = apply(&r, fail(FailureKind::Retryable, None, true), T0);
-        assert_eq!(r.phase, Phase::Expiring);
+        assert_eq!(r.phase(), Phase::Expiring);
         assert!(r.is_installed());
     }
 
@@ -646,7 +640,7 @@ mod tests {
             T0 + 5,
         );
         assert_eq!(
-            (r2.phase, due(&r2, T0 + 5)),
+            (r2.phase(), due(&r2, T0 + 5)),
             (Phase::Expiring, Some(Action::CreateOrder))
         );
         assert_eq!(r2.updated_at, T0 + 5);
@@ -663,8 +657,8 @@ mod tests {
             },
             T0,
         );
-        assert!(v2.order.is_none());
-        assert_eq!(v2.phase, Phase::Expiring);
+        assert!(v2.order().is_none());
+        assert_eq!(v2.phase(), Phase::Expiring);
     }
 
     #[test]
@@ -678,7 +672,7 @@ mod tests {
         let r = issued("f1");
         let r = apply(&r, conf(&r, "https://staging/dir"), T0);
         assert_eq!(
-            (r.phase, due(&r, T0)),
+            (r.phase(), due(&r, T0)),
             (Phase::Issued, None),
             "first CA recorded, nothing re-issued"
         );
@@ -687,7 +681,7 @@ mod tests {
         assert_eq!(same, r);
         let r = apply(&r, conf(&r, "https://production/dir"), T0);
         assert_eq!(
-            (r.phase, due(&r, T0)),
+            (r.phase(), due(&r, T0)),
             (Phase::Expiring, Some(Action::CreateOrder))
         );
         assert!(
@@ -757,7 +751,7 @@ mod tests {
         );
         let r = apply(&r, Event::Tick, later);
         assert_eq!(
-            (r.phase, due(&r, later)),
+            (r.phase(), due(&r, later)),
             (Phase::Expiring, Some(Action::CreateOrder))
         );
         // A failed check is asked again later; an unsupported one never.
