@@ -234,7 +234,7 @@ async fn adopt_one(
         .unwrap_or_else(|| config.acme_directory.clone());
 
     let r = Record::new(names.clone(), key_type, now);
-    let (r, _) = apply(
+    let r = apply(
         &r,
         Event::Configured {
             names: names.clone(),
@@ -244,7 +244,7 @@ async fn adopt_one(
         },
         now,
     );
-    let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
+    let r = apply(&r, Event::CertificateStored { meta }, now);
     // Checked against the stored record and written in one update: an order finishing at the
     // same moment is never overwritten.
     let (chain_pem, key_pem, record, id2) = (
@@ -266,7 +266,7 @@ async fn adopt_one(
                         ));
                     }
                 }
-                (old.phase == Phase::Validating).then(|| {
+                (old.phase() == Phase::Validating).then(|| {
                     format!(
                         "an order for {id2} is in flight; import again once it is done, or not at all"
                     )

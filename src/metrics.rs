@@ -355,9 +355,9 @@ mod tests {
             fingerprint: "f".into(),
             issued_at: now,
         };
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, now);
-        let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
-        let (installed, _) = apply(
+        let r = apply(&r, Event::OrderCreated { url: "u".into() }, now);
+        let r = apply(&r, Event::CertificateStored { meta }, now);
+        let installed = apply(
             &r,
             Event::Installed {
                 fingerprint: "f".into(),

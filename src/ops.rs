@@ -60,7 +60,7 @@ async fn update(
         .update(id, move |old| match old {
             None => (Change::Keep, None),
             Some(old) => {
-                let (new, _) = apply(&old, event, now);
+                let new = apply(&old, event, now);
                 let change = if new == old {
                     Change::Keep
                 } else {
@@ -94,7 +94,7 @@ pub async fn renew(
 ) -> Result<Done, OpError> {
     if force {
         let r = update(store, id, Event::ForceRenew, now).await?;
-        let message = match r.phase {
+        let message = match r.phase() {
             Phase::Expiring => format!(
                 "{id}: renewing now; the current certificate keeps serving until the new one is installed"
             ),
@@ -123,7 +123,7 @@ pub async fn renew(
             ),
         }
     } else {
-        match (r.phase, r.renew_at) {
+        match (r.phase(), r.renew_at) {
             (Phase::Issued, Some(t)) if t > now => format!(
                 "{id}: not due; renews at {} (use --force to renew now)",
                 rfc3339(t)
@@ -276,7 +276,7 @@ mod tests {
 
     fn issued(id: &str, now: UnixTime) -> Record {
         let r = Record::new(vec![id.into()], KeyType::EcdsaP256, now);
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, now);
+        let r = apply(&r, Event::OrderCreated { url: "u".into() }, now);
         let meta = CertMeta {
             serial: "01".into(),
             not_before: now,
@@ -284,8 +284,7 @@ mod tests {
             fingerprint: "f".into(),
             issued_at: now,
         };
-        let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
-        r
+        apply(&r, Event::CertificateStored { meta }, now)
     }
 
     #[tokio::test]
@@ -307,14 +306,14 @@ mod tests {
         let d = renew(store, "a.test", false, now).await.unwrap();
         assert!(d.message.contains("not due"), "{}", d.message);
         assert_eq!(
-            store.get("a.test").await.unwrap().unwrap().phase,
+            store.get("a.test").await.unwrap().unwrap().phase(),
             Phase::Issued
         );
         let d = renew(store, "a.test", true, now).await.unwrap();
         assert!(d.message.contains("renewing now"), "{}", d.message);
         assert_eq!(d.wake, vec!["a.test".to_string()]);
         assert_eq!(
-            store.get("a.test").await.unwrap().unwrap().phase,
+            store.get("a.test").await.unwrap().unwrap().phase(),
             Phase::Expiring
         );
 

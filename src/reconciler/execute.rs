@@ -77,7 +77,7 @@ impl Reconciler {
                 let Some(old) = old else {
                     return (Change::Keep, None);
                 };
-                let (new, _) = apply(&old, event, now);
+                let new = apply(&old, event, now);
                 let change = match with {
                     With::Nothing if new == old => Change::Keep,
                     With::Nothing => Change::Put(new.clone()),
@@ -94,7 +94,7 @@ impl Reconciler {
             changed.ok_or_else(|| StoreError::Write(format!("record {id:?} vanished")))?;
         if old != new {
             sync_tokens(&self.tokens, Some(&old), Some(&new));
-            tracing::debug!(cert = id, phase = new.phase.as_str(), "record updated");
+            tracing::debug!(cert = id, phase = new.phase().as_str(), "record updated");
         }
         Ok(new)
     }

@@ -9,7 +9,7 @@ use crate::responder::Tokens;
 /// `old` that `new` no longer has.
 pub fn sync_tokens(tokens: &Tokens, old: Option<&Record>, new: Option<&Record>) {
     let chs = |r: Option<&Record>| -> Vec<Challenge> {
-        r.and_then(|r| r.order.as_ref())
+        r.and_then(|r| r.order())
             .map(|o| o.challenges.clone())
             .unwrap_or_default()
     };

@@ -130,7 +130,7 @@ impl Reconciler {
                         &fresh
                     }
                 };
-                let (new, _) = apply(base, event, now);
+                let new = apply(base, event, now);
                 sync_tokens(&tokens, None, Some(&new));
                 let due = Wanted::of(&new, now);
                 if old == Some(&new) {
@@ -162,7 +162,7 @@ impl Reconciler {
                         // No longer listed: marked (status, dump and metrics say it is not
                         // renewed).
                         f.unwanted.push(old.id.clone());
-                        (!old.unconfigured).then(|| apply(old, Event::Unconfigured, now).0)
+                        (!old.unconfigured).then(|| apply(old, Event::Unconfigured, now))
                     }
                 }
             }

@@ -631,7 +631,7 @@ mod tests {
     fn version_1_records_still_load() {
         let r = decode("a.test", RECORD_V1.as_bytes()).unwrap();
         assert_eq!(r.names, vec!["a.test", "www.a.test"]);
-        assert!(r.order.unwrap().key_generated);
+        assert!(r.order().unwrap().key_generated);
     }
 
     #[test]
@@ -653,7 +653,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Inner::open(dir.path()).unwrap();
         let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, 1);
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, 1);
+        let r = apply(&r, Event::OrderCreated { url: "u".into() }, 1);
         store.put(&r).unwrap();
         let meta = CertMeta {
             serial: "1".into(),
@@ -662,11 +662,11 @@ mod tests {
             fingerprint: "f".into(),
             issued_at: 1,
         };
-        let (issued, _) = apply(&r, Event::CertificateStored { meta }, 1);
+        let issued = apply(&r, Event::CertificateStored { meta }, 1);
         // Without a stored key, storing the certificate is refused and nothing changes.
         assert!(store.put_certificate(&issued, "CHAIN").is_err());
         assert_eq!(store.get("a.test").unwrap().unwrap(), r);
-        let (with_key, _) = apply(&r, Event::KeyStored, 1);
+        let with_key = apply(&r, Event::KeyStored, 1);
         store.put_with_pending_key(&with_key, "KEY").unwrap();
         assert_eq!(store.pending_key("a.test").unwrap().as_deref(), Some("KEY"));
         store.put_certificate(&issued, "CHAIN").unwrap();

@@ -96,7 +96,7 @@ impl CertView {
         CertView {
             id: r.id.clone(),
             names: r.names.clone(),
-            phase: r.phase.as_str(),
+            phase: r.phase().as_str(),
             key_type: r.key_type.as_str(),
             acme_directory: r.acme_directory.clone(),
             serial: r.cert.as_ref().map(|c| c.serial.clone()),
@@ -107,7 +107,7 @@ impl CertView {
             fingerprint: r.cert.as_ref().map(|c| c.fingerprint.clone()),
             installed_fingerprint: r.installed_fingerprint.clone(),
             installed: r.is_installed(),
-            order_url: r.order.as_ref().map(|o| o.url.clone()),
+            order_url: r.order().map(|o| o.url.clone()),
             last_error: r.failure.as_ref().map(error_view),
             configured: !r.unconfigured,
             deploy_hook: r.hook.as_ref().map(|h| HookView {
@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn dump_has_a_stable_shape() {
         let r = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 0);
-        let (r, _) = apply(
+        let r = apply(
             &r,
             Event::Failed(FailureReport {
                 step: Step::Order,
@@ -166,6 +166,177 @@ mod tests {
         assert_eq!(b["last_error"]["next_attempt_at"], "1970-01-01T01:00:00Z");
         assert_eq!(b["installed"], false);
         assert!(b["serial"].is_null());
+    }
+
+    /// The dump of one record in each phase, as operators' scripts read it (schema_version 1).
+    const DUMP_V1: &str = r#"{
+  "schema_version": 1,
+  "generated_at": "1970-03-12T00:16:40Z",
+  "certificates": [
+    {
+      "id": "a-pending.test",
+      "names": [
+        "a-pending.test"
+      ],
+      "phase": "pending",
+      "key_type": "ecdsa-p256",
+      "acme_directory": "",
+      "serial": null,
+      "not_before": null,
+      "not_after": null,
+      "renew_at": null,
+      "renewal_window": null,
+      "fingerprint": null,
+      "installed_fingerprint": null,
+      "installed": false,
+      "order_url": null,
+      "last_error": null,
+      "configured": true,
+      "deploy_hook": null,
+      "updated_at": "1970-01-01T00:01:40Z"
+    },
+    {
+      "id": "b-validating.test",
+      "names": [
+        "b-validating.test",
+        "www.b-validating.test"
+      ],
+      "phase": "validating",
+      "key_type": "rsa2048",
+      "acme_directory": "https://ca/dir",
+      "serial": null,
+      "not_before": null,
+      "not_after": null,
+      "renew_at": null,
+      "renewal_window": null,
+      "fingerprint": null,
+      "installed_fingerprint": null,
+      "installed": false,
+      "order_url": "https://ca/order/7",
+      "last_error": {
+        "step": "validation",
+        "kind": "retryable",
+        "message": "validation failed",
+        "attempts": 1,
+        "at": "1970-01-01T00:01:53Z",
+        "next_attempt_at": "1970-01-01T00:01:56Z"
+      },
+      "configured": true,
+      "deploy_hook": null,
+      "updated_at": "1970-01-01T00:01:53Z"
+    },
+    {
+      "id": "c-issued.test",
+      "names": [
+        "c-issued.test"
+      ],
+      "phase": "issued",
+      "key_type": "ecdsa-p384",
+      "acme_directory": "https://ca/dir",
+      "serial": "0A1B",
+      "not_before": "1970-01-01T00:16:40Z",
+      "not_after": "1970-04-01T00:16:40Z",
+      "renew_at": "1970-03-01T12:16:40Z",
+      "renewal_window": [
+        "1970-03-01T00:16:40Z",
+        "1970-03-03T00:16:40Z"
+      ],
+      "fingerprint": "c-issued.test-f1",
+      "installed_fingerprint": "c-issued.test-f1",
+      "installed": true,
+      "order_url": null,
+      "last_error": null,
+      "configured": true,
+      "deploy_hook": {
+        "fingerprint": "c-issued.test-f1",
+        "ok": false,
+        "error": "exit status 3",
+        "at": "1970-01-01T00:16:45Z"
+      },
+      "updated_at": "1970-01-01T00:16:45Z"
+    },
+    {
+      "id": "d-expiring.test",
+      "names": [
+        "d-expiring.test"
+      ],
+      "phase": "expiring",
+      "key_type": "rsa4096",
+      "acme_directory": "https://ca/dir",
+      "serial": "0A1B",
+      "not_before": "1970-01-01T00:16:40Z",
+      "not_after": "1970-04-01T00:16:40Z",
+      "renew_at": "1970-03-01T12:16:40Z",
+      "renewal_window": [
+        "1970-03-01T00:16:40Z",
+        "1970-03-03T00:16:40Z"
+      ],
+      "fingerprint": "d-expiring.test-f1",
+      "installed_fingerprint": "d-expiring.test-f1",
+      "installed": true,
+      "order_url": null,
+      "last_error": {
+        "step": "order",
+        "kind": "permanent",
+        "message": "order failed",
+        "attempts": 1,
+        "at": "1970-01-01T00:33:22Z",
+        "next_attempt_at": null
+      },
+      "configured": false,
+      "deploy_hook": {
+        "fingerprint": "d-expiring.test-f1",
+        "ok": false,
+        "error": "exit status 3",
+        "at": "1970-01-01T00:16:45Z"
+      },
+      "updated_at": "1970-01-01T00:33:23Z"
+    },
+    {
+      "id": "e-renewing.test",
+      "names": [
+        "e-renewing.test"
+      ],
+      "phase": "validating",
+      "key_type": "ecdsa-p256",
+      "acme_directory": "https://ca/dir",
+      "serial": "0A1B",
+      "not_before": "1970-01-01T00:16:40Z",
+      "not_after": "1970-04-01T00:16:40Z",
+      "renew_at": "1970-03-01T12:16:40Z",
+      "renewal_window": [
+        "1970-03-01T00:16:40Z",
+        "1970-03-03T00:16:40Z"
+      ],
+      "fingerprint": "e-renewing.test-f1",
+      "installed_fingerprint": "e-renewing.test-f1",
+      "installed": true,
+      "order_url": "https://ca/order/e2",
+      "last_error": {
+        "step": "finalize",
+        "kind": "rate-limited",
+        "message": "finalize failed",
+        "attempts": 1,
+        "at": "1970-03-03T00:16:45Z",
+        "next_attempt_at": "1970-03-04T00:16:40Z"
+      },
+      "configured": true,
+      "deploy_hook": {
+        "fingerprint": "e-renewing.test-f1",
+        "ok": false,
+        "error": "exit status 3",
+        "at": "1970-01-01T00:16:45Z"
+      },
+      "updated_at": "1970-03-03T00:16:45Z"
+    }
+  ]
+}"#;
+
+    #[test]
+    fn the_dump_is_pinned() {
+        let records = crate::fixtures::records();
+        let got = serde_json::to_string_pretty(&dump(&records, 1000 + 70 * 86_400)).unwrap();
+        assert_eq!(got, DUMP_V1, "\n{got}\n");
     }
 }
 
@@ -205,7 +376,7 @@ pub fn status_table<'a>(
                     human(left)
                 }
             });
-            let renews = match (r.phase, r.renew_at) {
+            let renews = match (r.phase(), r.renew_at) {
                 _ if r.unconfigured => "never (not configured)".into(),
                 (Phase::Issued, Some(t)) if t > now => human(t - now),
                 (Phase::Issued, Some(_)) | (Phase::Expiring, _) => "now".into(),
@@ -240,7 +411,7 @@ pub fn status_table<'a>(
             [
                 r.id.clone(),
                 names,
-                r.phase.as_str().into(),
+                r.phase().as_str().into(),
                 expires,
                 renews,
                 error,
@@ -301,7 +472,7 @@ mod status_tests {
             KeyType::EcdsaP256,
             0,
         );
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u".into() }, 0);
+        let r = apply(&r, Event::OrderCreated { url: "u".into() }, 0);
         let meta = CertMeta {
             serial: "1".into(),
             not_before: 0,
@@ -309,8 +480,8 @@ mod status_tests {
             fingerprint: "f".into(),
             issued_at: 0,
         };
-        let (r, _) = apply(&r, Event::CertificateStored { meta }, 0);
-        let (a, _) = apply(
+        let r = apply(&r, Event::CertificateStored { meta }, 0);
+        let a = apply(
             &r,
             Event::Installed {
                 fingerprint: "f".into(),

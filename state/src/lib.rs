@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - this file: the record types (what is persisted, one record per certificate id).
+//! - `repr`: their persisted JSON layout, and the consistency check on decoding.
 //! - [`machine`]: `apply(record, event, now)` and `plan(record, now)`, the only place that decides
 //!   what happens next to a certificate.
 //! - [`timing`]: when to renew, how long to back off after a failure.
@@ -15,6 +16,7 @@
 pub mod dump;
 pub mod ledger;
 pub mod machine;
+mod repr;
 pub mod timing;
 
 use serde::{Deserialize, Serialize};
@@ -62,14 +64,15 @@ impl KeyType {
     }
 }
 
-/// Where a certificate is in its lifecycle. Failures are not a phase: they are recorded in
-/// [`Record::failure`] and the record stays where it was.
+/// Where a certificate is in its lifecycle, as status, dump and metrics name it ([`Stage`]
+/// without its data). Failures are not a phase: they are recorded in [`Record::failure`] and
+/// the record stays where it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Wanted, and no valid certificate exists yet.
     Pending,
-    /// An order exists at the CA ([`Record::order`] holds its URL); the old certificate, if any,
+    /// An order exists at the CA ([`Record::order`] has its URL); the old certificate, if any,
     /// keeps being served.
     Validating,
     /// A certificate is stored; it is (or is about to be) installed in HAProxy.
@@ -96,6 +99,40 @@ impl Phase {
 pub struct Challenge {
     pub token: String,
     pub key_authorization: String,
+}
+
+/// Where a certificate is in its lifecycle, with the order while there is one: an order exists
+/// only while validating. `Issued` and `Expiring` also need a stored certificate
+/// ([`Record::cert`]); `apply` keeps that so and decoding refuses a record that breaks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// Wanted, and no valid certificate exists yet.
+    Pending,
+    /// An order exists at the CA; the old certificate, if any, keeps being served.
+    Validating(OrderProgress),
+    /// A certificate is stored; it is (or is about to be) installed in HAProxy.
+    Issued,
+    /// The renewal time has passed: a new order is due, the current certificate keeps serving.
+    Expiring,
+}
+
+impl Stage {
+    pub fn phase(&self) -> Phase {
+        match self {
+            Stage::Pending => Phase::Pending,
+            Stage::Validating(_) => Phase::Validating,
+            Stage::Issued => Phase::Issued,
+            Stage::Expiring => Phase::Expiring,
+        }
+    }
+
+    /// The order in flight, while validating.
+    pub fn order(&self) -> Option<&OrderProgress> {
+        match self {
+            Stage::Validating(o) => Some(o),
+            Stage::Pending | Stage::Issued | Stage::Expiring => None,
+        }
+    }
 }
 
 /// The order in flight for a record: what a restart needs to resume it instead of ordering again.
@@ -197,7 +234,11 @@ pub struct HookOutcome {
 
 /// Everything persisted about one certificate. No key material: keys are stored apart and never
 /// pass through this type, so nothing that serializes a record can leak one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Persisted as JSON with the stage flat, as `"phase"` and `"order"` (module `repr`); decoding
+/// refuses a record whose phase, order and certificate disagree.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "repr::RecordRepr")]
 pub struct Record {
     pub schema_version: u32,
     /// The certificate id: its first name, also the HAProxy file name `<id>.pem`.
@@ -207,10 +248,11 @@ pub struct Record {
     pub key_type: KeyType,
     /// The ACME directory the certificate (and any order in flight) comes from; empty until the
     /// configuration says.
-    #[serde(default)]
     pub acme_directory: String,
-    pub phase: Phase,
-    pub order: Option<OrderProgress>,
+    /// Where the certificate is in its lifecycle, and the order in flight if any.
+    pub stage: Stage,
+    /// The stored certificate: always there when issued or expiring, also while a renewal
+    /// validates.
     pub cert: Option<CertMeta>,
     /// Fingerprint of the certificate HAProxy was last confirmed to serve (file written, runtime
     /// API committed and checked), or of the file written in files-only mode.
@@ -218,21 +260,16 @@ pub struct Record {
     pub renew_at: Option<UnixTime>,
     /// The CA's suggested renewal window for the current certificate (RFC 9773), if it offers one;
     /// `renew_at` is then a random point in it, kept until the window changes.
-    #[serde(default)]
     pub ari_window: Option<(UnixTime, UnixTime)>,
     /// When to ask the CA for renewal information next; `None` when it offers none.
-    #[serde(default)]
     pub ari_check_at: Option<UnixTime>,
     pub failure: Option<Failure>,
     /// True when the configuration no longer lists the certificate: it is kept (and served)
     /// but not renewed, unless it is configured again.
-    #[serde(default)]
     pub unconfigured: bool,
     /// Whether a deploy hook is configured (it runs once for each installed certificate).
-    #[serde(default)]
     pub deploy_hook: bool,
     /// The last run of the deploy hook.
-    #[serde(default)]
     pub hook: Option<HookOutcome>,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
@@ -247,8 +284,7 @@ impl Record {
             names,
             key_type,
             acme_directory: String::new(),
-            phase: Phase::Pending,
-            order: None,
+            stage: Stage::Pending,
             cert: None,
             installed_fingerprint: None,
             renew_at: None,
@@ -263,11 +299,212 @@ impl Record {
         }
     }
 
+    /// The phase of [`Record::stage`], without its data.
+    pub fn phase(&self) -> Phase {
+        self.stage.phase()
+    }
+
+    /// The order in flight, while validating.
+    pub fn order(&self) -> Option<&OrderProgress> {
+        self.stage.order()
+    }
+
     /// True when the stored certificate is the one HAProxy was last confirmed to serve.
     pub fn is_installed(&self) -> bool {
         match (&self.cert, &self.installed_fingerprint) {
             (Some(c), Some(f)) => &c.fingerprint == f,
             _ => false,
+        }
+    }
+}
+
+/// Records in every phase, built through `apply` only, shared by the tests that pin the persisted
+/// record format and the dump format.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::machine::{apply, Event, FailureReport};
+    use crate::{CertMeta, Challenge, FailureKind, KeyType, Record, Step, UnixTime};
+
+    const DAY: i64 = 86_400;
+    const DIR: &str = "https://ca/dir";
+
+    fn step(r: Record, events: Vec<(Event, UnixTime)>) -> Record {
+        events.into_iter().fold(r, |r, (e, now)| apply(&r, e, now))
+    }
+
+    fn configured(r: &Record) -> Event {
+        Event::Configured {
+            names: r.names.clone(),
+            key_type: r.key_type,
+            acme_directory: DIR.into(),
+            deploy_hook: true,
+        }
+    }
+
+    fn failed(step: Step, kind: FailureKind, retry_after: Option<UnixTime>, dead: bool) -> Event {
+        Event::Failed(FailureReport {
+            step,
+            kind,
+            error: format!("{} failed", step.as_str()),
+            retry_after,
+            jitter_permille: 500,
+            order_dead: dead,
+        })
+    }
+
+    /// An issued, installed certificate with a renewal window and a failed deploy hook.
+    fn issued(id: &str, key_type: KeyType) -> Record {
+        let r = Record::new(vec![id.into()], key_type, 100);
+        let conf = configured(&r);
+        let fp = format!("{id}-f1");
+        step(
+            r,
+            vec![
+                (conf, 100),
+                (
+                    Event::OrderCreated {
+                        url: format!("https://ca/order/{id}"),
+                    },
+                    110,
+                ),
+                (Event::KeyStored, 111),
+                (
+                    Event::CertificateStored {
+                        meta: CertMeta {
+                            serial: "0A1B".into(),
+                            not_before: 1000,
+                            not_after: 1000 + 90 * DAY,
+                            fingerprint: fp.clone(),
+                            issued_at: 1001,
+                        },
+                    },
+                    1002,
+                ),
+                (
+                    Event::Installed {
+                        fingerprint: fp.clone(),
+                    },
+                    1003,
+                ),
+                (
+                    Event::RenewalInfo {
+                        window: (1000 + 59 * DAY, 1000 + 61 * DAY),
+                        retry_after: Some(1004 + 6 * 3600),
+                        jitter_permille: 250,
+                    },
+                    1004,
+                ),
+                (
+                    Event::HookRan {
+                        fingerprint: fp,
+                        error: Some("exit status 3".into()),
+                    },
+                    1005,
+                ),
+            ],
+        )
+    }
+
+    /// One record in each phase (and a renewal in flight), in id order.
+    pub(crate) fn records() -> Vec<Record> {
+        let pending = Record::new(vec!["a-pending.test".into()], KeyType::EcdsaP256, 100);
+        let v = Record::new(
+            vec!["b-validating.test".into(), "www.b-validating.test".into()],
+            KeyType::Rsa2048,
+            100,
+        );
+        let conf = configured(&v);
+        let validating = step(
+            v,
+            vec![
+                (conf, 100),
+                (
+                    Event::OrderCreated {
+                        url: "https://ca/order/7".into(),
+                    },
+                    110,
+                ),
+                (
+                    Event::ChallengesPublished {
+                        challenges: vec![Challenge {
+                            token: "tok".into(),
+                            key_authorization: "tok.thumb".into(),
+                        }],
+                    },
+                    111,
+                ),
+                (Event::KeyStored, 112),
+                (
+                    failed(Step::Validation, FailureKind::Retryable, None, false),
+                    113,
+                ),
+            ],
+        );
+        let issued_ = issued("c-issued.test", KeyType::EcdsaP384);
+        let expiring = step(
+            issued("d-expiring.test", KeyType::Rsa4096),
+            vec![
+                (Event::ForceRenew, 2000),
+                (
+                    Event::OrderCreated {
+                        url: "https://ca/order/d2".into(),
+                    },
+                    2001,
+                ),
+                (
+                    failed(Step::Order, FailureKind::Permanent, None, true),
+                    2002,
+                ),
+                (Event::Unconfigured, 2003),
+            ],
+        );
+        let renewing = step(
+            issued("e-renewing.test", KeyType::EcdsaP256),
+            vec![
+                (Event::Tick, 1000 + 61 * DAY),
+                (
+                    Event::OrderCreated {
+                        url: "https://ca/order/e2".into(),
+                    },
+                    1000 + 61 * DAY,
+                ),
+                (
+                    failed(
+                        Step::Finalize,
+                        FailureKind::RateLimited,
+                        Some(1000 + 62 * DAY),
+                        false,
+                    ),
+                    1000 + 61 * DAY + 5,
+                ),
+            ],
+        );
+        vec![pending, validating, issued_, expiring, renewing]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The records as the store persists them. Persisted formats are contracts: a change here
+    /// breaks every existing store.
+    const RECORDS_JSON: &str = r#"{"schema_version":1,"id":"a-pending.test","names":["a-pending.test"],"key_type":"ecdsa-p256","acme_directory":"","phase":"pending","order":null,"cert":null,"installed_fingerprint":null,"renew_at":null,"ari_window":null,"ari_check_at":null,"failure":null,"unconfigured":false,"deploy_hook":false,"hook":null,"created_at":100,"updated_at":100}
+{"schema_version":1,"id":"b-validating.test","names":["b-validating.test","www.b-validating.test"],"key_type":"rsa2048","acme_directory":"https://ca/dir","phase":"validating","order":{"url":"https://ca/order/7","created_at":110,"challenges":[{"token":"tok","key_authorization":"tok.thumb"}],"key_generated":true},"cert":null,"installed_fingerprint":null,"renew_at":null,"ari_window":null,"ari_check_at":null,"failure":{"step":"validation","kind":"retryable","error":"validation failed","attempts":1,"at":113,"next_attempt_at":116},"unconfigured":false,"deploy_hook":true,"hook":null,"created_at":100,"updated_at":113}
+{"schema_version":1,"id":"c-issued.test","names":["c-issued.test"],"key_type":"ecdsa-p384","acme_directory":"https://ca/dir","phase":"issued","order":null,"cert":{"serial":"0A1B","not_before":1000,"not_after":7777000,"fingerprint":"c-issued.test-f1","issued_at":1001},"installed_fingerprint":"c-issued.test-f1","renew_at":5141800,"ari_window":[5098600,5271400],"ari_check_at":22604,"failure":null,"unconfigured":false,"deploy_hook":true,"hook":{"fingerprint":"c-issued.test-f1","error":"exit status 3","at":1005},"created_at":100,"updated_at":1005}
+{"schema_version":1,"id":"d-expiring.test","names":["d-expiring.test"],"key_type":"rsa4096","acme_directory":"https://ca/dir","phase":"expiring","order":null,"cert":{"serial":"0A1B","not_before":1000,"not_after":7777000,"fingerprint":"d-expiring.test-f1","issued_at":1001},"installed_fingerprint":"d-expiring.test-f1","renew_at":5141800,"ari_window":[5098600,5271400],"ari_check_at":22604,"failure":{"step":"order","kind":"permanent","error":"order failed","attempts":1,"at":2002,"next_attempt_at":null},"unconfigured":true,"deploy_hook":true,"hook":{"fingerprint":"d-expiring.test-f1","error":"exit status 3","at":1005},"created_at":100,"updated_at":2003}
+{"schema_version":1,"id":"e-renewing.test","names":["e-renewing.test"],"key_type":"ecdsa-p256","acme_directory":"https://ca/dir","phase":"validating","order":{"url":"https://ca/order/e2","created_at":5271400,"challenges":[],"key_generated":false},"cert":{"serial":"0A1B","not_before":1000,"not_after":7777000,"fingerprint":"e-renewing.test-f1","issued_at":1001},"installed_fingerprint":"e-renewing.test-f1","renew_at":5141800,"ari_window":[5098600,5271400],"ari_check_at":22604,"failure":{"step":"finalize","kind":"rate-limited","error":"finalize failed","attempts":1,"at":5271405,"next_attempt_at":5357800},"unconfigured":false,"deploy_hook":true,"hook":{"fingerprint":"e-renewing.test-f1","error":"exit status 3","at":1005},"created_at":100,"updated_at":5271405}"#;
+
+    #[test]
+    fn the_persisted_record_format_is_pinned() {
+        let got: Vec<String> = fixtures::records()
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        let got = got.join("\n");
+        assert_eq!(got, RECORDS_JSON, "\n{got}\n");
+        for (line, r) in RECORDS_JSON.lines().zip(fixtures::records()) {
+            assert_eq!(serde_json::from_str::<Record>(line).unwrap(), r);
         }
     }
 }

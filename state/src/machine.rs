@@ -3,7 +3,7 @@
 
 use crate::timing::{ari_next_check, ari_renewal_time, backoff_secs, renewal_time};
 use crate::{
-    CertMeta, Challenge, Failure, FailureKind, HookOutcome, KeyType, OrderProgress, Phase, Record,
+    CertMeta, Challenge, Failure, FailureKind, HookOutcome, KeyType, OrderProgress, Record, Stage,
     Step, UnixTime,
 };
 
@@ -109,9 +109,9 @@ pub enum Plan {
     Idle,
 }
 
-/// Folds `event` into `record` at time `now`, and returns the new record with the actions that
-/// are due at once.
-pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Action>) {
+/// Folds `event` into `record` at time `now` and returns the new record. What to do next is
+/// [`plan`]'s to say.
+pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
     let mut r = record.clone();
     match event {
         Event::Configured {
@@ -135,21 +135,20 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
             r.acme_directory = acme_directory;
         }
         Event::OrderCreated { url } => {
-            r.order = Some(OrderProgress {
+            r.stage = Stage::Validating(OrderProgress {
                 url,
                 created_at: now,
                 challenges: Vec::new(),
                 key_generated: false,
             });
-            r.phase = Phase::Validating;
         }
         Event::ChallengesPublished { challenges } => {
-            if let Some(o) = r.order.as_mut() {
+            if let Stage::Validating(o) = &mut r.stage {
                 o.challenges = challenges;
             }
         }
         Event::KeyStored => {
-            if let Some(o) = r.order.as_mut() {
+            if let Stage::Validating(o) = &mut r.stage {
                 o.key_generated = true;
             }
         }
@@ -159,8 +158,7 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
             r.ari_window = None;
             r.ari_check_at = Some(now);
             r.cert = Some(meta);
-            r.order = None;
-            r.phase = Phase::Issued;
+            r.stage = Stage::Issued;
             r.failure = None;
         }
         Event::Installed { fingerprint } => {
@@ -185,12 +183,7 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
                 }
             };
             if report.order_dead {
-                r.order = None;
-                r.phase = if r.cert.is_some() {
-                    Phase::Expiring
-                } else {
-                    Phase::Pending
-                };
+                r.stage = without_order(&r);
             }
             r.failure = Some(Failure {
                 step: report.step,
@@ -218,14 +211,14 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
             r.ari_check_at = retry_at;
         }
         Event::Tick => {
-            if r.phase == Phase::Issued && r.renew_at.is_some_and(|t| t <= now) {
-                r.phase = Phase::Expiring;
+            if r.stage == Stage::Issued && r.renew_at.is_some_and(|t| t <= now) {
+                r.stage = Stage::Expiring;
             }
         }
         Event::ForceRenew => {
             r.failure = None;
-            if r.phase == Phase::Issued {
-                r.phase = Phase::Expiring;
+            if r.stage == Stage::Issued {
+                r.stage = Stage::Expiring;
             }
         }
         Event::Unconfigured => {
@@ -248,23 +241,24 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> (Record, Vec<Actio
     if r != *record {
         r.updated_at = now;
     }
-    let actions = match plan(&r, now) {
-        Plan::Now(a) => vec![a],
-        Plan::At(_) | Plan::Idle => Vec::new(),
-    };
-    (r, actions)
+    r
 }
 
 /// Forgets the order in flight (its names or key type are no longer wanted) and asks for a new
 /// certificate; the current one, if any, keeps serving meanwhile.
 fn restart_issuance(r: &mut Record) {
-    r.order = None;
     r.failure = None;
-    r.phase = if r.cert.is_some() {
-        Phase::Expiring
+    r.stage = without_order(r);
+}
+
+/// The stage of `r` once its order is gone: a new one is due, and the current certificate, if
+/// any, keeps serving meanwhile.
+fn without_order(r: &Record) -> Stage {
+    if r.cert.is_some() {
+        Stage::Expiring
     } else {
-        Phase::Pending
-    };
+        Stage::Pending
+    }
 }
 
 /// What to do next for `record` at `now`. Installing a stored certificate comes first, so a
@@ -292,17 +286,13 @@ pub fn plan(r: &Record, now: UnixTime) -> Plan {
             });
         }
     }
-    match r.phase {
-        Phase::Pending | Phase::Expiring => Plan::Now(Action::CreateOrder),
-        Phase::Validating => match &r.order {
-            Some(o) => Plan::Now(Action::DriveOrder {
-                url: o.url.clone(),
-                key_generated: o.key_generated,
-            }),
-            // Not produced by `apply`; a hand-edited record still converges.
-            None => Plan::Now(Action::CreateOrder),
-        },
-        Phase::Issued => {
+    match &r.stage {
+        Stage::Pending | Stage::Expiring => Plan::Now(Action::CreateOrder),
+        Stage::Validating(o) => Plan::Now(Action::DriveOrder {
+            url: o.url.clone(),
+            key_generated: o.key_generated,
+        }),
+        Stage::Issued => {
             if r.ari_check_at.is_some_and(|t| t <= now) {
                 return Plan::Now(Action::CheckRenewalInfo);
             }
@@ -317,7 +307,7 @@ pub fn plan(r: &Record, now: UnixTime) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{KeyType, RECORD_SCHEMA_VERSION};
+    use crate::{KeyType, Phase, RECORD_SCHEMA_VERSION};
 
     const T0: UnixTime = 1_700_000_000;
     const DAY: i64 = 86_400;
@@ -351,15 +341,17 @@ mod tests {
         })
     }
 
-    /// Runs a sequence of events, returning the final record and the actions after each step.
-    fn run(mut r: Record, events: Vec<(Event, UnixTime)>) -> (Record, Vec<Vec<Action>>) {
-        let mut all = Vec::new();
-        for (e, now) in events {
-            let (next, actions) = apply(&r, e, now);
-            r = next;
-            all.push(actions);
+    /// Runs a sequence of events, returning the final record.
+    fn run(r: Record, events: Vec<(Event, UnixTime)>) -> Record {
+        events.into_iter().fold(r, |r, (e, now)| apply(&r, e, now))
+    }
+
+    /// The action due at once for `r` at `t`, if any.
+    fn due(r: &Record, t: UnixTime) -> Option<Action> {
+        match plan(r, t) {
+            Plan::Now(a) => Some(a),
+            Plan::At(_) | Plan::Idle => None,
         }
-        (r, all)
     }
 
     fn issued(fp: &str) -> Record {
@@ -384,7 +376,6 @@ mod tests {
                 (Event::RenewalInfoUnavailable { retry_at: None }, T0),
             ],
         )
-        .0
     }
 
     #[test]
@@ -396,16 +387,16 @@ mod tests {
 
     #[test]
     fn happy_path_table() {
-        // (event, expected phase after, expected actions after)
+        // (event, expected phase after, expected action due after)
         let url = "https://ca/order/1".to_string();
-        let table: Vec<(Event, Phase, Vec<Action>)> = vec![
+        let table: Vec<(Event, Phase, Option<Action>)> = vec![
             (
                 Event::OrderCreated { url: url.clone() },
                 Phase::Validating,
-                vec![Action::DriveOrder {
+                Some(Action::DriveOrder {
                     url: url.clone(),
                     key_generated: false,
-                }],
+                }),
             ),
             (
                 Event::ChallengesPublished {
@@ -415,50 +406,49 @@ mod tests {
                     }],
                 },
                 Phase::Validating,
-                vec![Action::DriveOrder {
+                Some(Action::DriveOrder {
                     url: url.clone(),
                     key_generated: false,
-                }],
+                }),
             ),
             (
                 Event::KeyStored,
                 Phase::Validating,
-                vec![Action::DriveOrder {
+                Some(Action::DriveOrder {
                     url: url.clone(),
                     key_generated: true,
-                }],
+                }),
             ),
             (
                 Event::CertificateStored {
                     meta: meta("f1", T0, 90),
                 },
                 Phase::Issued,
-                vec![Action::Install {
+                Some(Action::Install {
                     fingerprint: "f1".into(),
-                }],
+                }),
             ),
             (
                 Event::Installed {
                     fingerprint: "f1".into(),
                 },
                 Phase::Issued,
-                vec![Action::CheckRenewalInfo],
+                Some(Action::CheckRenewalInfo),
             ),
             (
                 Event::RenewalInfoUnavailable { retry_at: None },
                 Phase::Issued,
-                vec![],
+                None,
             ),
         ];
         let mut r = pending();
-        for (i, (event, phase, actions)) in table.into_iter().enumerate() {
-            let (next, got) = apply(&r, event, T0);
-            assert_eq!(next.phase, phase, "step {i}");
-            assert_eq!(got, actions, "step {i}");
-            r = next;
+        for (i, (event, phase, action)) in table.into_iter().enumerate() {
+            r = apply(&r, event, T0);
+            assert_eq!(r.phase(), phase, "step {i}");
+            assert_eq!(due(&r, T0), action, "step {i}");
         }
         assert!(
-            r.order.is_none(),
+            r.order().is_none(),
             "the order is forgotten once the certificate is stored"
         );
         assert!(r.is_installed());
@@ -470,19 +460,19 @@ mod tests {
     fn renewal_keeps_the_old_certificate_until_the_new_one_is_installed() {
         let r = issued("f1");
         let renew_at = r.renew_at.unwrap();
-        let (r, a) = apply(&r, Event::Tick, renew_at - 1);
-        assert_eq!(r.phase, Phase::Issued);
-        assert!(a.is_empty());
-        let (r, a) = apply(&r, Event::Tick, renew_at);
-        assert_eq!(r.phase, Phase::Expiring);
-        assert_eq!(a, vec![Action::CreateOrder]);
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, renew_at);
-        assert_eq!(r.phase, Phase::Validating);
+        let r = apply(&r, Event::Tick, renew_at - 1);
+        assert_eq!(r.phase(), Phase::Issued);
+        assert_eq!(due(&r, renew_at - 1), None);
+        let r = apply(&r, Event::Tick, renew_at);
+        assert_eq!(r.phase(), Phase::Expiring);
+        assert_eq!(due(&r, renew_at), Some(Action::CreateOrder));
+        let r = apply(&r, Event::OrderCreated { url: "u2".into() }, renew_at);
+        assert_eq!(r.phase(), Phase::Validating);
         assert!(
             r.is_installed(),
             "the old certificate is still the installed one"
         );
-        let (r, a) = apply(
+        let r = apply(
             &r,
             Event::CertificateStored {
                 meta: meta("f2", renew_at, 90),
@@ -490,13 +480,13 @@ mod tests {
             renew_at,
         );
         assert_eq!(
-            a,
-            vec![Action::Install {
+            due(&r, renew_at),
+            Some(Action::Install {
                 fingerprint: "f2".into()
-            }]
+            })
         );
         assert_eq!(r.installed_fingerprint.as_deref(), Some("f1"));
-        let (r, a) = apply(
+        let r = apply(
             &r,
             Event::Installed {
                 fingerprint: "f2".into(),
@@ -504,8 +494,8 @@ mod tests {
             renew_at,
         );
         assert_eq!(
-            a,
-            vec![Action::CheckRenewalInfo],
+            due(&r, renew_at),
+            Some(Action::CheckRenewalInfo),
             "the new certificate's window is asked for"
         );
         assert!(r.is_installed());
@@ -514,16 +504,16 @@ mod tests {
     #[test]
     fn a_stale_install_report_is_ignored() {
         let r = issued("f1");
-        let (r, _) = apply(&r, Event::ForceRenew, T0);
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, T0);
-        let (r, _) = apply(
+        let r = apply(&r, Event::ForceRenew, T0);
+        let r = apply(&r, Event::OrderCreated { url: "u2".into() }, T0);
+        let r = apply(
             &r,
             Event::CertificateStored {
                 meta: meta("f2", T0, 90),
             },
             T0,
         );
-        let (r, a) = apply(
+        let r = apply(
             &r,
             Event::Installed {
                 fingerprint: "f1".into(),
@@ -532,21 +522,21 @@ mod tests {
         );
         assert!(!r.is_installed());
         assert_eq!(
-            a,
-            vec![Action::Install {
+            due(&r, T0),
+            Some(Action::Install {
                 fingerprint: "f2".into()
-            }]
+            })
         );
     }
 
     #[test]
     fn failures_are_data_and_back_off() {
-        let (r, _) = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
-        let (r, a) = apply(&r, fail(FailureKind::Retryable, None, false), T0);
-        assert!(a.is_empty(), "no action while backing off");
+        let r = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
+        let r = apply(&r, fail(FailureKind::Retryable, None, false), T0);
+        assert_eq!(due(&r, T0), None, "no action while backing off");
         let f = r.failure.clone().unwrap();
         assert_eq!((f.attempts, f.step), (1, Step::Validation));
-        assert_eq!(r.phase, Phase::Validating, "a failure is not a phase");
+        assert_eq!(r.phase(), Phase::Validating, "a failure is not a phase");
         let first = f.next_attempt_at.unwrap();
         assert!(first > T0);
         assert_eq!(plan(&r, T0), Plan::At(first));
@@ -558,7 +548,7 @@ mod tests {
                 key_generated: false
             })
         );
-        let (r, _) = apply(&r, fail(FailureKind::Retryable, None, false), first);
+        let r = apply(&r, fail(FailureKind::Retryable, None, false), first);
         let f2 = r.failure.clone().unwrap();
         assert_eq!(f2.attempts, 2);
         assert!(
@@ -569,13 +559,13 @@ mod tests {
 
     #[test]
     fn retry_after_wins_over_backoff() {
-        let (r, _) = apply(
+        let r = apply(
             &pending(),
             fail(FailureKind::RateLimited, Some(T0 + 7 * DAY), false),
             T0,
         );
         assert_eq!(r.failure.unwrap().next_attempt_at, Some(T0 + 7 * DAY));
-        let (r, _) = apply(
+        let r = apply(
             &pending(),
             fail(FailureKind::Retryable, Some(T0 + 1), false),
             T0,
@@ -585,29 +575,29 @@ mod tests {
 
     #[test]
     fn a_dead_order_is_dropped_and_ordered_again_after_backoff() {
-        let (r, _) = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
-        let (r, _) = apply(&r, fail(FailureKind::Retryable, None, true), T0);
-        assert_eq!(r.phase, Phase::Pending);
-        assert!(r.order.is_none());
+        let r = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
+        let r = apply(&r, fail(FailureKind::Retryable, None, true), T0);
+        assert_eq!(r.phase(), Phase::Pending);
+        assert!(r.order().is_none());
         let t = r.failure.as_ref().unwrap().next_attempt_at.unwrap();
         assert_eq!(plan(&r, t), Plan::Now(Action::CreateOrder));
         // Once issued, a dead renewal order falls back to expiring, still serving the old cert.
         let r = issued("f1");
-        let (r, _) = apply(&r, Event::ForceRenew, T0);
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, T0);
-        let (r, _) = apply(&r, fail(FailureKind::Retryable, None, true), T0);
-        assert_eq!(r.phase, Phase::Expiring);
+        let r = apply(&r, Event::ForceRenew, T0);
+        let r = apply(&r, Event::OrderCreated { url: "u2".into() }, T0);
+        let r = apply(&r, fail(FailureKind::Retryable, None, true), T0);
+        assert_eq!(r.phase(), Phase::Expiring);
         assert!(r.is_installed());
     }
 
     #[test]
     fn a_permanent_failure_waits_for_the_operator_or_the_config() {
-        let (r, _) = apply(&pending(), fail(FailureKind::Permanent, None, true), T0);
+        let r = apply(&pending(), fail(FailureKind::Permanent, None, true), T0);
         assert_eq!(plan(&r, T0 + 365 * DAY), Plan::Idle);
-        let (r2, a) = apply(&r, Event::ForceRenew, T0);
-        assert_eq!(a, vec![Action::CreateOrder]);
+        let r2 = apply(&r, Event::ForceRenew, T0);
+        assert_eq!(due(&r2, T0), Some(Action::CreateOrder));
         assert!(r2.failure.is_none());
-        let (r3, a) = apply(
+        let r3 = apply(
             &r,
             Event::Configured {
                 names: vec!["a.test".into()],
@@ -617,7 +607,7 @@ mod tests {
             },
             T0,
         );
-        assert_eq!(a, vec![Action::CreateOrder]);
+        assert_eq!(due(&r3, T0), Some(Action::CreateOrder));
         assert_eq!(r3.names, vec!["a.test".to_string()]);
     }
 
@@ -625,7 +615,7 @@ mod tests {
     fn configuration_changes() {
         let r = issued("f1");
         // The same configuration changes nothing, not even updated_at.
-        let (same, a) = apply(
+        let same = apply(
             &r,
             Event::Configured {
                 names: r.names.clone(),
@@ -636,10 +626,10 @@ mod tests {
             T0 + 5,
         );
         assert_eq!(same, r);
-        assert!(a.is_empty());
+        assert_eq!(due(&same, T0 + 5), None);
         // A new name re-issues, keeping the served certificate meanwhile.
         let names = vec!["a.test".to_string(), "b.a.test".to_string()];
-        let (r2, a) = apply(
+        let r2 = apply(
             &r,
             Event::Configured {
                 names: names.clone(),
@@ -649,12 +639,15 @@ mod tests {
             },
             T0 + 5,
         );
-        assert_eq!((r2.phase, a), (Phase::Expiring, vec![Action::CreateOrder]));
+        assert_eq!(
+            (r2.phase(), due(&r2, T0 + 5)),
+            (Phase::Expiring, Some(Action::CreateOrder))
+        );
         assert_eq!(r2.updated_at, T0 + 5);
         assert!(r2.is_installed());
         // A change while validating drops the order for the old names.
-        let (v, _) = apply(&r2, Event::OrderCreated { url: "u".into() }, T0);
-        let (v2, _) = apply(
+        let v = apply(&r2, Event::OrderCreated { url: "u".into() }, T0);
+        let v2 = apply(
             &v,
             Event::Configured {
                 names,
@@ -664,8 +657,8 @@ mod tests {
             },
             T0,
         );
-        assert!(v2.order.is_none());
-        assert_eq!(v2.phase, Phase::Expiring);
+        assert!(v2.order().is_none());
+        assert_eq!(v2.phase(), Phase::Expiring);
     }
 
     #[test]
@@ -677,17 +670,20 @@ mod tests {
             deploy_hook: false,
         };
         let r = issued("f1");
-        let (r, a) = apply(&r, conf(&r, "https://staging/dir"), T0);
+        let r = apply(&r, conf(&r, "https://staging/dir"), T0);
         assert_eq!(
-            (r.phase, a),
-            (Phase::Issued, vec![]),
+            (r.phase(), due(&r, T0)),
+            (Phase::Issued, None),
             "first CA recorded, nothing re-issued"
         );
         assert_eq!(r.acme_directory, "https://staging/dir");
-        let (same, _) = apply(&r, conf(&r, "https://staging/dir"), T0 + 1);
+        let same = apply(&r, conf(&r, "https://staging/dir"), T0 + 1);
         assert_eq!(same, r);
-        let (r, a) = apply(&r, conf(&r, "https://production/dir"), T0);
-        assert_eq!((r.phase, a), (Phase::Expiring, vec![Action::CreateOrder]));
+        let r = apply(&r, conf(&r, "https://production/dir"), T0);
+        assert_eq!(
+            (r.phase(), due(&r, T0)),
+            (Phase::Expiring, Some(Action::CreateOrder))
+        );
         assert!(
             r.is_installed(),
             "the staging certificate serves until the new one is installed"
@@ -714,8 +710,7 @@ mod tests {
                     T0,
                 ),
             ],
-        )
-        .0;
+        );
         assert_eq!(
             plan(&r, T0),
             Plan::Now(Action::CheckRenewalInfo),
@@ -727,8 +722,8 @@ mod tests {
             retry_after: Some(T0 + 6 * 3600),
             jitter_permille: jitter,
         };
-        let (r, a) = apply(&r, info(500), T0);
-        assert!(a.is_empty());
+        let r = apply(&r, info(500), T0);
+        assert_eq!(due(&r, T0), None);
         assert_eq!(
             r.renew_at,
             Some(T0 + 60 * DAY),
@@ -741,11 +736,11 @@ mod tests {
         );
         assert_eq!(plan(&r, T0), Plan::At(T0 + 6 * 3600));
         // The same window again keeps the chosen time (persisted, not redrawn).
-        let (r, _) = apply(&r, info(0), T0 + 6 * 3600);
+        let r = apply(&r, info(0), T0 + 6 * 3600);
         assert_eq!(r.renew_at, Some(T0 + 60 * DAY));
         // A window moved into the past (revocation): renew now.
         let later = T0 + 7 * 3600;
-        let (r, _) = apply(
+        let r = apply(
             &r,
             Event::RenewalInfo {
                 window: (T0, T0 + 3600),
@@ -754,10 +749,13 @@ mod tests {
             },
             later,
         );
-        let (r, a) = apply(&r, Event::Tick, later);
-        assert_eq!((r.phase, a), (Phase::Expiring, vec![Action::CreateOrder]));
+        let r = apply(&r, Event::Tick, later);
+        assert_eq!(
+            (r.phase(), due(&r, later)),
+            (Phase::Expiring, Some(Action::CreateOrder))
+        );
         // A failed check is asked again later; an unsupported one never.
-        let (r2, _) = apply(
+        let r2 = apply(
             &issued("f1"),
             Event::RenewalInfoUnavailable {
                 retry_at: Some(T0 + 99),
@@ -770,8 +768,8 @@ mod tests {
 
     #[test]
     fn install_failure_retries_the_install_not_the_order() {
-        let (r, _) = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
-        let (r, _) = apply(
+        let r = apply(&pending(), Event::OrderCreated { url: "u".into() }, T0);
+        let r = apply(
             &r,
             Event::CertificateStored {
                 meta: meta("f1", T0, 90),
@@ -783,7 +781,7 @@ mod tests {
             _ => unreachable!(),
         };
         report.step = Step::Install;
-        let (r, _) = apply(&r, Event::Failed(report), T0);
+        let r = apply(&r, Event::Failed(report), T0);
         let t = r.failure.as_ref().unwrap().next_attempt_at.unwrap();
         assert_eq!(
             plan(&r, t),
@@ -791,7 +789,7 @@ mod tests {
                 fingerprint: "f1".into()
             })
         );
-        let (r, _) = apply(
+        let r = apply(
             &r,
             Event::Installed {
                 fingerprint: "f1".into(),
@@ -813,38 +811,40 @@ mod tests {
             plan(&issued("f1"), T0),
             Plan::At(issued("f1").renew_at.unwrap())
         );
-        let (r, actions) = apply(&issued("f1"), hook_on(&issued("f1")), T0);
+        let r = apply(&issued("f1"), hook_on(&issued("f1")), T0);
         let run_f1 = Action::RunHook {
             fingerprint: "f1".into(),
         };
         assert_eq!(
-            actions,
-            vec![run_f1.clone()],
+            due(&r, T0),
+            Some(run_f1.clone()),
             "the current certificate is deployed once"
         );
         let ran = |fp: &str, error: Option<&str>| Event::HookRan {
             fingerprint: fp.into(),
             error: error.map(String::from),
         };
-        let (r, actions) = apply(&r, ran("f1", Some("exit status 3")), T0);
-        assert!(
-            actions.is_empty(),
-            "a failed hook is not retried on its own"
-        );
+        let r = apply(&r, ran("f1", Some("exit status 3")), T0);
+        assert_eq!(due(&r, T0), None, "a failed hook is not retried on its own");
         assert!(matches!(plan(&r, T0), Plan::At(_)));
-        let (r, actions) = apply(&r, Event::Retry, T0 + 5);
-        assert_eq!(actions, vec![run_f1], "retry runs a failed hook again");
-        let (r, _) = apply(&r, ran("f1", None), T0 + 6);
-        let (r2, actions) = apply(&r, Event::Retry, T0 + 7);
-        assert!(
-            actions.is_empty(),
+        let r = apply(&r, Event::Retry, T0 + 5);
+        assert_eq!(
+            due(&r, T0 + 5),
+            Some(run_f1),
+            "retry runs a failed hook again"
+        );
+        let r = apply(&r, ran("f1", None), T0 + 6);
+        let r2 = apply(&r, Event::Retry, T0 + 7);
+        assert_eq!(
+            due(&r2, T0 + 7),
+            None,
             "a hook that succeeded is not run again by retry"
         );
         assert_eq!(r2.hook, r.hook);
         // A renewal: the hook runs for the new certificate only after it is installed.
-        let (r, _) = apply(&r, Event::ForceRenew, T0 + 10);
-        let (r, _) = apply(&r, Event::OrderCreated { url: "u2".into() }, T0 + 10);
-        let (r, actions) = apply(
+        let r = apply(&r, Event::ForceRenew, T0 + 10);
+        let r = apply(&r, Event::OrderCreated { url: "u2".into() }, T0 + 10);
+        let r = apply(
             &r,
             Event::CertificateStored {
                 meta: meta("f2", T0 + 10, 90),
@@ -852,12 +852,12 @@ mod tests {
             T0 + 10,
         );
         assert_eq!(
-            actions,
-            vec![Action::Install {
+            due(&r, T0 + 10),
+            Some(Action::Install {
                 fingerprint: "f2".into()
-            }]
+            })
         );
-        let (_, actions) = apply(
+        let r = apply(
             &r,
             Event::Installed {
                 fingerprint: "f2".into(),
@@ -865,31 +865,31 @@ mod tests {
             T0 + 10,
         );
         assert_eq!(
-            actions,
-            vec![Action::RunHook {
+            due(&r, T0 + 10),
+            Some(Action::RunHook {
                 fingerprint: "f2".into()
-            }]
+            })
         );
     }
 
     #[test]
     fn retry_clears_a_permanent_failure() {
-        let (r, _) = apply(&pending(), fail(FailureKind::Permanent, None, true), T0);
+        let r = apply(&pending(), fail(FailureKind::Permanent, None, true), T0);
         assert_eq!(plan(&r, T0 + 100), Plan::Idle);
-        let (r, actions) = apply(&r, Event::Retry, T0 + 100);
+        let r = apply(&r, Event::Retry, T0 + 100);
         assert!(r.failure.is_none());
-        assert_eq!(actions, vec![Action::CreateOrder]);
+        assert_eq!(due(&r, T0 + 100), Some(Action::CreateOrder));
     }
 
     #[test]
     fn an_unconfigured_certificate_is_kept_but_not_renewed_until_configured_again() {
         let r = issued("f1");
-        let due = r.renew_at.unwrap() + 1;
-        let (r, actions) = apply(&r, Event::Unconfigured, T0);
-        assert!(actions.is_empty());
+        let when = r.renew_at.unwrap() + 1;
+        let r = apply(&r, Event::Unconfigured, T0);
+        assert_eq!(due(&r, T0), None);
         assert!(r.cert.is_some() && r.is_installed(), "kept");
-        assert_eq!(plan(&r, due), Plan::Idle, "not renewed");
-        let (r, actions) = apply(
+        assert_eq!(plan(&r, when), Plan::Idle, "not renewed");
+        let r = apply(
             &r,
             Event::Configured {
                 names: r.names.clone(),
@@ -897,14 +897,19 @@ mod tests {
                 acme_directory: String::new(),
                 deploy_hook: false,
             },
-            due,
+            when,
         );
         assert!(!r.unconfigured);
-        assert!(
-            actions.is_empty(),
+        assert_eq!(
+            due(&r, when),
+            None,
             "the same certificate again: no re-issue"
         );
-        let (_, actions) = apply(&r, Event::Tick, due);
-        assert_eq!(actions, vec![Action::CreateOrder], "renewed again when due");
+        let r = apply(&r, Event::Tick, when);
+        assert_eq!(
+            due(&r, when),
+            Some(Action::CreateOrder),
+            "renewed again when due"
+        );
     }
 }

@@ -602,7 +602,7 @@ pub fn issued_records(
             KeyType::EcdsaP256,
             now - 86_400,
         );
-        let (r, _) = apply(
+        let r = apply(
             &r,
             Event::Configured {
                 names: r.names.clone(),
@@ -612,7 +612,7 @@ pub fn issued_records(
             },
             now,
         );
-        let (r, _) = apply(
+        let r = apply(
             &r,
             Event::OrderCreated {
                 url: format!("https://ca/order/{i}"),
@@ -628,9 +628,9 @@ pub fn issued_records(
             fingerprint: fingerprint.clone(),
             issued_at: not_before,
         };
-        let (r, _) = apply(&r, Event::CertificateStored { meta }, now);
-        let (r, _) = apply(&r, Event::Installed { fingerprint }, now);
-        let (r, _) = apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now);
+        let r = apply(&r, Event::CertificateStored { meta }, now);
+        let r = apply(&r, Event::Installed { fingerprint }, now);
+        let r = apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now);
         names.push_str(&format!("{},{}\n", r.names[0], r.names[1]));
         records.push(r);
     }
