@@ -1,7 +1,7 @@
 //! The daemon's health as `/healthz` reports it: start-up done, the store takes writes, and the
 //! reconciler completes passes. Written by the daemon and the reconciler, read by admin.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use haproxy_acme_state::UnixTime;
@@ -19,6 +19,8 @@ pub struct Health {
     /// When the reconciler last completed a pass (0: not started; it starts once HAProxy's
     /// runtime API answers).
     last_pass: AtomicI64,
+    /// Passes completed since start (the simulated-time tests bound wake-ups with it).
+    passes: AtomicU64,
 }
 
 impl Health {
@@ -32,6 +34,11 @@ impl Health {
 
     pub fn passed(&self, now: UnixTime) {
         self.last_pass.store(now, Ordering::Release);
+        self.passes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
     }
 
     pub fn last_pass(&self) -> UnixTime {
