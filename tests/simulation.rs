@@ -202,9 +202,15 @@ impl Ca for FakeCa {
                 "{id}: drives order {url}, its record names {stored_url:?}"
             ));
         }
-        let result = self.drive(url, &id, names, hooks).await;
-        lock(&self.world).driving.remove(&id);
-        result
+        // Removed when the call ends or is dropped (a crash of the daemon mid-call).
+        struct Driving(Shared, String);
+        impl Drop for Driving {
+            fn drop(&mut self) {
+                lock(&self.0).driving.remove(&self.1);
+            }
+        }
+        let _driving = Driving(self.world.clone(), id.clone());
+        self.drive(url, &id, names, hooks).await
     }
 
     async fn renewal_info(&self, chain_pem: &str) -> Result<Option<RenewalInfo>, AcmeError> {
@@ -813,9 +819,10 @@ fn seeded_schedules_keep_every_invariant_and_converge() {
         failures.len()
     );
     if let Some((seed, v)) = failures.first() {
+        let all: Vec<u64> = failures.iter().map(|(s, _)| *s).collect();
         panic!(
-            "{} of {seeds} schedules broke an invariant; first: seed {seed} (replay: \
-             SIM_SEED={seed} cargo test --test simulation):\n  {}",
+            "{} of {seeds} schedules broke an invariant (seeds {all:?}); first: seed {seed} \
+             (replay: SIM_SEED={seed} cargo test --test simulation):\n  {}",
             failures.len(),
             v.join("\n  ")
         );
