@@ -205,19 +205,25 @@ async fn route(shared: &Shared, req: Request<Incoming>, writable: bool) -> Respo
             let spec = String::from_utf8_lossy(&body);
             done(
                 shared,
-                ops::domains_add(&shared.store, &shared.config, &spec),
+                ops::domains_add(&shared.store, &shared.wanted, &spec),
             )
         }
         (&Method::DELETE, ["domains", id]) => done(
             shared,
-            ops::domains_remove(&shared.store, &shared.config, id),
+            ops::domains_remove(&shared.store, &shared.config, &shared.wanted, id),
         ),
         (&Method::POST, ["import"]) => {
             match serde_json::from_slice::<crate::import::Found>(&body) {
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("import: {e}\n")),
                 Ok(found) => done(
                     shared,
-                    crate::import::adopt(&shared.store, &shared.config, &found, now),
+                    crate::import::adopt(
+                        &shared.store,
+                        &shared.config,
+                        &shared.wanted,
+                        &found,
+                        now,
+                    ),
                 ),
             }
         }

@@ -11,7 +11,7 @@ use std::path::Path;
 use haproxy_acme_state::{apply, Event, Phase, Record, UnixTime};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CertSpec, Config};
+use crate::config::{CertSpec, Config, WantedSet};
 use crate::ops::{Done, OpError};
 use crate::pki;
 use crate::store::Store;
@@ -146,11 +146,12 @@ fn conf_value(text: &str, key: &str) -> Option<String> {
 pub fn adopt(
     store: &Store,
     config: &Config,
+    wanted: &WantedSet,
     found: &Found,
     now: UnixTime,
 ) -> Result<Done, OpError> {
     let added = store.added_domains()?;
-    let wanted: Vec<CertSpec> = config.read_certificates(&added).unwrap_or_default();
+    let wanted: Vec<CertSpec> = wanted.read(&added).unwrap_or_default();
     let mut lines = Vec::new();
     let mut imported = Vec::new();
     for l in &found.lineages {
@@ -222,11 +223,11 @@ fn adopt_one(
     let mut sorted = leaf.names.clone();
     sorted.sort();
     let spec = wanted.iter().find(|s| {
-        let mut n = s.names.clone();
+        let mut n = s.names().to_vec();
         n.sort();
         n == sorted
     });
-    let names = spec.map_or(leaf.names.clone(), |s| s.names.clone());
+    let names = spec.map_or(leaf.names.clone(), |s| s.names().to_vec());
     let id = names[0].clone();
     let directory = l
         .server
@@ -251,11 +252,11 @@ fn adopt_one(
             )));
         }
     }
-    let r = Record::new(names.clone(), key_type, now);
+    let r = Record::new(names.to_vec(), key_type, now);
     let (r, _) = apply(
         &r,
         Event::Configured {
-            names: names.clone(),
+            names: names.to_vec(),
             key_type,
             acme_directory: directory.clone(),
             deploy_hook: config.deploy_hook.is_some(),

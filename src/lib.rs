@@ -5,7 +5,8 @@
 //! - `haproxy-acme-state` (the `state/` crate): the lifecycle as data and a pure transition
 //!   function; it decides, the modules here do.
 //! - [`cli`]: command line and raw settings (flags backed by environment variables).
-//! - [`config`]: validation of the raw settings into one typed [`config::Config`].
+//! - [`config`]: validation of the raw settings into one typed [`config::Config`] and the wanted
+//!   set ([`config::WantedSet`]: DOMAINS, DOMAINS_FILE, runtime additions); certificate names.
 //! - [`store`]: the sled store (records, chains, keys, account); the only module that knows the
 //!   on-disk encoding.
 //! - [`responder`]: the HTTP-01 challenge server.

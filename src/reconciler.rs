@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::task::JoinSet;
 
 use crate::acme::{AcmeClient, AcmeError, OrderHooks};
-use crate::config::{CertSpec, Config};
+use crate::config::{CertSpec, Config, WantedSet};
 use crate::installer::Installer;
 use crate::responder::Tokens;
 use crate::store::{Store, StoreError};
@@ -47,6 +47,8 @@ pub fn unix_now() -> UnixTime {
 /// Everything the reconciler's tasks share.
 pub struct Shared {
     pub config: Config,
+    /// Where the wanted certificates are read from (with the store's additions).
+    pub wanted: WantedSet,
     pub store: Store,
     pub installer: Installer,
     /// The responder's challenge map, kept in step with the records' published challenges.
@@ -77,6 +79,7 @@ impl Shared {
     /// Also returns the receiving end of the wake-ups, for `run`.
     pub fn new(
         config: Config,
+        wanted: WantedSet,
         store: Store,
         installer: Installer,
         tokens: Tokens,
@@ -85,6 +88,7 @@ impl Shared {
         let (wake, woken) = mpsc::unbounded_channel();
         let shared = Shared {
             config,
+            wanted,
             store,
             installer,
             tokens,
@@ -119,7 +123,7 @@ impl Shared {
             .store
             .added_domains()
             .map_err(|e| vec![e.to_string()])?;
-        self.config.read_certificates_since(&added, unchanged_from)
+        self.wanted.read_since(&added, unchanged_from)
     }
 
     async fn acme(&self) -> Result<&AcmeClient, AcmeError> {
@@ -235,7 +239,7 @@ pub fn sync_specs(
 ) -> Result<(Vec<Wanted>, Vec<String>), StoreError> {
     let now = unix_now();
     let _guard = shared.store.lock_records();
-    let by_id: HashMap<&str, &CertSpec> = specs.iter().map(|s| (s.id.as_str(), s)).collect();
+    let by_id: HashMap<&str, &CertSpec> = specs.iter().map(|s| (s.id().as_str(), s)).collect();
     let mut found: HashSet<&str> = HashSet::with_capacity(specs.len());
     let mut wanted = Vec::with_capacity(specs.len());
     let mut changed = Vec::new();
@@ -243,7 +247,7 @@ pub fn sync_specs(
     // The record's schedule, and the record when it changed.
     let reconcile = |spec: &CertSpec, old: Option<Record>| -> (Wanted, Option<Record>) {
         let configured = Event::Configured {
-            names: spec.names.clone(),
+            names: spec.names().to_vec(),
             key_type: shared.config.key_type,
             acme_directory: shared.config.acme_directory.clone(),
             deploy_hook: shared.config.deploy_hook.is_some(),
@@ -253,7 +257,7 @@ pub fn sync_specs(
         let base = match &old {
             Some(r) => r,
             None => {
-                fresh = Record::new(spec.names.clone(), shared.config.key_type, now);
+                fresh = Record::new(spec.names().to_vec(), shared.config.key_type, now);
                 &fresh
             }
         };
@@ -265,10 +269,10 @@ pub fn sync_specs(
         }
         match old {
             None => {
-                tracing::info!(cert = %spec.id, names = ?spec.names, "new certificate wanted")
+                tracing::info!(cert = %spec.id(), names = ?spec.names(), "new certificate wanted")
             }
             Some(_) => {
-                tracing::info!(cert = %spec.id, names = ?spec.names, "certificate names, key type or CA changed: re-issuing")
+                tracing::info!(cert = %spec.id(), names = ?spec.names(), "certificate names, key type or CA changed: re-issuing")
             }
         }
         (due, Some(new))
@@ -279,7 +283,7 @@ pub fn sync_specs(
         .store
         .for_each_record(|old| match by_id.get(old.id.as_str()) {
             Some(spec) => {
-                found.insert(spec.id.as_str());
+                found.insert(spec.id().as_str());
                 let (due, new) = reconcile(spec, Some(old));
                 wanted.push(due);
                 changed.extend(new);
@@ -292,7 +296,7 @@ pub fn sync_specs(
                 unwanted.push(old.id);
             }
         })?;
-    for spec in specs.iter().filter(|s| !found.contains(s.id.as_str())) {
+    for spec in specs.iter().filter(|s| !found.contains(s.id().as_str())) {
         let (due, new) = reconcile(spec, None);
         wanted.push(due);
         changed.extend(new);
