@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use haproxy_acme::cli::{self, Command, DomainsCommand, ImportCommand, StateCommand};
-use haproxy_acme::config::{Config, Need, WantedSet};
+use haproxy_acme::config::{CertId, Config, Need, WantedSet};
 use haproxy_acme::installer::Installer;
 use haproxy_acme::ops::{self, OpError};
 use haproxy_acme::reconciler::{self, Shared};
@@ -255,6 +255,11 @@ async fn healthcheck(config: &Config) -> anyhow::Result<()> {
 
 /// `state dump [ID]`: from the running daemon if there is one, else straight from the store.
 async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
+    let id = id
+        .map(CertId::parse)
+        .transpose()
+        .map_err(|e| Exit(2, format!("not a certificate id: {e}")))?;
+    let id = id.as_deref();
     let path = id.map_or("/state".to_string(), |id| format!("/state/{id}"));
     if let Some(a) = admin::request(&config.data_dir, hyper::Method::GET, &path, Vec::new())
         .await

@@ -5,7 +5,7 @@
 use haproxy_acme_state::dump::rfc3339;
 use haproxy_acme_state::{apply, Event, Phase, Record, UnixTime};
 
-use crate::config::{parse_domains, Config, WantedSet};
+use crate::config::{parse_domains, CertId, Config, WantedSet};
 use crate::store::{Store, StoreError};
 
 /// Why a command was refused. Each maps to an HTTP status on the admin socket and to an exit
@@ -29,6 +29,12 @@ pub struct Done {
     pub message: String,
     pub wake: Vec<String>,
     pub reload: bool,
+}
+
+/// The id an operator gave, normalized as the configuration's names are (`A.test.` is
+/// `a.test`); one that cannot be a certificate's id is refused.
+fn parse_id(raw: &str) -> Result<CertId, OpError> {
+    CertId::parse(raw).map_err(|e| OpError::Refused(format!("not a certificate id: {e}")))
 }
 
 fn unknown(store: &Store, id: &str) -> OpError {
@@ -60,6 +66,8 @@ fn update(store: &Store, id: &str, event: Event, now: UnixTime) -> Result<Record
 /// `renew ID [--force]`: with `force`, orders a new certificate now (the current one keeps
 /// serving); without, says when the certificate renews and whether anything stands in the way.
 pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done, OpError> {
+    let id = parse_id(id)?;
+    let id = id.as_str();
     if force {
         let r = update(store, id, Event::ForceRenew, now)?;
         let message = match r.phase {
@@ -110,6 +118,8 @@ pub fn renew(store: &Store, id: &str, force: bool, now: UnixTime) -> Result<Done
 /// `retry ID`: clears a recorded failure (permanent or in backoff) so the next step runs now, and
 /// runs a failed deploy hook again.
 pub fn retry(store: &Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
+    let id = parse_id(id)?;
+    let id = id.as_str();
     let before = store.get(id)?.ok_or_else(|| unknown(store, id))?;
     let hook_failed = before.hook.as_ref().and_then(|h| h.error.clone());
     if before.failure.is_none() && hook_failed.is_none() {
@@ -181,6 +191,8 @@ pub fn domains_remove(
     wanted: &WantedSet,
     id: &str,
 ) -> Result<Done, OpError> {
+    let id = parse_id(id)?;
+    let id = id.as_str();
     let mut added = store.added_domains()?;
     let before = added.len();
     added.retain(|names| names[0] != id);
@@ -252,8 +264,25 @@ mod tests {
         let e = renew(&store, "nope.test", false, now).unwrap_err();
         assert!(matches!(e, OpError::NotFound(_)), "{e}");
         assert!(e.to_string().contains("a.test"), "{e}");
-        let d = renew(&store, "a.test", false, now).unwrap();
+        let d = renew(&store, "A.test.", false, now).unwrap();
         assert!(d.message.contains("not due"), "{}", d.message);
+        assert!(d.message.starts_with("a.test: "), "{}", d.message);
+        // An id that cannot be a certificate's is refused as such, by every command.
+        for bad in ["*.a.test", "a.test/../x", "localhost"] {
+            let refused = |r: Result<Done, OpError>| match r {
+                Err(OpError::Refused(m)) => assert!(m.contains("not a certificate id"), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            };
+            refused(renew(&store, bad, true, now));
+            refused(retry(&store, bad, now));
+            refused(domains_remove(
+                &store,
+                &config("a.test").0,
+                &config("a.test").1,
+                bad,
+            ));
+        }
+        assert_eq!(store.get("a.test").unwrap().unwrap().phase, Phase::Issued);
         let d = renew(&store, "a.test", true, now).unwrap();
         assert!(d.message.contains("renewing now"), "{}", d.message);
         assert_eq!(d.wake, vec!["a.test".to_string()]);
