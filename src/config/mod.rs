@@ -1,8 +1,8 @@
 //! Configuration, validated once at start-up; only validated types travel past it.
 //!
 //! - [`settings`]: raw settings (flags and environment) → [`Config`]: the CA, directories,
-//!   HAProxy's runtime API, rate limits, the deploy hook... All problems are reported at once
-//!   ([`ConfigError`]).
+//!   HAProxy's runtime API, rate limits, the deploy hook... and the one duration syntax
+//!   ([`parse_duration`]). All problems are reported at once ([`ConfigError`]).
 //! - [`wanted`]: the wanted set ([`WantedSet`]): `DOMAINS` (parsed once), `DOMAINS_FILE` (read
 //!   again at each reload) and the certificates added at runtime → [`CertSpec`]s.
 //! - [`names`]: name normalization (`idna`) and the types only it builds: [`CertId`], [`Names`].
@@ -15,7 +15,8 @@ pub mod wanted;
 
 pub use names::{normalize_name, CertId, CertSpec, Names};
 pub use settings::{
-    Config, ConfigError, Need, RuntimeApiAddr, LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING,
+    parse_duration, Config, ConfigError, Need, RuntimeApiAddr, LETSENCRYPT_PRODUCTION,
+    LETSENCRYPT_STAGING,
 };
 pub use wanted::{nothing_to_manage, parse_domains, parse_domains_file, WantedSet};
 

@@ -238,11 +238,13 @@ impl Config {
         let deploy_hook_timeout = match raw.deploy_hook_timeout.as_deref().map(str::trim) {
             None | Some("") => DEFAULT_DEPLOY_HOOK_TIMEOUT,
             Some(t) => match parse_duration(t) {
-                Some(d) if !d.is_zero() => d,
-                _ => {
-                    errors.push(format!(
-                        "DEPLOY_HOOK_TIMEOUT {t:?}: expected a duration such as 60s, 5m or 1h"
-                    ));
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    errors.push(format!("DEPLOY_HOOK_TIMEOUT {t:?}: must be more than zero"));
+                    DEFAULT_DEPLOY_HOOK_TIMEOUT
+                }
+                Err(e) => {
+                    errors.push(format!("DEPLOY_HOOK_TIMEOUT: {e}"));
                     DEFAULT_DEPLOY_HOOK_TIMEOUT
                 }
             },
@@ -275,25 +277,28 @@ impl Config {
 
 const DEFAULT_DEPLOY_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Parses "90", "90s", "5m", "1h".
-fn parse_duration(s: &str) -> Option<Duration> {
-    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = n.parse().ok()?;
-    let secs = match unit.trim() {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
+/// The accepted duration syntax, for error messages.
+const DURATION_SYNTAX: &str =
+    "a number with a unit, such as 90s, 5m, 3h, 7d or 1h 30m (a bare number is seconds)";
+
+/// Parses a duration: humantime's syntax (`90s`, `5m`, `3h`, `7d`, `1h 30m`, ...) or a bare
+/// number of seconds (`90`: DEPLOY_HOOK_TIMEOUT always took it). One syntax for every duration
+/// setting (DEPLOY_HOOK_TIMEOUT, the windows of RATE_LIMITS).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s:?} is too large a number of seconds"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}): expected {DURATION_SYNTAX}"))
 }
 
 /// `RATE_LIMITS`: `auto`/unset, `off`, `lets-encrypt`, or `key=N/duration,...` with keys
 /// `orders`, `exact-set`, `registered-domain`, `failed-validations` (a key left out is no limit)
-/// and durations such as `90s`, `3h`, `7d`.
+/// and windows in `parse_duration`'s syntax (`90s`, `3h`, `7d`, `1h 30m`).
 fn parse_rate_limits(value: Option<&str>, directory: &str) -> Result<Option<Limits>, String> {
     let v = value.map(str::trim).unwrap_or("");
     let is_lets_encrypt = directory
@@ -323,26 +328,12 @@ fn parse_rate_limits(value: Option<&str>, directory: &str) -> Result<Option<Limi
             .trim()
             .parse()
             .map_err(|_| format!("{item:?}: {count:?} is not a count"))?;
-        let window = window.trim();
-        let (num, unit) = window.split_at(window.len().saturating_sub(1));
-        let mult = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            _ => {
-                return Err(format!(
-                    "{item:?}: duration {window:?} needs a unit s, m, h or d"
-                ))
-            }
-        };
-        let n: i64 = num
-            .parse()
-            .map_err(|_| format!("{item:?}: {window:?} is not a duration"))?;
-        let limit = Some(Limit {
-            count,
-            window_secs: n * mult,
-        });
+        let window = parse_duration(window).map_err(|e| format!("{item:?}: {e}"))?;
+        let window_secs = i64::try_from(window.as_secs())
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| format!("{item:?}: the window must be from 1s to centuries"))?;
+        let limit = Some(Limit { count, window_secs });
         match key.trim() {
             "orders" => limits.orders = limit,
             "exact-set" => limits.exact_set = limit,
@@ -437,9 +428,15 @@ mod tests {
             })
         );
         assert_eq!(custom.registered_domain, None);
-        assert!(p(Some("exact-set=1/7"), "x")
-            .unwrap_err()
-            .contains("needs a unit"));
+        // The windows are `parse_duration`'s: humantime's syntax, a bare number is seconds.
+        let hm = p(Some("failed-validations=5/1h 30m, orders=2/600"), "x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(hm.failed_validations.unwrap().window_secs, 5400);
+        assert_eq!(hm.orders.unwrap().window_secs, 600);
+        let e = p(Some("exact-set=1/7 days ago"), "x").unwrap_err();
+        assert!(e.contains("such as 90s, 5m, 3h, 7d"), "{e}");
+        assert!(p(Some("exact-set=1/0s"), "x").unwrap_err().contains("1s"));
         assert!(p(Some("bogus=1/7d"), "x")
             .unwrap_err()
             .contains("unknown limit"));
@@ -551,20 +548,48 @@ mod tests {
     }
 
     #[test]
+    fn one_duration_syntax() {
+        let secs = |s| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("90"), Ok(90));
+        assert_eq!(secs(" 90 "), Ok(90));
+        assert_eq!(secs("90s"), Ok(90));
+        assert_eq!(secs("5m"), Ok(300));
+        assert_eq!(secs("3h"), Ok(3 * 3600));
+        assert_eq!(secs("7d"), Ok(7 * 86_400));
+        assert_eq!(secs("1h 30m"), Ok(5400));
+        assert_eq!(secs("1.5h"), Ok(5400));
+        assert_eq!(secs("0"), Ok(0));
+        for bad in ["", "soon", "5 parsecs", "-1s", "1d ago"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(
+                e.contains("such as 90s, 5m, 3h, 7d or 1h 30m"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn deploy_hook_timeout_spellings() {
-        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1d"), None);
-        assert_eq!(parse_duration("soon"), None);
-        let c = Config::from_raw(
-            &RawSettings {
-                deploy_hook_timeout: Some("0".into()),
-                ..Default::default()
-            },
-            Need::StoreOnly,
+        let timeout = |t: &str| {
+            Config::from_raw(
+                &RawSettings {
+                    deploy_hook_timeout: Some(t.into()),
+                    ..Default::default()
+                },
+                Need::StoreOnly,
+            )
+            .map(|(c, _)| c.deploy_hook_timeout.as_secs())
+        };
+        assert_eq!(timeout(""), Ok(60));
+        assert_eq!(timeout("90"), Ok(90));
+        assert_eq!(timeout("2m 30s"), Ok(150));
+        assert_eq!(timeout("1d"), Ok(86_400));
+        let e = timeout("0").unwrap_err();
+        assert!(e.0[0].starts_with("DEPLOY_HOOK_TIMEOUT"), "{e}");
+        let e = timeout("soon").unwrap_err();
+        assert!(
+            e.0[0].starts_with("DEPLOY_HOOK_TIMEOUT: \"soon\" is not a duration"),
+            "{e}"
         );
-        assert!(c.unwrap_err().0[0].starts_with("DEPLOY_HOOK_TIMEOUT"));
     }
 }
