@@ -16,7 +16,6 @@ use instant_acme::{
     Account, AuthorizationStatus, BodyWrapper, BytesResponse, CertificateIdentifier,
     ChallengeStatus, ChallengeType, Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
 };
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::config::Config;
@@ -414,10 +413,7 @@ impl AcmeClient {
 
 /// The RFC 9773 identifier (`base64url(AKI).base64url(serial)`) of the leaf of a PEM chain.
 fn certificate_identifier(chain_pem: &str) -> Result<CertificateIdentifier<'static>, String> {
-    let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .next()
-        .ok_or("no certificate in the stored chain")?
-        .map_err(|e| e.to_string())?;
+    let leaf = CertificateDer::from(crate::pki::leaf_der(chain_pem).map_err(|e| e.to_string())?);
     CertificateIdentifier::try_from(&leaf).map(CertificateIdentifier::into_owned)
 }
 
@@ -451,13 +447,14 @@ fn http_client(bundle: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = bundle {
-        let certs = CertificateDer::pem_file_iter(path)
+        let certs = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| crate::pki::certificates_der(&pem).map_err(|e| e.to_string()))
             .map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
         let mut added = 0;
         for c in certs {
-            let c = c.map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
             roots
-                .add(c)
+                .add(CertificateDer::from(c))
                 .map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
             added += 1;
         }
