@@ -11,7 +11,7 @@
 //!   on-disk encoding.
 //! - [`responder`]: the HTTP-01 challenge server.
 //! - [`acme`]: the ACME client (instant-acme).
-//! - [`pki`]: keys, CSRs, certificate parsing (rcgen, x509-parser).
+//! - [`pki`]: keys, CSRs, certificate parsing, every PEM text (rcgen, x509-parser, pem).
 //! - [`installer`]: certificate files and HAProxy's runtime API.
 //! - [`reconciler`]: the loop that drives every certificate through the lifecycle.
 //! - [`admin`]: the admin endpoint (unix socket, optional loopback TCP) the CLI talks to while
