@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::admin::client::{Answer, Ask, Client, Outcome};
 use crate::clock::unix_now;
-use crate::config::Config;
+use crate::config::{CertId, Config, WantedSet};
 use crate::ops::{self, OpError};
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
@@ -36,7 +36,7 @@ pub enum Op {
 
 /// Runs `op` on the daemon through its admin socket, or, with no daemon, on the store directly
 /// (the change then takes effect when the daemon starts).
-pub async fn operate(config: Config, op: Op) -> anyhow::Result<()> {
+pub async fn operate(config: Config, wanted: WantedSet, op: Op) -> anyhow::Result<()> {
     let client = Client::new(&config.data_dir);
     let ask = match &op {
         Op::Renew { id, force } => Ask::Renew {
@@ -56,13 +56,13 @@ pub async fn operate(config: Config, op: Op) -> anyhow::Result<()> {
     let store = open_offline(&config.data_dir)?;
     let store = store.as_ref();
     let now = unix_now();
-    let config = Arc::new(config);
+    let wanted = Arc::new(wanted);
     let result = match &op {
         Op::Renew { id, force } => ops::renew(store, id, *force, now).await,
         Op::Retry { id } => ops::retry(store, id, now).await,
-        Op::DomainsAdd { spec } => ops::domains_add(store, &config, spec).await,
-        Op::DomainsRemove { id } => ops::domains_remove(store, &config, id).await,
-        Op::Import(found) => crate::import::adopt(store, &config, found, now).await,
+        Op::DomainsAdd { spec } => ops::domains_add(store, &wanted, spec).await,
+        Op::DomainsRemove { id } => ops::domains_remove(store, &config, &wanted, id).await,
+        Op::Import(found) => crate::import::adopt(store, &config, &wanted, found, now).await,
     };
     match result {
         Ok(done) => {
@@ -80,6 +80,11 @@ pub async fn operate(config: Config, op: Op) -> anyhow::Result<()> {
 
 /// `state dump [ID]`: from the running daemon if there is one, else straight from the store.
 pub async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
+    let id = id
+        .map(CertId::parse)
+        .transpose()
+        .map_err(|e| Exit(2, format!("not a certificate id: {e}")))?;
+    let id = id.as_deref();
     let client = Client::new(&config.data_dir);
     if let Some(a) = ask_daemon(&client, &Ask::State(id.map(String::from))).await? {
         return print_answer(a);

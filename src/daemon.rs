@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::acme::LazyAcme;
 use crate::admin::{self, Admin};
 use crate::clock::{Dice, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, WantedSet};
 use crate::health::Health;
 use crate::installer::Installer;
 use crate::reconciler::{Parts, Reconciler, StartError, Tuning};
@@ -46,7 +46,7 @@ impl From<StoreError> for DaemonError {
 }
 
 /// Runs the daemon until `triggers.shutdown` turns true.
-pub async fn run(config: Config, triggers: Triggers) -> Result<(), DaemonError> {
+pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Result<(), DaemonError> {
     let Triggers { shutdown, reload } = triggers;
     // Subscribed before the wanted set is read: a SIGHUP during start-up is not lost.
     let reload_rx = reload.subscribe();
@@ -95,8 +95,9 @@ pub async fn run(config: Config, triggers: Triggers) -> Result<(), DaemonError> 
     }
     // Read again by the reconciler, with the certificates added at runtime; not kept twice
     // (100,000 certificates are ~25 MiB of names).
-    let mut config = config;
-    config.certificates = Vec::new();
+    let mut wanted = wanted;
+    wanted.forget_initial();
+    let wanted = Arc::new(wanted);
     let config = Arc::new(config);
     let installer = Arc::new(installer);
     let health = Arc::new(Health::default());
@@ -104,6 +105,7 @@ pub async fn run(config: Config, triggers: Triggers) -> Result<(), DaemonError> 
     let (reconciler, control, inbox) = Reconciler::new(
         Parts {
             config: config.clone(),
+            wanted: wanted.clone(),
             store: store.clone(),
             ca: Arc::new(LazyAcme::new(config.clone(), store.clone())),
             haproxy: installer.clone(),
@@ -135,6 +137,7 @@ pub async fn run(config: Config, triggers: Triggers) -> Result<(), DaemonError> 
         Arc::new(Admin {
             store,
             config: config.clone(),
+            wanted,
             control,
             health,
             clock,

@@ -54,7 +54,7 @@ mod tests {
             responder_listen: Some("0.0.0.0:8402".into()),
             ..Default::default()
         };
-        let s = snippet(&Config::from_raw(&raw, Need::Daemon).unwrap());
+        let s = snippet(&Config::from_raw(&raw, Need::Daemon).unwrap().0);
         assert!(
             s.contains("bind :443 ssl crt /usr/local/etc/haproxy/certs/\n"),
             "{s}"

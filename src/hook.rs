@@ -20,37 +20,24 @@ pub fn lineage_dir(data_dir: &Path, id: &str) -> PathBuf {
     data_dir.join("live").join(id)
 }
 
-/// Writes the lineage files of a certificate: `chain_pem` is the leaf followed by its issuers.
+/// Writes the lineage files of a certificate: `chain_pem` is the leaf followed by its issuers
+/// (split and re-encoded by `pki::split_chain`).
 pub fn write_lineage(dir: &Path, chain_pem: &str, key_pem: &str) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let (leaf, issuers) = split_leaf(chain_pem);
+    let (leaf, issuers) = crate::pki::split_chain(chain_pem).map_err(std::io::Error::other)?;
     let files = [
+        ("fullchain.pem", format!("{leaf}{issuers}")),
         ("cert.pem", leaf),
         ("chain.pem", issuers),
-        ("fullchain.pem", chain_pem.to_string()),
         ("privkey.pem", key_pem.to_string()),
     ];
     for (name, data) in files {
         write_atomic(dir, name, data.as_bytes()).map_err(std::io::Error::other)?;
     }
     Ok(())
-}
-
-/// Splits a PEM chain into its first certificate and the rest.
-fn split_leaf(chain_pem: &str) -> (String, String) {
-    const END: &str = "-----END CERTIFICATE-----";
-    match chain_pem.find(END) {
-        Some(i) => {
-            let cut = i + END.len();
-            let leaf = format!("{}\n", chain_pem[..cut].trim_start());
-            let rest = chain_pem[cut..].trim_start().to_string();
-            (leaf, rest)
-        }
-        None => (chain_pem.to_string(), String::new()),
-    }
 }
 
 /// What a hook run produced.
@@ -165,21 +152,6 @@ async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_leaf_is_split_from_its_issuers() {
-        let chain = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
-                     -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
-        let (leaf, rest) = split_leaf(chain);
-        assert_eq!(
-            leaf,
-            "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n"
-        );
-        assert_eq!(
-            rest,
-            "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n"
-        );
-    }
 
     #[tokio::test]
     async fn a_hook_sees_certbots_variables_and_its_failure_is_reported() {

@@ -11,7 +11,7 @@ use std::path::Path;
 use haproxy_acme_state::{apply, Event, Phase, Record, UnixTime};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CertSpec, Config};
+use crate::config::{CertSpec, Config, Names, WantedSet};
 use crate::ops::{Done, OpError};
 use crate::pki;
 use crate::store::{Change, Store};
@@ -146,11 +146,12 @@ fn conf_value(text: &str, key: &str) -> Option<String> {
 pub async fn adopt(
     store: &dyn Store,
     config: &Config,
+    wanted: &WantedSet,
     found: &Found,
     now: UnixTime,
 ) -> Result<Done, OpError> {
     let added = store.added().await?;
-    let wanted: Vec<CertSpec> = config.read_certificates(&added).unwrap_or_default();
+    let wanted: Vec<CertSpec> = wanted.read(&added).unwrap_or_default();
     let mut lines = Vec::new();
     let mut imported = Vec::new();
     for l in &found.lineages {
@@ -218,26 +219,34 @@ async fn adopt_one(
     if leaf.names.is_empty() {
         return Err(refused("no DNS names in the certificate".into()));
     }
+    // The names become a file name and runtime-API arguments: only names the configuration
+    // would accept.
+    let leaf_names = Names::parse(&leaf.names).map_err(|e| {
+        refused(format!(
+            "its names cannot be managed here (HTTP-01 host names only): {}",
+            e.join("; ")
+        ))
+    })?;
     // Take the configured certificate's id and name order when it lists the same names.
-    let mut sorted = leaf.names.clone();
+    let mut sorted = leaf_names.to_vec();
     sorted.sort();
     let spec = wanted.iter().find(|s| {
-        let mut n = s.names.clone();
+        let mut n = s.names().to_vec();
         n.sort();
         n == sorted
     });
-    let names = spec.map_or(leaf.names.clone(), |s| s.names.clone());
-    let id = names[0].clone();
+    let names = spec.map_or(&leaf_names, |s| s.names());
+    let id = names.id();
     let directory = l
         .server
         .clone()
         .unwrap_or_else(|| config.acme_directory.clone());
 
-    let r = Record::new(names.clone(), key_type, now);
+    let r = Record::new(names.to_vec(), key_type, now);
     let r = apply(
         &r,
         Event::Configured {
-            names: names.clone(),
+            names: names.to_vec(),
             key_type,
             acme_directory: directory.clone(),
             deploy_hook: config.deploy_hook.is_some(),
@@ -251,7 +260,7 @@ async fn adopt_one(
         l.fullchain_pem.clone(),
         l.key_pem.clone(),
         r.clone(),
-        id.clone(),
+        id.to_string(),
     );
     store
         .update(&id, move |old| {
@@ -316,7 +325,7 @@ async fn adopt_one(
     if !warnings.is_empty() {
         line = format!("{line}\n  warning: {}", warnings.join("\n  warning: "));
     }
-    Ok((id, line))
+    Ok((id.into_string(), line))
 }
 
 #[cfg(test)]
@@ -332,6 +341,57 @@ mod tests {
             Some("https://127.0.0.1:14000/dir")
         );
         assert_eq!(conf_value(conf, "nope"), None);
+    }
+
+    #[tokio::test]
+    async fn a_lineage_whose_names_do_not_normalize_is_skipped_with_the_reason() {
+        use crate::cli::RawSettings;
+        use crate::config::Need;
+        let store = crate::store::memory::MemoryStore::new();
+        let raw = RawSettings {
+            domains: Some("a.test".into()),
+            ..Default::default()
+        };
+        let (config, wanted) = Config::from_raw(&raw, Need::Daemon).unwrap();
+        let lineage = |name: &str, names: &[&str]| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let cert = rcgen::CertificateParams::new(names)
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            Lineage {
+                name: name.into(),
+                server: None,
+                fullchain_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            }
+        };
+        let found = Found {
+            lineages: vec![
+                lineage("wild", &["a.test", "*.a.test"]),
+                lineage("b", &["B.test"]),
+            ],
+            ..Default::default()
+        };
+        let done = adopt(&store, &config, &wanted, &found, 1_700_000_000)
+            .await
+            .unwrap();
+        assert!(
+            done.message.contains(
+                "skipped wild: its names cannot be managed here (HTTP-01 host names only): \
+                 \"*.a.test\" is a wildcard"
+            ),
+            "{}",
+            done.message
+        );
+        assert!(done.message.contains("1 of 2 certificates imported"));
+        assert_eq!(done.wake, vec!["b.test".to_string()]);
+        assert!(store.get("a.test").await.unwrap().is_none());
+        assert_eq!(
+            store.get("b.test").await.unwrap().unwrap().names,
+            vec!["b.test".to_string()]
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum InstallError {
     Unreachable { addr: String, source: io::Error },
     #[error("HAProxy refused `{command}`: {message}")]
     Refused { command: String, message: String },
+    #[error("the certificate to install cannot be read: {0}")]
+    Pem(#[from] crate::pki::PkiError),
     #[error("HAProxy serves serial {served} for {file}, expected {expected}")]
     Mismatch {
         file: String,
@@ -179,7 +181,7 @@ impl Installer {
         meta: &CertMeta,
     ) -> Result<Method, InstallError> {
         let _guard = self.lock.lock().await;
-        let bundle = bundle(chain_pem, key_pem);
+        let bundle = crate::pki::haproxy_bundle(chain_pem, key_pem)?;
         let name = format!("{id}.pem");
         let dir = self.certs_dir.clone();
         let data = bundle.clone();
@@ -308,20 +310,6 @@ fn status_used(show: &str) -> Option<bool> {
     show.lines()
         .find_map(|l| l.strip_prefix("Status:"))
         .map(|s| s.trim() == "Used")
-}
-
-/// The file HAProxy loads: leaf, chain, key; no blank lines (a blank line would end a runtime
-/// API payload early); one trailing newline.
-fn bundle(chain_pem: &str, key_pem: &str) -> String {
-    let mut out = String::with_capacity(chain_pem.len() + key_pem.len());
-    for line in chain_pem.lines().chain(key_pem.lines()) {
-        let line = line.trim_end();
-        if !line.is_empty() {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
 }
 
 /// Writes `dir/name` atomically with mode 0600: a temporary dotfile in the same directory,
@@ -465,12 +453,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bundle_has_no_blank_lines() {
-        let b = bundle("A\n\nB\r\n\n", "\nK\n");
-        assert_eq!(b, "A\nB\nK\n");
-    }
 
     #[test]
     fn atomic_write_replaces_with_mode_0600_and_leaves_no_temp_file() {

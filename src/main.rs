@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use haproxy_acme::cli::{self, Command, DomainsCommand, ImportCommand, StateCommand};
 use haproxy_acme::commands::{self, Exit, Op};
-use haproxy_acme::config::{Config, Need};
+use haproxy_acme::config::{Config, Need, WantedSet};
 use haproxy_acme::daemon::{self, DaemonError, Triggers};
 use haproxy_acme::{haproxy_snippet, import, signals};
 
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         | Command::Domains { .. }
         | Command::Import { .. } => Need::StoreOnly,
     };
-    let config = match Config::from_raw(&cli.settings, need) {
+    let (config, wanted) = match Config::from_raw(&cli.settings, need) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
@@ -63,14 +63,15 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::CheckConfig if config.certificates.is_empty() => {
+        Command::CheckConfig if wanted.initial().is_empty() => {
             eprint!("{}", haproxy_acme::config::nothing_to_manage());
             return ExitCode::from(2);
         }
         Command::CheckConfig => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&config).expect("config serializes")
+                serde_json::to_string_pretty(&haproxy_acme::config::Checked::new(&config, &wanted))
+                    .expect("config serializes")
             );
             Ok(())
         }
@@ -84,15 +85,15 @@ fn main() -> ExitCode {
         Command::Status => block_on(commands::status(&config)),
         Command::Healthcheck => block_on(commands::healthcheck(&config)),
         Command::Renew { id, force } => {
-            block_on(commands::operate(config, Op::Renew { id, force }))
+            block_on(commands::operate(config, wanted, Op::Renew { id, force }))
         }
-        Command::Retry { id } => block_on(commands::operate(config, Op::Retry { id })),
+        Command::Retry { id } => block_on(commands::operate(config, wanted, Op::Retry { id })),
         Command::Domains {
             command: DomainsCommand::Add { spec },
-        } => block_on(commands::operate(config, Op::DomainsAdd { spec })),
+        } => block_on(commands::operate(config, wanted, Op::DomainsAdd { spec })),
         Command::Domains {
             command: DomainsCommand::Remove { id },
-        } => block_on(commands::operate(config, Op::DomainsRemove { id })),
+        } => block_on(commands::operate(config, wanted, Op::DomainsRemove { id })),
         Command::Import {
             command: ImportCommand::Certbot { dir },
         } => match import::read_certbot(&dir) {
@@ -100,9 +101,9 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
-            Ok(found) => block_on(commands::operate(config, Op::Import(found))),
+            Ok(found) => block_on(commands::operate(config, wanted, Op::Import(found))),
         },
-        Command::Run => block_on(run(config)),
+        Command::Run => block_on(run(config, wanted)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,11 +129,11 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
 }
 
 /// `run`: the daemon, stopped by SIGTERM/SIGINT, re-reading its configuration on SIGHUP.
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, wanted: WantedSet) -> anyhow::Result<()> {
     let (reload, _) = tokio::sync::watch::channel(0u64);
     let reload = Arc::new(reload);
     let shutdown = signals::install(reload.clone()).context("cannot install signal handlers")?;
-    match daemon::run(config, Triggers { shutdown, reload }).await {
+    match daemon::run(config, wanted, Triggers { shutdown, reload }).await {
         Ok(()) => Ok(()),
         Err(DaemonError::Config(e)) => Err(Exit(2, e.to_string()).into()),
         Err(DaemonError::Other(e)) => Err(e),

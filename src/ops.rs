@@ -7,7 +7,7 @@ use std::sync::Arc;
 use haproxy_acme_state::dump::rfc3339;
 use haproxy_acme_state::{apply, Event, Phase, Record, UnixTime};
 
-use crate::config::{parse_domains, Config};
+use crate::config::{parse_domains, CertId, Config, WantedSet};
 use crate::store::{Change, Store, StoreError};
 
 /// Why a command was refused. Each maps to an HTTP status on the admin socket and to an exit
@@ -31,6 +31,12 @@ pub struct Done {
     pub message: String,
     pub wake: Vec<String>,
     pub reload: bool,
+}
+
+/// The id an operator gave, normalized as the configuration's names are (`A.test.` is
+/// `a.test`); one that cannot be a certificate's id is refused.
+fn parse_id(raw: &str) -> Result<CertId, OpError> {
+    CertId::parse(raw).map_err(|e| OpError::Refused(format!("not a certificate id: {e}")))
 }
 
 async fn unknown(store: &dyn Store, id: &str) -> OpError {
@@ -92,6 +98,8 @@ pub async fn renew(
     force: bool,
     now: UnixTime,
 ) -> Result<Done, OpError> {
+    let id = parse_id(id)?;
+    let id = id.as_str();
     if force {
         let r = update(store, id, Event::ForceRenew, now).await?;
         let message = match r.phase() {
@@ -142,6 +150,8 @@ pub async fn renew(
 /// `retry ID`: clears a recorded failure (permanent or in backoff) so the next step runs now, and
 /// runs a failed deploy hook again.
 pub async fn retry(store: &dyn Store, id: &str, now: UnixTime) -> Result<Done, OpError> {
+    let id = parse_id(id)?;
+    let id = id.as_str();
     let before = get(store, id).await?;
     let hook_failed = before.hook.as_ref().and_then(|h| h.error.clone());
     if before.failure.is_none() && hook_failed.is_none() {
@@ -175,7 +185,7 @@ pub async fn retry(store: &dyn Store, id: &str, now: UnixTime) -> Result<Done, O
 /// beside DOMAINS and DOMAINS_FILE.
 pub async fn domains_add(
     store: &dyn Store,
-    config: &Arc<Config>,
+    wanted: &Arc<WantedSet>,
     spec: &str,
 ) -> Result<Done, OpError> {
     let specs = parse_domains(spec.trim()).map_err(|e| OpError::Refused(e.join("; ")))?;
@@ -185,23 +195,24 @@ pub async fn domains_add(
         )));
     };
     let new = new.clone();
-    let config = config.clone();
-    let names = new.names.clone();
+    let wanted = wanted.clone();
+    let names = new.names().to_vec();
     // Read, checked and written under the store's lock of the additions: two `domains add` at
     // once never lose one.
     store
         .update_added(Box::new(move |added| {
-            if added.iter().any(|names| names[0] == new.id) {
+            if added.iter().any(|names| *new.id() == *names[0]) {
                 return Err(format!(
                     "{:?} is already added; `domains remove {}` first to change its names",
-                    new.id, new.id
+                    new.id(),
+                    new.id()
                 ));
             }
             let mut added = added.to_vec();
-            added.push(new.names.clone());
+            added.push(new.names().to_vec());
             // The whole wanted set must stay valid: no name twice across DOMAINS, DOMAINS_FILE
             // and here.
-            config.read_certificates(&added).map_err(|e| e.join("; "))?;
+            wanted.read(&added).map_err(|e| e.join("; "))?;
             Ok(added)
         }))
         .await?
@@ -215,7 +226,14 @@ pub async fn domains_add(
 
 /// `domains remove ID`: removes a certificate added with `domains add`. Its certificate is kept
 /// and no longer renewed (removed entirely with PRUNE=true), as for DOMAINS_FILE edits.
-pub async fn domains_remove(store: &dyn Store, config: &Config, id: &str) -> Result<Done, OpError> {
+pub async fn domains_remove(
+    store: &dyn Store,
+    config: &Config,
+    wanted: &WantedSet,
+    id: &str,
+) -> Result<Done, OpError> {
+    let id = parse_id(id)?;
+    let id = id.as_str();
     let target = id.to_string();
     let removed = store
         .update_added(Box::new(move |added| {
@@ -232,11 +250,11 @@ pub async fn domains_remove(store: &dyn Store, config: &Config, id: &str) -> Res
         }))
         .await?;
     if removed.is_err() {
-        let configured = config
-            .read_certificates(&[])
+        let configured = wanted
+            .read(&[])
             .unwrap_or_default()
             .into_iter()
-            .any(|s| s.id == id);
+            .any(|s| *s.id() == *id);
         return Err(if configured {
             OpError::Refused(format!(
                 "{id:?} comes from DOMAINS or DOMAINS_FILE, not from `domains add`: remove it there"
@@ -266,7 +284,7 @@ mod tests {
     use crate::config::Need;
     use haproxy_acme_state::{CertMeta, KeyType};
 
-    fn config(domains: &str) -> Config {
+    fn config(domains: &str) -> (Config, WantedSet) {
         let raw = RawSettings {
             domains: Some(domains.into()),
             ..RawSettings::default()
@@ -303,8 +321,20 @@ mod tests {
         let e = renew(store, "nope.test", false, now).await.unwrap_err();
         assert!(matches!(e, OpError::NotFound(_)), "{e}");
         assert!(e.to_string().contains("a.test"), "{e}");
-        let d = renew(store, "a.test", false, now).await.unwrap();
+        let d = renew(store, "A.test.", false, now).await.unwrap();
         assert!(d.message.contains("not due"), "{}", d.message);
+        assert!(d.message.starts_with("a.test: "), "{}", d.message);
+        // An id that cannot be a certificate's is refused as such, by every command.
+        let (c, w) = config("a.test");
+        for bad in ["*.a.test", "a.test/../x", "localhost"] {
+            let refused = |r: Result<Done, OpError>| match r {
+                Err(OpError::Refused(m)) => assert!(m.contains("not a certificate id"), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            };
+            refused(renew(store, bad, true, now).await);
+            refused(retry(store, bad, now).await);
+            refused(domains_remove(store, &c, &w, bad).await);
+        }
         assert_eq!(
             store.get("a.test").await.unwrap().unwrap().phase(),
             Phase::Issued
@@ -323,36 +353,31 @@ mod tests {
             .message
             .contains("nothing to retry"));
 
-        let c = Arc::new(config("a.test"));
-        let e = domains_add(store, &c, "a.test,b.test").await.unwrap_err();
+        let w = Arc::new(w);
+        let e = domains_add(store, &w, "a.test,b.test").await.unwrap_err();
         assert!(matches!(e, OpError::Refused(_)));
         assert!(e.to_string().contains("\"a.test\""), "{e}");
-        let e = domains_add(store, &c, "x.test;y.test").await.unwrap_err();
+        let e = domains_add(store, &w, "x.test;y.test").await.unwrap_err();
         assert!(e.to_string().contains("one certificate"), "{e}");
-        assert!(domains_add(store, &c, "*.bad.test").await.is_err());
-        let d = domains_add(store, &c, "B.test, www.b.test").await.unwrap();
+        assert!(domains_add(store, &w, "*.bad.test").await.is_err());
+        let d = domains_add(store, &w, "B.test, www.b.test").await.unwrap();
         assert!(d.reload);
         assert_eq!(
             store.added().await.unwrap(),
             vec![vec!["b.test".to_string(), "www.b.test".to_string()]]
         );
         assert!(
-            domains_add(store, &c, "b.test").await.is_err(),
+            domains_add(store, &w, "b.test").await.is_err(),
             "added twice"
         );
-        assert_eq!(
-            c.read_certificates(&store.added().await.unwrap())
-                .unwrap()
-                .len(),
-            2
-        );
-        let e = domains_remove(store, &c, "a.test").await.unwrap_err();
+        assert_eq!(w.read(&store.added().await.unwrap()).unwrap().len(), 2);
+        let e = domains_remove(store, &c, &w, "a.test").await.unwrap_err();
         assert!(e.to_string().contains("DOMAINS"), "{e}");
         assert!(matches!(
-            domains_remove(store, &c, "zzz.test").await,
+            domains_remove(store, &c, &w, "zzz.test").await,
             Err(OpError::NotFound(_))
         ));
-        domains_remove(store, &c, "b.test").await.unwrap();
+        domains_remove(store, &c, &w, "b.test").await.unwrap();
         assert!(store.added().await.unwrap().is_empty());
     }
 
@@ -362,7 +387,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(crate::store::sled::SledStore::open(dir.path()).unwrap());
-        let c = Arc::new(config("a.test"));
+        let c = Arc::new(config("a.test").1);
         let adds: Vec<_> = (0..24)
             .map(|i| {
                 let (store, c) = (store.clone(), c.clone());

@@ -1,10 +1,18 @@
-//! Key and certificate handling: key generation, CSRs, the self-signed default certificate and
-//! reading what we need from a PEM chain. The only user of rcgen, x509-parser and sha2.
+//! Key and certificate handling: key generation, CSRs, the self-signed default certificate,
+//! reading what we need from a PEM chain, and every PEM text we write (the deploy hook's lineage
+//! files, HAProxy's bundle). The only user of rcgen, x509-parser, sha2 and pem.
+//!
+//! PEM is read and written with the `pem` crate, the one rcgen's own `pem` feature is built on
+//! (already in the build). It was picked over x509-parser's `Pem` and rustls-pki-types'
+//! `PemObject` because it also *encodes*: what this module hands out is re-encoded from the
+//! DER, so whatever line endings (CRLF), blank lines or text between blocks a chain came with,
+//! one canonical form comes out (64-column base64, LF, a newline after each block, no blank
+//! line), the same as rcgen's `pem()`.
 
 use haproxy_acme_state::{CertMeta, KeyType, UnixTime};
+use pem::Pem;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, RsaKeySize};
 use sha2::{Digest, Sha256};
-use x509_parser::pem::Pem;
 
 /// Errors from key or certificate handling. Messages never include key material.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +25,8 @@ pub enum PkiError {
     Csr(String),
     #[error("the CA returned a certificate chain that cannot be parsed: {0}")]
     BadChain(String),
+    #[error("not PEM: {0}")]
+    BadPem(String),
 }
 
 /// Generates a private key of `key_type`, returned as PKCS#8 PEM.
@@ -61,27 +71,100 @@ pub fn self_signed_default() -> Result<String, PkiError> {
     Ok(format!("{}{}", cert.pem(), kp.serialize_pem()))
 }
 
-/// Reads serial, validity and fingerprint of the leaf (first certificate) of a PEM chain.
-pub fn chain_meta(chain_pem: &str, now: UnixTime) -> Result<CertMeta, PkiError> {
-    let first = Pem::iter_from_buffer(chain_pem.as_bytes())
-        .next()
-        .ok_or_else(|| PkiError::BadChain("no PEM block found".into()))?
-        .map_err(|e| PkiError::BadChain(e.to_string()))?;
-    if first.label != "CERTIFICATE" {
+const CERTIFICATE: &str = "CERTIFICATE";
+
+/// The PEM blocks of `text`, in order (text outside blocks is ignored); at least one.
+fn blocks(text: &str) -> Result<Vec<Pem>, String> {
+    let blocks = pem::parse_many(text).map_err(|e| e.to_string())?;
+    if blocks.is_empty() {
+        return Err("no PEM block found".into());
+    }
+    Ok(blocks)
+}
+
+/// The certificates of a PEM chain, leaf first; the first block must be a certificate, and with
+/// `only_certificates` every block.
+fn chain_blocks(chain_pem: &str, only_certificates: bool) -> Result<Vec<Pem>, PkiError> {
+    let blocks = blocks(chain_pem).map_err(PkiError::BadChain)?;
+    let mut tags = blocks.iter().map(Pem::tag);
+    if tags.next() != Some(CERTIFICATE) {
         return Err(PkiError::BadChain(format!(
             "first PEM block is a {}",
-            first.label
+            blocks[0].tag()
         )));
     }
-    let cert = first
-        .parse_x509()
-        .map_err(|e| PkiError::BadChain(e.to_string()))?;
+    if only_certificates {
+        if let Some(other) = tags.find(|t| *t != CERTIFICATE) {
+            return Err(PkiError::BadChain(format!(
+                "a {other} block in a certificate chain"
+            )));
+        }
+    }
+    Ok(blocks)
+}
+
+/// `blocks` in the canonical form (see the module's comment).
+fn encode(blocks: &[Pem]) -> String {
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    blocks.iter().map(|b| pem::encode_config(b, lf)).collect()
+}
+
+/// The DER of every certificate in `pem_text` (a CA bundle), in order; other blocks are
+/// skipped.
+pub fn certificates_der(pem_text: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+    let blocks = pem::parse_many(pem_text).map_err(|e| PkiError::BadPem(e.to_string()))?;
+    Ok(blocks
+        .into_iter()
+        .filter(|b| b.tag() == CERTIFICATE)
+        .map(Pem::into_contents)
+        .collect())
+}
+
+/// The DER of the leaf (first certificate) of a PEM chain.
+pub fn leaf_der(chain_pem: &str) -> Result<Vec<u8>, PkiError> {
+    let mut blocks = chain_blocks(chain_pem, false)?;
+    Ok(blocks.swap_remove(0).into_contents())
+}
+
+/// Splits a PEM chain into its leaf and its issuers (certbot's `cert.pem` and `chain.pem`),
+/// each re-encoded (`""` for a chain of one certificate). Every block must be a certificate.
+pub fn split_chain(chain_pem: &str) -> Result<(String, String), PkiError> {
+    let blocks = chain_blocks(chain_pem, true)?;
+    Ok((encode(&blocks[..1]), encode(&blocks[1..])))
+}
+
+/// The file HAProxy loads, and the payload of `set ssl cert`: leaf, issuers, key. No blank line
+/// (a blank line ends a runtime-API payload), one newline at the end.
+pub fn haproxy_bundle(chain_pem: &str, key_pem: &str) -> Result<String, PkiError> {
+    let chain = chain_blocks(chain_pem, true)?;
+    let key = blocks(key_pem).map_err(PkiError::BadKey)?;
+    if !key.iter().any(|b| b.tag().ends_with("PRIVATE KEY")) {
+        return Err(PkiError::BadKey("no PRIVATE KEY block".into()));
+    }
+    // Headers (`Proc-Type: 4,ENCRYPTED`) would be followed by a blank line, and HAProxy could
+    // not use an encrypted key anyway.
+    if key
+        .iter()
+        .any(|b| b.tag() == "ENCRYPTED PRIVATE KEY" || b.headers().iter().next().is_some())
+    {
+        return Err(PkiError::BadKey("the key is encrypted".into()));
+    }
+    let mut all = chain;
+    all.extend(key);
+    Ok(encode(&all))
+}
+
+/// Reads serial, validity and fingerprint of the leaf (first certificate) of a PEM chain.
+pub fn chain_meta(chain_pem: &str, now: UnixTime) -> Result<CertMeta, PkiError> {
+    let der = leaf_der(chain_pem)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| PkiError::BadChain(e.to_string()))?;
     let validity = cert.validity();
     Ok(CertMeta {
         serial: serial_hex(cert.raw_serial()),
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
-        fingerprint: hex(&Sha256::digest(&first.contents)),
+        fingerprint: hex(&Sha256::digest(&der)),
         issued_at: now,
     })
 }
@@ -102,13 +185,9 @@ pub struct Leaf {
 pub fn leaf(chain_pem: &str) -> Result<Leaf, PkiError> {
     use x509_parser::extensions::GeneralName;
     use x509_parser::public_key::PublicKey;
-    let first = Pem::iter_from_buffer(chain_pem.as_bytes())
-        .next()
-        .ok_or_else(|| PkiError::BadChain("no PEM block found".into()))?
-        .map_err(|e| PkiError::BadChain(e.to_string()))?;
-    let cert = first
-        .parse_x509()
-        .map_err(|e| PkiError::BadChain(e.to_string()))?;
+    let der = leaf_der(chain_pem)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| PkiError::BadChain(e.to_string()))?;
     let mut names: Vec<String> = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -237,6 +316,87 @@ mod tests {
         assert_eq!(serial_hex(&[0x00, 0x8a]), "8A");
         assert_eq!(serial_hex(&[0x00]), "00");
         assert_eq!(serial_hex(&[0x12, 0x00]), "1200");
+    }
+
+    /// A leaf for a.test signed by a CA: (chain, leaf, CA, the leaf's key), each as rcgen
+    /// writes PEM (the canonical form).
+    fn signed_chain() -> (String, String, String, String) {
+        use rcgen::{BasicConstraints, CertifiedIssuer, IsCa};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["a.test".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let (leaf, ca) = (leaf.pem(), ca.pem());
+        (format!("{leaf}{ca}"), leaf, ca, key.serialize_pem())
+    }
+
+    #[test]
+    fn the_leaf_is_split_from_its_issuers() {
+        let (chain, leaf, ca, _) = signed_chain();
+        assert_eq!(split_chain(&chain).unwrap(), (leaf.clone(), ca));
+        assert_eq!(split_chain(&leaf).unwrap(), (leaf.clone(), String::new()));
+        assert_eq!(
+            leaf_der(&chain).unwrap(),
+            pem::parse(&leaf).unwrap().into_contents()
+        );
+        assert!(split_chain("").is_err());
+        assert!(split_chain("no pem here").is_err());
+        let (_, _, _, key) = signed_chain();
+        let e = split_chain(&format!("{leaf}{key}")).unwrap_err();
+        assert!(e.to_string().contains("a PRIVATE KEY block"), "{e}");
+        assert!(leaf_der(&key).is_err());
+    }
+
+    #[test]
+    fn the_haproxy_bundle_is_leaf_issuers_key_without_blank_lines() {
+        let (chain, leaf, ca, key) = signed_chain();
+        let b = haproxy_bundle(&chain, &key).unwrap();
+        assert_eq!(b, format!("{leaf}{ca}{key}"));
+        assert!(!b.contains("\n\n") && b.ends_with("-----\n"), "{b}");
+        assert!(haproxy_bundle(&chain, "").is_err());
+        assert!(haproxy_bundle(&chain, &ca).is_err(), "no key");
+        let encrypted = key.replace(
+            "-----\n",
+            "-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\n",
+        );
+        let e = haproxy_bundle(&chain, &encrypted).unwrap_err();
+        assert!(e.to_string().contains("encrypted"), "{e}");
+    }
+
+    #[test]
+    fn crlf_blank_lines_and_text_between_blocks_read_the_same() {
+        let (chain, leaf, ca, key) = signed_chain();
+        let variants = [
+            chain.replace('\n', "\r\n"),
+            format!("\n{leaf}\n\n{ca}\n\n"),
+            format!("subject=CN=a.test\n{leaf}\r\n\r\nsubject=CN=ca\n{ca}"),
+        ];
+        let crlf_key = key.replace('\n', "\r\n");
+        for v in &variants {
+            assert_eq!(
+                split_chain(v).unwrap(),
+                split_chain(&chain).unwrap(),
+                "{v:?}"
+            );
+            assert_eq!(leaf_der(v).unwrap(), leaf_der(&chain).unwrap());
+            assert_eq!(
+                chain_meta(v, 0).unwrap().fingerprint,
+                chain_meta(&chain, 0).unwrap().fingerprint
+            );
+            assert_eq!(
+                haproxy_bundle(v, &crlf_key).unwrap(),
+                haproxy_bundle(&chain, &key).unwrap()
+            );
+        }
+        assert_eq!(certificates_der(&variants[2]).unwrap().len(), 2);
+        assert_eq!(
+            certificates_der(&format!("{key}{ca}")).unwrap(),
+            vec![leaf_der(&ca).unwrap()]
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use haproxy_acme::acme::{AcmeError, Ca, OrderHooks, RenewalInfo};
 use haproxy_acme::cli::RawSettings;
 use haproxy_acme::clock::{Clock, Dice, TokioClock};
-use haproxy_acme::config::{Config, Need};
+use haproxy_acme::config::{Config, Need, WantedSet};
 use haproxy_acme::health::Health;
 use haproxy_acme::installer::{Haproxy, InstallError, Method};
 use haproxy_acme::reconciler::{Control, Parts, Reconciler, Tuning};
@@ -106,7 +106,11 @@ fn ca_fault(w: &mut World, step: Step, now: UnixTime) -> Option<AcmeError> {
             e.retry_after = Some(now + w.rng.random_range(1..3 * 3600));
             e
         }
-        7 => AcmeError::new(step, FailureKind::Permanent, "rejectedIdentifier (simulated)"),
+        7 => AcmeError::new(
+            step,
+            FailureKind::Permanent,
+            "rejectedIdentifier (simulated)",
+        ),
         _ => {
             let mut e = AcmeError::new(step, FailureKind::Retryable, "serverInternal (simulated)");
             e.retry_after = Some(now + w.rng.random_range(0..600));
@@ -372,7 +376,9 @@ impl Haproxy for FakeHaproxy {
             chain_pem.to_string(),
             key_pem.to_string(),
         );
-        lock(&self.world).files.insert(id.to_string(), entry.clone());
+        lock(&self.world)
+            .files
+            .insert(id.to_string(), entry.clone());
         latency(&self.world).await;
         let mut w = lock(&self.world);
         if w.haproxy_down {
@@ -414,11 +420,12 @@ struct Sim {
     store: Arc<MemoryStore>,
     clock: Arc<dyn Clock>,
     config: Arc<Config>,
+    wanted: Arc<WantedSet>,
     issuer_key: String,
     restarts: u64,
 }
 
-fn config(domains: &str, limits: bool) -> Config {
+fn config(domains: &str, limits: bool) -> (Config, WantedSet) {
     let raw = RawSettings {
         domains: Some(domains.into()),
         acme_directory: Some(DIRECTORY.into()),
@@ -468,12 +475,14 @@ impl Sim {
             rng,
         };
         let issuer_key = rcgen::KeyPair::generate().expect("key").serialize_pem();
+        let (config, wanted) = config(&domains, limits);
         Sim {
             seed,
             world: Arc::new(Mutex::new(world)),
             store: Arc::new(MemoryStore::new()),
             clock: Arc::new(TokioClock::new(T0)),
-            config: Arc::new(config(&domains, limits)),
+            config: Arc::new(config),
+            wanted: Arc::new(wanted),
             issuer_key,
             restarts: 0,
         }
@@ -500,6 +509,7 @@ impl Sim {
         let (reconciler, control, inbox) = Reconciler::new(
             Parts {
                 config: self.config.clone(),
+                wanted: self.wanted.clone(),
                 store: self.store.clone(),
                 ca: Arc::new(self.ca()),
                 haproxy: Arc::new(FakeHaproxy {
@@ -551,19 +561,21 @@ impl Sim {
                         }
                         let meta = haproxy_acme::pki::chain_meta(chain, 0).expect("parses");
                         if meta.fingerprint != c.fingerprint {
-                            w.violations
-                                .push(format!("{id}: the record's certificate is not the stored one"));
+                            w.violations.push(format!(
+                                "{id}: the record's certificate is not the stored one"
+                            ));
                         }
                     }
-                    _ => w
-                        .violations
-                        .push(format!("{id}: a certificate without its chain or key (key lost)")),
+                    _ => w.violations.push(format!(
+                        "{id}: a certificate without its chain or key (key lost)"
+                    )),
                 }
             }
             if let Some(fp) = &r.installed_fingerprint {
                 if !issued.contains(fp) {
-                    w.violations
-                        .push(format!("{id}: installed fingerprint {fp} names no issued certificate"));
+                    w.violations.push(format!(
+                        "{id}: installed fingerprint {fp} names no issued certificate"
+                    ));
                 }
             }
         }
@@ -573,10 +585,14 @@ impl Sim {
             .map(|(id, (fp, _, _))| (id.clone(), fp.clone()))
             .collect();
         for (id, fp) in served {
-            let known = w.issued.get(&id).is_some_and(|v| v.iter().any(|(f, _)| *f == fp));
+            let known = w
+                .issued
+                .get(&id)
+                .is_some_and(|v| v.iter().any(|(f, _)| *f == fp));
             if !known {
-                w.violations
-                    .push(format!("{id}: HAProxy serves {fp}, which the CA never issued for it"));
+                w.violations.push(format!(
+                    "{id}: HAProxy serves {fp}, which the CA never issued for it"
+                ));
             }
         }
     }
@@ -640,14 +656,20 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
                     } else {
                         name.to_string()
                     };
-                    let r = haproxy_acme::ops::domains_add(sim.store.as_ref(), &sim.config, &spec)
+                    let r = haproxy_acme::ops::domains_add(sim.store.as_ref(), &sim.wanted, &spec)
                         .await;
                     if r.is_ok() {
                         lock(&sim.world).excused.insert(name.to_string());
                     }
                     r
                 } else {
-                    haproxy_acme::ops::domains_remove(sim.store.as_ref(), &sim.config, name).await
+                    haproxy_acme::ops::domains_remove(
+                        sim.store.as_ref(),
+                        &sim.config,
+                        &sim.wanted,
+                        name,
+                    )
+                    .await
                 };
                 if let (Ok(d), Some(dm)) = (result, &daemon) {
                     if d.reload {
@@ -672,11 +694,16 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
     sim.store.set_failing(false);
     let daemon = match daemon {
         Some(d) => d,
-        None => sim.start().await.ok_or_else(|| vec!["the daemon does not start".into()])?,
+        None => sim
+            .start()
+            .await
+            .ok_or_else(|| vec!["the daemon does not start".into()])?,
     };
     let now = sim.clock.now();
     for r in sim.store.snapshot().records.values() {
-        if r.failure.as_ref().is_some_and(|f| f.next_attempt_at.is_none())
+        if r.failure
+            .as_ref()
+            .is_some_and(|f| f.next_attempt_at.is_none())
             || r.hook.as_ref().is_some_and(|h| h.error.is_some())
         {
             let _ = haproxy_acme::ops::retry(sim.store.as_ref(), &r.id, now).await;
@@ -695,70 +722,80 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
 
     let s = sim.store.snapshot();
     let wanted = sim
-        .config
-        .read_certificates(&s.added)
+        .wanted
+        .read(&s.added)
         .expect("the wanted set stays valid");
     let now = sim.clock.now();
-    let mut w = lock(&sim.world);
-    let certs = wanted.len() as u64;
-    // Per certificate and day: renewals (at half the lifetime), each a few CA calls and a few
-    // wake-ups, and at most 24 renewal-information checks; plus the heartbeats (144 a day at
-    // 10 min). A busy loop would be thousands.
-    let renewals = 86_400 / (w.lifetime / 2) as u64 + 1;
-    let max_passes = 144 + certs * (24 + 8 * renewals);
-    if passes > max_passes {
-        w.violations
-            .push(format!("{passes} wake-ups in a settled day (at most {max_passes})"));
-    }
-    let max_calls = certs * (24 + 4 * renewals);
-    if calls > max_calls {
-        w.violations.push(format!(
-            "{calls} CA calls in a settled day for {certs} certificates (at most {max_calls})"
-        ));
-    }
-    for spec in &wanted {
-        let Some(r) = s.records.get(&spec.id) else {
-            w.violations.push(format!("{}: wanted but has no record", spec.id));
-            continue;
-        };
-        let Some(cert) = &r.cert else {
+    {
+        let mut w = lock(&sim.world);
+        let certs = wanted.len() as u64;
+        // Per certificate and day: renewals (at half the lifetime), each a few CA calls and a few
+        // wake-ups, and at most 24 renewal-information checks; plus the heartbeats (144 a day at
+        // 10 min). A busy loop would be thousands.
+        let renewals = 86_400 / (w.lifetime / 2) as u64 + 1;
+        let max_passes = 144 + certs * (24 + 8 * renewals);
+        if passes > max_passes {
             w.violations.push(format!(
-                "{}: not issued after the faults stopped ({:?}, failure {:?})",
-                spec.id,
-                r.phase(),
-                r.failure
-            ));
-            continue;
-        };
-        if r.names != spec.names {
-            w.violations
-                .push(format!("{}: names {:?}, wanted {:?}", spec.id, r.names, spec.names));
-        }
-        if cert.not_after <= now {
-            w.violations.push(format!(
-                "{}: expired at {} (now {now}; renew_at {:?}, {:?}, failure {:?}, ari {:?})",
-                spec.id,
-                cert.not_after,
-                r.renew_at,
-                r.phase(),
-                r.failure,
-                r.ari_check_at
+                "{passes} wake-ups in a settled day (at most {max_passes})"
             ));
         }
-        if !r.is_installed() {
-            w.violations.push(format!("{}: stored but not installed", spec.id));
+        let max_calls = certs * (24 + 4 * renewals);
+        if calls > max_calls {
+            w.violations.push(format!(
+                "{calls} CA calls in a settled day for {certs} certificates (at most {max_calls})"
+            ));
         }
-        if w.served.get(&spec.id).map(|(fp, _, _)| fp) != Some(&cert.fingerprint) {
-            w.violations
-                .push(format!("{}: HAProxy does not serve the stored certificate", spec.id));
-        }
-        if r.failure.is_some() && matches!(r.phase(), Phase::Issued) {
-            w.violations
-                .push(format!("{}: a failure remains: {:?}", spec.id, r.failure));
+        for spec in &wanted {
+            let Some(r) = s.records.get(spec.id().as_str()) else {
+                w.violations
+                    .push(format!("{}: wanted but has no record", spec.id()));
+                continue;
+            };
+            let Some(cert) = &r.cert else {
+                w.violations.push(format!(
+                    "{}: not issued after the faults stopped ({:?}, failure {:?})",
+                    spec.id(),
+                    r.phase(),
+                    r.failure
+                ));
+                continue;
+            };
+            if r.names != spec.names().as_slice() {
+                w.violations.push(format!(
+                    "{}: names {:?}, wanted {:?}",
+                    spec.id(),
+                    r.names,
+                    spec.names()
+                ));
+            }
+            if cert.not_after <= now {
+                w.violations.push(format!(
+                    "{}: expired at {} (now {now}; renew_at {:?}, {:?}, failure {:?}, ari {:?})",
+                    spec.id(),
+                    cert.not_after,
+                    r.renew_at,
+                    r.phase(),
+                    r.failure,
+                    r.ari_check_at
+                ));
+            }
+            if !r.is_installed() {
+                w.violations
+                    .push(format!("{}: stored but not installed", spec.id()));
+            }
+            if w.served.get(spec.id().as_str()).map(|(fp, _, _)| fp) != Some(&cert.fingerprint) {
+                w.violations.push(format!(
+                    "{}: HAProxy does not serve the stored certificate",
+                    spec.id()
+                ));
+            }
+            if r.failure.is_some() && matches!(r.phase(), Phase::Issued) {
+                w.violations
+                    .push(format!("{}: a failure remains: {:?}", spec.id(), r.failure));
+            }
         }
     }
     let _ = daemon.shutdown.send(true);
-    drop(w);
     let _ = daemon.task.await;
     let w = lock(&sim.world);
     if w.violations.is_empty() {

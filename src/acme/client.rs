@@ -11,7 +11,6 @@ use instant_acme::{
     Account, AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType,
     Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
 };
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::OnceCell;
 
@@ -426,10 +425,7 @@ impl Ca for LazyAcme {
 
 /// The RFC 9773 identifier (`base64url(AKI).base64url(serial)`) of the leaf of a PEM chain.
 fn certificate_identifier(chain_pem: &str) -> Result<CertificateIdentifier<'static>, String> {
-    let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .next()
-        .ok_or("no certificate in the stored chain")?
-        .map_err(|e| e.to_string())?;
+    let leaf = CertificateDer::from(crate::pki::leaf_der(chain_pem).map_err(|e| e.to_string())?);
     CertificateIdentifier::try_from(&leaf).map(CertificateIdentifier::into_owned)
 }
 

@@ -13,7 +13,6 @@ use haproxy_acme_state::{FailureKind, Step, UnixTime};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use super::AcmeError;
@@ -26,13 +25,14 @@ pub(super) fn http_client(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = bundle {
-        let certs = CertificateDer::pem_file_iter(path)
+        let certs = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| crate::pki::certificates_der(&pem).map_err(|e| e.to_string()))
             .map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
         let mut added = 0;
         for c in certs {
-            let c = c.map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
             roots
-                .add(c)
+                .add(CertificateDer::from(c))
                 .map_err(|e| err(format!("ACME_CA_BUNDLE {}: {e}", path.display())))?;
             added += 1;
         }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 pub mod client;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, WantedSet};
 use crate::health::Health;
 use crate::ops;
 use crate::reconciler::Control;
@@ -35,6 +35,7 @@ use crate::store::Store;
 pub struct Admin {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    pub wanted: Arc<WantedSet>,
     pub control: Control,
     pub health: Arc<Health>,
     pub clock: Arc<dyn Clock>,
@@ -225,17 +226,18 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
         }
         (&Method::POST, ["domains"]) => {
             let spec = String::from_utf8_lossy(&body);
-            done(admin, ops::domains_add(store, &admin.config, &spec).await)
+            done(admin, ops::domains_add(store, &admin.wanted, &spec).await)
         }
-        (&Method::DELETE, ["domains", id]) => {
-            done(admin, ops::domains_remove(store, &admin.config, id).await)
-        }
+        (&Method::DELETE, ["domains", id]) => done(
+            admin,
+            ops::domains_remove(store, &admin.config, &admin.wanted, id).await,
+        ),
         (&Method::POST, ["import"]) => {
             match serde_json::from_slice::<crate::import::Found>(&body) {
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("import: {e}\n")),
                 Ok(found) => done(
                     admin,
-                    crate::import::adopt(store, &admin.config, &found, now).await,
+                    crate::import::adopt(store, &admin.config, &admin.wanted, &found, now).await,
                 ),
             }
         }

@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use crate::acme::Ca;
 use crate::budget::Budget;
 use crate::clock::{Clock, Dice};
-use crate::config::Config;
+use crate::config::{Config, WantedSet};
 use crate::health::Health;
 use crate::installer::Haproxy;
 use crate::responder::Tokens;
@@ -50,6 +50,8 @@ const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 /// What the reconciler talks to.
 pub struct Parts {
     pub config: Arc<Config>,
+    /// Where the wanted certificates are read from (with the store's runtime additions).
+    pub wanted: Arc<WantedSet>,
     pub store: Arc<dyn Store>,
     pub ca: Arc<dyn Ca>,
     pub haproxy: Arc<dyn Haproxy>,
@@ -80,6 +82,7 @@ impl Default for Tuning {
 
 pub struct Reconciler {
     config: Arc<Config>,
+    wanted: Arc<WantedSet>,
     store: Arc<dyn Store>,
     ca: Arc<dyn Ca>,
     haproxy: Arc<dyn Haproxy>,
@@ -157,6 +160,7 @@ impl Reconciler {
         );
         let r = Reconciler {
             config: parts.config,
+            wanted: parts.wanted,
             store: parts.store,
             ca: parts.ca,
             haproxy: parts.haproxy,

@@ -33,7 +33,7 @@ impl Reconciler {
         unchanged_from: Option<u64>,
     ) -> Result<Result<(u64, Option<Vec<CertSpec>>), Vec<String>>, StoreError> {
         let added = self.store.added().await?;
-        Ok(self.config.read_certificates_since(&added, unchanged_from))
+        Ok(self.wanted.read_since(&added, unchanged_from))
     }
 
     /// Re-reads the wanted set after a reload trigger; `None` when nothing changed or the change
@@ -99,7 +99,7 @@ impl Reconciler {
         let by_id: Arc<HashMap<String, Vec<String>>> = Arc::new(
             specs
                 .iter()
-                .map(|s| (s.id.clone(), s.names.clone()))
+                .map(|s| (s.id().to_string(), s.names().to_vec()))
                 .collect(),
         );
         #[derive(Default)]
@@ -167,7 +167,7 @@ impl Reconciler {
                 }
             }
         };
-        let order: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+        let order: Vec<String> = specs.iter().map(|s| s.id().to_string()).collect();
         let more = {
             let found = found.clone();
             move || -> Vec<Record> {

@@ -1,6 +1,10 @@
 //! The embedded store backend: sled in DATA_DIR. The only module that imports sled and knows the
 //! on-disk encoding; every write is flushed to disk before it returns (the durable-intent rule),
 //! and every call runs on tokio's blocking pool, never on an async worker.
+//!
+//! Long file: the synchronous store, its `Store` implementation over the blocking pool and the
+//! tests of its on-disk encoding are one unit (the encoding is this file's secret); about a
+//! third of it is tests.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

@@ -1,0 +1,39 @@
+//! Configuration, validated once at start-up; only validated types travel past it.
+//!
+//! - [`settings`]: raw settings (flags and environment) → [`Config`]: the CA, directories,
+//!   HAProxy's runtime API, rate limits, the deploy hook... and the one duration syntax
+//!   ([`parse_duration`]). All problems are reported at once ([`ConfigError`]).
+//! - [`wanted`]: the wanted set ([`WantedSet`]): `DOMAINS` (parsed once), `DOMAINS_FILE` (read
+//!   again at each reload) and the certificates added at runtime → [`CertSpec`]s.
+//! - [`names`]: name normalization (`idna`) and the types only it builds: [`CertId`], [`Names`].
+//!
+//! [`Config::from_raw`] returns both the settings and the wanted set.
+
+pub mod names;
+pub mod settings;
+pub mod wanted;
+
+pub use names::{normalize_name, CertId, CertSpec, Names};
+pub use settings::{
+    parse_duration, Config, ConfigError, Need, RuntimeApiAddr, LETSENCRYPT_PRODUCTION,
+    LETSENCRYPT_STAGING,
+};
+pub use wanted::{nothing_to_manage, parse_domains, parse_domains_file, WantedSet};
+
+/// What `check-config` prints: the certificates read at start-up, then the settings (the JSON
+/// `Config` printed when it held the certificates).
+#[derive(serde::Serialize)]
+pub struct Checked<'a> {
+    pub certificates: &'a [CertSpec],
+    #[serde(flatten)]
+    pub config: &'a Config,
+}
+
+impl<'a> Checked<'a> {
+    pub fn new(config: &'a Config, wanted: &'a WantedSet) -> Checked<'a> {
+        Checked {
+            certificates: wanted.initial(),
+            config,
+        }
+    }
+}

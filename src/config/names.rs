@@ -1,0 +1,250 @@
+//! Certificate names: one normalization (`normalize_name`) and the types that can only be built
+//! through it. A `CertId` is what names a certificate everywhere (its file `<id>.pem`, runtime
+//! API arguments, the store's keys, operator commands); `Names` is a certificate's name list.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Deref;
+
+use serde::Serialize;
+
+/// A certificate id: one normalized host name (the certificate's first name).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CertId(String);
+
+impl CertId {
+    /// Normalizes `raw` as a host name (see `normalize_name`); the error quotes `raw` and says why
+    /// it cannot be a certificate id.
+    pub fn parse(raw: &str) -> Result<CertId, String> {
+        normalize_name(raw)
+            .map(CertId)
+            .map_err(|why| format!("{raw:?} {why}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl Deref for CertId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CertId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// As the string (`{id:?}` in messages quotes the name).
+impl fmt::Debug for CertId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartialEq<str> for CertId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for CertId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// The names of one certificate: at least one, each normalized, none twice; the first is the id.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Names(Vec<String>);
+
+impl Names {
+    /// Normalizes each of `raw`, in order. Every problem is reported (a name that cannot be
+    /// used, quoted with why; a name given twice); an empty list is refused.
+    pub fn parse<S: AsRef<str>>(raw: impl IntoIterator<Item = S>) -> Result<Names, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for raw in raw {
+            let raw = raw.as_ref();
+            match normalize_name(raw) {
+                Err(why) => errors.push(format!("{raw:?} {why}")),
+                Ok(name) if names.contains(&name) => {
+                    errors.push(format!("{name:?} is listed twice in the same certificate"))
+                }
+                Ok(name) => names.push(name),
+            }
+        }
+        if names.is_empty() && errors.is_empty() {
+            errors.push("no names: a certificate needs at least one".into());
+        }
+        if errors.is_empty() {
+            Ok(Names(names))
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The certificate's id: its first name.
+    pub fn id(&self) -> CertId {
+        CertId(self.0[0].clone())
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn into_vec(self) -> Vec<String> {
+        self.0
+    }
+}
+
+impl Deref for Names {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+// As a list, like the `Vec<String>` it was (log fields print `names = [...]`).
+impl fmt::Debug for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One wanted certificate: its names and its id (the first name, also the file name `<id>.pem`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct CertSpec {
+    id: CertId,
+    names: Names,
+}
+
+impl CertSpec {
+    pub fn new(names: Names) -> CertSpec {
+        CertSpec {
+            id: names.id(),
+            names,
+        }
+    }
+
+    pub fn id(&self) -> &CertId {
+        &self.id
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+}
+
+impl From<Names> for CertSpec {
+    fn from(names: Names) -> CertSpec {
+        CertSpec::new(names)
+    }
+}
+
+/// Normalizes one host name for HTTP-01: IDN to punycode, upper case folded, one trailing dot
+/// dropped. The error says why the name cannot be used (it follows the quoted name).
+pub fn normalize_name(raw: &str) -> Result<String, String> {
+    let s = raw.strip_suffix('.').unwrap_or(raw);
+    if s.contains('*') {
+        return Err("is a wildcard: HTTP-01 cannot validate wildcards (they need DNS-01)".into());
+    }
+    let unbracketed = s.trim_start_matches('[').trim_end_matches(']');
+    if unbracketed.parse::<IpAddr>().is_ok() {
+        return Err("is an IP address, not a DNS host name".into());
+    }
+    if s.is_empty() {
+        return Err("is empty".into());
+    }
+    let ascii = idna::domain_to_ascii(s)
+        .map_err(|_| "is not a valid (internationalized) domain name".to_string())?;
+    if ascii.len() > 253 {
+        return Err(format!("is {} characters long (253 at most)", ascii.len()));
+    }
+    let labels: Vec<&str> = ascii.split('.').collect();
+    if labels.len() < 2 {
+        return Err(
+            "is a single label: a certificate name needs a domain, such as example.com".into(),
+        );
+    }
+    for label in &labels {
+        if label.is_empty() {
+            return Err("has an empty label (two dots in a row, or a leading dot)".into());
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "has a label of {} characters (63 at most)",
+                label.len()
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!(
+                "contains {c:?}: only letters, digits, '-' and '.' are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "has a label {label:?} that starts or ends with '-'"
+            ));
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err("ends in an all-numeric label, which is not a DNS host name".into());
+    }
+    Ok(ascii)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_normalized_in_order_and_name_their_id() {
+        let n = Names::parse(["WWW.A.test.", "bücher.a.test"]).unwrap();
+        assert_eq!(n.as_slice(), ["www.a.test", "xn--bcher-kva.a.test"]);
+        assert_eq!(n.id(), "www.a.test");
+        let spec = CertSpec::new(n.clone());
+        assert_eq!(spec.id().as_str(), "www.a.test");
+        assert_eq!(spec.names(), &n);
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            serde_json::json!({"id": "www.a.test", "names": ["www.a.test", "xn--bcher-kva.a.test"]})
+        );
+    }
+
+    #[test]
+    fn names_refuse_bad_duplicate_and_no_names_with_every_reason() {
+        let e = Names::parse(["*.a.test", "b.test", "B.test", "10.0.0.1"]).unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("\"*.a.test\" is a wildcard"), "{e:?}");
+        assert!(e[1].contains("\"b.test\" is listed twice"), "{e:?}");
+        assert!(e[2].contains("IP address"), "{e:?}");
+        assert!(Names::parse(Vec::<String>::new()).unwrap_err()[0].contains("no names"));
+    }
+
+    #[test]
+    fn an_id_is_one_normalized_name() {
+        assert_eq!(CertId::parse("A.Test.").unwrap().as_str(), "a.test");
+        assert_eq!(CertId::parse("a.test").unwrap().to_string(), "a.test");
+        for bad in ["../etc/passwd", "a.test b", "localhost", "*.a.test", ""] {
+            let e = CertId::parse(bad).unwrap_err();
+            assert!(e.starts_with(&format!("{bad:?} ")), "{e}");
+        }
+    }
+}

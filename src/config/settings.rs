@@ -1,0 +1,598 @@
+//! The validated settings: raw settings (flags and environment) checked once at start-up into
+//! one typed `Config` (with the wanted set, `WantedSet`, read from the same raw settings).
+//!
+//! Long file: one validation per setting, each with the error text an operator reads; a third
+//! of it is their tests.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use haproxy_acme_state::ledger::{Limit, Limits};
+use haproxy_acme_state::KeyType;
+use serde::Serialize;
+
+use super::wanted::WantedSet;
+use crate::cli::RawSettings;
+
+pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+const DEFAULT_DATA_DIR: &str = "/var/lib/haproxy-acme";
+const DEFAULT_CERTS_DIR: &str = "/etc/haproxy/certs";
+const DEFAULT_RESPONDER_LISTEN: &str = "0.0.0.0:80";
+
+/// Where HAProxy's runtime API listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "address", rename_all = "lowercase")]
+pub enum RuntimeApiAddr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl fmt::Display for RuntimeApiAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuntimeApiAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            RuntimeApiAddr::Tcp(a) => f.write_str(a),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// DOMAINS_FILE, watched for changes (`WantedSet` reads it).
+    pub domains_file: Option<PathBuf>,
+    pub prune: bool,
+    pub email: Option<String>,
+    pub acme_directory: String,
+    pub acme_ca_bundle: Option<PathBuf>,
+    pub key_type: KeyType,
+    pub data_dir: PathBuf,
+    pub certs_dir: PathBuf,
+    /// `certs_dir` as HAProxy names it (file names in runtime API commands must match its own).
+    pub haproxy_certs_dir: PathBuf,
+    /// `None`: files-only mode.
+    pub haproxy_runtime_api: Option<RuntimeApiAddr>,
+    pub load_balancer_service_name: Option<String>,
+    pub responder_listen: SocketAddr,
+    /// The local rate-limit budget (`None`: off).
+    pub rate_limits: Option<Limits>,
+    /// The read-only admin endpoint on TCP (`ADMIN_LISTEN`), if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// `DEPLOY_HOOK`: run with `sh -c` after each new certificate is installed.
+    pub deploy_hook: Option<String>,
+    #[serde(serialize_with = "serialize_secs")]
+    pub deploy_hook_timeout: Duration,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// Everything wrong with the settings, one human-readable line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which settings a command needs: `run` and `check-config` need certificates to manage, while
+/// `state dump` needs only the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Daemon,
+    StoreOnly,
+}
+
+impl Config {
+    /// Validates `raw`, collecting every problem rather than stopping at the first. With
+    /// `Need::Daemon` the wanted set is read (DOMAINS and DOMAINS_FILE must be valid); otherwise
+    /// only DOMAINS is parsed, and a problem with it is reported when the set is read.
+    pub fn from_raw(raw: &RawSettings, need: Need) -> Result<(Config, WantedSet), ConfigError> {
+        let mut errors = Vec::new();
+
+        let domains_file = raw
+            .domains_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        let mut wanted = WantedSet::new(
+            raw.domains.as_deref().unwrap_or_default(),
+            domains_file.clone(),
+        );
+        if need == Need::Daemon {
+            if let Err(mut e) = wanted.read_initial() {
+                errors.append(&mut e);
+            }
+        }
+
+        let email = match raw
+            .email
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            None => None,
+            Some(e) => match validate_email(e) {
+                Ok(e) => Some(e),
+                Err(why) => {
+                    errors.push(format!("EMAIL {e:?}: {why}"));
+                    None
+                }
+            },
+        };
+
+        let acme_directory = match (raw.acme_directory.as_deref().map(str::trim), raw.staging) {
+            (Some(d), true) if !d.is_empty() && d != LETSENCRYPT_STAGING => {
+                errors.push(format!(
+                    "--staging selects Let's Encrypt staging but ACME_DIRECTORY is {d:?}: keep one of them"
+                ));
+                d.to_string()
+            }
+            (Some(d), _) if !d.is_empty() => {
+                if !d.starts_with("https://") {
+                    errors.push(format!("ACME_DIRECTORY {d:?}: must be an https:// URL"));
+                }
+                d.to_string()
+            }
+            (_, true) => LETSENCRYPT_STAGING.to_string(),
+            (_, false) => LETSENCRYPT_PRODUCTION.to_string(),
+        };
+
+        let key_type = match raw.key_type.as_deref().map(str::trim) {
+            None | Some("") => KeyType::EcdsaP256,
+            Some(k) => KeyType::parse(&k.to_ascii_lowercase()).unwrap_or_else(|| {
+                errors.push(format!(
+                    "KEY_TYPE {k:?}: expected one of ecdsa-p256, ecdsa-p384, rsa2048, rsa4096"
+                ));
+                KeyType::EcdsaP256
+            }),
+        };
+
+        let acme_ca_bundle = raw
+            .acme_ca_bundle
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        if let Some(p) = &acme_ca_bundle {
+            if need == Need::Daemon && !p.is_file() {
+                errors.push(format!("ACME_CA_BUNDLE {}: no such file", p.display()));
+            }
+        }
+
+        let nonempty = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        let data_dir = nonempty(&raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let certs_dir = nonempty(&raw.certs_dir).unwrap_or_else(|| DEFAULT_CERTS_DIR.into());
+        let haproxy_certs_dir =
+            nonempty(&raw.haproxy_certs_dir).unwrap_or_else(|| certs_dir.clone());
+
+        let load_balancer_service_name = raw
+            .load_balancer_service_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from);
+        let haproxy_runtime_api = match raw.haproxy_runtime_api.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => match parse_runtime_api(s, load_balancer_service_name.as_deref()) {
+                Ok(a) => Some(a),
+                Err(why) => {
+                    errors.push(format!("HAPROXY_RUNTIME_API {s:?}: {why}"));
+                    None
+                }
+            },
+        };
+
+        let listen = raw.responder_listen.as_deref().map(str::trim).unwrap_or("");
+        let listen = if listen.is_empty() {
+            DEFAULT_RESPONDER_LISTEN
+        } else {
+            listen
+        };
+        let responder_listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(format!(
+                "RESPONDER_LISTEN {listen:?}: expected an address and port such as 0.0.0.0:80 or [::]:80"
+            ));
+            SocketAddr::from(([0, 0, 0, 0], 80))
+        });
+
+        let rate_limits = parse_rate_limits(raw.rate_limits.as_deref(), &acme_directory)
+            .unwrap_or_else(|e| {
+                errors.push(format!("RATE_LIMITS: {e}"));
+                None
+            });
+
+        let admin_listen = match raw.admin_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => match a.parse::<SocketAddr>() {
+                Err(_) => {
+                    errors.push(format!(
+                        "ADMIN_LISTEN {a:?}: expected an address and port such as 127.0.0.1:9120"
+                    ));
+                    None
+                }
+                Ok(addr) if !addr.ip().is_loopback() && !raw.admin_listen_non_loopback => {
+                    errors.push(format!(
+                        "ADMIN_LISTEN {a:?} is not a loopback address: the admin endpoint has no \
+                         authentication or TLS. Use 127.0.0.1 or [::1], or set \
+                         ADMIN_LISTEN_NON_LOOPBACK=true if the network is private"
+                    ));
+                    None
+                }
+                Ok(addr) => Some(addr),
+            },
+        };
+
+        let deploy_hook = raw
+            .deploy_hook
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(String::from);
+        let deploy_hook_timeout = match raw.deploy_hook_timeout.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_DEPLOY_HOOK_TIMEOUT,
+            Some(t) => match parse_duration(t) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    errors.push(format!("DEPLOY_HOOK_TIMEOUT {t:?}: must be more than zero"));
+                    DEFAULT_DEPLOY_HOOK_TIMEOUT
+                }
+                Err(e) => {
+                    errors.push(format!("DEPLOY_HOOK_TIMEOUT: {e}"));
+                    DEFAULT_DEPLOY_HOOK_TIMEOUT
+                }
+            },
+        };
+
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        let config = Config {
+            admin_listen,
+            deploy_hook,
+            deploy_hook_timeout,
+            rate_limits,
+            domains_file,
+            prune: raw.prune,
+            email,
+            acme_directory,
+            acme_ca_bundle,
+            key_type,
+            data_dir,
+            certs_dir,
+            haproxy_certs_dir,
+            haproxy_runtime_api,
+            load_balancer_service_name,
+            responder_listen,
+        };
+        Ok((config, wanted))
+    }
+}
+
+const DEFAULT_DEPLOY_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The accepted duration syntax, for error messages.
+const DURATION_SYNTAX: &str =
+    "a number with a unit, such as 90s, 5m, 3h, 7d or 1h 30m (a bare number is seconds)";
+
+/// Parses a duration: humantime's syntax (`90s`, `5m`, `3h`, `7d`, `1h 30m`, ...) or a bare
+/// number of seconds (`90`: DEPLOY_HOOK_TIMEOUT always took it). One syntax for every duration
+/// setting (DEPLOY_HOOK_TIMEOUT, the windows of RATE_LIMITS).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s:?} is too large a number of seconds"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}): expected {DURATION_SYNTAX}"))
+}
+
+/// `RATE_LIMITS`: `auto`/unset, `off`, `lets-encrypt`, or `key=N/duration,...` with keys
+/// `orders`, `exact-set`, `registered-domain`, `failed-validations` (a key left out is no limit)
+/// and windows in `parse_duration`'s syntax (`90s`, `3h`, `7d`, `1h 30m`).
+fn parse_rate_limits(value: Option<&str>, directory: &str) -> Result<Option<Limits>, String> {
+    let v = value.map(str::trim).unwrap_or("");
+    let is_lets_encrypt = directory
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .is_some_and(|host| host == "letsencrypt.org" || host.ends_with(".letsencrypt.org"));
+    match v {
+        "" | "auto" => return Ok(is_lets_encrypt.then_some(Limits::LETS_ENCRYPT)),
+        "off" | "none" => return Ok(None),
+        "on" | "lets-encrypt" => return Ok(Some(Limits::LETS_ENCRYPT)),
+        _ => {}
+    }
+    let mut limits = Limits {
+        orders: None,
+        exact_set: None,
+        registered_domain: None,
+        failed_validations: None,
+    };
+    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, spec) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: expected key=N/duration"))?;
+        let (count, window) = spec
+            .split_once('/')
+            .ok_or_else(|| format!("{item:?}: expected N/duration, e.g. 5/7d"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("{item:?}: {count:?} is not a count"))?;
+        let window = parse_duration(window).map_err(|e| format!("{item:?}: {e}"))?;
+        let window_secs = i64::try_from(window.as_secs())
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| format!("{item:?}: the window must be from 1s to centuries"))?;
+        let limit = Some(Limit { count, window_secs });
+        match key.trim() {
+            "orders" => limits.orders = limit,
+            "exact-set" => limits.exact_set = limit,
+            "registered-domain" => limits.registered_domain = limit,
+            "failed-validations" => limits.failed_validations = limit,
+            other => {
+                return Err(format!(
+                    "unknown limit {other:?} (orders, exact-set, registered-domain, failed-validations)"
+                ))
+            }
+        }
+    }
+    Ok(Some(limits))
+}
+
+fn validate_email(e: &str) -> Result<String, &'static str> {
+    let e = e.strip_prefix("mailto:").unwrap_or(e);
+    match e.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && domain.contains('.')
+                && !e.chars().any(|c| c.is_whitespace() || c == ',' || c == ';')
+                && !domain.contains('@') =>
+        {
+            Ok(e.to_string())
+        }
+        _ => Err("not an e-mail address (expected name@example.com)"),
+    }
+}
+
+fn parse_runtime_api(s: &str, lb: Option<&str>) -> Result<RuntimeApiAddr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(
+                "the unix socket path must be absolute (unix:/run/haproxy/admin.sock)".into(),
+            );
+        }
+        return Ok(RuntimeApiAddr::Unix(path.into()));
+    }
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if port_only.parse::<u16>().is_ok() {
+        return match lb {
+            Some(host) => Ok(RuntimeApiAddr::Tcp(format!("{host}:{port_only}"))),
+            None => Err("a bare port needs LOAD_BALANCER_SERVICE_NAME to name the host".into()),
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(RuntimeApiAddr::Tcp(s.to_string()))
+        }
+        _ => Err("expected unix:/path/to/socket, host:port, or a port".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_default_to_lets_encrypt_only_for_lets_encrypt() {
+        let p = |v, d| parse_rate_limits(v, d);
+        assert_eq!(
+            p(None, LETSENCRYPT_PRODUCTION),
+            Ok(Some(Limits::LETS_ENCRYPT))
+        );
+        assert_eq!(
+            p(Some("auto"), LETSENCRYPT_STAGING),
+            Ok(Some(Limits::LETS_ENCRYPT))
+        );
+        assert_eq!(p(None, "https://127.0.0.1:14000/dir"), Ok(None));
+        assert_eq!(p(None, "https://letsencrypt.org.evil.test/dir"), Ok(None));
+        assert_eq!(p(Some("off"), LETSENCRYPT_PRODUCTION), Ok(None));
+        assert_eq!(
+            p(Some("on"), "https://ca/dir"),
+            Ok(Some(Limits::LETS_ENCRYPT))
+        );
+        let custom = p(Some("exact-set=1/7d, orders=10/90m"), "https://ca/dir")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            custom.exact_set,
+            Some(Limit {
+                count: 1,
+                window_secs: 7 * 86_400
+            })
+        );
+        assert_eq!(
+            custom.orders,
+            Some(Limit {
+                count: 10,
+                window_secs: 5400
+            })
+        );
+        assert_eq!(custom.registered_domain, None);
+        // The windows are `parse_duration`'s: humantime's syntax, a bare number is seconds.
+        let hm = p(Some("failed-validations=5/1h 30m, orders=2/600"), "x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(hm.failed_validations.unwrap().window_secs, 5400);
+        assert_eq!(hm.orders.unwrap().window_secs, 600);
+        let e = p(Some("exact-set=1/7 days ago"), "x").unwrap_err();
+        assert!(e.contains("such as 90s, 5m, 3h, 7d"), "{e}");
+        assert!(p(Some("exact-set=1/0s"), "x").unwrap_err().contains("1s"));
+        assert!(p(Some("bogus=1/7d"), "x")
+            .unwrap_err()
+            .contains("unknown limit"));
+        assert!(p(Some("exact-set"), "x").is_err());
+    }
+
+    fn raw() -> RawSettings {
+        RawSettings {
+            domains: Some("a.com".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_and_staging() {
+        let (c, _) = Config::from_raw(&raw(), Need::Daemon).unwrap();
+        assert_eq!(c.acme_directory, LETSENCRYPT_PRODUCTION);
+        assert_eq!(c.key_type, KeyType::EcdsaP256);
+        assert_eq!(c.responder_listen.to_string(), "0.0.0.0:80");
+        assert_eq!(c.haproxy_runtime_api, None);
+        assert_eq!(c.haproxy_certs_dir, c.certs_dir);
+        let (c, _) = Config::from_raw(
+            &RawSettings {
+                staging: true,
+                ..raw()
+            },
+            Need::Daemon,
+        )
+        .unwrap();
+        assert_eq!(c.acme_directory, LETSENCRYPT_STAGING);
+        let e = Config::from_raw(
+            &RawSettings {
+                staging: true,
+                acme_directory: Some("https://ca/dir".into()),
+                ..raw()
+            },
+            Need::Daemon,
+        )
+        .unwrap_err();
+        assert!(e.0[0].contains("keep one of them"));
+    }
+
+    #[test]
+    fn runtime_api_forms() {
+        let p = |s, lb| parse_runtime_api(s, lb);
+        assert_eq!(
+            p("unix:/run/h.sock", None),
+            Ok(RuntimeApiAddr::Unix("/run/h.sock".into()))
+        );
+        assert_eq!(
+            p("127.0.0.1:9999", None),
+            Ok(RuntimeApiAddr::Tcp("127.0.0.1:9999".into()))
+        );
+        assert_eq!(
+            p("9999", Some("lb")),
+            Ok(RuntimeApiAddr::Tcp("lb:9999".into()))
+        );
+        assert_eq!(
+            p(":9999", Some("lb")),
+            Ok(RuntimeApiAddr::Tcp("lb:9999".into()))
+        );
+        assert!(p("9999", None).is_err());
+        assert!(p("unix:rel.sock", None).is_err());
+        assert!(p("nonsense", None).is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let bad = RawSettings {
+            domains: Some("*.a.com".into()),
+            email: Some("nobody".into()),
+            key_type: Some("dsa".into()),
+            responder_listen: Some("eighty".into()),
+            acme_directory: Some("http://insecure/dir".into()),
+            ..Default::default()
+        };
+        let e = Config::from_raw(&bad, Need::Daemon).unwrap_err();
+        assert_eq!(e.0.len(), 5, "{e}");
+        // No certificate in the environment: the daemon may still have some added at runtime,
+        // so `run` decides once it has read the store.
+        let (_, empty) = Config::from_raw(&RawSettings::default(), Need::Daemon).unwrap();
+        assert!(empty.initial().is_empty());
+        assert!(crate::config::nothing_to_manage().0[0].contains("DOMAINS is empty"));
+        assert!(Config::from_raw(&RawSettings::default(), Need::StoreOnly).is_ok());
+    }
+
+    #[test]
+    fn admin_listen_is_loopback_unless_forced() {
+        let with = |addr: &str, force: bool| {
+            Config::from_raw(
+                &RawSettings {
+                    domains: Some("a.test".into()),
+                    admin_listen: Some(addr.into()),
+                    admin_listen_non_loopback: force,
+                    ..Default::default()
+                },
+                Need::Daemon,
+            )
+        };
+        assert_eq!(
+            with("127.0.0.1:9120", false).unwrap().0.admin_listen,
+            Some("127.0.0.1:9120".parse().unwrap())
+        );
+        assert!(with("[::1]:9120", false).is_ok());
+        let e = with("0.0.0.0:9120", false).unwrap_err();
+        assert!(e.0[0].contains("ADMIN_LISTEN_NON_LOOPBACK=true"), "{e}");
+        assert!(with("10.1.2.3:9120", true).is_ok());
+        assert!(with("localhost", false).unwrap_err().0[0].contains("127.0.0.1:9120"));
+    }
+
+    #[test]
+    fn one_duration_syntax() {
+        let secs = |s| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("90"), Ok(90));
+        assert_eq!(secs(" 90 "), Ok(90));
+        assert_eq!(secs("90s"), Ok(90));
+        assert_eq!(secs("5m"), Ok(300));
+        assert_eq!(secs("3h"), Ok(3 * 3600));
+        assert_eq!(secs("7d"), Ok(7 * 86_400));
+        assert_eq!(secs("1h 30m"), Ok(5400));
+        assert_eq!(secs("1.5h"), Ok(5400));
+        assert_eq!(secs("0"), Ok(0));
+        for bad in ["", "soon", "5 parsecs", "-1s", "1d ago"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(
+                e.contains("such as 90s, 5m, 3h, 7d or 1h 30m"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn deploy_hook_timeout_spellings() {
+        let timeout = |t: &str| {
+            Config::from_raw(
+                &RawSettings {
+                    deploy_hook_timeout: Some(t.into()),
+                    ..Default::default()
+                },
+                Need::StoreOnly,
+            )
+            .map(|(c, _)| c.deploy_hook_timeout.as_secs())
+        };
+        assert_eq!(timeout(""), Ok(60));
+        assert_eq!(timeout("90"), Ok(90));
+        assert_eq!(timeout("2m 30s"), Ok(150));
+        assert_eq!(timeout("1d"), Ok(86_400));
+        let e = timeout("0").unwrap_err();
+        assert!(e.0[0].starts_with("DEPLOY_HOOK_TIMEOUT"), "{e}");
+        let e = timeout("soon").unwrap_err();
+        assert!(
+            e.0[0].starts_with("DEPLOY_HOOK_TIMEOUT: \"soon\" is not a duration"),
+            "{e}"
+        );
+    }
+}
