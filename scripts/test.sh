@@ -13,6 +13,8 @@ mkdir -p target
 # it is built by clippy above and run by scripts/bench.sh. --no-fail-fast: one failing test
 # binary does not hide the others' results.
 cargo test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.log
+# The simulated-time suite again in release: 10,000 seeded schedules (tests/simulation.rs).
+cargo test --release --locked --test simulation 2>&1 | tee -a target/test-output.log
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' \
   target/test-output.log

@@ -7,12 +7,13 @@
 //! - [`daemon`]: `run`'s start-up and shutdown: which part starts when, with what.
 //! - [`commands`]: the CLI's other commands (through the admin socket, or on the store).
 //! - [`cli`]: command line and raw settings (flags backed by environment variables).
-//! - [`config`]: validation of the raw settings into one typed [`config::Config`].
+//! - [`config`]: validation of the raw settings into one typed [`config::Config`] and the wanted
+//!   set ([`config::WantedSet`]: DOMAINS, DOMAINS_FILE, runtime additions); certificate names.
 //! - [`store`]: the `Store` trait (records, chains, keys, account, ledger, runtime additions;
 //!   one `update` per record change) and its backends (sled; in-memory for the simulation).
 //! - [`responder`]: the HTTP-01 challenge server.
 //! - [`acme`]: the `Ca` trait and its instant-acme implementation.
-//! - [`pki`]: keys, CSRs, certificate parsing (rcgen, x509-parser).
+//! - [`pki`]: keys, CSRs, certificate parsing, every PEM text (rcgen, x509-parser, pem).
 //! - [`installer`]: the `Haproxy` trait: certificate files and HAProxy's runtime API.
 //! - [`reconciler`]: the loop that drives every certificate through the lifecycle.
 //! - [`clock`]: time and random draws (system, or tokio's paused clock and a seed in tests).
