@@ -198,9 +198,7 @@ impl Ca for FakeCa {
         }
         let stored_url = self
             .store
-            .snapshot()
-            .records
-            .get(&id)
+            .record_now(&id)
             .and_then(|r| r.order().map(|o| o.url.clone()));
         if stored_url.as_deref() != Some(url) {
             lock(&self.world).violations.push(format!(
@@ -293,7 +291,7 @@ impl FakeCa {
                 OrderStatus::Ready => {
                     let key = hooks.key_pem().await?;
                     // Invariant: finalize only with a key the store holds for this order.
-                    let stored = self.store.snapshot().pending_keys.get(id).cloned();
+                    let stored = self.store.pending_key_now(id);
                     if stored.as_deref() != Some(key.as_str()) {
                         lock(&self.world)
                             .violations
@@ -338,7 +336,7 @@ impl FakeCa {
     /// Invariant: a second certificate for an id is issued only when the first was due for
     /// renewal, or something asked for a new one.
     fn check_not_a_duplicate(&self, id: &str) {
-        let record = self.store.snapshot().records.get(id).cloned();
+        let record = self.store.record_now(id);
         let mut w = lock(&self.world);
         let excused = w.excused.remove(id);
         let Some(r) = record else { return };
@@ -461,7 +459,7 @@ impl Sim {
             ca_error_permille: 0,
             haproxy_down: false,
             ari: rng.random_bool(0.5),
-            lifetime: rng.random_range(4..=12) * 3600,
+            lifetime: rng.random_range(8..=24) * 3600,
             tokens: Tokens::default(),
             orders: BTreeMap::new(),
             next_order: 0,

@@ -41,6 +41,16 @@ impl MemoryStore {
             .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The record of `id` as stored now (no await: for a fake's checks in the middle of a call).
+    pub fn record_now(&self, id: &str) -> Option<Record> {
+        self.lock().records.get(id).cloned()
+    }
+
+    /// The pending key of `id` as stored now.
+    pub fn pending_key_now(&self, id: &str) -> Option<String> {
+        self.lock().pending_keys.get(id).cloned()
+    }
+
     /// A copy of everything stored, for a test's invariant checks.
     pub fn snapshot(&self) -> Contents {
         self.lock().clone()
