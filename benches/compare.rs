@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::{wait_until, Daemon, Env, BIN};
 use haproxy_acme::config::RuntimeApiAddr;
-use haproxy_acme::installer::Installer;
+use haproxy_acme::installer::{Haproxy, Installer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 

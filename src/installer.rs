@@ -65,6 +65,7 @@ pub trait Haproxy: Send + Sync + 'static {
 
 #[async_trait]
 impl Haproxy for Installer {
+    /// Installs certificate `id`: file first, then the runtime API, then a read-back of the serial.
     async fn install(
         &self,
         id: &str,
@@ -72,11 +73,113 @@ impl Haproxy for Installer {
         key_pem: &str,
         meta: &CertMeta,
     ) -> Result<Method, InstallError> {
-        Installer::install(self, id, chain_pem, key_pem, meta).await
+        let _guard = self.lock.lock().await;
+        let bundle = crate::pki::haproxy_bundle(chain_pem, key_pem)?;
+        let name = format!("{id}.pem");
+        let dir = self.certs_dir.clone();
+        let data = bundle.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&dir, &name, data.as_bytes()))
+            .await
+            .map_err(|e| InstallError::File {
+                path: self.certs_dir.join(id),
+                source: io::Error::other(e),
+            })??;
+        let Some(addr) = &self.runtime else {
+            return Ok(Method::FilesOnly);
+        };
+        let api = RuntimeApi { addr };
+        let (file, crt_list) = self.haproxy_names(id);
+        let crt_list = crt_list.as_str();
+
+        // Every command here costs the same whatever HAProxy holds: listing all certificates or
+        // a whole crt-list per install made 10,000 installs quadratic (BENCHMARKS.md, scenario 4).
+        let before = api.send(&format!("show ssl cert {file}")).await?;
+        let known = before.contains("Filename:");
+        if !known {
+            api.expect(
+                &format!("new ssl cert {file}"),
+                &["New empty certificate store"],
+            )
+            .await?;
+        }
+        api.set_payload(&file, &bundle).await?;
+        api.expect(&format!("commit ssl cert {file}"), &["Success!"])
+            .await?;
+        // "Status: Used" = referenced by a crt-list entry; HAProxy versions that do not say have
+        // the crt-list itself read.
+        let listed = match (known, status_used(&before)) {
+            (false, _) => false,
+            (true, Some(used)) => used,
+            (true, None) => api.in_crt_list(crt_list, &file).await?,
+        };
+        if !listed {
+            api.expect(
+                &format!("add ssl crt-list {crt_list} {file}"),
+                // The second: listed already (a status we could not read, or a race with an
+                // operator's own command); what was wanted holds.
+                &["Success!", "file already exists"],
+            )
+            .await?;
+        }
+        let shown = api.send(&format!("show ssl cert {file}")).await?;
+        if status_used(&shown) == Some(false) {
+            return Err(InstallError::Refused {
+                command: format!("add ssl crt-list {crt_list} {file}"),
+                message: "HAProxy reports the certificate as not used by any crt-list".into(),
+            });
+        }
+        let served = shown
+            .lines()
+            .find_map(|l| l.strip_prefix("Serial:"))
+            .map(|s| s.trim().to_ascii_uppercase())
+            .unwrap_or_default();
+        // Compare as numbers: leading zeros are spelling, not value.
+        if served.trim_start_matches('0') != meta.serial.trim_start_matches('0') {
+            return Err(InstallError::Mismatch {
+                file,
+                served,
+                expected: meta.serial.clone(),
+            });
+        }
+        Ok(Method::RuntimeApi)
     }
 
+    /// Removes certificate `id` from HAProxy (crt-list entry, then the certificate) and deletes
+    /// its file (`--prune`). Entries HAProxy does not know are fine: removal is idempotent.
     async fn remove(&self, id: &str) -> Result<(), InstallError> {
-        Installer::remove(self, id).await
+        let _guard = self.lock.lock().await;
+        if let Some(addr) = &self.runtime {
+            let api = RuntimeApi { addr };
+            let (file, crt_list) = self.haproxy_names(id);
+            let crt_list = crt_list.as_str();
+            api.abort_stale_transaction().await?;
+            if api.in_crt_list(crt_list, &file).await? {
+                api.expect(
+                    &format!("del ssl crt-list {crt_list} {file}"),
+                    &["deleted in crtlist", "Success!"],
+                )
+                .await?;
+            }
+            if api
+                .send(&format!("show ssl cert {file}"))
+                .await?
+                .contains("Filename:")
+            {
+                api.expect(&format!("del ssl cert {file}"), &["deleted!", "Success!"])
+                    .await?;
+            }
+        }
+        let path = self.certs_dir.join(format!("{id}.pem"));
+        match fs::remove_file(&path) {
+            Ok(()) => fs::File::open(&self.certs_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| InstallError::File {
+                    path: self.certs_dir.clone(),
+                    source,
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(InstallError::File { path, source }),
+        }
     }
 }
 
@@ -171,85 +274,6 @@ impl Installer {
             delay = (delay * 2).min(Duration::from_millis(500));
         }
     }
-
-    /// Installs certificate `id`: file first, then the runtime API, then a read-back of the serial.
-    pub async fn install(
-        &self,
-        id: &str,
-        chain_pem: &str,
-        key_pem: &str,
-        meta: &CertMeta,
-    ) -> Result<Method, InstallError> {
-        let _guard = self.lock.lock().await;
-        let bundle = crate::pki::haproxy_bundle(chain_pem, key_pem)?;
-        let name = format!("{id}.pem");
-        let dir = self.certs_dir.clone();
-        let data = bundle.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&dir, &name, data.as_bytes()))
-            .await
-            .map_err(|e| InstallError::File {
-                path: self.certs_dir.join(id),
-                source: io::Error::other(e),
-            })??;
-        let Some(addr) = &self.runtime else {
-            return Ok(Method::FilesOnly);
-        };
-        let api = RuntimeApi { addr };
-        let (file, crt_list) = self.haproxy_names(id);
-        let crt_list = crt_list.as_str();
-
-        // Every command here costs the same whatever HAProxy holds: listing all certificates or
-        // a whole crt-list per install made 10,000 installs quadratic (BENCHMARKS.md, scenario 4).
-        let before = api.send(&format!("show ssl cert {file}")).await?;
-        let known = before.contains("Filename:");
-        if !known {
-            api.expect(
-                &format!("new ssl cert {file}"),
-                &["New empty certificate store"],
-            )
-            .await?;
-        }
-        api.set_payload(&file, &bundle).await?;
-        api.expect(&format!("commit ssl cert {file}"), &["Success!"])
-            .await?;
-        // "Status: Used" = referenced by a crt-list entry; HAProxy versions that do not say have
-        // the crt-list itself read.
-        let listed = match (known, status_used(&before)) {
-            (false, _) => false,
-            (true, Some(used)) => used,
-            (true, None) => api.in_crt_list(crt_list, &file).await?,
-        };
-        if !listed {
-            api.expect(
-                &format!("add ssl crt-list {crt_list} {file}"),
-                // The second: listed already (a status we could not read, or a race with an
-                // operator's own command); what was wanted holds.
-                &["Success!", "file already exists"],
-            )
-            .await?;
-        }
-        let shown = api.send(&format!("show ssl cert {file}")).await?;
-        if status_used(&shown) == Some(false) {
-            return Err(InstallError::Refused {
-                command: format!("add ssl crt-list {crt_list} {file}"),
-                message: "HAProxy reports the certificate as not used by any crt-list".into(),
-            });
-        }
-        let served = shown
-            .lines()
-            .find_map(|l| l.strip_prefix("Serial:"))
-            .map(|s| s.trim().to_ascii_uppercase())
-            .unwrap_or_default();
-        // Compare as numbers: leading zeros are spelling, not value.
-        if served.trim_start_matches('0') != meta.serial.trim_start_matches('0') {
-            return Err(InstallError::Mismatch {
-                file,
-                served,
-                expected: meta.serial.clone(),
-            });
-        }
-        Ok(Method::RuntimeApi)
-    }
 }
 
 impl Installer {
@@ -263,44 +287,6 @@ impl Installer {
             .to_string();
         let dir = self.haproxy_certs_dir.display().to_string();
         (file, dir.trim_end_matches('/').to_string())
-    }
-
-    /// Removes certificate `id` from HAProxy (crt-list entry, then the certificate) and deletes
-    /// its file (`--prune`). Entries HAProxy does not know are fine: removal is idempotent.
-    pub async fn remove(&self, id: &str) -> Result<(), InstallError> {
-        let _guard = self.lock.lock().await;
-        if let Some(addr) = &self.runtime {
-            let api = RuntimeApi { addr };
-            let (file, crt_list) = self.haproxy_names(id);
-            let crt_list = crt_list.as_str();
-            api.abort_stale_transaction().await?;
-            if api.in_crt_list(crt_list, &file).await? {
-                api.expect(
-                    &format!("del ssl crt-list {crt_list} {file}"),
-                    &["deleted in crtlist", "Success!"],
-                )
-                .await?;
-            }
-            if api
-                .send(&format!("show ssl cert {file}"))
-                .await?
-                .contains("Filename:")
-            {
-                api.expect(&format!("del ssl cert {file}"), &["deleted!", "Success!"])
-                    .await?;
-            }
-        }
-        let path = self.certs_dir.join(format!("{id}.pem"));
-        match fs::remove_file(&path) {
-            Ok(()) => fs::File::open(&self.certs_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| InstallError::File {
-                    path: self.certs_dir.clone(),
-                    source,
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(InstallError::File { path, source }),
-        }
     }
 }
 

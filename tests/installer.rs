@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::Env;
 use haproxy_acme::config::RuntimeApiAddr;
-use haproxy_acme::installer::{Installer, Method};
+use haproxy_acme::installer::{Haproxy, Installer, Method};
 
 struct Ca {
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,

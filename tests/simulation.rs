@@ -356,6 +356,14 @@ impl FakeCa {
     }
 }
 
+/// What the runtime API answers while HAProxy is down.
+fn unreachable() -> InstallError {
+    InstallError::Unreachable {
+        addr: "sim".into(),
+        source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+    }
+}
+
 struct FakeHaproxy {
     world: Shared,
 }
@@ -381,10 +389,7 @@ impl Haproxy for FakeHaproxy {
         latency(&self.world).await;
         let mut w = lock(&self.world);
         if w.haproxy_down {
-            return Err(InstallError::Unreachable {
-                addr: "sim".into(),
-                source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-            });
+            return Err(unreachable());
         }
         w.served.insert(id.to_string(), entry);
         Ok(Method::RuntimeApi)
@@ -394,10 +399,7 @@ impl Haproxy for FakeHaproxy {
         latency(&self.world).await;
         let mut w = lock(&self.world);
         if w.haproxy_down {
-            return Err(InstallError::Unreachable {
-                addr: "sim".into(),
-                source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-            });
+            return Err(unreachable());
         }
         w.served.remove(id);
         w.files.remove(id);

@@ -178,16 +178,12 @@ impl Store for MemoryStore {
         f: AddedFn,
     ) -> Result<Result<Vec<Vec<String>>, String>, StoreError> {
         let mut c = self.lock();
-        match f(&c.added) {
-            Err(refused) => Ok(Err(refused)),
-            Ok(new) => {
-                if new != c.added {
-                    self.writable()?;
-                    c.added = new.clone();
-                }
-                Ok(Ok(new))
-            }
-        }
+        let old = c.added.clone();
+        super::change_added(&old, f, |new| {
+            self.writable()?;
+            c.added = new.to_vec();
+            Ok(())
+        })
     }
 
     async fn ledger_append(

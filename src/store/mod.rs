@@ -187,6 +187,24 @@ impl dyn Store {
     }
 }
 
+/// What both backends do in [`Store::update_added`] once they hold its lock: ask `f`, and write
+/// the new list only when it differs from `old`.
+pub(crate) fn change_added(
+    old: &[Vec<String>],
+    f: AddedFn,
+    write: impl FnOnce(&[Vec<String>]) -> Result<(), StoreError>,
+) -> Result<Result<Vec<Vec<String>>, String>, StoreError> {
+    match f(old) {
+        Err(refused) => Ok(Err(refused)),
+        Ok(new) => {
+            if new != old {
+                write(&new)?;
+            }
+            Ok(Ok(new))
+        }
+    }
+}
+
 /// The write a [`Change`] makes for record id `id`: what both backends apply.
 pub(crate) fn change_id_matches(id: &str, change: &Change) -> bool {
     match change {

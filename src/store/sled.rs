@@ -448,16 +448,7 @@ impl Store for SledStore {
                 .added_lock
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let old = s.added_domains()?;
-            match f(&old) {
-                Err(refused) => Ok(Err(refused)),
-                Ok(new) => {
-                    if new != old {
-                        s.put_added_domains(&new)?;
-                    }
-                    Ok(Ok(new))
-                }
-            }
+            super::change_added(&s.added_domains()?, f, |new| s.put_added_domains(new))
         })
         .await
     }
