@@ -189,10 +189,11 @@ impl Reconciler {
             Ok((sources, specs)) => (sources, specs.expect("read without a digest to match")),
             Err(errors) => return Err(StartError::Config(crate::config::ConfigError(errors))),
         };
-        let (wanted, unwanted) = self.sync_specs(&specs).await?;
+        let specs_digest = wanted::digest(&specs);
+        let (wanted, unwanted) = self.sync_specs(specs).await?;
         Ok(Started {
             sources,
-            specs: wanted::digest(&specs),
+            specs: specs_digest,
             wanted,
             unwanted,
         })

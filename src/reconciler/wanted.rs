@@ -2,7 +2,6 @@
 //! certificates get a record, changed ones an event, those no longer listed are marked (or, with
 //! PRUNE, removed from HAProxy, the certificate directory and the store).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use haproxy_acme_state::{apply, Event, Record};
@@ -69,7 +68,7 @@ impl Reconciler {
             unchanged(Some(specs.len()));
             return Some((sources, applied, Vec::new(), Vec::new()));
         }
-        match self.sync_specs(&specs).await {
+        match self.sync_specs(specs).await {
             Ok((now_wanted, gone)) => {
                 let ms = reread_at.elapsed().as_millis() as u64;
                 tracing::info!(
@@ -93,22 +92,26 @@ impl Reconciler {
     /// new certificates is not one fsync each.
     pub(super) async fn sync_specs(
         &self,
-        specs: &[CertSpec],
+        specs: Vec<CertSpec>,
     ) -> Result<(Vec<Wanted>, Vec<String>), StoreError> {
         let now = self.clock.now();
-        let by_id: Arc<HashMap<String, Vec<String>>> = Arc::new(
-            specs
-                .iter()
-                .map(|s| (s.id().to_string(), s.names().to_vec()))
-                .collect(),
-        );
-        #[derive(Default)]
+        // The specs are moved into the store's closures, not copied (100,000 certificates at
+        // start-up); a stored record finds its spec by binary search over their positions in
+        // id order.
+        let specs = Arc::new(specs);
+        let mut by_id: Vec<usize> = (0..specs.len()).collect();
+        by_id.sort_unstable_by(|&a, &b| specs[a].id().cmp(specs[b].id()));
         struct Found {
-            seen: HashSet<String>,
+            /// Per spec (in the given order): a stored record was found for it.
+            seen: Vec<bool>,
             wanted: Vec<Wanted>,
             unwanted: Vec<String>,
         }
-        let found = Arc::new(Mutex::new(Found::default()));
+        let found = Arc::new(Mutex::new(Found {
+            seen: vec![false; specs.len()],
+            wanted: Vec::with_capacity(specs.len()),
+            unwanted: Vec::new(),
+        }));
         let configured = {
             let config = self.config.clone();
             let tokens = self.tokens.clone();
@@ -146,19 +149,22 @@ impl Reconciler {
             }
         };
         let sweep = {
-            let (found, by_id, configured) = (found.clone(), by_id.clone(), configured.clone());
+            let (found, specs, configured) = (found.clone(), specs.clone(), configured.clone());
             move |old: &Record| -> Option<Record> {
                 let mut f = found
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                match by_id.get(old.id.as_str()) {
-                    Some(names) => {
-                        f.seen.insert(old.id.clone());
-                        let (due, new) = configured(&old.id, names, Some(old));
+                let spec = by_id
+                    .binary_search_by(|&i| specs[i].id().as_str().cmp(old.id.as_str()))
+                    .map(|k| by_id[k]);
+                match spec {
+                    Ok(i) => {
+                        f.seen[i] = true;
+                        let (due, new) = configured(&old.id, specs[i].names(), Some(old));
                         f.wanted.push(due);
                         new
                     }
-                    None => {
+                    Err(_) => {
                         // No longer listed: marked (status, dump and metrics say it is not
                         // renewed).
                         f.unwanted.push(old.id.clone());
@@ -167,7 +173,6 @@ impl Reconciler {
                 }
             }
         };
-        let order: Vec<String> = specs.iter().map(|s| s.id().to_string()).collect();
         let more = {
             let found = found.clone();
             move || -> Vec<Record> {
@@ -176,8 +181,8 @@ impl Reconciler {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let mut new_records = Vec::new();
                 let seen = std::mem::take(&mut f.seen);
-                for id in order.iter().filter(|id| !seen.contains(*id)) {
-                    let (due, new) = configured(id, &by_id[id], None);
+                for (spec, _) in specs.iter().zip(seen).filter(|(_, seen)| !seen) {
+                    let (due, new) = configured(spec.id(), spec.names(), None);
                     f.wanted.push(due);
                     new_records.extend(new);
                 }
