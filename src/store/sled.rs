@@ -1,10 +1,6 @@
 //! The embedded store backend: sled in DATA_DIR. The only module that imports sled and knows the
 //! on-disk encoding; every write is flushed to disk before it returns (the durable-intent rule),
 //! and every call runs on tokio's blocking pool, never on an async worker.
-//!
-//! Long file: the synchronous store, its `Store` implementation over the blocking pool and the
-//! tests of its on-disk encoding are one unit (the encoding is this file's secret); about a
-//! third of it is tests.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -12,13 +8,11 @@ use std::path::Path;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use haproxy_acme_state::ledger::Entry;
 use haproxy_acme_state::{Record, UnixTime, RECORD_SCHEMA_VERSION};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{AddedFn, Change, Store, StoreError, SweepFn, UpdateFn};
+use super::{Change, StoreError};
 
 /// Trees (sled's keyspaces) and what they hold.
 const RECORDS: &str = "records"; // id -> Record as JSON (carries schema_version)
@@ -389,118 +383,6 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl Store for SledStore {
-    async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let id = id.to_string();
-        self.blocking(move |s| s.get(&id)).await
-    }
-
-    async fn scan(&self, mut visit: Box<dyn FnMut(Record) + Send>) -> Result<(), StoreError> {
-        self.blocking(move |s| s.for_each_record(&mut visit)).await
-    }
-
-    async fn update_boxed(&self, id: &str, f: UpdateFn) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.blocking(move |s| {
-            let _guard = s.lock_records();
-            let change = f(s.get(&id)?);
-            s.apply_change(&id, change)
-        })
-        .await
-    }
-
-    async fn update_all(
-        &self,
-        mut sweep: SweepFn,
-        more: Box<dyn FnOnce() -> Vec<Record> + Send>,
-    ) -> Result<(), StoreError> {
-        self.blocking(move |s| {
-            let _guard = s.lock_records();
-            let mut changed = Vec::new();
-            s.for_each_record(|r| changed.extend(sweep(&r)))?;
-            changed.extend(more());
-            s.put_many(&changed)
-        })
-        .await
-    }
-
-    async fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let id = id.to_string();
-        self.blocking(move |s| s.pending_key(&id)).await
-    }
-
-    async fn certificate(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
-        let id = id.to_string();
-        self.blocking(move |s| s.certificate(&id)).await
-    }
-
-    async fn added(&self) -> Result<Vec<Vec<String>>, StoreError> {
-        self.blocking(|s| s.added_domains()).await
-    }
-
-    async fn update_added(
-        &self,
-        f: AddedFn,
-    ) -> Result<Result<Vec<Vec<String>>, String>, StoreError> {
-        self.blocking(move |s| {
-            let _guard = s
-                .added_lock
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            super::change_added(&s.added_domains()?, f, |new| s.put_added_domains(new))
-        })
-        .await
-    }
-
-    async fn ledger_append(
-        &self,
-        directory: &str,
-        entry: &Entry,
-        keep_since: UnixTime,
-    ) -> Result<(), StoreError> {
-        let (directory, entry) = (directory.to_string(), entry.clone());
-        self.blocking(move |s| s.ledger_append(&directory, &entry, keep_since))
-            .await
-    }
-
-    async fn ledger_since(
-        &self,
-        directory: &str,
-        since: UnixTime,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let directory = directory.to_string();
-        self.blocking(move |s| s.ledger_since(&directory, since))
-            .await
-    }
-
-    async fn account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let directory = directory.to_string();
-        self.blocking(move |s| s.account(&directory)).await
-    }
-
-    async fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
-        let (directory, credentials) = (directory.to_string(), credentials.to_vec());
-        self.blocking(move |s| s.put_account(&directory, &credentials))
-            .await
-    }
-
-    async fn account_key(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let directory = directory.to_string();
-        self.blocking(move |s| s.account_key(&directory)).await
-    }
-
-    async fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
-        let (directory, der) = (directory.to_string(), pkcs8_der.to_vec());
-        self.blocking(move |s| s.put_account_key(&directory, &der))
-            .await
-    }
-
-    async fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
-        self.blocking(move |s| s.probe_write(now)).await
-    }
-}
-
 fn tx_err(e: TransactionError<()>) -> StoreError {
     match e {
         TransactionError::Abort(()) => StoreError::Write("transaction aborted".into()),
@@ -567,124 +449,6 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
     }
 }
 
+mod blocking;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use haproxy_acme_state::{apply, CertMeta, Event, KeyType};
-
-    /// A record as version 1 wrote it. Persisted formats are contracts: this must keep loading.
-    const RECORD_V1: &str = r#"{"schema_version":1,"id":"a.test","names":["a.test","www.a.test"],
-        "key_type":"ecdsa-p256","phase":"validating","order":{"url":"https://ca/order/1",
-        "created_at":10,"challenges":[{"token":"tok","key_authorization":"tok.thumb"}],
-        "key_generated":true},"cert":null,"installed_fingerprint":null,"renew_at":null,
-        "failure":null,"created_at":10,"updated_at":10}"#;
-
-    #[test]
-    fn ledger_is_per_directory_in_time_order_and_forgets_the_old() {
-        use haproxy_acme_state::ledger::Entry;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Inner::open(dir.path()).unwrap();
-        store
-            .ledger_append("https://ca/dir", &Entry::Order { at: 300 }, 0)
-            .unwrap();
-        store
-            .ledger_append("https://ca/dir", &Entry::Order { at: 100 }, 0)
-            .unwrap();
-        store
-            .ledger_append("https://other/dir", &Entry::Order { at: 200 }, 0)
-            .unwrap();
-        let got = store.ledger_since("https://ca/dir", 0).unwrap();
-        assert_eq!(
-            got,
-            vec![Entry::Order { at: 100 }, Entry::Order { at: 300 }]
-        );
-        assert_eq!(
-            store.ledger_since("https://ca/dir", 101).unwrap(),
-            vec![Entry::Order { at: 300 }]
-        );
-        // Appending with keep_since = 250 forgets the entry at 100.
-        store
-            .ledger_append("https://ca/dir", &Entry::Order { at: 400 }, 250)
-            .unwrap();
-        assert_eq!(
-            store
-                .ledger_since("https://ca/dir", i64::MIN)
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(
-            store
-                .ledger_since("https://other/dir", i64::MIN)
-                .unwrap()
-                .len(),
-            1
-        );
-    }
-
-    #[test]
-    fn version_1_records_still_load() {
-        let r = decode("a.test", RECORD_V1.as_bytes()).unwrap();
-        assert_eq!(r.names, vec!["a.test", "www.a.test"]);
-        assert!(r.order().unwrap().key_generated);
-    }
-
-    #[test]
-    fn unknown_versions_and_garbage_are_refused_with_the_id() {
-        let newer = RECORD_V1.replace("\"schema_version\":1", "\"schema_version\":99");
-        let e = decode("a.test", newer.as_bytes()).unwrap_err().to_string();
-        assert!(
-            e.contains("a.test") && e.contains("schema_version 99"),
-            "{e}"
-        );
-        assert!(decode("b.test", b"\x00garbage")
-            .unwrap_err()
-            .to_string()
-            .contains("b.test"));
-    }
-
-    #[test]
-    fn certificate_and_key_are_stored_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Inner::open(dir.path()).unwrap();
-        let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, 1);
-        let r = apply(&r, Event::OrderCreated { url: "u".into() }, 1);
-        store.put(&r).unwrap();
-        let meta = CertMeta {
-            serial: "1".into(),
-            not_before: 1,
-            not_after: 2,
-            fingerprint: "f".into(),
-            issued_at: 1,
-        };
-        let issued = apply(&r, Event::CertificateStored { meta }, 1);
-        // Without a stored key, storing the certificate is refused and nothing changes.
-        assert!(store.put_certificate(&issued, "CHAIN").is_err());
-        assert_eq!(store.get("a.test").unwrap().unwrap(), r);
-        let with_key = apply(&r, Event::KeyStored, 1);
-        store.put_with_pending_key(&with_key, "KEY").unwrap();
-        assert_eq!(store.pending_key("a.test").unwrap().as_deref(), Some("KEY"));
-        store.put_certificate(&issued, "CHAIN").unwrap();
-        assert_eq!(
-            store.certificate("a.test").unwrap(),
-            Some(("CHAIN".to_string(), "KEY".to_string()))
-        );
-        assert_eq!(store.pending_key("a.test").unwrap(), None);
-        let other = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 1);
-        store.put(&other).unwrap();
-        store.delete("b.test").unwrap();
-        assert_eq!(store.get("b.test").unwrap(), None);
-        drop(store);
-        // Everything is there after reopening, and a second opener is told the store is locked.
-        let store = Inner::open(dir.path()).unwrap();
-        let mut all = Vec::new();
-        store.for_each_record(|r| all.push(r)).unwrap();
-        assert_eq!(all, vec![issued]);
-        assert!(matches!(
-            Inner::open(dir.path()),
-            Err(StoreError::Locked(_))
-        ));
-        let mode = fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
-    }
-}
+mod tests;

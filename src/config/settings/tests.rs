@@ -1,0 +1,204 @@
+//! Unit tests of `config::settings`.
+
+use super::*;
+
+#[test]
+fn rate_limits_default_to_lets_encrypt_only_for_lets_encrypt() {
+    let p = |v, d| parse_rate_limits(v, d);
+    assert_eq!(
+        p(None, LETSENCRYPT_PRODUCTION),
+        Ok(Some(Limits::LETS_ENCRYPT))
+    );
+    assert_eq!(
+        p(Some("auto"), LETSENCRYPT_STAGING),
+        Ok(Some(Limits::LETS_ENCRYPT))
+    );
+    assert_eq!(p(None, "https://127.0.0.1:14000/dir"), Ok(None));
+    assert_eq!(p(None, "https://letsencrypt.org.evil.test/dir"), Ok(None));
+    assert_eq!(p(Some("off"), LETSENCRYPT_PRODUCTION), Ok(None));
+    assert_eq!(
+        p(Some("on"), "https://ca/dir"),
+        Ok(Some(Limits::LETS_ENCRYPT))
+    );
+    let custom = p(Some("exact-set=1/7d, orders=10/90m"), "https://ca/dir")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        custom.exact_set,
+        Some(Limit {
+            count: 1,
+            window_secs: 7 * 86_400
+        })
+    );
+    assert_eq!(
+        custom.orders,
+        Some(Limit {
+            count: 10,
+            window_secs: 5400
+        })
+    );
+    assert_eq!(custom.registered_domain, None);
+    // The windows are `parse_duration`'s: humantime's syntax, a bare number is seconds.
+    let hm = p(Some("failed-validations=5/1h 30m, orders=2/600"), "x")
+        .unwrap()
+        .unwrap();
+    assert_eq!(hm.failed_validations.unwrap().window_secs, 5400);
+    assert_eq!(hm.orders.unwrap().window_secs, 600);
+    let e = p(Some("exact-set=1/7 days ago"), "x").unwrap_err();
+    assert!(e.contains("such as 90s, 5m, 3h, 7d"), "{e}");
+    assert!(p(Some("exact-set=1/0s"), "x").unwrap_err().contains("1s"));
+    assert!(p(Some("bogus=1/7d"), "x")
+        .unwrap_err()
+        .contains("unknown limit"));
+    assert!(p(Some("exact-set"), "x").is_err());
+}
+
+fn raw() -> RawSettings {
+    RawSettings {
+        domains: Some("a.com".into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn defaults_and_staging() {
+    let (c, _) = Config::from_raw(&raw(), Need::Daemon).unwrap();
+    assert_eq!(c.acme_directory, LETSENCRYPT_PRODUCTION);
+    assert_eq!(c.key_type, KeyType::EcdsaP256);
+    assert_eq!(c.responder_listen.to_string(), "0.0.0.0:80");
+    assert_eq!(c.haproxy_runtime_api, None);
+    assert_eq!(c.haproxy_certs_dir, c.certs_dir);
+    let (c, _) = Config::from_raw(
+        &RawSettings {
+            staging: true,
+            ..raw()
+        },
+        Need::Daemon,
+    )
+    .unwrap();
+    assert_eq!(c.acme_directory, LETSENCRYPT_STAGING);
+    let e = Config::from_raw(
+        &RawSettings {
+            staging: true,
+            acme_directory: Some("https://ca/dir".into()),
+            ..raw()
+        },
+        Need::Daemon,
+    )
+    .unwrap_err();
+    assert!(e.0[0].contains("keep one of them"));
+}
+
+#[test]
+fn runtime_api_forms() {
+    let p = |s, lb| parse_runtime_api(s, lb);
+    assert_eq!(
+        p("unix:/run/h.sock", None),
+        Ok(RuntimeApiAddr::Unix("/run/h.sock".into()))
+    );
+    assert_eq!(
+        p("127.0.0.1:9999", None),
+        Ok(RuntimeApiAddr::Tcp("127.0.0.1:9999".into()))
+    );
+    assert_eq!(
+        p("9999", Some("lb")),
+        Ok(RuntimeApiAddr::Tcp("lb:9999".into()))
+    );
+    assert_eq!(
+        p(":9999", Some("lb")),
+        Ok(RuntimeApiAddr::Tcp("lb:9999".into()))
+    );
+    assert!(p("9999", None).is_err());
+    assert!(p("unix:rel.sock", None).is_err());
+    assert!(p("nonsense", None).is_err());
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let bad = RawSettings {
+        domains: Some("*.a.com".into()),
+        email: Some("nobody".into()),
+        key_type: Some("dsa".into()),
+        responder_listen: Some("eighty".into()),
+        acme_directory: Some("http://insecure/dir".into()),
+        ..Default::default()
+    };
+    let e = Config::from_raw(&bad, Need::Daemon).unwrap_err();
+    assert_eq!(e.0.len(), 5, "{e}");
+    // No certificate in the environment: the daemon may still have some added at runtime,
+    // so `run` decides once it has read the store.
+    let (_, empty) = Config::from_raw(&RawSettings::default(), Need::Daemon).unwrap();
+    assert!(empty.initial().is_empty());
+    assert!(crate::config::nothing_to_manage().0[0].contains("DOMAINS is empty"));
+    assert!(Config::from_raw(&RawSettings::default(), Need::StoreOnly).is_ok());
+}
+
+#[test]
+fn admin_listen_is_loopback_unless_forced() {
+    let with = |addr: &str, force: bool| {
+        Config::from_raw(
+            &RawSettings {
+                domains: Some("a.test".into()),
+                admin_listen: Some(addr.into()),
+                admin_listen_non_loopback: force,
+                ..Default::default()
+            },
+            Need::Daemon,
+        )
+    };
+    assert_eq!(
+        with("127.0.0.1:9120", false).unwrap().0.admin_listen,
+        Some("127.0.0.1:9120".parse().unwrap())
+    );
+    assert!(with("[::1]:9120", false).is_ok());
+    let e = with("0.0.0.0:9120", false).unwrap_err();
+    assert!(e.0[0].contains("ADMIN_LISTEN_NON_LOOPBACK=true"), "{e}");
+    assert!(with("10.1.2.3:9120", true).is_ok());
+    assert!(with("localhost", false).unwrap_err().0[0].contains("127.0.0.1:9120"));
+}
+
+#[test]
+fn one_duration_syntax() {
+    let secs = |s| parse_duration(s).map(|d| d.as_secs());
+    assert_eq!(secs("90"), Ok(90));
+    assert_eq!(secs(" 90 "), Ok(90));
+    assert_eq!(secs("90s"), Ok(90));
+    assert_eq!(secs("5m"), Ok(300));
+    assert_eq!(secs("3h"), Ok(3 * 3600));
+    assert_eq!(secs("7d"), Ok(7 * 86_400));
+    assert_eq!(secs("1h 30m"), Ok(5400));
+    assert_eq!(secs("1.5h"), Ok(5400));
+    assert_eq!(secs("0"), Ok(0));
+    for bad in ["", "soon", "5 parsecs", "-1s", "1d ago"] {
+        let e = parse_duration(bad).unwrap_err();
+        assert!(
+            e.contains("such as 90s, 5m, 3h, 7d or 1h 30m"),
+            "{bad:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn deploy_hook_timeout_spellings() {
+    let timeout = |t: &str| {
+        Config::from_raw(
+            &RawSettings {
+                deploy_hook_timeout: Some(t.into()),
+                ..Default::default()
+            },
+            Need::StoreOnly,
+        )
+        .map(|(c, _)| c.deploy_hook_timeout.as_secs())
+    };
+    assert_eq!(timeout(""), Ok(60));
+    assert_eq!(timeout("90"), Ok(90));
+    assert_eq!(timeout("2m 30s"), Ok(150));
+    assert_eq!(timeout("1d"), Ok(86_400));
+    let e = timeout("0").unwrap_err();
+    assert!(e.0[0].starts_with("DEPLOY_HOOK_TIMEOUT"), "{e}");
+    let e = timeout("soon").unwrap_err();
+    assert!(
+        e.0[0].starts_with("DEPLOY_HOOK_TIMEOUT: \"soon\" is not a duration"),
+        "{e}"
+    );
+}
