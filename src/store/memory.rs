@@ -51,6 +51,11 @@ impl MemoryStore {
         self.lock().pending_keys.get(id).cloned()
     }
 
+    /// Runs `f` on everything stored (no copy), for a test's invariant checks.
+    pub fn inspect<R>(&self, f: impl FnOnce(&Contents) -> R) -> R {
+        f(&self.lock())
+    }
+
     /// A copy of everything stored, for a test's invariant checks.
     pub fn snapshot(&self) -> Contents {
         self.lock().clone()
