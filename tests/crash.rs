@@ -26,51 +26,6 @@ fn domains() -> (String, Vec<String>) {
     (entries.join(";"), names)
 }
 
-/// The certificates pebble issued in this run, from its log: (serial, order id).
-fn issued_serials(env: &Env) -> Vec<String> {
-    env.pebble_log()
-        .lines()
-        .filter_map(|l| l.split("Issued certificate serial ").nth(1))
-        .map(|rest| rest.split_whitespace().next().unwrap().to_string())
-        .collect()
-}
-
-/// Names and notBefore of an issued certificate, asked from pebble's management API.
-fn issued_cert(env: &Env, serial: &str) -> (Vec<String>, i64) {
-    let out = std::process::Command::new("curl")
-        .args(["-fsS", "--max-time", "5", "--cacert"])
-        .arg(&env.listener_ca)
-        .arg(format!(
-            "https://127.0.0.1:{}/cert-status-by-serial/{serial}",
-            env.mgmt_port
-        ))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pebble has no certificate {serial}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let pem = v["Certificate"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no Certificate in {v}"));
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
-    let cert = pem.parse_x509().unwrap();
-    let mut names: Vec<String> = cert
-        .subject_alternative_name()
-        .unwrap()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    (names, cert.validity().not_before.timestamp())
-}
-
 fn openssl_pubkey(args: &[&str], file: &std::path::Path) -> String {
     let out = std::process::Command::new("openssl")
         .args(args)
@@ -182,10 +137,12 @@ fn sigkill_at_random_instants_never_duplicates_issuance_nor_loses_a_key() {
     // No duplicate issuance: for each certificate id, consecutive certificates pebble issued are
     // at least a renewal period apart (renewal is due at half the lifetime).
     let mut per_id: BTreeMap<Vec<String>, Vec<i64>> = BTreeMap::new();
-    let serials = issued_serials(&env);
-    for serial in &serials {
-        let (names, not_before) = issued_cert(&env, serial);
-        per_id.entry(names).or_default().push(not_before);
+    let serials = env.issued();
+    for c in &serials {
+        per_id
+            .entry(c.names.clone())
+            .or_default()
+            .push(c.not_before);
     }
     assert_eq!(
         per_id.len(),

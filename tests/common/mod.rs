@@ -80,6 +80,36 @@ fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Proc {
     Proc { name, child, log }
 }
 
+fn spawn_pebble(dir: &Path, dns_port: u16, env: &[(String, String)]) -> Proc {
+    spawn(
+        "pebble",
+        dir,
+        Command::new("pebble")
+            .arg("-config")
+            .arg(dir.join("pebble.json"))
+            .args([
+                "-dnsserver",
+                &format!("127.0.0.1:{dns_port}"),
+                "-strict=false",
+            ])
+            .envs(env.iter().map(|(k, v)| (k, v))),
+    )
+}
+
+fn spawn_haproxy(dir: &Path, master_sock: &Path, env: &[(String, String)]) -> Proc {
+    spawn(
+        "haproxy",
+        dir,
+        Command::new("haproxy")
+            .arg("-W")
+            .arg("-S")
+            .arg(format!("{},mode,600", master_sock.display()))
+            .arg("-f")
+            .arg(repo_root().join("deploy/haproxy.cfg"))
+            .envs(env.iter().map(|(k, v)| (k, v))),
+    )
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
@@ -104,6 +134,29 @@ pub struct Env {
     pub master_sock: PathBuf,
     pub data_dir: PathBuf,
     procs: Vec<Proc>,
+    pebble_env: Vec<(String, String)>,
+    dns_port: u16,
+    hap_env: Vec<(String, String)>,
+    /// Certificates a previous pebble process issued (a restarted pebble forgets them).
+    archived: Vec<Issued>,
+    pebble_starts: u32,
+}
+
+/// How the harness starts its CA.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Certificates valid for this many seconds (renewal tests); pebble's default otherwise.
+    pub validity_secs: Option<u64>,
+    /// Percentage of requests pebble answers with `badNonce` (`PEBBLE_WFE_NONCEREJECT`).
+    pub nonce_reject: u8,
+}
+
+/// One certificate pebble issued: its serial (hex, as pebble logs it), sorted DNS names, notBefore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    pub serial: String,
+    pub names: Vec<String>,
+    pub not_before: i64,
 }
 
 impl Env {
@@ -114,6 +167,15 @@ impl Env {
 
     /// Like `start`, with pebble issuing certificates valid for `validity_secs` (renewal tests).
     pub fn start_with(validity_secs: Option<u64>) -> Env {
+        Env::start_opts(Options {
+            validity_secs,
+            ..Options::default()
+        })
+    }
+
+    /// Starts the environment with these `Options`.
+    pub fn start_opts(opts: Options) -> Env {
+        let validity_secs = opts.validity_secs;
         require_programs();
         let dir = tempfile::Builder::new()
             .prefix("haproxy-acme-e2e")
@@ -192,21 +254,15 @@ impl Env {
                 "",
             ]),
         ));
-        procs.push(spawn(
-            "pebble",
-            d,
-            Command::new("pebble")
-                .arg("-config")
-                .arg(d.join("pebble.json"))
-                .args([
-                    "-dnsserver",
-                    &format!("127.0.0.1:{dns_port}"),
-                    "-strict=false",
-                ])
-                .env("PEBBLE_VA_NOSLEEP", "1")
-                .env("PEBBLE_WFE_NONCEREJECT", "0")
-                .env("PEBBLE_AUTHZREUSE", "0"),
-        ));
+        let pebble_env: Vec<(String, String)> = vec![
+            ("PEBBLE_VA_NOSLEEP".into(), "1".into()),
+            (
+                "PEBBLE_WFE_NONCEREJECT".into(),
+                opts.nonce_reject.to_string(),
+            ),
+            ("PEBBLE_AUTHZREUSE".into(), "0".into()),
+        ];
+        procs.push(spawn_pebble(d, dns_port, &pebble_env));
         let runtime_sock = d.join("haproxy-admin.sock");
         let master_sock = d.join("haproxy-master.sock");
         let cfg = repo_root().join("deploy/haproxy.cfg");
@@ -228,18 +284,7 @@ impl Env {
             "haproxy -c rejects deploy/haproxy.cfg: {}",
             String::from_utf8_lossy(&check.stderr)
         );
-        procs.push(spawn(
-            "haproxy",
-            d,
-            Command::new("haproxy")
-                .arg("-W")
-                .arg("-S")
-                .arg(format!("{},mode,600", master_sock.display()))
-                .arg("-f")
-                .arg(&cfg)
-                .envs(hap_env),
-        ));
-
+        procs.push(spawn_haproxy(d, &master_sock, &hap_env));
         let env = Env {
             dir,
             acme_port,
@@ -253,6 +298,11 @@ impl Env {
             master_sock,
             data_dir,
             procs,
+            pebble_env,
+            dns_port,
+            hap_env: hap_env.clone(),
+            archived: Vec::new(),
+            pebble_starts: 1,
         };
         wait_until("pebble directory", READY_TIMEOUT, || {
             env.assert_alive();
@@ -275,6 +325,115 @@ impl Env {
                 p.name
             );
         }
+    }
+
+    /// Kills pebble (SIGKILL) and starts a new one on the same ports: a CA that forgot every
+    /// account and order (and has a new issuing root). What the old one issued is kept for
+    /// `issued()`.
+    pub fn restart_pebble(&mut self) {
+        let mut issued = self.issued_by_running_pebble();
+        self.archived.append(&mut issued);
+        let i = self.procs.iter().position(|p| p.name == "pebble").unwrap();
+        let old = self.procs.remove(i);
+        let log = old.log.clone();
+        drop(old);
+        let n = self.pebble_starts;
+        std::fs::rename(&log, self.dir.path().join(format!("pebble-{n}.log"))).unwrap();
+        self.pebble_starts += 1;
+        self.procs.push(spawn_pebble(
+            self.dir.path(),
+            self.dns_port,
+            &self.pebble_env,
+        ));
+        wait_until("pebble directory after restart", READY_TIMEOUT, || {
+            self.assert_alive();
+            self.curl(&self.directory_url()).is_some()
+        });
+    }
+
+    /// Kills HAProxy (SIGKILL), master and workers.
+    pub fn kill_haproxy(&mut self) {
+        let i = self.procs.iter().position(|p| p.name == "haproxy").unwrap();
+        drop(self.procs.remove(i));
+        // The master's workers die with it (master-worker mode); wait until the socket is dead.
+        wait_until("HAProxy gone", READY_TIMEOUT, || {
+            UnixStream::connect(&self.runtime_sock).is_err()
+        });
+    }
+
+    /// Starts HAProxy again from the certificate directory (after `kill_haproxy`).
+    pub fn start_haproxy(&mut self) {
+        assert!(self.procs.iter().all(|p| p.name != "haproxy"));
+        let _ = std::fs::remove_file(&self.runtime_sock);
+        let _ = std::fs::remove_file(&self.master_sock);
+        self.procs.push(spawn_haproxy(
+            self.dir.path(),
+            &self.master_sock,
+            &self.hap_env,
+        ));
+        wait_until("haproxy runtime API after restart", READY_TIMEOUT, || {
+            self.assert_alive();
+            self.runtime("show info").contains("Name: HAProxy")
+        });
+    }
+
+    /// Every certificate pebble issued in this run, across pebble restarts.
+    pub fn issued(&self) -> Vec<Issued> {
+        let mut all = self.archived.clone();
+        all.extend(self.issued_by_running_pebble());
+        all
+    }
+
+    /// The running pebble's issued certificates: serials from its log, names and notBefore from
+    /// its management API.
+    fn issued_by_running_pebble(&self) -> Vec<Issued> {
+        let serials: Vec<String> = self
+            .pebble_log()
+            .lines()
+            .filter_map(|l| l.split("Issued certificate serial ").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+            .collect();
+        serials
+            .into_iter()
+            .map(|serial| {
+                let v: serde_json::Value = serde_json::from_str(
+                    &self
+                        .curl(&format!(
+                            "https://127.0.0.1:{}/cert-status-by-serial/{serial}",
+                            self.mgmt_port
+                        ))
+                        .unwrap_or_else(|| panic!("pebble has no certificate {serial}")),
+                )
+                .unwrap();
+                let pem = v["Certificate"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no Certificate in {v}"));
+                let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+                let cert = pem.parse_x509().unwrap();
+                let mut names: Vec<String> = cert
+                    .subject_alternative_name()
+                    .unwrap()
+                    .map(|san| {
+                        san.value
+                            .general_names
+                            .iter()
+                            .filter_map(|n| match n {
+                                x509_parser::extensions::GeneralName::DNSName(d) => {
+                                    Some(d.to_string())
+                                }
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                names.sort();
+                Issued {
+                    serial,
+                    names,
+                    not_before: cert.validity().not_before.timestamp(),
+                }
+            })
+            .collect()
     }
 
     pub fn directory_url(&self) -> String {
