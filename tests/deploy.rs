@@ -64,6 +64,9 @@ fn compose_env(service: &str) -> Vec<(String, String)> {
     for line in compose.lines() {
         let indent = line.len() - line.trim_start().len();
         let t = line.trim();
+        if t.starts_with('#') {
+            continue;
+        }
         if indent == 2 && t.ends_with(':') {
             in_service = t == format!("{service}:");
             in_env = false;
@@ -82,6 +85,46 @@ fn compose_env(service: &str) -> Vec<(String, String)> {
     vars
 }
 
+/// The services of deploy/docker-compose.yml that mount the named volume `volume`.
+fn compose_services_mounting(volume: &str) -> Vec<String> {
+    let compose = read("docker-compose.yml");
+    let mut service = None;
+    let mut found = Vec::new();
+    for line in compose.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let t = line.trim();
+        if indent == 0 {
+            service = None;
+        }
+        if indent == 2 && t.ends_with(':') {
+            service = Some(t.trim_end_matches(':').to_string());
+        } else if let Some(s) = &service {
+            if indent == 6 && t.starts_with(&format!("- {volume}:")) && !found.contains(s) {
+                found.push(s.clone());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn compose_keeps_the_runtime_api_off_the_shared_network() {
+    // The runtime API is admin level: whoever reaches it can replace any certificate. Only
+    // HAProxy and haproxy-acme mount the volume its socket is on; the application does not,
+    // and nothing binds it to TCP.
+    assert_eq!(
+        compose_services_mounting("haproxy-api"),
+        ["haproxy", "haproxy-acme"]
+    );
+    let socket = compose_env("haproxy")
+        .into_iter()
+        .find(|(k, _)| k == "HAPROXY_RUNTIME_SOCKET")
+        .unwrap()
+        .1;
+    assert!(socket.starts_with("/run/haproxy-api/"), "{socket}");
+    assert!(!read("docker-compose.yml").contains("ipv4@"));
+}
+
 #[test]
 fn compose_haproxy_environment_makes_the_shipped_config_valid() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,6 +136,8 @@ fn compose_haproxy_environment_makes_the_shipped_config_valid() {
         match k.as_str() {
             // The volume's mount point, here a directory holding the daemon's default certificate.
             "CERTS_DIR" => *v = dir.path().display().to_string(),
+            // The shared runtime-API volume's mount point.
+            "HAPROXY_RUNTIME_SOCKET" => *v = dir.path().join("admin.sock").display().to_string(),
             // Service names resolve only on the compose network.
             "ACME_RESPONDER" | "APP_BACKEND" => {
                 let port = v.rsplit(':').next().unwrap().to_string();
@@ -129,12 +174,21 @@ fn compose_daemon_environment_is_a_valid_configuration() {
         String::from_utf8_lossy(&out.stderr)
     );
     let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // The old stack's interface: OPTIONS=--staging, LOAD_BALANCER_SERVICE_NAME + a port.
+    // The old stack's interface: OPTIONS=--staging, LOAD_BALANCER_SERVICE_NAME.
     assert_eq!(
         c["acme_directory"],
         "https://acme-staging-v02.api.letsencrypt.org/directory"
     );
-    assert_eq!(c["haproxy_runtime_api"]["address"], "haproxy:9999");
+    // The runtime API is reached through the socket on the volume only HAProxy and we mount,
+    // not over the network the application shares.
+    assert_eq!(c["haproxy_runtime_api"]["kind"], "unix");
+    let socket = c["haproxy_runtime_api"]["address"].as_str().unwrap();
+    let haproxy_socket = compose_env("haproxy")
+        .into_iter()
+        .find(|(k, _)| k == "HAPROXY_RUNTIME_SOCKET")
+        .unwrap()
+        .1;
+    assert_eq!(socket, haproxy_socket);
     assert_eq!(c["certificates"].as_array().unwrap().len(), 2);
     // HAProxy forwards challenges to the port the daemon listens on.
     let responder = compose_env("haproxy")
