@@ -388,7 +388,7 @@ impl Env {
     /// its management API.
     fn issued_by_running_pebble(&self) -> Vec<Issued> {
         let serials: Vec<String> = self
-            .pebble_log()
+            .running_pebble_log()
             .lines()
             .filter_map(|l| l.split("Issued certificate serial ").nth(1))
             .map(|rest| rest.split_whitespace().next().unwrap().to_string())
@@ -498,8 +498,38 @@ impl Env {
             .count()
     }
 
+    /// Everything every pebble process of this run logged (restarts included).
     pub fn pebble_log(&self) -> String {
+        let mut all = String::new();
+        for n in 1..self.pebble_starts {
+            all.push_str(
+                &std::fs::read_to_string(self.dir.path().join(format!("pebble-{n}.log")))
+                    .unwrap_or_default(),
+            );
+        }
+        all + &self.running_pebble_log()
+    }
+
+    fn running_pebble_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+    }
+
+    /// The serial (upper-case hex) of the certificate HAProxy serves for `name`, without
+    /// verifying its chain (a restarted pebble has a new root).
+    pub fn served_serial(&self, name: &str) -> Option<String> {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect 127.0.0.1:{} -servername {name} </dev/null 2>/dev/null \
+                 | openssl x509 -noout -serial",
+                self.https_port
+            ))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .strip_prefix("serial=")
+            .map(|s| s.trim_start_matches('0').to_uppercase())
     }
 
     /// The environment the daemon runs with, for `domains`.

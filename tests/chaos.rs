@@ -1,0 +1,220 @@
+//! Chaos: every fault class of the reliability work at once, against the real parts. The daemon
+//! issues and renews short-lived certificates for several ids while pebble answers a share of
+//! requests with `badNonce`, is restarted (forgetting every account and order), HAProxy is
+//! killed and started again from the files, and the filesystem holding the store (a real tmpfs)
+//! fills up and is freed. The daemon itself is never restarted. At the end every certificate is
+//! served and matches the store, every file's key matches its certificate, and pebble (across
+//! its restarts) never issued two certificates for one id within a renewal period.
+//!
+//! `CHAOS_SECS` (default 100) and `CHAOS_SEED` (default: from the clock, printed) reproduce a run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Env, Options};
+use rand::{Rng, SeedableRng};
+
+/// Pebble's certificate lifetime here: renewal is due at half of it.
+const VALIDITY_SECS: i64 = 40;
+const IDS: usize = 8;
+
+/// A tmpfs mounted for the test's life (we run as root), unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Writes a filler file until the filesystem refuses (ENOSPC).
+    fn fill(&self) -> u64 {
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        while f.write_all(&chunk).is_ok() {
+            written += chunk.len() as u64;
+        }
+        // The last partial chunk may have landed; the point is that nothing more fits.
+        let _ = f.sync_all();
+        written
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn openssl_pubkey(args: &[&str], file: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?} {}", file.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[derive(Default, Debug)]
+struct Faults {
+    pebble_restarts: u32,
+    haproxy_restarts: u32,
+    disk_fills: u32,
+}
+
+#[test]
+fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let secs: u64 = std::env::var("CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    eprintln!("CHAOS_SEED={seed} CHAOS_SECS={secs}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let mut env = Env::start_opts(Options {
+        validity_secs: Some(VALIDITY_SECS as u64),
+        nonce_reject: 15,
+    });
+    let fs = Tmpfs::mount(&env.dir.path().join("fs"), "24m");
+    let data_dir = fs.0.join("data");
+    let data = data_dir.display().to_string();
+    let ids: Vec<String> = (0..IDS).map(|i| format!("chaos{i}.example.test")).collect();
+    let domains = ids.join(";");
+    let mut daemon = env.start_daemon_with(&domains, &[("DATA_DIR", &data)]);
+
+    let mut faults = Faults::default();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(rng.random_range(1_000..5_000)));
+        daemon.assert_running();
+        match rng.random_range(0..3) {
+            0 => {
+                env.restart_pebble();
+                faults.pebble_restarts += 1;
+            }
+            1 => {
+                env.kill_haproxy();
+                std::thread::sleep(Duration::from_millis(rng.random_range(200..3_000)));
+                env.start_haproxy();
+                faults.haproxy_restarts += 1;
+            }
+            _ => {
+                fs.fill();
+                std::thread::sleep(Duration::from_millis(rng.random_range(1_000..6_000)));
+                fs.free();
+                faults.disk_fills += 1;
+            }
+        }
+    }
+    let chaos_secs = started.elapsed().as_secs_f64();
+
+    // Left alone, it converges: every id served with the certificate the store holds, unexpired.
+    let calm = Instant::now();
+    let mut dump = serde_json::Value::Null;
+    wait_until(
+        "every certificate served, as stored, after the faults stop",
+        Duration::from_secs(120),
+        || {
+            daemon.assert_running();
+            let out = env.cli_with(&domains, &[("DATA_DIR", &data)], &["state", "dump"]);
+            if !out.status.success() {
+                return false;
+            }
+            dump = serde_json::from_slice(&out.stdout).unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            let certs = dump["certificates"].as_array().unwrap();
+            certs.len() == IDS
+                && certs.iter().all(|c| {
+                    let Some(serial) = c["serial"].as_str() else {
+                        return false;
+                    };
+                    c["installed"] == true
+                        && c["not_after"].as_i64().unwrap_or(0) > now
+                        && env.served_serial(c["id"].as_str().unwrap()).as_deref()
+                            == Some(serial.trim_start_matches('0'))
+                })
+        },
+    );
+    let converged = calm.elapsed();
+    daemon.assert_running();
+
+    for c in dump["certificates"].as_array().unwrap() {
+        let id = c["id"].as_str().unwrap();
+        let file = env.certs_dir.join(format!("{id}.pem"));
+        assert_eq!(
+            openssl_pubkey(&["x509", "-noout", "-pubkey", "-in"], &file),
+            openssl_pubkey(&["pkey", "-pubout", "-in"], &file),
+            "{id}: the key in the file belongs to its certificate"
+        );
+    }
+
+    // No duplicate issuance across pebble restarts.
+    let issued = env.issued();
+    let mut per_id: BTreeMap<Vec<String>, Vec<i64>> = BTreeMap::new();
+    for c in &issued {
+        per_id
+            .entry(c.names.clone())
+            .or_default()
+            .push(c.not_before);
+    }
+    let min_gap = VALIDITY_SECS / 2 - 2; // notBefore has one-second resolution
+    for (names, times) in per_id.iter_mut() {
+        times.sort();
+        for w in times.windows(2) {
+            assert!(
+                w[1] - w[0] >= min_gap,
+                "{names:?}: two certificates {}s apart (duplicate issuance): {times:?}",
+                w[1] - w[0]
+            );
+        }
+    }
+    let log = env.pebble_log();
+    let bad_nonces = log.matches("badNonce").count();
+    eprintln!(
+        "CHAOS: {faults:?} over {chaos_secs:.1}s; pebble: {} certificates for {} ids, {} orders, \
+         {bad_nonces} badNonce mentions in its log; converged {} ms after the faults stopped",
+        issued.len(),
+        per_id.len(),
+        env.pebble_new_orders(),
+        converged.as_millis()
+    );
+    assert!(
+        faults.pebble_restarts + faults.haproxy_restarts + faults.disk_fills > 0,
+        "the schedule applied no fault"
+    );
+    let status = daemon.terminate();
+    assert!(status.success(), "SIGTERM: {status}\n{}", daemon.log_text());
+}
