@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Env, Options};
+use common::{Env, Options};
 use rand::{Rng, SeedableRng};
 
 /// Pebble's certificate lifetime here: renewal is due at half of it.
@@ -64,6 +64,11 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn openssl_pubkey(args: &[&str], file: &Path) -> String {
@@ -140,34 +145,45 @@ fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
 
     // Left alone, it converges: every id served with the certificate the store holds, unexpired.
     let calm = Instant::now();
-    let mut dump = serde_json::Value::Null;
-    wait_until(
-        "every certificate served, as stored, after the faults stop",
-        Duration::from_secs(120),
-        || {
-            daemon.assert_running();
-            let out = env.cli_with(&domains, &[("DATA_DIR", &data)], &["state", "dump"]);
-            if !out.status.success() {
-                return false;
-            }
-            dump = serde_json::from_slice(&out.stdout).unwrap();
+    let mut last;
+    let dump: serde_json::Value = loop {
+        daemon.assert_running();
+        let out = env.cli_with(&domains, &[("DATA_DIR", &data)], &["state", "dump"]);
+        if out.status.success() {
+            let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs() as i64;
             let certs = dump["certificates"].as_array().unwrap();
-            certs.len() == IDS
-                && certs.iter().all(|c| {
+            let waiting: Vec<String> = certs
+                .iter()
+                .filter(|c| {
                     let Some(serial) = c["serial"].as_str() else {
-                        return false;
+                        return true;
                     };
-                    c["installed"] == true
-                        && c["not_after"].as_i64().unwrap_or(0) > now
-                        && env.served_serial(c["id"].as_str().unwrap()).as_deref()
-                            == Some(serial.trim_start_matches('0'))
+                    c["installed"] != true
+                        || c["not_after"].as_i64().unwrap_or(0) <= now
+                        || env.served_serial(c["id"].as_str().unwrap()).as_deref()
+                            != Some(serial.trim_start_matches('0'))
                 })
-        },
-    );
+                .map(|c| c.to_string())
+                .collect();
+            if certs.len() == IDS && waiting.is_empty() {
+                break dump;
+            }
+            last = waiting.join("\n");
+        } else {
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        assert!(
+            calm.elapsed() < Duration::from_secs(120),
+            "not every certificate served as stored 120 s after the faults ({faults:?}) stopped; \
+             waiting:\n{last}\ndaemon log tail:\n{}",
+            tail(&daemon.log_text(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let converged = calm.elapsed();
     daemon.assert_running();
 
