@@ -72,6 +72,8 @@ pub struct Metrics {
     runtime_api_errors: Counter,
     failures: Family<FailureLabels, Counter>,
     hooks: Family<ResultLabel, Counter>,
+    bad_nonces: Counter,
+    accounts_registered_again: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -92,6 +94,8 @@ impl Default for Metrics {
             runtime_api_errors: Counter::default(),
             failures: Family::default(),
             hooks: Family::default(),
+            bad_nonces: Counter::default(),
+            accounts_registered_again: Counter::default(),
         }
     }
 }
@@ -137,6 +141,16 @@ impl Metrics {
                 kind: kind.into(),
             })
             .inc();
+    }
+
+    /// The CA answered `badNonce` (the request is sent again at once with a fresh nonce).
+    pub fn bad_nonce(&self) {
+        self.bad_nonces.inc();
+    }
+
+    /// The CA no longer knew our account, and it was registered again.
+    pub fn account_registered_again(&self) {
+        self.accounts_registered_again.inc();
     }
 
     /// The deploy hook ran.
@@ -245,6 +259,16 @@ impl Metrics {
             self.failures.clone(),
         );
         reg.register(
+            "acme_bad_nonces",
+            "badNonce answers from the CA, each sent again at once with a fresh nonce",
+            self.bad_nonces.clone(),
+        );
+        reg.register(
+            "acme_accounts_registered_again",
+            "Times the CA no longer knew our account (restored, restarted, deactivated) and it was registered again",
+            self.accounts_registered_again.clone(),
+        );
+        reg.register(
             "deploy_hook_runs",
             "Deploy hook runs, by result",
             self.hooks.clone(),
@@ -346,6 +370,9 @@ mod tests {
         m.issued(Duration::from_millis(300));
         m.installed(true);
         m.hook(false);
+        m.bad_nonce();
+        m.bad_nonce();
+        m.account_registered_again();
         let now = 1_700_000_000;
         let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, now);
         let meta = CertMeta {
@@ -389,6 +416,11 @@ mod tests {
         assert!(text.contains("haproxy_acme_certificate_installs_total{method=\"runtime-api\"} 1"));
         assert!(text.contains("haproxy_acme_deploy_hook_runs_total{result=\"failure\"} 1"));
         assert!(text.contains("haproxy_acme_ready 1"));
+        assert!(
+            text.contains("haproxy_acme_acme_bad_nonces_total 2"),
+            "{text}"
+        );
+        assert!(text.contains("haproxy_acme_acme_accounts_registered_again_total 1"));
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }

@@ -1,21 +1,20 @@
-//! The ACME client: account load/create, order create/restore by URL, HTTP-01 authorizations,
-//! finalize with a key we generated and stored, certificate download. The only user of
-//! instant-acme; its errors are classified here before they reach the core.
+//! The ACME client: account load/register, order create/restore by URL, HTTP-01
+//! authorizations, finalize with a key we generated and stored, certificate download. The only
+//! user of instant-acme; its errors are classified (`problem`) before they reach the core, and
+//! every call is sent again at once on `badNonce` (`nonce_retry!`).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use haproxy_acme_state::{Challenge, FailureKind, Step, UnixTime};
+use haproxy_acme_state::{Challenge, FailureKind, Step};
 use instant_acme::{
-    Account, AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType,
-    Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeStatus,
+    ChallengeType, Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::sync::OnceCell;
 
-use super::http::{http_client, retry_after_from_detail, with_retry_after};
-use super::{AcmeError, Ca, OrderHooks, RenewalInfo};
+use super::http::{http_client, with_retry_after};
+use super::problem::{is_bad_nonce, is_not_ours, nonce_retry, BAD_NONCE_RETRIES};
+use super::{AcmeError, OrderHooks, RenewalInfo};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -26,155 +25,82 @@ const POLL: RetryPolicy = RetryPolicy::new()
     .backoff(1.5)
     .timeout(Duration::from_secs(120));
 
-impl AcmeError {
-    pub(super) fn dead(step: Step, message: impl Into<String>) -> AcmeError {
-        AcmeError {
-            order_dead: true,
-            ..AcmeError::new(step, FailureKind::Retryable, message)
-        }
-    }
-
-    /// Classifies an instant-acme error: rate limits and permanent refusals by their RFC 8555
-    /// problem type, a vanished order (404) as dead, everything else as retryable.
-    pub(crate) fn from_acme(step: Step, e: instant_acme::Error) -> AcmeError {
-        match e {
-            instant_acme::Error::Api(p) => {
-                let kind_name = p
-                    .r#type
-                    .as_deref()
-                    .unwrap_or("")
-                    .rsplit(':')
-                    .next()
-                    .unwrap_or("");
-                let message = format!(
-                    "CA refused: {}{}",
-                    p.detail.as_deref().unwrap_or("(no detail)"),
-                    p.r#type
-                        .as_deref()
-                        .map(|t| format!(" [{t}]"))
-                        .unwrap_or_default()
-                );
-                let kind = match kind_name {
-                    "rateLimited" => FailureKind::RateLimited,
-                    "rejectedIdentifier"
-                    | "unsupportedIdentifier"
-                    | "caa"
-                    | "badCSR"
-                    | "badSignatureAlgorithm"
-                    | "invalidContact"
-                    | "unsupportedContact"
-                    | "userActionRequired"
-                    | "externalAccountRequired" => FailureKind::Permanent,
-                    _ => FailureKind::Retryable,
-                };
-                let mut err = AcmeError::new(step, kind, message);
-                err.order_dead = p.status == Some(404);
-                err.retry_after = p.detail.as_deref().and_then(retry_after_from_detail);
-                err
-            }
-            instant_acme::Error::Timeout(when) => {
-                let mut err =
-                    AcmeError::new(step, FailureKind::Retryable, "timed out waiting for the CA");
-                err.retry_after = when.map(unix_at);
-                err
-            }
-            other => AcmeError::new(step, FailureKind::Retryable, with_sources(&other)),
-        }
-    }
-}
-
-/// An error with its chain of causes ("client error (Connect): tls handshake: UnknownIssuer"):
-/// the outermost message alone rarely says what to fix.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
-}
-
-fn unix_at(i: Instant) -> UnixTime {
-    let from_now = i.saturating_duration_since(Instant::now());
-    let t = SystemTime::now() + from_now;
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// A connected ACME account.
 pub struct AcmeClient {
     account: Account,
 }
 
 impl AcmeClient {
-    /// Loads the account for the configured directory, or creates it from a key that is stored
-    /// before the CA hears of it (so a crash cannot leave an account we hold no key for).
+    /// Loads the account for the configured directory, or registers it (`register`).
     pub async fn connect(config: &Config, store: &dyn Store) -> Result<AcmeClient, AcmeError> {
         with_retry_after(Self::connect_inner(config, store)).await
+    }
+
+    /// Registers the account of the configured directory with the stored account key, creating
+    /// and storing a key first if there is none (so a crash cannot leave an account we hold no
+    /// key for), and stores its credentials. A CA that forgot the account (restored from a
+    /// backup, restarted) registers the same key again; when the key's account is deactivated,
+    /// a new key is generated and stored before the CA hears of it.
+    pub async fn register(config: &Config, store: &dyn Store) -> Result<AcmeClient, AcmeError> {
+        with_retry_after(Self::register_inner(config, store)).await
+    }
+
+    /// The account URL.
+    pub fn id(&self) -> &str {
+        self.account.id()
     }
 
     async fn connect_inner(config: &Config, store: &dyn Store) -> Result<AcmeClient, AcmeError> {
         let step = Step::Account;
         let err = |m: String| AcmeError::new(step, FailureKind::Retryable, m);
-        let directory = config.acme_directory.clone();
-        let builder = || -> Result<_, AcmeError> {
-            Ok(Account::builder_with_http(http_client(
-                config.acme_ca_bundle.as_deref(),
-            )?))
-        };
         if let Some(creds) = store
-            .account(&directory)
+            .account(&config.acme_directory)
             .await
             .map_err(|e| err(e.to_string()))?
         {
             let creds = serde_json::from_slice(&creds)
                 .map_err(|e| err(format!("stored account credentials are unreadable: {e}")))?;
-            let account = builder()?
-                .from_credentials(creds)
-                .await
-                .map_err(|e| AcmeError::from_acme(step, e))?;
+            let account =
+                Account::builder_with_http(http_client(config.acme_ca_bundle.as_deref())?)
+                    .from_credentials(creds)
+                    .await
+                    .map_err(|e| AcmeError::from_acme(step, e))?;
             return Ok(AcmeClient { account });
         }
+        Self::register_inner(config, store).await
+    }
+
+    async fn register_inner(config: &Config, store: &dyn Store) -> Result<AcmeClient, AcmeError> {
+        let step = Step::Account;
+        let err = |m: String| AcmeError::new(step, FailureKind::Retryable, m);
+        let directory = &config.acme_directory;
         let der = match store
-            .account_key(&directory)
+            .account_key(directory)
             .await
             .map_err(|e| err(e.to_string()))?
         {
             Some(der) => der,
-            None => {
-                let (_, pkcs8) = Key::generate_pkcs8().map_err(|e| err(e.to_string()))?;
-                let der = pkcs8.secret_pkcs8_der().to_vec();
-                store
-                    .put_account_key(&directory, &der)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                der
-            }
+            None => new_account_key(store, directory).await?,
         };
-        let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(der.as_slice()))
-            .map_err(|e| err(format!("stored account key is unreadable: {e}")))?;
-        let (account, creds) = builder()?
-            .create_from_key(
-                (key, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der))),
-                directory.clone(),
-            )
-            .await
-            .map_err(|e| AcmeError::from_acme(step, e))?;
+        let (account, creds) = match create_account(config, &der).await {
+            // A new-account request is answered "account gone" only when the key's account is
+            // deactivated (pebble: "An account with the provided public key exists but is
+            // deactivated"): that key can never sign for us again.
+            Err(e) if e.account_gone => {
+                tracing::warn!(directory = %directory, error = %e, "the account of the stored account key is deactivated; registering with a new key");
+                let der = new_account_key(store, directory).await?;
+                create_account(config, &der).await?
+            }
+            result => result?,
+        };
         if let Some(email) = &config.email {
             let contact = format!("mailto:{email}");
-            account
-                .update_contacts(&[contact.as_str()])
-                .await
+            nonce_retry!(account.update_contacts(&[contact.as_str()]))
                 .map_err(|e| AcmeError::from_acme(step, e))?;
         }
         let creds = serde_json::to_vec(&creds).map_err(|e| err(e.to_string()))?;
         store
-            .put_account(&directory, &creds)
+            .put_account(directory, &creds)
             .await
             .map_err(|e| err(e.to_string()))?;
         tracing::info!(account = account.id(), directory = %directory, "ACME account ready");
@@ -207,10 +133,9 @@ impl AcmeClient {
             }
         });
         if let Some(id) = replaced {
-            match self
+            match nonce_retry!(self
                 .account
-                .new_order(&NewOrder::new(&ids).replaces(id))
-                .await
+                .new_order(&NewOrder::new(&ids).replaces(id.clone())))
             {
                 Ok(order) => return Ok(order.url().to_string()),
                 Err(instant_acme::Error::Api(p))
@@ -223,10 +148,7 @@ impl AcmeClient {
                 Err(e) => return Err(AcmeError::from_acme(Step::Order, e)),
             }
         }
-        let order = self
-            .account
-            .new_order(&NewOrder::new(&ids))
-            .await
+        let order = nonce_retry!(self.account.new_order(&NewOrder::new(&ids)))
             .map_err(|e| AcmeError::from_acme(Step::Order, e))?;
         Ok(order.url().to_string())
     }
@@ -272,15 +194,26 @@ impl AcmeClient {
         hooks: &dyn OrderHooks,
     ) -> Result<String, AcmeError> {
         let v = Step::Validation;
-        let mut order = self
-            .account
-            .order(url.to_string())
-            .await
-            .map_err(|e| AcmeError::from_acme(Step::Order, e))?;
+        let mut order = nonce_retry!(self.account.order(url.to_string())).map_err(|e| {
+            if is_not_ours(&e) {
+                // Placed by the account we had before registering again (the old one was
+                // deactivated): we can never finalize it.
+                AcmeError::dead(
+                    Step::Order,
+                    format!("the order belongs to another account: {e}"),
+                )
+            } else {
+                AcmeError::from_acme(Step::Order, e)
+            }
+        })?;
         loop {
             let status = order.state().status;
             match status {
                 OrderStatus::Pending => {
+                    // Fetch every authorization (a `badNonce` skips the one it hit, so start
+                    // over; fetched ones are kept), then two passes without network.
+                    nonce_retry!(fetch_authorizations(&mut order))
+                        .map_err(|e| AcmeError::from_acme(v, e))?;
                     // First pass: collect and publish every challenge we must answer.
                     let mut challenges = Vec::new();
                     let mut authzs = order.authorizations();
@@ -304,7 +237,7 @@ impl AcmeClient {
                     }
                     hooks.publish(challenges).await?;
                     tracing::debug!(order = url, "challenges published");
-                    // Second pass (no network: the authorizations are cached): tell the CA.
+                    // Second pass: tell the CA.
                     let mut authzs = order.authorizations();
                     while let Some(a) = authzs.next().await {
                         let mut a = a.map_err(|e| AcmeError::from_acme(v, e))?;
@@ -313,16 +246,13 @@ impl AcmeClient {
                         }
                         if let Some(mut ch) = a.challenge(ChallengeType::Http01) {
                             if ch.status == ChallengeStatus::Pending {
-                                ch.set_ready()
-                                    .await
+                                nonce_retry!(ch.set_ready())
                                     .map_err(|e| AcmeError::from_acme(v, e))?;
                             }
                         }
                     }
                     tracing::debug!(order = url, "challenges set ready");
-                    let st = order
-                        .poll_ready(&POLL)
-                        .await
+                    let st = nonce_retry!(order.poll_ready(&POLL))
                         .map_err(|e| AcmeError::from_acme(v, e))?;
                     tracing::debug!(order = url, status = ?st, "order polled");
                     if st == OrderStatus::Invalid {
@@ -335,22 +265,16 @@ impl AcmeClient {
                         AcmeError::new(Step::Finalize, FailureKind::Permanent, e.to_string())
                     })?;
                     tracing::debug!(order = url, "key stored, CSR made");
-                    order
-                        .finalize_csr(&csr)
-                        .await
+                    nonce_retry!(order.finalize_csr(&csr))
                         .map_err(|e| AcmeError::from_acme(Step::Finalize, e))?;
                     tracing::debug!(order = url, "finalized");
                 }
                 OrderStatus::Processing => {
-                    return order
-                        .poll_certificate(&POLL)
-                        .await
+                    return nonce_retry!(order.poll_certificate(&POLL))
                         .map_err(|e| AcmeError::from_acme(Step::Finalize, e));
                 }
                 OrderStatus::Valid => {
-                    return order
-                        .certificate()
-                        .await
+                    return nonce_retry!(order.certificate())
                         .map_err(|e| AcmeError::from_acme(Step::Finalize, e))?
                         .ok_or_else(|| {
                             AcmeError::new(
@@ -375,51 +299,41 @@ impl AcmeClient {
     }
 }
 
-/// The ACME account of the configured directory, connected on first use (so an unreachable CA
-/// is a recorded, retried failure of a certificate rather than a start-up error).
-pub struct LazyAcme {
-    config: Arc<Config>,
-    store: Arc<dyn Store>,
-    client: OnceCell<AcmeClient>,
+/// Generates an account key and stores it (replacing any other) before the CA hears of it.
+async fn new_account_key(store: &dyn Store, directory: &str) -> Result<Vec<u8>, AcmeError> {
+    let err = |m: String| AcmeError::new(Step::Account, FailureKind::Retryable, m);
+    let (_, pkcs8) = Key::generate_pkcs8().map_err(|e| err(e.to_string()))?;
+    let der = pkcs8.secret_pkcs8_der().to_vec();
+    store
+        .put_account_key(directory, &der)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    Ok(der)
 }
 
-impl LazyAcme {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> LazyAcme {
-        LazyAcme {
-            config,
-            store,
-            client: OnceCell::new(),
+/// A new-account request for the PKCS#8 key `der` (the CA answers with the existing account
+/// if it knows the key), sent again at once on `badNonce` as `nonce_retry!` does.
+async fn create_account(
+    config: &Config,
+    der: &[u8],
+) -> Result<(Account, AccountCredentials), AcmeError> {
+    let mut retries = 0;
+    loop {
+        let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(der)).map_err(|e| {
+            AcmeError::new(
+                Step::Account,
+                FailureKind::Retryable,
+                format!("stored account key is unreadable: {e}"),
+            )
+        })?;
+        let pkcs8 = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()));
+        let created = Account::builder_with_http(http_client(config.acme_ca_bundle.as_deref())?)
+            .create_from_key((key, pkcs8), config.acme_directory.clone())
+            .await;
+        match created {
+            Err(e) if is_bad_nonce(&e) && retries < BAD_NONCE_RETRIES => retries += 1,
+            result => return result.map_err(|e| AcmeError::from_acme(Step::Account, e)),
         }
-    }
-
-    async fn client(&self) -> Result<&AcmeClient, AcmeError> {
-        self.client
-            .get_or_try_init(|| AcmeClient::connect(&self.config, self.store.as_ref()))
-            .await
-    }
-}
-
-#[async_trait]
-impl Ca for LazyAcme {
-    async fn new_order(
-        &self,
-        names: &[String],
-        replaces: Option<&str>,
-    ) -> Result<String, AcmeError> {
-        self.client().await?.new_order(names, replaces).await
-    }
-
-    async fn drive_order(
-        &self,
-        url: &str,
-        names: &[String],
-        hooks: &dyn OrderHooks,
-    ) -> Result<String, AcmeError> {
-        self.client().await?.drive_order(url, names, hooks).await
-    }
-
-    async fn renewal_info(&self, chain_pem: &str) -> Result<Option<RenewalInfo>, AcmeError> {
-        self.client().await?.renewal_info(chain_pem).await
     }
 }
 
@@ -427,6 +341,15 @@ impl Ca for LazyAcme {
 fn certificate_identifier(chain_pem: &str) -> Result<CertificateIdentifier<'static>, String> {
     let leaf = CertificateDer::from(crate::pki::leaf_der(chain_pem).map_err(|e| e.to_string())?);
     CertificateIdentifier::try_from(&leaf).map(CertificateIdentifier::into_owned)
+}
+
+/// Fetches every authorization of `order` not fetched yet.
+async fn fetch_authorizations(order: &mut instant_acme::Order) -> Result<(), instant_acme::Error> {
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        a?;
+    }
+    Ok(())
 }
 
 /// Why the authorizations of an invalid order failed, from the CA's own words.
@@ -476,19 +399,5 @@ mod tests {
         assert_eq!(serial, "AIdlQyE", "the RFC's encoding of 00:87:65:43:21");
         assert!(!aki.is_empty());
         assert!(certificate_identifier("no pem here").is_err());
-    }
-
-    #[test]
-    fn a_rate_limit_problem_is_classified_with_its_time() {
-        let p: instant_acme::Problem = serde_json::from_value(serde_json::json!({
-            "type": "urn:ietf:params:acme:error:rateLimited",
-            "detail": "too many new orders, retry after 2025-02-03 04:05:06 UTC",
-            "status": 429
-        }))
-        .unwrap();
-        let e = AcmeError::from_acme(Step::Order, instant_acme::Error::Api(p));
-        assert_eq!(e.kind, FailureKind::RateLimited);
-        assert_eq!(e.retry_after, Some(1738555506));
-        assert!(!e.order_dead);
     }
 }

@@ -1,6 +1,8 @@
 //! The HTTPS client instant-acme runs on: the public web roots plus `ACME_CA_BUNDLE`,
-//! `TCP_NODELAY`, request metrics, and the `Retry-After` of error responses (which instant-acme
-//! drops) noted for the failure of the call that got it.
+//! `TCP_NODELAY`, request metrics (`badNonce` answers counted), the `Retry-After` of error
+//! responses (which instant-acme drops) noted for the failure of the call that got it, and
+//! error responses without a problem document (pebble's bare 404 for an order it does not
+//! know, a proxy's HTML page) given one that names their status.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -93,9 +95,20 @@ impl instant_acme::HttpClient for RetryAfterClient {
                     return Err(e);
                 }
             };
+            let mut rsp = rsp;
             let status = rsp.parts.status;
             crate::metrics::global().acme_request(&method, &path, Some(status.as_u16()));
             if status.is_client_error() || status.is_server_error() {
+                let body = rsp
+                    .body
+                    .into_bytes()
+                    .await
+                    .map_err(instant_acme::Error::Other)?;
+                let (body, bad_nonce) = problem_body(status, body);
+                if bad_nonce {
+                    crate::metrics::global().bad_nonce();
+                }
+                rsp.body = Box::new(body);
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
@@ -112,6 +125,32 @@ impl instant_acme::HttpClient for RetryAfterClient {
             Ok(rsp)
         })
     }
+}
+
+/// The body of an error response as a problem document (RFC 7807), and whether it is a
+/// `badNonce`. A body that is not one becomes one with the HTTP status (so the status reaches
+/// the classification: a bare 404 is an order the CA does not know) and the start of the text.
+fn problem_body(status: hyper::StatusCode, body: hyper::body::Bytes) -> (hyper::body::Bytes, bool) {
+    if let Ok(p) = serde_json::from_slice::<instant_acme::Problem>(&body) {
+        return (body, super::problem::is_bad_nonce_problem(&p));
+    }
+    let text: String = String::from_utf8_lossy(&body)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    let text = text.trim();
+    let detail = if text.is_empty() {
+        format!("HTTP {status}, no problem document")
+    } else {
+        format!("HTTP {status}, no problem document: {text}")
+    };
+    let doc = serde_json::json!({
+        "type": "about:blank",
+        "detail": detail,
+        "status": status.as_u16(),
+    });
+    (serde_json::to_vec(&doc).unwrap_or_default().into(), false)
 }
 
 /// Runs one ACME call; a failure carries the CA's `Retry-After` header when it sent one (the
@@ -201,6 +240,32 @@ mod tests {
                 .unwrap();
             Box::pin(async move { Ok(BytesResponse::from(rsp)) })
         }
+    }
+
+    #[test]
+    fn an_error_without_a_problem_document_gets_one_with_its_status() {
+        let not_found = hyper::StatusCode::NOT_FOUND;
+        let (body, bad) = problem_body(not_found, hyper::body::Bytes::new());
+        let p: instant_acme::Problem = serde_json::from_slice(&body).unwrap();
+        assert_eq!((p.status, bad), (Some(404), false));
+        let e = AcmeError::from_acme(Step::Order, instant_acme::Error::Api(p));
+        assert!(e.order_dead, "a bare 404 is an order the CA does not know");
+        let gateway = hyper::StatusCode::BAD_GATEWAY;
+        let html = hyper::body::Bytes::from_static(b"<html>\n<b>502</b>\n</html>");
+        let (body, _) = problem_body(gateway, html);
+        let p: instant_acme::Problem = serde_json::from_slice(&body).unwrap();
+        assert_eq!(p.status, Some(502));
+        assert_eq!(
+            p.detail.as_deref(),
+            Some("HTTP 502 Bad Gateway, no problem document: <html> <b>502</b> </html>")
+        );
+        // A problem document passes unchanged; a badNonce is recognised.
+        let doc = br#"{"type":"urn:ietf:params:acme:error:badNonce","detail":"x","status":400}"#;
+        let doc = hyper::body::Bytes::from_static(doc);
+        assert_eq!(
+            problem_body(hyper::StatusCode::BAD_REQUEST, doc.clone()),
+            (doc, true)
+        );
     }
 
     async fn call(client: &RetryAfterClient) -> Result<(), AcmeError> {

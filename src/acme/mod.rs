@@ -1,14 +1,19 @@
 //! The ACME side of the shell: the [`Ca`] trait the reconciler talks to, and its failures
 //! classified for the core. [`client`] implements it with instant-acme (the only user of that
-//! crate), [`http`] is the HTTPS client it runs on (roots, `TCP_NODELAY`, `Retry-After`).
+//! crate), [`lazy`] connects the account on first use and registers again when the CA forgot
+//! it, [`problem`] classifies the CA's errors, [`http`] is the HTTPS client it runs on (roots,
+//! `TCP_NODELAY`, `Retry-After`, bodiless errors made problem documents).
 
 pub mod client;
 pub mod http;
+pub mod lazy;
+pub mod problem;
 
 use async_trait::async_trait;
 use haproxy_acme_state::{Challenge, FailureKind, Step, UnixTime};
 
-pub use client::{AcmeClient, LazyAcme};
+pub use client::AcmeClient;
+pub use lazy::LazyAcme;
 
 /// An ACME failure, classified for the core.
 #[derive(Debug, Clone)]
@@ -19,6 +24,9 @@ pub struct AcmeError {
     pub retry_after: Option<UnixTime>,
     /// The order can never complete: the next attempt must create a new one.
     pub order_dead: bool,
+    /// The CA no longer knows (or deactivated) the account that signed the request;
+    /// `LazyAcme` registers again and repeats the call before anything reaches the core.
+    pub account_gone: bool,
 }
 
 impl AcmeError {
@@ -29,6 +37,7 @@ impl AcmeError {
             message: message.into(),
             retry_after: None,
             order_dead: false,
+            account_gone: false,
         }
     }
 }
