@@ -254,6 +254,12 @@ pub fn serial_hex(raw: &[u8]) -> String {
     raw[first..].iter().map(|b| format!("{b:02X}")).collect()
 }
 
+/// SHA-256 of `data` in lower-case hex (the shortened certificate file names of
+/// `config::cert_file_name`).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
