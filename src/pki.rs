@@ -120,6 +120,17 @@ pub fn certificates_der(pem_text: &str) -> Result<Vec<Vec<u8>>, PkiError> {
         .collect())
 }
 
+/// How many certificates a CA bundle (`ACME_CA_BUNDLE`) holds, each parsed as X.509; the error
+/// names the first that is not one.
+pub fn ca_bundle_certificates(pem_text: &str) -> Result<usize, PkiError> {
+    let ders = certificates_der(pem_text)?;
+    for (i, der) in ders.iter().enumerate() {
+        x509_parser::parse_x509_certificate(der)
+            .map_err(|e| PkiError::BadPem(format!("certificate {} is not X.509: {e}", i + 1)))?;
+    }
+    Ok(ders.len())
+}
+
 /// The DER of the leaf (first certificate) of a PEM chain.
 pub fn leaf_der(chain_pem: &str) -> Result<Vec<u8>, PkiError> {
     let mut blocks = chain_blocks(chain_pem, false)?;

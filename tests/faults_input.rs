@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Env};
+use common::{wait_until, Env, BIN};
 
 /// A valid name of exactly 253 characters (labels of at most 63) ending in `tail`.
 fn long_name(tail: &str) -> String {
@@ -164,4 +164,80 @@ fn serial_of(s_client: &str) -> String {
     let start = s_client.find("-----BEGIN CERTIFICATE-----").unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(&s_client.as_bytes()[start..]).unwrap();
     pem.parse_x509().unwrap().raw_serial_as_string()
+}
+
+/// A setting's value that must stop the daemon before it starts: exit 2, the setting named on
+/// stderr, no panic. Run as `check-config` and as `run`.
+#[test]
+fn settings_that_must_be_refused_at_start_exit_2_naming_them() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let key_only = dir.path().join("key.pem");
+    std::fs::write(
+        &key_only,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let path = |p: &std::path::Path| OsString::from(p);
+    let cases: Vec<(&str, OsString, &str)> = vec![
+        ("RATE_LIMITS", "orders=5/0s".into(), "from 1s to 366d"),
+        ("RATE_LIMITS", "orders=5/-1h".into(), "not a duration"),
+        (
+            "RATE_LIMITS",
+            "orders=5/99999999999999999999".into(),
+            "too large",
+        ),
+        ("RATE_LIMITS", "orders=5/400d".into(), "from 1s to 366d"),
+        ("RATE_LIMITS", "orders=0/1h".into(), "a limit of 0"),
+        ("RATE_LIMITS", "orders=5/1時間".into(), "not a duration"),
+        ("DEPLOY_HOOK_TIMEOUT", "5分".into(), "not a duration"),
+        ("DEPLOY_HOOK_TIMEOUT", "５s".into(), "not a duration"),
+        ("ACME_CA_BUNDLE", path(&empty), "holds no certificate"),
+        ("ACME_CA_BUNDLE", path(&key_only), "holds no certificate"),
+        (
+            "ACME_DIRECTORY",
+            "https://ca .test/dir".into(),
+            "contains ' '",
+        ),
+        ("CERTS_DIR", "/etc/haproxy/my certs".into(), "runtime API"),
+        ("PRUNE", "flase".into(), "PRUNE"),
+        (
+            "EMAIL",
+            OsString::from_vec(b"me\xff@a.test".to_vec()),
+            "not UTF-8: EMAIL",
+        ),
+        ("KEY_TYPE", "ecdsa-p255".into(), "expected one of"),
+    ];
+    for (setting, value, why) in &cases {
+        for command in ["check-config", "run"] {
+            let out = std::process::Command::new(BIN)
+                .arg(command)
+                .env_clear()
+                .env("DOMAINS", "a.example.test")
+                .env("DATA_DIR", dir.path().join("data"))
+                .env("CERTS_DIR", dir.path().join("certs"))
+                .env("HAPROXY_RUNTIME_API", "unix:/run/haproxy/admin.sock")
+                .env("RESPONDER_LISTEN", "127.0.0.1:0")
+                .env(setting, value)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{setting}={value:?} {command}: {err}"
+            );
+            assert!(
+                err.contains(setting) && err.contains(why) && !err.contains("panicked"),
+                "{setting}={value:?} {command}: {err}"
+            );
+        }
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the configuration is valid"
+    );
 }
