@@ -172,6 +172,39 @@ pub fn parse(args: Vec<OsString>, options: Option<&str>) -> Result<Cli, clap::Er
     Cli::try_parse_from(full)
 }
 
+/// What clap's error leaves out when a value came from the environment: which variable is not
+/// UTF-8 (clap says only "invalid UTF-8 was detected"), or that an invalid `--flag` value is
+/// the variable's. `env` looks a variable up (`std::env::var_os` in `main`).
+pub fn explain_env(e: &clap::Error, env: impl Fn(&str) -> Option<OsString>) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let args: Vec<&clap::Arg> = cmd.get_arguments().collect();
+    let var = |a: &clap::Arg| a.get_env().and_then(|v| v.to_str()).map(String::from);
+    match e.kind() {
+        ErrorKind::InvalidUtf8 => {
+            let bad: Vec<String> = args
+                .iter()
+                .filter(|a| a.get_value_parser().type_id() != std::any::TypeId::of::<PathBuf>())
+                .filter_map(|a| var(a))
+                .filter(|v| env(v).is_some_and(|value| value.to_str().is_none()))
+                .collect();
+            (!bad.is_empty()).then(|| format!("not UTF-8: {}", bad.join(", ")))
+        }
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let Some(ContextValue::String(flag)) = e.get(ContextKind::InvalidArg) else {
+                return None;
+            };
+            let long = flag.split_whitespace().next()?.strip_prefix("--")?;
+            let arg = args.iter().find(|a| a.get_long() == Some(long))?;
+            let name = var(arg)?;
+            env(&name).map(|_| {
+                format!("(the value of --{long} comes from the environment variable {name})")
+            })
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +232,25 @@ mod tests {
             "the command line wins"
         );
         assert!(parse(args(&["haproxy-acme", "run"]), Some("--bogus")).is_err());
+    }
+
+    #[test]
+    fn errors_about_environment_values_name_the_variable() {
+        use std::os::unix::ffi::OsStringExt;
+        let env = |name: &str| match name {
+            "EMAIL" => Some(OsString::from_vec(vec![0xff, b'@'])),
+            "DATA_DIR" => Some(OsString::from_vec(vec![b'/', 0xff])),
+            _ => None,
+        };
+        let e = Cli::try_parse_from([
+            OsString::from("haproxy-acme"),
+            "run".into(),
+            "--email".into(),
+            OsString::from_vec(vec![0xff]),
+        ])
+        .unwrap_err();
+        // A non-UTF-8 path is a path; only the text settings are named.
+        assert_eq!(explain_env(&e, env).as_deref(), Some("not UTF-8: EMAIL"));
+        assert_eq!(explain_env(&e, |_| None), None);
     }
 }

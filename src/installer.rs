@@ -1,6 +1,7 @@
 //! Puts certificates into HAProxy: an atomic `<CERTS_DIR>/<id>.pem` (so a restarted HAProxy
-//! serves the same certificate), then the runtime API (so the running one does, without a
-//! reload), confirmed by reading the serial back. Files-only when no runtime API is configured.
+//! serves the same certificate; `config::cert_file_name` shortens ids too long for a file name),
+//! then the runtime API (so the running one does, without a reload), confirmed by reading the
+//! serial back. Files-only when no runtime API is configured.
 
 use std::fs;
 use std::io::{self, Write};
@@ -14,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 
-use crate::config::RuntimeApiAddr;
+use crate::config::{cert_file_name, RuntimeApiAddr};
 
 /// One runtime-API command must answer within this time.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,13 +76,13 @@ impl Haproxy for Installer {
     ) -> Result<Method, InstallError> {
         let _guard = self.lock.lock().await;
         let bundle = crate::pki::haproxy_bundle(chain_pem, key_pem)?;
-        let name = format!("{id}.pem");
+        let name = cert_file_name(id);
         let dir = self.certs_dir.clone();
         let data = bundle.clone();
         tokio::task::spawn_blocking(move || write_atomic(&dir, &name, data.as_bytes()))
             .await
             .map_err(|e| InstallError::File {
-                path: self.certs_dir.join(id),
+                path: self.certs_dir.join(cert_file_name(id)),
                 source: io::Error::other(e),
             })??;
         let Some(addr) = &self.runtime else {
@@ -169,7 +170,7 @@ impl Haproxy for Installer {
                     .await?;
             }
         }
-        let path = self.certs_dir.join(format!("{id}.pem"));
+        let path = self.certs_dir.join(cert_file_name(id));
         match fs::remove_file(&path) {
             Ok(()) => fs::File::open(&self.certs_dir)
                 .and_then(|d| d.sync_all())
@@ -282,7 +283,7 @@ impl Installer {
     fn haproxy_names(&self, id: &str) -> (String, String) {
         let file = self
             .haproxy_certs_dir
-            .join(format!("{id}.pem"))
+            .join(cert_file_name(id))
             .display()
             .to_string();
         let dir = self.haproxy_certs_dir.display().to_string();

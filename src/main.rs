@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
+            if let Some(why) = cli::explain_env(&e, |v| std::env::var_os(v)) {
+                eprintln!("{why}");
+            }
             if e.use_stderr() {
                 if options.as_deref().is_some_and(|o| !o.trim().is_empty()) {
                     eprintln!(

@@ -120,6 +120,17 @@ pub fn certificates_der(pem_text: &str) -> Result<Vec<Vec<u8>>, PkiError> {
         .collect())
 }
 
+/// How many certificates a CA bundle (`ACME_CA_BUNDLE`) holds, each parsed as X.509; the error
+/// names the first that is not one.
+pub fn ca_bundle_certificates(pem_text: &str) -> Result<usize, PkiError> {
+    let ders = certificates_der(pem_text)?;
+    for (i, der) in ders.iter().enumerate() {
+        x509_parser::parse_x509_certificate(der)
+            .map_err(|e| PkiError::BadPem(format!("certificate {} is not X.509: {e}", i + 1)))?;
+    }
+    Ok(ders.len())
+}
+
 /// The DER of the leaf (first certificate) of a PEM chain.
 pub fn leaf_der(chain_pem: &str) -> Result<Vec<u8>, PkiError> {
     let mut blocks = chain_blocks(chain_pem, false)?;
@@ -252,6 +263,12 @@ pub fn serial_hex(raw: &[u8]) -> String {
         .position(|b| *b != 0)
         .unwrap_or(raw.len().saturating_sub(1));
     raw[first..].iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// SHA-256 of `data` in lower-case hex (the shortened certificate file names of
+/// `config::cert_file_name`).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -55,6 +55,21 @@ fn systemd_unit_verifies() {
     }
 }
 
+/// The unit raises the open-file limit well above the responder's connection cap, so a flood
+/// that fills the cap leaves descriptors for the store, the runtime API and the CA.
+#[test]
+fn systemd_unit_raises_the_open_file_limit_above_the_responder_cap() {
+    let unit = read("haproxy-acme.service");
+    let limit: usize = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+        .expect("deploy/haproxy-acme.service sets LimitNOFILE")
+        .parse()
+        .expect("LimitNOFILE is one number (soft = hard)");
+    let cap = haproxy_acme::responder::MAX_CONNECTIONS;
+    assert!(limit >= 4 * cap, "LimitNOFILE={limit} for a cap of {cap}");
+}
+
 /// The `environment:` entries of one service in deploy/docker-compose.yml.
 fn compose_env(service: &str) -> Vec<(String, String)> {
     let compose = read("docker-compose.yml");

@@ -13,7 +13,7 @@ pub mod names;
 pub mod settings;
 pub mod wanted;
 
-pub use names::{normalize_name, CertId, CertSpec, Names};
+pub use names::{cert_file_name, normalize_name, CertId, CertSpec, Names};
 pub use settings::{
     parse_duration, Config, ConfigError, Need, RuntimeApiAddr, LETSENCRYPT_PRODUCTION,
     LETSENCRYPT_STAGING,

@@ -1,6 +1,7 @@
 //! Certificate names: one normalization (`normalize_name`) and the types that can only be built
-//! through it. A `CertId` is what names a certificate everywhere (its file `<id>.pem`, runtime
-//! API arguments, the store's keys, operator commands); `Names` is a certificate's name list.
+//! through it. A `CertId` is what names a certificate everywhere (its file `cert_file_name`,
+//! runtime API arguments, the store's keys, operator commands); `Names` is a certificate's name
+//! list.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -122,7 +123,8 @@ impl fmt::Debug for Names {
     }
 }
 
-/// One wanted certificate: its names and its id (the first name, also the file name `<id>.pem`).
+/// One wanted certificate: its names and its id (the first name, also its file name, see
+/// `cert_file_name`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct CertSpec {
     id: CertId,
@@ -150,6 +152,29 @@ impl From<Names> for CertSpec {
     fn from(names: Names) -> CertSpec {
         CertSpec::new(names)
     }
+}
+
+/// The longest id whose file is `<id>.pem`: its temporary file `.<id>.pem.tmp` (see
+/// `installer::write_atomic`) is then 255 bytes, Linux's NAME_MAX.
+pub const MAX_PLAIN_FILE_ID: usize = 246;
+/// How much of a longer id its shortened file name keeps.
+const SHORTENED_PREFIX: usize = 200;
+
+/// The file name of certificate `id` in the certificate directory, as HAProxy loads it and as
+/// runtime-API commands name it: `<id>.pem`, or for an id longer than `MAX_PLAIN_FILE_ID`
+/// (names of up to 253 characters are valid; `<id>.pem` would pass NAME_MAX with its temporary
+/// file) its first 200 characters, `_`, and the first 32 hex digits of SHA-256(id): 237 bytes,
+/// the same at every start. `_` is in no id, so a shortened name is never another id's plain
+/// one. HAProxy takes the names a certificate serves from the certificate, not its file name.
+pub fn cert_file_name(id: &str) -> String {
+    if id.len() <= MAX_PLAIN_FILE_ID {
+        return format!("{id}.pem");
+    }
+    // Ids are ASCII (normalized); `get` keeps any other string from panicking at a char
+    // boundary.
+    let prefix = id.get(..SHORTENED_PREFIX).unwrap_or(id);
+    let hash = crate::pki::sha256_hex(id.as_bytes());
+    format!("{prefix}_{}.pem", &hash[..32])
 }
 
 /// Normalizes one host name for HTTP-01: IDN to punycode, upper case folded, one trailing dot
@@ -236,6 +261,63 @@ mod tests {
         assert!(e[1].contains("\"b.test\" is listed twice"), "{e:?}");
         assert!(e[2].contains("IP address"), "{e:?}");
         assert!(Names::parse(Vec::<String>::new()).unwrap_err()[0].contains("no names"));
+    }
+
+    /// The longest valid name: 253 characters, labels of 63.
+    pub(crate) fn longest_name(tag: char) -> String {
+        let label = |c: char| std::iter::repeat_n(c, 63).collect::<String>();
+        let name = format!(
+            "{}.{}.{}.{}.test",
+            label(tag),
+            label('b'),
+            label('c'),
+            label('d')
+        );
+        name[name.len() - 253..].trim_start_matches('.').to_string()
+    }
+
+    #[test]
+    fn every_valid_id_has_a_file_name_that_fits_name_max() {
+        let long = longest_name('a');
+        assert_eq!(normalize_name(&long).unwrap().len(), long.len());
+        for len in [
+            6,
+            100,
+            MAX_PLAIN_FILE_ID,
+            MAX_PLAIN_FILE_ID + 1,
+            250,
+            long.len(),
+        ] {
+            let id = &long[long.len() - len..].trim_start_matches('.');
+            let id = normalize_name(id).unwrap();
+            let file = cert_file_name(&id);
+            // The file, its temporary twin (installer::write_atomic) and the hook's lineage
+            // directory `live/<id>/` (hook::lineage_dir).
+            assert!(format!(".{file}.tmp").len() <= 255, "{id}: {file}");
+            assert!(id.len() <= 255);
+            assert_eq!(file, cert_file_name(&id), "the same at every start");
+            if id.len() <= MAX_PLAIN_FILE_ID {
+                assert_eq!(file, format!("{id}.pem"));
+            } else {
+                assert!(
+                    file.starts_with(&id[..200]) && file.ends_with(".pem"),
+                    "{file}"
+                );
+                assert_eq!(file.len(), 237);
+                assert!(file.contains('_'), "never another id's plain name");
+            }
+        }
+        // Two long ids that share their first 200 characters get two files.
+        let (a, b) = (
+            longest_name('a'),
+            longest_name('a').replace("d.test", "e.test"),
+        );
+        assert_eq!(a[..200], b[..200]);
+        assert_ne!(cert_file_name(&a), cert_file_name(&b));
+        // A 253-character id really is written (the file and its temporary file).
+        let dir = tempfile::tempdir().unwrap();
+        crate::installer::write_atomic(dir.path(), &cert_file_name(&a), b"x").unwrap();
+        assert!(dir.path().join(cert_file_name(&a)).is_file());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use haproxy_acme_state::ledger::{Limit, Limits};
@@ -137,8 +137,8 @@ impl Config {
                 d.to_string()
             }
             (Some(d), _) if !d.is_empty() => {
-                if !d.starts_with("https://") {
-                    errors.push(format!("ACME_DIRECTORY {d:?}: must be an https:// URL"));
+                if let Err(why) = checks::directory_url(d) {
+                    errors.push(format!("ACME_DIRECTORY {d:?}: {why}"));
                 }
                 d.to_string()
             }
@@ -161,8 +161,10 @@ impl Config {
             .clone()
             .filter(|p| !p.as_os_str().is_empty());
         if let Some(p) = &acme_ca_bundle {
-            if need == Need::Daemon && !p.is_file() {
-                errors.push(format!("ACME_CA_BUNDLE {}: no such file", p.display()));
+            if need == Need::Daemon {
+                if let Err(why) = checks::ca_bundle(p) {
+                    errors.push(format!("ACME_CA_BUNDLE {}: {why}", p.display()));
+                }
             }
         }
 
@@ -171,6 +173,12 @@ impl Config {
         let certs_dir = nonempty(&raw.certs_dir).unwrap_or_else(|| DEFAULT_CERTS_DIR.into());
         let haproxy_certs_dir =
             nonempty(&raw.haproxy_certs_dir).unwrap_or_else(|| certs_dir.clone());
+        if let Err(why) = checks::unix_socket_path(&crate::admin::socket_path(&data_dir)) {
+            errors.push(format!(
+                "DATA_DIR {}: too long for the admin socket in it: {why}",
+                data_dir.display()
+            ));
+        }
 
         let load_balancer_service_name = raw
             .load_balancer_service_name
@@ -178,6 +186,9 @@ impl Config {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(String::from);
+        if let Some(Err(why)) = load_balancer_service_name.as_deref().map(checks::host) {
+            errors.push(format!("LOAD_BALANCER_SERVICE_NAME: {why}"));
+        }
         let haproxy_runtime_api = match raw.haproxy_runtime_api.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(s) => match parse_runtime_api(s, load_balancer_service_name.as_deref()) {
@@ -188,6 +199,32 @@ impl Config {
                 }
             },
         };
+        // Runtime-API commands name files in this directory.
+        if raw
+            .haproxy_runtime_api
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty())
+        {
+            let setting = match nonempty(&raw.haproxy_certs_dir) {
+                Some(_) => "HAPROXY_CERTS_DIR",
+                None => "CERTS_DIR",
+            };
+            match haproxy_certs_dir.to_str() {
+                None => errors.push(format!(
+                    "{setting} {haproxy_certs_dir:?}: not UTF-8, which HAProxy's runtime API \
+                     cannot name"
+                )),
+                Some(d) => {
+                    if let Some(c) = checks::runtime_api_unsafe(d) {
+                        errors.push(format!(
+                            "{setting} {d:?}: contains {c:?}, which HAProxy's runtime API cannot \
+                             take in a file name (spaces, ';', '\\' and control characters \
+                             split or end its commands)"
+                        ));
+                    }
+                }
+            }
+        }
 
         let listen = raw.responder_listen.as_deref().map(str::trim).unwrap_or("");
         let listen = if listen.is_empty() {
@@ -296,6 +333,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration ({e}): expected {DURATION_SYNTAX}"))
 }
 
+/// The longest rate-limit window: a year and a day (the budget's arithmetic adds windows to
+/// times, and the ledger keeps what is in the window).
+const MAX_RATE_WINDOW_SECS: i64 = 366 * 86_400;
+
 /// `RATE_LIMITS`: `auto`/unset, `off`, `lets-encrypt`, or `key=N/duration,...` with keys
 /// `orders`, `exact-set`, `registered-domain`, `failed-validations` (a key left out is no limit)
 /// and windows in `parse_duration`'s syntax (`90s`, `3h`, `7d`, `1h 30m`).
@@ -327,24 +368,33 @@ fn parse_rate_limits(value: Option<&str>, directory: &str) -> Result<Option<Limi
         let count: u32 = count
             .trim()
             .parse()
-            .map_err(|_| format!("{item:?}: {count:?} is not a count"))?;
+            .map_err(|_| format!("{item:?}: {count:?} is not a count (1 to 4294967295)"))?;
+        if count == 0 {
+            return Err(format!(
+                "{item:?}: a limit of 0 would never allow one (RATE_LIMITS=off sets no limit)"
+            ));
+        }
         let window = parse_duration(window).map_err(|e| format!("{item:?}: {e}"))?;
         let window_secs = i64::try_from(window.as_secs())
             .ok()
-            .filter(|s| *s > 0)
-            .ok_or_else(|| format!("{item:?}: the window must be from 1s to centuries"))?;
+            .filter(|s| (1..=MAX_RATE_WINDOW_SECS).contains(s))
+            .ok_or_else(|| format!("{item:?}: the window must be from 1s to 366d"))?;
         let limit = Some(Limit { count, window_secs });
-        match key.trim() {
-            "orders" => limits.orders = limit,
-            "exact-set" => limits.exact_set = limit,
-            "registered-domain" => limits.registered_domain = limit,
-            "failed-validations" => limits.failed_validations = limit,
+        let slot = match key.trim() {
+            "orders" => &mut limits.orders,
+            "exact-set" => &mut limits.exact_set,
+            "registered-domain" => &mut limits.registered_domain,
+            "failed-validations" => &mut limits.failed_validations,
             other => {
                 return Err(format!(
                     "unknown limit {other:?} (orders, exact-set, registered-domain, failed-validations)"
                 ))
             }
+        };
+        if slot.is_some() {
+            return Err(format!("{:?} is given twice", key.trim()));
         }
+        *slot = limit;
     }
     Ok(Some(limits))
 }
@@ -355,7 +405,9 @@ fn validate_email(e: &str) -> Result<String, &'static str> {
         Some((local, domain))
             if !local.is_empty()
                 && domain.contains('.')
-                && !e.chars().any(|c| c.is_whitespace() || c == ',' || c == ';')
+                && !e
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == ';')
                 && !domain.contains('@') =>
         {
             Ok(e.to_string())
@@ -371,10 +423,12 @@ fn parse_runtime_api(s: &str, lb: Option<&str>) -> Result<RuntimeApiAddr, String
                 "the unix socket path must be absolute (unix:/run/haproxy/admin.sock)".into(),
             );
         }
+        checks::unix_socket_path(Path::new(path))?;
         return Ok(RuntimeApiAddr::Unix(path.into()));
     }
     let port_only = s.strip_prefix(':').unwrap_or(s);
     if port_only.parse::<u16>().is_ok() {
+        checks::host_port(&format!("h:{port_only}"))?;
         return match lb {
             Some(host) => Ok(RuntimeApiAddr::Tcp(format!("{host}:{port_only}"))),
             None => Err("a bare port needs LOAD_BALANCER_SERVICE_NAME to name the host".into()),
@@ -382,11 +436,16 @@ fn parse_runtime_api(s: &str, lb: Option<&str>) -> Result<RuntimeApiAddr, String
     }
     match s.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            checks::host_port(s)?;
             Ok(RuntimeApiAddr::Tcp(s.to_string()))
         }
         _ => Err("expected unix:/path/to/socket, host:port, or a port".into()),
     }
 }
 
+mod checks;
+
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

@@ -149,6 +149,9 @@ pub struct Options {
     pub validity_secs: Option<u64>,
     /// Percentage of requests pebble answers with `badNonce` (`PEBBLE_WFE_NONCEREJECT`).
     pub nonce_reject: u8,
+    /// The DNS server pebble asks instead of challtestsrv's (whose uncompressed answers do not
+    /// fit pebble's 512-byte UDP reads for names over ~186 characters).
+    pub dns_port: Option<u16>,
 }
 
 /// One certificate pebble issued: its serial (hex, as pebble logs it), sorted DNS names, notBefore.
@@ -262,6 +265,7 @@ impl Env {
             ),
             ("PEBBLE_AUTHZREUSE".into(), "0".into()),
         ];
+        let dns_port = opts.dns_port.unwrap_or(dns_port);
         procs.push(spawn_pebble(d, dns_port, &pebble_env));
         let runtime_sock = d.join("haproxy-admin.sock");
         let master_sock = d.join("haproxy-master.sock");

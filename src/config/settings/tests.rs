@@ -202,3 +202,169 @@ fn deploy_hook_timeout_spellings() {
         "{e}"
     );
 }
+
+#[test]
+fn rate_limit_windows_and_counts_out_of_range_are_refused() {
+    let p = |v| parse_rate_limits(Some(v), "https://ca/dir");
+    for (bad, why) in [
+        ("orders=5/0s", "from 1s to 366d"),
+        ("orders=5/0", "from 1s to 366d"),
+        ("orders=5/-1h", "not a duration"),
+        ("orders=5/367d", "from 1s to 366d"),
+        ("orders=5/99999999999999999999", "too large"),
+        ("orders=5/99999999999999999999s", "not a duration"),
+        ("orders=5/600000000000y", "not a duration"),
+        ("orders=0/1h", "a limit of 0"),
+        ("orders=-1/1h", "not a count"),
+        ("orders=4294967296/1h", "not a count"),
+        ("orders=1/1h,orders=2/2h", "given twice"),
+        ("orders=1/1時間", "not a duration"),
+    ] {
+        let e = p(bad).unwrap_err();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    assert_eq!(
+        p("orders=1/366d")
+            .unwrap()
+            .unwrap()
+            .orders
+            .unwrap()
+            .window_secs,
+        366 * 86_400
+    );
+    let e = Config::from_raw(
+        &RawSettings {
+            rate_limits: Some("orders=5/0s".into()),
+            ..raw()
+        },
+        Need::Daemon,
+    )
+    .unwrap_err();
+    assert!(e.0[0].starts_with("RATE_LIMITS: "), "{e}");
+}
+
+#[test]
+fn multibyte_characters_in_a_duration_are_an_error_not_a_panic() {
+    for bad in ["5分", "５m", "5ｓ", "1h 30分", "µ", "秒", "1.µs", "é5s"] {
+        let e = parse_duration(bad).unwrap_err();
+        assert!(e.contains("such as 90s"), "{bad}: {e}");
+    }
+    // humantime's own multibyte unit and Unicode spaces are what they say.
+    assert_eq!(parse_duration("5µs"), Ok(Duration::from_micros(5)));
+    assert_eq!(
+        parse_duration("1h\u{3000}30m"),
+        Ok(Duration::from_secs(5400))
+    );
+    assert_eq!(parse_duration("5\u{3000}"), Ok(Duration::from_secs(5)));
+}
+
+#[test]
+fn a_ca_bundle_must_hold_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |content: &str| {
+        let path = dir.path().join("bundle.pem");
+        std::fs::write(&path, content).unwrap();
+        Config::from_raw(
+            &RawSettings {
+                acme_ca_bundle: Some(path),
+                ..raw()
+            },
+            Need::Daemon,
+        )
+        .map(|_| ())
+    };
+    let key_only = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    for (bad, why) in [
+        ("", "holds no certificate"),
+        ("not PEM at all\n", "holds no certificate"),
+        (key_only, "holds no certificate"),
+        (
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "certificate 1 is not X.509",
+        ),
+    ] {
+        let e = check(bad).unwrap_err();
+        assert!(
+            e.0[0].starts_with("ACME_CA_BUNDLE ") && e.0[0].contains(why),
+            "{bad:?}: {e}"
+        );
+    }
+    check(&crate::pki::self_signed_default().unwrap()).unwrap();
+    // Only the daemon reads it: `state dump` does not need the CA.
+    let missing = RawSettings {
+        acme_ca_bundle: Some(dir.path().join("none.pem")),
+        ..raw()
+    };
+    assert!(Config::from_raw(&missing, Need::Daemon).unwrap_err().0[0].contains("no such file"));
+    assert!(Config::from_raw(&missing, Need::StoreOnly).is_ok());
+}
+
+#[test]
+fn values_the_runtime_api_or_a_socket_cannot_take_are_refused() {
+    let one = |f: &dyn Fn(&mut RawSettings)| {
+        let mut r = RawSettings {
+            haproxy_runtime_api: Some("unix:/run/haproxy/admin.sock".into()),
+            ..raw()
+        };
+        f(&mut r);
+        Config::from_raw(&r, Need::Daemon)
+            .err()
+            .map(|e| e.0.join("\n"))
+    };
+    let e = one(&|r| r.certs_dir = Some("/etc/haproxy/my certs".into())).unwrap();
+    assert!(
+        e.starts_with("CERTS_DIR \"/etc/haproxy/my certs\": contains ' '"),
+        "{e}"
+    );
+    let e = one(&|r| r.haproxy_certs_dir = Some("/certs;x".into())).unwrap();
+    assert!(e.starts_with("HAPROXY_CERTS_DIR"), "{e}");
+    // Files-only mode names no file on the runtime API.
+    assert!(Config::from_raw(
+        &RawSettings {
+            certs_dir: Some("/etc/haproxy/my certs".into()),
+            ..raw()
+        },
+        Need::Daemon
+    )
+    .is_ok());
+    let long = format!("unix:/{}", "s".repeat(107));
+    let e = one(&|r| r.haproxy_runtime_api = Some(long.clone())).unwrap();
+    assert!(
+        e.starts_with("HAPROXY_RUNTIME_API") && e.contains("at most 107"),
+        "{e}"
+    );
+    let e = one(&|r| r.data_dir = Some(format!("/{}", "d".repeat(100)).into())).unwrap();
+    assert!(
+        e.starts_with("DATA_DIR") && e.contains("admin socket"),
+        "{e}"
+    );
+    let e = one(&|r| {
+        r.haproxy_runtime_api = Some("9999".into());
+        r.load_balancer_service_name = Some("hap roxy".into());
+    })
+    .unwrap();
+    assert!(e.starts_with("LOAD_BALANCER_SERVICE_NAME"), "{e}");
+    for bad in ["hap roxy:9999", "host:0", "[::1:9999", "a/b:80"] {
+        let e = one(&|r| r.haproxy_runtime_api = Some(bad.into())).unwrap();
+        assert!(e.starts_with("HAPROXY_RUNTIME_API"), "{bad}: {e}");
+    }
+    assert_eq!(
+        one(&|r| r.haproxy_runtime_api = Some("[::1]:9999".into())),
+        None
+    );
+    for bad in [
+        "https://",
+        "https://exa mple/dir",
+        "https://ca:99999/dir",
+        "https://ca\u{0}/d",
+    ] {
+        let e = one(&|r| r.acme_directory = Some(bad.into())).unwrap();
+        assert!(e.starts_with("ACME_DIRECTORY"), "{bad}: {e}");
+    }
+    assert_eq!(
+        one(&|r| r.acme_directory = Some("https://127.0.0.1:14000/dir".into())),
+        None
+    );
+    let e = one(&|r| r.email = Some("a\u{7}@b.test".into())).unwrap();
+    assert!(e.starts_with("EMAIL"), "{e}");
+}
