@@ -109,6 +109,7 @@ fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
     let mut env = Env::start_opts(Options {
         validity_secs: Some(VALIDITY_SECS as u64),
         nonce_reject: 15,
+        ..Options::default()
     });
     let fs = Tmpfs::mount(&env.dir.path().join("fs"), "24m");
     let data_dir = fs.0.join("data");
