@@ -56,6 +56,13 @@ struct CertLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttentionLabels {
+    name: String,
+    /// `failing`, `expiring` or `not-served` (`state::attention::Condition`).
+    condition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
     name: String,
     /// `True` or `False`, as cert-manager's `certificate_ready_status`.
@@ -72,6 +79,11 @@ pub struct Metrics {
     runtime_api_errors: Counter,
     failures: Family<FailureLabels, Counter>,
     hooks: Family<ResultLabel, Counter>,
+    alert_hooks: Family<ResultLabel, Counter>,
+    watchdog_checks: Counter,
+    drifts: Counter,
+    /// When the watchdog last completed a check (0: never; then the gauge is not exported).
+    watchdog_last_check: std::sync::atomic::AtomicI64,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -92,6 +104,10 @@ impl Default for Metrics {
             runtime_api_errors: Counter::default(),
             failures: Family::default(),
             hooks: Family::default(),
+            alert_hooks: Family::default(),
+            watchdog_checks: Counter::default(),
+            drifts: Counter::default(),
+            watchdog_last_check: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -149,6 +165,28 @@ impl Metrics {
             .inc();
     }
 
+    /// The alert hook ran.
+    pub fn alert_hook(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.alert_hooks
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The watchdog compared `certificates` served certificates with the stored ones at `now`.
+    pub fn watchdog_checked(&self, certificates: u64, now: UnixTime) {
+        self.watchdog_checks.inc_by(certificates);
+        self.watchdog_last_check
+            .store(now, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The watchdog found a certificate not served (or its file not holding it) as stored.
+    pub fn drift(&self) {
+        self.drifts.inc();
+    }
+
     /// The OpenMetrics text of the counters and of a gauge set for `records` at `now`.
     /// `ready`: start-up done; `last_pass`: when the reconciler last completed a pass.
     pub fn render(
@@ -164,7 +202,16 @@ impl Metrics {
         let ready_status = Family::<ReadyLabels, Gauge>::default();
         let failures = Family::<CertLabel, Gauge>::default();
         let next_attempt = Family::<CertLabel, Gauge>::default();
+        let attention = Family::<AttentionLabels, Gauge>::default();
         for r in records {
+            for c in haproxy_acme_state::attention::conditions(r, now) {
+                attention
+                    .get_or_create(&AttentionLabels {
+                        name: r.id.clone(),
+                        condition: c.as_str().into(),
+                    })
+                    .set(1);
+            }
             let name = || CertLabel { name: r.id.clone() };
             if let Some(c) = &r.cert {
                 expiry.get_or_create(&name()).set(c.not_after);
@@ -215,6 +262,12 @@ impl Metrics {
             next_attempt,
         );
         reg.register(
+            "certificate_attention",
+            "1 for each condition that needs an operator (failing, expiring, not-served): what \
+             `status --check` reports; absent when none",
+            attention,
+        );
+        reg.register(
             "http_acme_client_request",
             "HTTP requests to the ACME CA, by endpoint, method and status",
             self.acme_requests.clone(),
@@ -249,6 +302,33 @@ impl Metrics {
             "Deploy hook runs, by result",
             self.hooks.clone(),
         );
+        reg.register(
+            "alert_hook_runs",
+            "Alert hook runs, by result",
+            self.alert_hooks.clone(),
+        );
+        reg.register(
+            "watchdog_checks",
+            "Certificates the watchdog compared with what HAProxy serves and the files hold",
+            self.watchdog_checks.clone(),
+        );
+        reg.register(
+            "certificate_drifts",
+            "Certificates found served (or in their file) differently from the store, and installed again",
+            self.drifts.clone(),
+        );
+        let last_check = self
+            .watchdog_last_check
+            .load(std::sync::atomic::Ordering::Acquire);
+        if last_check > 0 {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(last_check);
+            reg.register(
+                "watchdog_last_check_timestamp_seconds",
+                "When the watchdog last completed a check of every installed certificate (Unix seconds)",
+                gauge,
+            );
+        }
         let ready_gauge = Gauge::<i64>::default();
         ready_gauge.set(i64::from(ready));
         reg.register(
@@ -347,6 +427,14 @@ mod tests {
         m.installed(true);
         m.hook(false);
         let now = 1_700_000_000;
+        let before_watchdog = m.render(&[], now, true, now);
+        assert!(
+            !before_watchdog.contains("watchdog_last_check"),
+            "no check yet: no timestamp to alert on"
+        );
+        m.watchdog_checked(3, now);
+        m.drift();
+        m.alert_hook(true);
         let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, now);
         let meta = CertMeta {
             serial: "01".into(),
@@ -366,6 +454,7 @@ mod tests {
         );
         let mut waiting = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, now);
         waiting.id = "b.test".into();
+        let installed_again = installed.clone();
         let text = m.render(&[installed, waiting], now, true, now);
         let expiry = format!(
             "haproxy_acme_certificate_expiration_timestamp_seconds{{name=\"a.test\"}} {}",
@@ -389,6 +478,20 @@ mod tests {
         assert!(text.contains("haproxy_acme_certificate_installs_total{method=\"runtime-api\"} 1"));
         assert!(text.contains("haproxy_acme_deploy_hook_runs_total{result=\"failure\"} 1"));
         assert!(text.contains("haproxy_acme_ready 1"));
+        assert!(text.contains("haproxy_acme_watchdog_checks_total 3"));
+        assert!(text.contains(&format!(
+            "haproxy_acme_watchdog_last_check_timestamp_seconds {now}"
+        )));
+        assert!(text.contains("haproxy_acme_certificate_drifts_total 1"));
+        assert!(text.contains("haproxy_acme_alert_hook_runs_total{result=\"success\"} 1"));
+        let expired = m.render(&[installed_again], now + 91 * 86_400, true, now);
+        assert!(
+            expired.contains(
+                "haproxy_acme_certificate_attention{name=\"a.test\",condition=\"expiring\"} 1"
+            ),
+            "{expired}"
+        );
+        assert!(!text.contains("haproxy_acme_certificate_attention{"));
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }
