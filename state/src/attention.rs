@@ -84,16 +84,20 @@ pub fn alerted(r: &Record) -> &[Condition] {
 }
 
 /// `plan`, with the alert step folded in: what the reconciler follows. Installing the stored
-/// certificate comes first (a drift repaired at once needs no alert); then, when the
-/// conditions differ from those last alerted, `Alert`; and a record waiting for a time wakes
-/// up when its expiry starts to need attention.
+/// certificate comes first (a drift repaired at once needs no alert). Then `Alert` when the
+/// conditions differ from those last alerted: at once when one is new; when some only went
+/// away, once the record has nothing to do now (a `retry` clears the failure, but the
+/// certificate is fine only if the steps it starts succeed: no "ok" followed by the same
+/// failure). A record waiting for a time wakes up when its expiry starts to need attention.
 pub fn plan_with_alerts(r: &Record, now: UnixTime) -> Plan {
     let p = plan(r, now);
     if r.unconfigured || matches!(p, Plan::Now(Action::Install { .. })) {
         return p;
     }
     let conditions = conditions(r, now);
-    if conditions != alerted(r) {
+    let last = alerted(r);
+    let gained = conditions.iter().any(|c| !last.contains(c));
+    if conditions != last && (gained || !matches!(p, Plan::Now(_))) {
         return Plan::Now(Action::Alert { conditions });
     }
     match (p, expiring_at(r).filter(|&t| t > now)) {
@@ -369,10 +373,70 @@ mod tests {
             },
             expiring + 4,
         );
+        assert_eq!(alert_due(&r, expiring + 4), None, "not while work is due");
+        let r = apply(
+            &r,
+            Event::RenewalInfoUnavailable { retry_at: None },
+            expiring + 4,
+        );
         assert_eq!(alert_due(&r, expiring + 4), Some(vec![]));
         let r = alerted_now(&r, expiring + 4);
         assert_eq!(alert_due(&r, expiring + 4), None);
         assert_eq!(r.alert.as_ref().unwrap().at, expiring + 4);
+    }
+
+    #[test]
+    fn a_retry_that_fails_again_is_no_transition_one_that_succeeds_is() {
+        let r = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, T0);
+        let r = apply(&r, Event::OrderCreated { url: "u".into() }, T0);
+        let r = apply(&r, failed(FailureKind::Retryable), T0);
+        let r = alerted_now(&r, T0);
+        assert_eq!(alerted(&r), [Condition::Failing]);
+        let r = apply(&r, Event::Retry, T0 + 1);
+        assert!(conditions(&r, T0 + 1).is_empty());
+        assert!(
+            matches!(
+                plan_with_alerts(&r, T0 + 1),
+                Plan::Now(Action::DriveOrder { .. })
+            ),
+            "the retried step first"
+        );
+        let again = apply(&r, failed(FailureKind::Retryable), T0 + 2);
+        assert_eq!(
+            alert_due(&again, T0 + 2),
+            None,
+            "failing still: nothing to tell"
+        );
+        let r = apply(
+            &r,
+            Event::CertificateStored {
+                meta: CertMeta {
+                    serial: "01".into(),
+                    not_before: T0,
+                    not_after: T0 + 90 * DAY,
+                    fingerprint: "f".into(),
+                    issued_at: T0,
+                },
+            },
+            T0 + 3,
+        );
+        let r = apply(
+            &r,
+            Event::Installed {
+                fingerprint: "f".into(),
+            },
+            T0 + 3,
+        );
+        assert!(matches!(
+            plan_with_alerts(&r, T0 + 3),
+            Plan::Now(Action::CheckRenewalInfo)
+        ));
+        let r = apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, T0 + 4);
+        assert_eq!(
+            alert_due(&r, T0 + 4),
+            Some(vec![]),
+            "settled: it no longer needs attention"
+        );
     }
 
     #[test]
