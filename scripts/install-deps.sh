@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local demo run, from Debian's packages, when missing:
 # pebble (+ pebble-challtestsrv), haproxy, openssl, curl, socat, systemd (systemd-analyze),
-# certbot (the `import certbot` test imports what a real certbot run produced). Needs root (or sudo) for apt-get.
-# The Debian haproxy package's own system service is never used; if it was started by the
-# install, it is stopped so that it holds no ports.
+# certbot (the `import certbot` test imports what a real certbot run produced), prometheus (its
+# promtool checks and unit-tests deploy/prometheus-rules.yml). Needs root (or sudo) for apt-get.
+# The Debian haproxy and prometheus packages' own system services are never used; if the install
+# started them, they are stopped so that they hold no ports.
 set -euo pipefail
 
 need=()
-for pair in pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd certbot:certbot; do
+for pair in pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd certbot:certbot promtool:prometheus; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -18,6 +19,8 @@ echo "installing from Debian: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q >&2
 $sudo apt-get install -y -q --no-install-recommends "${need[@]}" >&2
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet haproxy 2>/dev/null; then
-  $sudo systemctl disable --now haproxy >&2 || true
-fi
+for service in haproxy prometheus; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    $sudo systemctl disable --now "$service" >&2 || true
+  fi
+done

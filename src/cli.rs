@@ -28,7 +28,14 @@ pub enum Command {
     },
     /// One line per certificate: id, names, phase, expires in, renews in, last error (colour on
     /// a terminal). Works whether or not the daemon runs.
-    Status,
+    Status {
+        /// For cron and Nagios: a first line `HAPROXY-ACME OK|WARNING|UNKNOWN - ...`, then one
+        /// line per problem (renewal failing, a third of the lifetime left with the renewal
+        /// overdue, served ≠ stored). Exit 0: none; 1: attention needed; 2: invalid
+        /// configuration; 3: neither the daemon nor the store can be read.
+        #[arg(long)]
+        check: bool,
+    },
     /// Validate the configuration and print it as JSON (exit code 2 and the errors if invalid).
     CheckConfig,
     /// Print the HAProxy frontend/backend snippet that matches the current settings.
@@ -154,6 +161,17 @@ pub struct RawSettings {
     /// 5m [default: 60s].
     #[arg(long, env = "DEPLOY_HOOK_TIMEOUT", global = true)]
     pub deploy_hook_timeout: Option<String>,
+    /// How often HAProxy is asked which certificate it serves for each one (and each file read);
+    /// one that is not the stored one is installed again and counted. A duration, e.g. 5m
+    /// [default: 5m, with up to 10 % jitter]; `off` never checks.
+    #[arg(long, env = "WATCHDOG_INTERVAL", global = true)]
+    pub watchdog_interval: Option<String>,
+    /// Shell command run (`sh -c`) when a certificate starts or stops needing attention (the
+    /// conditions of `status --check`), once per transition, with ALERT_ID, ALERT_NAMES,
+    /// ALERT_STATE (`attention` or `ok`), ALERT_CONDITIONS, ALERT_PREVIOUS and ALERT_MESSAGE.
+    /// Killed after 60 s.
+    #[arg(long, env = "ALERT_HOOK", global = true)]
+    pub alert_hook: Option<String>,
     /// Address of the HTTP-01 challenge responder [default: 0.0.0.0:80].
     #[arg(long, env = "RESPONDER_LISTEN", global = true)]
     pub responder_listen: Option<String>,

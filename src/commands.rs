@@ -112,6 +112,51 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `status --check`: the report of `state::attention::check_report` from the daemon, or from the
+/// store when no daemon runs. Exit 0 when nothing needs attention, 1 when something does, 3 when
+/// neither can be read (the report's first line says `UNKNOWN` and why), as Nagios reads them.
+pub async fn status_check(config: &Config) -> anyhow::Result<()> {
+    use haproxy_acme_state::attention::{check_exit_code, CHECK_PREFIX};
+    let unknown = |why: String| {
+        println!(
+            "{CHECK_PREFIX} UNKNOWN - {}",
+            why.lines().next().unwrap_or("")
+        );
+        Err(Exit(3, why).into())
+    };
+    let client = Client::new(&config.data_dir);
+    let report = match ask_daemon(&client, &Ask::Check).await {
+        Ok(Some(Answer {
+            outcome: Outcome::Done,
+            body,
+        })) => body,
+        Ok(Some(a)) => return unknown(format!("the daemon answered: {}", a.body.trim())),
+        Err(e) => return unknown(format!("{e:#}")),
+        Ok(None) if !SledStore::exists(&config.data_dir) => {
+            return unknown(format!(
+                "no daemon answers on {} and DATA_DIR {} holds no store",
+                client.socket().display(),
+                config.data_dir.display()
+            ))
+        }
+        Ok(None) => {
+            let read = async {
+                let store = open_offline(&config.data_dir)?;
+                anyhow::Ok(crate::admin::check_text(store.as_ref(), unix_now()).await?)
+            };
+            match read.await {
+                Ok(report) => report,
+                Err(e) => return unknown(format!("{e:#}")),
+            }
+        }
+    };
+    print!("{report}");
+    match check_exit_code(&report) {
+        0 => Ok(()),
+        code => Err(Exit(code, report.lines().next().unwrap_or("").to_string()).into()),
+    }
+}
+
 /// `healthcheck`: asks the running daemon's admin socket.
 pub async fn healthcheck(config: &Config) -> anyhow::Result<()> {
     let client = Client::new(&config.data_dir);

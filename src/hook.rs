@@ -2,6 +2,7 @@
 //! with certbot's variables, so scripts written for certbot's `--deploy-hook` keep working.
 //! `RENEWED_LINEAGE` is `DATA_DIR/live/<id>/` holding `cert.pem`, `chain.pem`, `fullchain.pem` and
 //! `privkey.pem` (0600), like certbot's `live/` directory; `RENEWED_DOMAINS` lists the names.
+//! The alert hook (`ALERT_HOOK`) runs the same way with its own variables ([`run_with`]).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -53,12 +54,25 @@ pub struct Outcome {
 /// Runs `command` with `sh -c`, the certbot variables set, stdin closed; kills it (and its
 /// process group) after `timeout`.
 pub async fn run(command: &str, lineage: &Path, names: &[String], timeout: Duration) -> Outcome {
+    let vars = [
+        ("RENEWED_LINEAGE", lineage.as_os_str().to_owned()),
+        ("RENEWED_DOMAINS", names.join(" ").into()),
+    ];
+    run_with(command, &vars, timeout).await
+}
+
+/// Runs `command` with `sh -c` and the variables `vars` (the alert hook's, say), stdin closed;
+/// kills it (and its process group) after `timeout`.
+pub async fn run_with(
+    command: &str,
+    vars: &[(&str, std::ffi::OsString)],
+    timeout: Duration,
+) -> Outcome {
     let started = std::time::Instant::now();
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
-        .env("RENEWED_LINEAGE", lineage)
-        .env("RENEWED_DOMAINS", names.join(" "))
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

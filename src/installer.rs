@@ -16,6 +16,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 
 use crate::config::{cert_file_name, RuntimeApiAddr};
+pub use crate::watchdog::Observed;
 
 /// One runtime-API command must answer within this time.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +63,9 @@ pub trait Haproxy: Send + Sync + 'static {
 
     /// Removes certificate `id` from HAProxy and the certificate directory; idempotent.
     async fn remove(&self, id: &str) -> Result<(), InstallError>;
+
+    /// What HAProxy serves and what the file holds for each of `ids`, in order (the watchdog).
+    async fn observe(&self, ids: &[&str]) -> Result<Vec<Observed>, InstallError>;
 }
 
 #[async_trait]
@@ -181,6 +185,15 @@ impl Haproxy for Installer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(InstallError::File { path, source }),
         }
+    }
+
+    async fn observe(&self, ids: &[&str]) -> Result<Vec<Observed>, InstallError> {
+        let files: Vec<String> = ids.iter().map(|id| self.haproxy_names(id).0).collect();
+        let paths = ids
+            .iter()
+            .map(|id| self.certs_dir.join(format!("{id}.pem")));
+        let api = self.runtime.as_ref().map(|addr| RuntimeApi { addr });
+        crate::watchdog::observe(api.as_ref(), &files, paths.collect()).await
     }
 }
 
@@ -336,12 +349,12 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), InstallEr
 }
 
 /// HAProxy's runtime API in non-interactive mode: one command per connection.
-struct RuntimeApi<'a> {
-    addr: &'a RuntimeApiAddr,
+pub(crate) struct RuntimeApi<'a> {
+    pub(crate) addr: &'a RuntimeApiAddr,
 }
 
 impl RuntimeApi<'_> {
-    async fn send(&self, command: &str) -> Result<String, InstallError> {
+    pub(crate) async fn send(&self, command: &str) -> Result<String, InstallError> {
         let unreachable = |source| InstallError::Unreachable {
             addr: self.addr.to_string(),
             source,

@@ -15,6 +15,8 @@
 //! - [`acme`]: the `Ca` trait and its instant-acme implementation.
 //! - [`pki`]: keys, CSRs, certificate parsing, every PEM text (rcgen, x509-parser, pem).
 //! - [`installer`]: the `Haproxy` trait: certificate files and HAProxy's runtime API.
+//! - [`watchdog`]: what HAProxy serves and the files hold (batched `show ssl cert`), for the
+//!   reconciler's watchdog.
 //! - [`reconciler`]: the loop that drives every certificate through the lifecycle.
 //! - [`clock`]: time and random draws (system, or tokio's paused clock and a seed in tests).
 //! - [`health`]: what `/healthz` reports.
@@ -50,3 +52,4 @@ pub mod responder;
 pub mod signals;
 pub mod store;
 pub mod watch;
+pub mod watchdog;

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     let need = match cli.command {
         Command::Run | Command::CheckConfig => Need::Daemon,
         Command::State { .. }
-        | Command::Status
+        | Command::Status { .. }
         | Command::HaproxyConfig
         | Command::Healthcheck
         | Command::Renew { .. }
@@ -85,7 +85,8 @@ fn main() -> ExitCode {
         Command::State {
             command: StateCommand::Dump { id },
         } => block_on(commands::state_dump(&config, id.as_deref())),
-        Command::Status => block_on(commands::status(&config)),
+        Command::Status { check: false } => block_on(commands::status(&config)),
+        Command::Status { check: true } => block_on(commands::status_check(&config)),
         Command::Healthcheck => block_on(commands::healthcheck(&config)),
         Command::Renew { id, force } => {
             block_on(commands::operate(config, wanted, Op::Renew { id, force }))

@@ -56,6 +56,13 @@ struct CertLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttentionLabels {
+    name: String,
+    /// `failing`, `expiring` or `not-served` (`state::attention::Condition`).
+    condition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
     name: String,
     /// `True` or `False`, as cert-manager's `certificate_ready_status`.
@@ -74,6 +81,11 @@ pub struct Metrics {
     hooks: Family<ResultLabel, Counter>,
     bad_nonces: Counter,
     accounts_registered_again: Counter,
+    alert_hooks: Family<ResultLabel, Counter>,
+    watchdog_checks: Counter,
+    drifts: Counter,
+    /// When the watchdog last completed a check (0: never; then the gauge is not exported).
+    watchdog_last_check: std::sync::atomic::AtomicI64,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -96,6 +108,10 @@ impl Default for Metrics {
             hooks: Family::default(),
             bad_nonces: Counter::default(),
             accounts_registered_again: Counter::default(),
+            alert_hooks: Family::default(),
+            watchdog_checks: Counter::default(),
+            drifts: Counter::default(),
+            watchdog_last_check: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -163,6 +179,28 @@ impl Metrics {
             .inc();
     }
 
+    /// The alert hook ran.
+    pub fn alert_hook(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.alert_hooks
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The watchdog compared `certificates` served certificates with the stored ones at `now`.
+    pub fn watchdog_checked(&self, certificates: u64, now: UnixTime) {
+        self.watchdog_checks.inc_by(certificates);
+        self.watchdog_last_check
+            .store(now, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The watchdog found a certificate not served (or its file not holding it) as stored.
+    pub fn drift(&self) {
+        self.drifts.inc();
+    }
+
     /// The OpenMetrics text of the counters and of a gauge set for `records` at `now`.
     /// `ready`: start-up done; `last_pass`: when the reconciler last completed a pass.
     pub fn render(
@@ -178,7 +216,16 @@ impl Metrics {
         let ready_status = Family::<ReadyLabels, Gauge>::default();
         let failures = Family::<CertLabel, Gauge>::default();
         let next_attempt = Family::<CertLabel, Gauge>::default();
+        let attention = Family::<AttentionLabels, Gauge>::default();
         for r in records {
+            for c in haproxy_acme_state::attention::conditions(r, now) {
+                attention
+                    .get_or_create(&AttentionLabels {
+                        name: r.id.clone(),
+                        condition: c.as_str().into(),
+                    })
+                    .set(1);
+            }
             let name = || CertLabel { name: r.id.clone() };
             if let Some(c) = &r.cert {
                 expiry.get_or_create(&name()).set(c.not_after);
@@ -229,6 +276,12 @@ impl Metrics {
             next_attempt,
         );
         reg.register(
+            "certificate_attention",
+            "1 for each condition that needs an operator (failing, expiring, not-served): what \
+             `status --check` reports; absent when none",
+            attention,
+        );
+        reg.register(
             "http_acme_client_request",
             "HTTP requests to the ACME CA, by endpoint, method and status",
             self.acme_requests.clone(),
@@ -273,6 +326,33 @@ impl Metrics {
             "Deploy hook runs, by result",
             self.hooks.clone(),
         );
+        reg.register(
+            "alert_hook_runs",
+            "Alert hook runs, by result",
+            self.alert_hooks.clone(),
+        );
+        reg.register(
+            "watchdog_checks",
+            "Certificates the watchdog compared with what HAProxy serves and the files hold",
+            self.watchdog_checks.clone(),
+        );
+        reg.register(
+            "certificate_drifts",
+            "Certificates found served (or in their file) differently from the store, and installed again",
+            self.drifts.clone(),
+        );
+        let last_check = self
+            .watchdog_last_check
+            .load(std::sync::atomic::Ordering::Acquire);
+        if last_check > 0 {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(last_check);
+            reg.register(
+                "watchdog_last_check_timestamp_seconds",
+                "When the watchdog last completed a check of every installed certificate (Unix seconds)",
+                gauge,
+            );
+        }
         let ready_gauge = Gauge::<i64>::default();
         ready_gauge.set(i64::from(ready));
         reg.register(
@@ -327,100 +407,4 @@ pub fn acme_endpoint(path: &str) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use haproxy_acme_state::{apply, CertMeta, Event, KeyType};
-
-    #[test]
-    fn endpoints_of_lets_encrypt_and_pebble() {
-        for (path, want) in [
-            ("/acme/new-nonce", "new-nonce"),
-            ("/nonce-plz", "new-nonce"),
-            ("/acme/new-acct", "new-account"),
-            ("/sign-me-up", "new-account"),
-            ("/acme/new-order", "new-order"),
-            ("/order-plz", "new-order"),
-            ("/acme/order/123/456", "order"),
-            ("/my-order/abc", "order"),
-            ("/acme/authz-v3/1", "authorization"),
-            ("/authZ/abc", "authorization"),
-            ("/acme/chall-v3/1/x", "challenge"),
-            ("/chalZ/abc", "challenge"),
-            ("/acme/finalize/1/2", "finalize"),
-            ("/finalize-order/abc", "finalize"),
-            ("/acme/cert/fa1afe1", "certificate"),
-            ("/certZ/abc", "certificate"),
-            ("/draft-ietf-acme-ari-03/renewalInfo/x.y", "renewal-info"),
-            ("/acme/acct/42", "account"),
-            ("/my-account/1", "account"),
-            ("/directory", "directory"),
-            ("/dir", "directory"),
-            ("/", "other"),
-        ] {
-            assert_eq!(acme_endpoint(path), want, "{path}");
-        }
-    }
-
-    #[test]
-    fn render_has_per_certificate_gauges_and_counters() {
-        let m = Metrics::default();
-        m.acme_request("POST", "/order-plz", Some(201));
-        m.acme_request("POST", "/order-plz", Some(201));
-        m.acme_request("POST", "/finalize-order/x", None);
-        m.issued(Duration::from_millis(300));
-        m.installed(true);
-        m.hook(false);
-        m.bad_nonce();
-        m.bad_nonce();
-        m.account_registered_again();
-        let now = 1_700_000_000;
-        let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, now);
-        let meta = CertMeta {
-            serial: "01".into(),
-            not_before: now,
-            not_after: now + 90 * 86_400,
-            fingerprint: "f".into(),
-            issued_at: now,
-        };
-        let r = apply(&r, Event::OrderCreated { url: "u".into() }, now);
-        let r = apply(&r, Event::CertificateStored { meta }, now);
-        let installed = apply(
-            &r,
-            Event::Installed {
-                fingerprint: "f".into(),
-            },
-            now,
-        );
-        let mut waiting = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, now);
-        waiting.id = "b.test".into();
-        let text = m.render(&[installed, waiting], now, true, now);
-        let expiry = format!(
-            "haproxy_acme_certificate_expiration_timestamp_seconds{{name=\"a.test\"}} {}",
-            now + 90 * 86_400
-        );
-        assert!(text.contains(&expiry), "{text}");
-        assert!(text.contains(
-            "haproxy_acme_certificate_ready_status{name=\"a.test\",condition=\"True\"} 1"
-        ));
-        assert!(text.contains(
-            "haproxy_acme_certificate_ready_status{name=\"b.test\",condition=\"False\"} 1"
-        ));
-        assert!(text.contains(
-            "haproxy_acme_http_acme_client_request_total{endpoint=\"new-order\",method=\"POST\",status=\"201\"} 2"
-        ));
-        assert!(text.contains(
-            "haproxy_acme_http_acme_client_request_total{endpoint=\"finalize\",method=\"POST\",status=\"error\"} 1"
-        ));
-        assert!(text.contains("haproxy_acme_certificate_issuances_total 1"));
-        assert!(text.contains("haproxy_acme_certificate_issuance_duration_seconds_count 1"));
-        assert!(text.contains("haproxy_acme_certificate_installs_total{method=\"runtime-api\"} 1"));
-        assert!(text.contains("haproxy_acme_deploy_hook_runs_total{result=\"failure\"} 1"));
-        assert!(text.contains("haproxy_acme_ready 1"));
-        assert!(
-            text.contains("haproxy_acme_acme_bad_nonces_total 2"),
-            "{text}"
-        );
-        assert!(text.contains("haproxy_acme_acme_accounts_registered_again_total 1"));
-        assert!(text.trim_end().ends_with("# EOF"));
-    }
-}
+mod tests;

@@ -1,6 +1,8 @@
 //! What `deploy/` ships is what we test: the unit file verifies, the compose stack's HAProxy
 //! environment makes `deploy/haproxy.cfg` valid, and the image's health check and build command
-//! are the ones this repository supports. (The e2e tests run HAProxy from deploy/haproxy.cfg.)
+//! are the ones this repository supports; the Prometheus rules pass `promtool check rules` and
+//! their unit tests, and they and the Grafana dashboard name only metrics `/metrics` exports.
+//! (The e2e tests run HAProxy from deploy/haproxy.cfg.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -240,4 +242,179 @@ fn dockerfile_builds_like_ci_and_checks_health_with_the_daemon() {
         .output()
         .unwrap();
     assert!(help.status.success());
+}
+
+/// The sample names the daemon's `/metrics` exports (a counter's `_total`, a histogram's
+/// `_bucket`, `_sum` and `_count`), rendered by the code the endpoint runs, with a record that
+/// has every per-certificate gauge and each counter counted once (an empty family is not
+/// exported at all).
+fn exported_metrics() -> std::collections::BTreeSet<String> {
+    use haproxy_acme_state::{apply, CertMeta, Event, KeyType, Record};
+    let now = 1_700_000_000;
+    let r = Record::new(vec!["a.example.com".into()], KeyType::EcdsaP256, now);
+    let r = apply(&r, Event::OrderCreated { url: "u".into() }, now);
+    let meta = CertMeta {
+        serial: "01".into(),
+        not_before: now,
+        not_after: now + 90 * 86_400,
+        fingerprint: "f".into(),
+        issued_at: now,
+    };
+    let r = apply(&r, Event::CertificateStored { meta }, now);
+    let m = haproxy_acme::metrics::Metrics::default();
+    m.watchdog_checked(1, now);
+    m.acme_request("POST", "/order-plz", Some(201));
+    m.issued(std::time::Duration::from_secs(1));
+    m.installed(true);
+    m.runtime_api_error();
+    m.failure("order", "retryable");
+    m.hook(true);
+    m.alert_hook(false);
+    m.drift();
+    let text = m.render(&[r], now + 89 * 86_400, true, now);
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_sum", "_count", "_created"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    assert!(
+        names.contains("haproxy_acme_certificate_attention"),
+        "{text}"
+    );
+    names
+}
+
+/// The `haproxy_acme_*` metric names an expression mentions.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("haproxy_acme_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every expression names at least one metric, and only metrics the daemon exports.
+fn assert_real_metrics(file: &str, exprs: &[String]) {
+    let exported = exported_metrics();
+    assert!(!exprs.is_empty(), "{file}: no expression found");
+    for expr in exprs {
+        let names = metric_names(expr);
+        assert!(
+            !names.is_empty(),
+            "{file}: `{expr}` names no haproxy_acme metric"
+        );
+        for n in names {
+            assert!(
+                exported.contains(&n),
+                "{file}: `{expr}` names {n}, which /metrics does not export ({exported:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn prometheus_rules_pass_promtool_and_name_only_exported_metrics() {
+    let version = Command::new("promtool").arg("--version").output();
+    assert!(
+        version.is_ok_and(|o| o.status.success()),
+        "promtool checks deploy/prometheus-rules.yml: apt-get install prometheus \
+         (scripts/install-deps.sh does)"
+    );
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(deploy("prometheus-rules.yml"))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("SUCCESS"),
+        "promtool check rules: {said}"
+    );
+    let out = Command::new("promtool")
+        .args(["test", "rules", "prometheus-rules.test.yml"])
+        .current_dir(deploy(""))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("SUCCESS"),
+        "promtool test rules: {said}"
+    );
+    let exprs: Vec<String> = read("prometheus-rules.yml")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr:"))
+        .map(|e| e.trim().to_string())
+        .collect();
+    assert_eq!(exprs.len(), 10, "one expression per rule");
+    assert_real_metrics("prometheus-rules.yml", &exprs);
+    // The unit tests feed series under the names the daemon exports, too.
+    let series: Vec<String> = read("prometheus-rules.test.yml")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- series:"))
+        .map(|e| e.trim().to_string())
+        .collect();
+    assert_real_metrics("prometheus-rules.test.yml", &series);
+}
+
+#[test]
+fn grafana_dashboard_is_valid_json_and_names_only_exported_metrics() {
+    let dash: serde_json::Value = serde_json::from_str(&read("grafana-dashboard.json"))
+        .expect("deploy/grafana-dashboard.json is valid JSON");
+    assert_eq!(dash["title"], "haproxy-acme");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut exprs = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().expect("every panel has a title");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "{title}: duplicate id"
+        );
+        assert!(p["gridPos"]["w"].as_u64().is_some(), "{title}: no gridPos");
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{title}: a target without expr"));
+            assert!(
+                expr.contains("$instance"),
+                "{title}: `{expr}` ignores the instance selector"
+            );
+            exprs.push(expr.to_string());
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["definition"].as_str() {
+            exprs.push(q.to_string());
+        }
+    }
+    assert_real_metrics("grafana-dashboard.json", &exprs);
+    let all = exprs.join("\n");
+    for shown in [
+        "haproxy_acme_certificate_attention",
+        "haproxy_acme_certificate_expiration_timestamp_seconds",
+        "haproxy_acme_certificate_drifts_total",
+        "haproxy_acme_watchdog_last_check_timestamp_seconds",
+    ] {
+        assert!(all.contains(shown), "the dashboard shows {shown}");
+    }
 }

@@ -28,7 +28,7 @@ use haproxy_acme::cli::RawSettings;
 use haproxy_acme::clock::{Clock, Dice, TokioClock};
 use haproxy_acme::config::{Config, Need, WantedSet};
 use haproxy_acme::health::Health;
-use haproxy_acme::installer::{Haproxy, InstallError, Method};
+use haproxy_acme::installer::{Haproxy, InstallError, Method, Observed};
 use haproxy_acme::reconciler::{Control, Parts, Reconciler, Tuning};
 use haproxy_acme::responder::Tokens;
 use haproxy_acme::store::memory::{Contents, MemoryStore};
@@ -66,6 +66,10 @@ struct World {
     /// What HAProxy serves (runtime) and what its files say, per id: (fingerprint, chain, key).
     served: BTreeMap<String, (String, String, String)>,
     files: BTreeMap<String, (String, String, String)>,
+    /// The serial of each installed certificate, by fingerprint (what `show ssl cert` prints).
+    serials: BTreeMap<String, String>,
+    /// What each id's file held before its last install (an old file to reload HAProxy with).
+    previous: BTreeMap<String, (String, String, String)>,
     violations: Vec<String>,
     ca_calls: u64,
     /// Hashes of (certificate, chain, key) already checked to belong together.
@@ -387,9 +391,16 @@ impl Haproxy for FakeHaproxy {
             chain_pem.to_string(),
             key_pem.to_string(),
         );
-        lock(&self.world)
-            .files
-            .insert(id.to_string(), entry.clone());
+        {
+            let mut w = lock(&self.world);
+            w.serials
+                .insert(meta.fingerprint.clone(), meta.serial.clone());
+            if let Some(old) = w.files.insert(id.to_string(), entry.clone()) {
+                if old.0 != meta.fingerprint {
+                    w.previous.insert(id.to_string(), old);
+                }
+            }
+        }
         latency(&self.world).await;
         let mut w = lock(&self.world);
         if w.haproxy_down {
@@ -408,6 +419,24 @@ impl Haproxy for FakeHaproxy {
         w.served.remove(id);
         w.files.remove(id);
         Ok(())
+    }
+
+    async fn observe(&self, ids: &[&str]) -> Result<Vec<Observed>, InstallError> {
+        latency(&self.world).await;
+        let w = lock(&self.world);
+        if w.haproxy_down {
+            return Err(unreachable());
+        }
+        let serial = |m: &BTreeMap<String, (String, String, String)>, id: &str| {
+            m.get(id).and_then(|(fp, _, _)| w.serials.get(fp).cloned())
+        };
+        Ok(ids
+            .iter()
+            .map(|id| Observed {
+                served: serial(&w.served, id),
+                file: serial(&w.files, id),
+            })
+            .collect())
     }
 }
 
@@ -476,6 +505,8 @@ impl Sim {
             excused: BTreeSet::new(),
             served: BTreeMap::new(),
             files: BTreeMap::new(),
+            serials: BTreeMap::new(),
+            previous: BTreeMap::new(),
             violations: Vec::new(),
             ca_calls: 0,
             verified: std::collections::HashSet::new(),
@@ -614,6 +645,26 @@ impl Sim {
     }
 }
 
+/// HAProxy reloaded with an id's old file, or a node restarted without it: the watchdog must
+/// find it and install the stored certificate again.
+fn drift_behind_the_daemons_back(w: &mut World, rng: &mut StdRng) {
+    let ids: Vec<String> = w.served.keys().cloned().collect();
+    if ids.is_empty() {
+        return;
+    }
+    let id = ids[rng.random_range(0..ids.len())].clone();
+    match w.previous.get(&id).cloned() {
+        Some(old) if rng.random_bool(0.5) => {
+            w.files.insert(id.clone(), old.clone());
+            w.served.insert(id, old);
+        }
+        _ => {
+            w.files.remove(&id);
+            w.served.remove(&id);
+        }
+    }
+}
+
 /// One schedule: faults and edits for a while, then quiet until everything converges.
 async fn schedule(seed: u64) -> Result<String, Vec<String>> {
     let mut sim = Sim::new(seed);
@@ -646,53 +697,7 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
                 }
             }
             45..=52 => sim.store.set_failing(rng.random_bool(0.5)),
-            53..=62 => {
-                // `renew --force` or `retry` on a random certificate, as an operator would.
-                let id = POOL[rng.random_range(0..POOL.len())];
-                let now = sim.clock.now();
-                let done = if rng.random_bool(0.5) {
-                    let d = haproxy_acme::ops::renew(sim.store.as_ref(), id, true, now).await;
-                    if d.is_ok() {
-                        lock(&sim.world).excused.insert(id.to_string());
-                    }
-                    d
-                } else {
-                    haproxy_acme::ops::retry(sim.store.as_ref(), id, now).await
-                };
-                if let (Ok(d), Some(dm)) = (done, &daemon) {
-                    d.wake.into_iter().for_each(|id| dm.control.wake(id));
-                }
-            }
-            63..=72 => {
-                // `domains add` / `domains remove` of a certificate from the pool.
-                let name = POOL[rng.random_range(0..POOL.len())];
-                let result = if rng.random_bool(0.6) {
-                    let spec = if rng.random_bool(0.5) {
-                        format!("{name},www.{name}")
-                    } else {
-                        name.to_string()
-                    };
-                    let r = haproxy_acme::ops::domains_add(sim.store.as_ref(), &sim.wanted, &spec)
-                        .await;
-                    if r.is_ok() {
-                        lock(&sim.world).excused.insert(name.to_string());
-                    }
-                    r
-                } else {
-                    haproxy_acme::ops::domains_remove(
-                        sim.store.as_ref(),
-                        &sim.config,
-                        &sim.wanted,
-                        name,
-                    )
-                    .await
-                };
-                if let (Ok(d), Some(dm)) = (result, &daemon) {
-                    if d.reload {
-                        dm.control.reload();
-                    }
-                }
-            }
+            73..=77 => drift_behind_the_daemons_back(&mut lock(&sim.world), &mut rng),
             _ => {}
         }
         if daemon.is_none() {
@@ -735,6 +740,10 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
     sim.check();
     let passes = daemon.health.passes() - passes;
     let calls = lock(&sim.world).ca_calls - calls;
+    // Once more, now that nothing else happens: the watchdog alone (every 5 min ± 10 %) must
+    // have the stored certificate served again within two of its intervals.
+    drift_behind_the_daemons_back(&mut lock(&sim.world), &mut rng);
+    tokio::time::sleep(Duration::from_secs(2 * 330 + 5)).await;
 
     let s = sim.store.snapshot();
     let wanted = sim
@@ -803,6 +812,14 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
                 w.violations.push(format!(
                     "{}: HAProxy does not serve the stored certificate",
                     spec.id()
+                ));
+            }
+            let conditions = haproxy_acme_state::attention::conditions(r, now);
+            if haproxy_acme_state::attention::alerted(r) != conditions.as_slice() {
+                w.violations.push(format!(
+                    "{}: last alerted {:?}, conditions now {conditions:?}",
+                    spec.id(),
+                    r.alert
                 ));
             }
             if r.failure.is_some() && matches!(r.phase(), Phase::Issued) {

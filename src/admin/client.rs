@@ -21,6 +21,8 @@ pub enum Ask {
     Status {
         color: bool,
     },
+    /// The `status --check` report.
+    Check,
     Healthz,
     Renew {
         id: String,
@@ -48,6 +50,7 @@ impl Ask {
             Ask::State(Some(id)) => (Method::GET, format!("/state/{id}"), Vec::new()),
             Ask::Status { color: true } => (Method::GET, "/status?color=1".into(), Vec::new()),
             Ask::Status { color: false } => (Method::GET, "/status".into(), Vec::new()),
+            Ask::Check => (Method::GET, "/check".into(), Vec::new()),
             Ask::Healthz => (Method::GET, "/healthz".into(), Vec::new()),
             Ask::Renew { id, force } => (
                 Method::POST,

@@ -1,6 +1,6 @@
 //! The admin endpoint: HTTP/1.1 on a unix socket in DATA_DIR (`admin.sock`, mode 0600), off the
 //! public path, and read-only on a loopback TCP address when ADMIN_LISTEN is set (for
-//! Prometheus). Routes: GET /state[/ID], /status, /healthz, /metrics; POST
+//! Prometheus). Routes: GET /state[/ID], /status, /check (`status --check`), /healthz, /metrics; POST
 //! /certificates/ID/renew[?force=1], /certificates/ID/retry, /domains (body: the names),
 //! /import (body: JSON lineages); DELETE /domains/ID. While the daemon runs it holds sled's
 //! exclusive lock, so the CLI reads the state through here ([`client`], the only other user of
@@ -73,6 +73,12 @@ pub async fn status_text(
 ) -> Result<String, crate::store::StoreError> {
     let records = store.records().await?;
     Ok(haproxy_acme_state::dump::status_table(&records, now, color))
+}
+
+/// The `status --check` report of every record in `store`.
+pub async fn check_text(store: &dyn Store, now: i64) -> Result<String, crate::store::StoreError> {
+    let records = store.records().await?;
+    Ok(haproxy_acme_state::attention::check_report(&records, now))
 }
 
 /// Binds the admin socket. Only called while holding the store's lock, so a socket file that
@@ -187,6 +193,10 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
             }
         }
         (&Method::GET, ["status"]) => match status_text(store, flag("color"), now).await {
+            Ok(t) => text(StatusCode::OK, t),
+            Err(e) => store_error(e),
+        },
+        (&Method::GET, ["check"]) => match check_text(store, now).await {
             Ok(t) => text(StatusCode::OK, t),
             Err(e) => store_error(e),
         },

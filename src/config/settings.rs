@@ -62,6 +62,19 @@ pub struct Config {
     pub deploy_hook: Option<String>,
     #[serde(serialize_with = "serialize_secs")]
     pub deploy_hook_timeout: Duration,
+    /// `WATCHDOG_INTERVAL`: how often HAProxy is asked which certificate it serves (`None`:
+    /// never).
+    #[serde(serialize_with = "serialize_opt_secs")]
+    pub watchdog_interval: Option<Duration>,
+    /// `ALERT_HOOK`: run with `sh -c` when a certificate starts or stops needing attention.
+    pub alert_hook: Option<String>,
+}
+
+fn serialize_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs()),
+        None => s.serialize_none(),
+    }
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -287,10 +300,36 @@ impl Config {
             },
         };
 
+        let watchdog_interval = match raw.watchdog_interval.as_deref().map(str::trim) {
+            None | Some("") => Some(DEFAULT_WATCHDOG_INTERVAL),
+            Some("off" | "0") => None,
+            Some(t) => match parse_duration(t) {
+                Ok(d) if d >= Duration::from_secs(1) => Some(d),
+                Ok(_) => {
+                    errors.push(format!(
+                        "WATCHDOG_INTERVAL {t:?}: at least 1s (or `off` to never check)"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(format!("WATCHDOG_INTERVAL: {e}"));
+                    None
+                }
+            },
+        };
+        let alert_hook = raw
+            .alert_hook
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(String::from);
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
         let config = Config {
+            watchdog_interval,
+            alert_hook,
             admin_listen,
             deploy_hook,
             deploy_hook_timeout,
@@ -313,6 +352,7 @@ impl Config {
 }
 
 const DEFAULT_DEPLOY_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_WATCHDOG_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The accepted duration syntax, for error messages.
 const DURATION_SYNTAX: &str =

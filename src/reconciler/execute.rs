@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use haproxy_acme_state::dump::rfc3339;
 use haproxy_acme_state::machine::FailureReport;
-use haproxy_acme_state::{apply, plan, Action, Event, FailureKind, Plan, Record, Step, UnixTime};
+use haproxy_acme_state::{
+    apply, plan_with_alerts, Action, Event, FailureKind, Plan, Record, Step, UnixTime,
+};
 
 use super::tokens::sync_tokens;
 use super::{Reconciler, MAX_STEPS_PER_WAKE, STORE_RETRY_SECS};
@@ -28,7 +30,7 @@ impl Reconciler {
         for _ in 0..MAX_STEPS_PER_WAKE {
             let step = async {
                 let r = self.record(&id, Event::Tick).await?;
-                match plan(&r, self.clock.now()) {
+                match plan_with_alerts(&r, self.clock.now()) {
                     Plan::At(t) => Ok(Some(Some(t))),
                     Plan::Idle => Ok(Some(None)),
                     Plan::Now(action) => self.execute(&r, action).await.map(|()| None),
@@ -57,6 +59,7 @@ impl Reconciler {
             Action::CheckRenewalInfo => self.check_renewal_info(r).await,
             Action::Install { fingerprint } => self.install(r, fingerprint).await,
             Action::RunHook { fingerprint } => self.run_hook(r, fingerprint).await,
+            Action::Alert { conditions } => self.alert(r, conditions).await,
         }
     }
 
@@ -69,6 +72,24 @@ impl Reconciler {
         event: Event,
         with: With,
     ) -> Result<Record, StoreError> {
+        self.commit_with(id, event, with).await.map(|(_, new)| new)
+    }
+
+    /// [`commit`](Self::commit) of an event alone, returning the record before and after.
+    pub(super) async fn commit_both(
+        &self,
+        id: &str,
+        event: Event,
+    ) -> Result<(Record, Record), StoreError> {
+        self.commit_with(id, event, With::Nothing).await
+    }
+
+    async fn commit_with(
+        &self,
+        id: &str,
+        event: Event,
+        with: With,
+    ) -> Result<(Record, Record), StoreError> {
         let now = self.clock.now();
         let tokens = self.tokens.clone();
         let changed = self
@@ -94,9 +115,10 @@ impl Reconciler {
             changed.ok_or_else(|| StoreError::Write(format!("record {id:?} vanished")))?;
         if old != new {
             sync_tokens(&self.tokens, Some(&old), Some(&new));
+            self.watched.note(|| new.id.as_str().into(), &new);
             tracing::debug!(cert = id, phase = new.phase().as_str(), "record updated");
         }
-        Ok(new)
+        Ok((old, new))
     }
 
     pub(super) async fn record(&self, id: &str, event: Event) -> Result<Record, StoreError> {

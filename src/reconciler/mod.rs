@@ -8,16 +8,20 @@
 //! - [`wanted`]: the wanted set brought into the store (start-up, reloads) and pruning;
 //! - [`execute`]: one certificate's task (`Tick → plan → action → apply` until it waits), and
 //!   the record updates every action goes through;
-//! - [`actions`]: one function per action of the core.
+//! - [`actions`]: one function per action of the core; [`alert`]: the alert step;
+//! - [`watchdog`]: every `WATCHDOG_INTERVAL`, what HAProxy serves compared with the store, a
+//!   drift recorded and installed again.
 //!
 //! Everything it talks to is a trait object ([`Store`], [`Ca`], [`Haproxy`], [`Clock`]), so the
 //! simulated-time tests run this very code against an in-memory CA and HAProxy.
 
 mod actions;
+mod alert;
 mod execute;
 pub mod schedule;
 mod tokens;
 mod wanted;
+mod watchdog;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -95,6 +99,12 @@ pub struct Reconciler {
     /// When the order in flight of a certificate was created, for the issuance-duration metric
     /// (in memory: an issuance resumed after a restart is timed from the restart).
     order_started: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// The installed certificates the watchdog checks, with their serials.
+    watched: watchdog::Watched,
+    /// Alert transitions whose hook ran but whose record write failed: not run again.
+    alerts_unrecorded: std::sync::Mutex<HashMap<String, Vec<haproxy_acme_state::Condition>>>,
+    /// Wakes a certificate (the watchdog's repairs).
+    control: Control,
 }
 
 /// The handle operator commands use: look at a certificate now, or re-read the wanted set now
@@ -153,6 +163,10 @@ impl Reconciler {
     pub fn new(parts: Parts, tuning: Tuning) -> (Arc<Reconciler>, Control, Inbox) {
         let (wake, woken) = mpsc::unbounded_channel();
         let reload = Arc::new(Notify::new());
+        let control = Control {
+            wake,
+            reload: reload.clone(),
+        };
         let budget = Budget::new(
             parts.store.clone(),
             parts.config.acme_directory.clone(),
@@ -171,10 +185,9 @@ impl Reconciler {
             budget,
             tuning,
             order_started: std::sync::Mutex::new(HashMap::new()),
-        };
-        let control = Control {
-            wake,
-            reload: reload.clone(),
+            watched: watchdog::Watched::default(),
+            alerts_unrecorded: std::sync::Mutex::new(HashMap::new()),
+            control: control.clone(),
         };
         (Arc::new(r), control, Inbox { woken, reload })
     }
@@ -210,6 +223,10 @@ impl Reconciler {
         mut inbox: Inbox,
     ) {
         let shared = self;
+        // A JoinSet aborts its task when dropped: the watchdog ends with this future, however
+        // it ends (a simulated crash drops it wherever it waits).
+        let mut watchdog = JoinSet::new();
+        watchdog.spawn(shared.clone().watchdog(shutdown.clone()));
         let Started {
             sources,
             specs,
@@ -317,6 +334,7 @@ impl Reconciler {
             applied = specs_digest;
             applied_sources = sources;
             for id in &gone {
+                shared.unwatch(id);
                 if wanted.remove(id.as_str()) {
                     schedule.remove(id);
                     tracing::info!(cert = %id, prune = shared.config.prune, "removed from the configuration: no longer renewed");
@@ -335,6 +353,7 @@ impl Reconciler {
             }
             schedule_wanted(&mut schedule, now_wanted);
         }
+        watchdog.abort_all();
         tracing::info!(
             in_flight = tasks.len(),
             "shutting down: letting in-flight steps finish"

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use haproxy_acme_state::{plan, Plan, Record, UnixTime};
+use haproxy_acme_state::{plan_with_alerts, Plan, Record, UnixTime};
 
 /// A wanted certificate and when its plan next has work.
 pub struct Wanted {
@@ -16,7 +16,7 @@ pub struct Wanted {
 
 impl Wanted {
     pub fn of(r: &Record, now: UnixTime) -> Wanted {
-        let due = match plan(r, now) {
+        let due = match plan_with_alerts(r, now) {
             Plan::Now(_) => Some(now),
             Plan::At(t) => Some(t),
             Plan::Idle => None,
@@ -124,11 +124,19 @@ mod tests {
             at: 0,
             next_attempt_at: Some(500),
         });
+        // A failure not alerted yet is due at once (the alert step), then waits.
+        let mut alerting = waiting.clone();
+        alerting.id = "a.test".into();
+        waiting.alert = Some(haproxy_acme_state::Alerted {
+            conditions: vec![haproxy_acme_state::Condition::Failing],
+            at: 0,
+        });
         let mut idle = waiting.clone();
         idle.id = "i.test".into();
         idle.failure.as_mut().unwrap().next_attempt_at = None;
-        let records = [pending, waiting, idle];
+        let records = [pending, waiting, idle, alerting];
         schedule_wanted(&mut s, records.iter().map(|r| Wanted::of(r, 100)).collect());
+        assert_eq!(s.pop_due(100).as_deref(), Some("a.test"));
         assert_eq!(s.pop_due(100).as_deref(), Some("p.test"));
         assert_eq!(s.next(), Some(500));
         assert_eq!(s.at.len(), 1, "an idle record is not scheduled");

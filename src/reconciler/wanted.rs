@@ -115,6 +115,7 @@ impl Reconciler {
         let configured = {
             let config = self.config.clone();
             let tokens = self.tokens.clone();
+            let watched = self.watched.clone();
             // The record's schedule, and the record when it changed.
             move |id: &str, names: &[String], old: Option<&Record>| -> (Wanted, Option<Record>) {
                 let event = Event::Configured {
@@ -136,6 +137,7 @@ impl Reconciler {
                 let new = apply(base, event, now);
                 sync_tokens(&tokens, None, Some(&new));
                 let due = Wanted::of(&new, now);
+                watched.note(|| due.id.clone(), &new);
                 if old == Some(&new) {
                     return (due, None);
                 }
@@ -150,6 +152,7 @@ impl Reconciler {
         };
         let sweep = {
             let (found, specs, configured) = (found.clone(), specs.clone(), configured.clone());
+            let watched = self.watched.clone();
             move |old: &Record| -> Option<Record> {
                 let mut f = found
                     .lock()
@@ -168,6 +171,7 @@ impl Reconciler {
                         // No longer listed: marked (status, dump and metrics say it is not
                         // renewed).
                         f.unwanted.push(old.id.clone());
+                        watched.forget(&old.id);
                         (!old.unconfigured).then(|| apply(old, Event::Unconfigured, now))
                     }
                 }
@@ -204,6 +208,7 @@ impl Reconciler {
     /// Removes a certificate no longer configured from HAProxy, the certificate directory and
     /// the store (`PRUNE`). On an HAProxy error the state is kept, so nothing is half-forgotten.
     pub(super) async fn prune(&self, id: &str) {
+        self.unwatch(id);
         if let Err(e) = self.haproxy.remove(id).await {
             tracing::error!(cert = %id, error = %e, "prune failed; the certificate and its state are kept");
             return;

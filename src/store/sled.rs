@@ -56,6 +56,11 @@ impl SledStore {
         })
     }
 
+    /// Whether `data_dir` holds a store (`open` would create one).
+    pub fn exists(data_dir: &Path) -> bool {
+        data_dir.join("store").is_dir()
+    }
+
     /// Runs `f` on the blocking pool (sled reads may hit the disk, writes fsync).
     async fn blocking<R: Send + 'static>(
         &self,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::attention::conditions;
 use crate::{Failure, Phase, Record, UnixTime};
 
 /// Version of the dump schema. Additive changes keep it; renaming or removing a field bumps it.
@@ -47,6 +48,36 @@ pub struct CertView {
     /// The last run of the deploy hook, when one is configured.
     pub deploy_hook: Option<HookView>,
     pub updated_at: String,
+    /// What needs an operator now (`failing`, `expiring`, `not-served`; what `status --check`
+    /// reports); empty when nothing does.
+    pub attention: Vec<&'static str>,
+    /// The conditions the alert step last ran for (`ALERT_HOOK`), and when.
+    pub alerted: Option<AlertView>,
+    /// The watchdog's last finding of HAProxy or the file not holding the stored certificate.
+    pub drift: Option<DriftView>,
+}
+
+/// The conditions the alert step last ran for.
+#[derive(Debug, Serialize)]
+pub struct AlertView {
+    /// Empty: the certificate no longer needed attention.
+    pub conditions: Vec<&'static str>,
+    pub at: String,
+}
+
+/// What the watchdog found when the stored certificate was not the one served.
+#[derive(Debug, Serialize)]
+pub struct DriftView {
+    /// How many times (each repaired by installing the stored certificate again).
+    pub count: u32,
+    /// The last time.
+    pub at: String,
+    /// The serial HAProxy served then (`null`: none).
+    pub served_serial: Option<String>,
+    /// The serial in the certificate file then (`null`: missing or unreadable).
+    pub file_serial: Option<String>,
+    /// When the stored certificate was confirmed served again (`null`: not yet).
+    pub repaired_at: Option<String>,
 }
 
 /// The last run of the deploy hook for a certificate.
@@ -92,7 +123,8 @@ fn error_view(f: &Failure) -> ErrorView {
 }
 
 impl CertView {
-    pub fn from_record(r: &Record) -> CertView {
+    /// The view of `r` at `now` (its attention conditions depend on the time).
+    pub fn from_record(r: &Record, now: UnixTime) -> CertView {
         CertView {
             id: r.id.clone(),
             names: r.names.clone(),
@@ -117,13 +149,28 @@ impl CertView {
                 at: rfc3339(h.at),
             }),
             updated_at: rfc3339(r.updated_at),
+            attention: conditions(r, now).iter().map(|c| c.as_str()).collect(),
+            alerted: r.alert.as_ref().map(|a| AlertView {
+                conditions: a.conditions.iter().map(|c| c.as_str()).collect(),
+                at: rfc3339(a.at),
+            }),
+            drift: r.drift.as_ref().map(|d| DriftView {
+                count: d.count,
+                at: rfc3339(d.at),
+                served_serial: d.served.clone(),
+                file_serial: d.file.clone(),
+                repaired_at: d.repaired_at.map(rfc3339),
+            }),
         }
     }
 }
 
 /// Builds the dump of `records` (any order; the dump is sorted by id) at time `now`.
 pub fn dump<'a>(records: impl IntoIterator<Item = &'a Record>, now: UnixTime) -> Dump {
-    let mut certificates: Vec<CertView> = records.into_iter().map(CertView::from_record).collect();
+    let mut certificates: Vec<CertView> = records
+        .into_iter()
+        .map(|r| CertView::from_record(r, now))
+        .collect();
     certificates.sort_by(|a, b| a.id.cmp(&b.id));
     Dump {
         schema_version: DUMP_SCHEMA_VERSION,
@@ -193,7 +240,10 @@ mod tests {
       "last_error": null,
       "configured": true,
       "deploy_hook": null,
-      "updated_at": "1970-01-01T00:01:40Z"
+      "updated_at": "1970-01-01T00:01:40Z",
+      "attention": [],
+      "alerted": null,
+      "drift": null
     },
     {
       "id": "b-validating.test",
@@ -223,7 +273,12 @@ mod tests {
       },
       "configured": true,
       "deploy_hook": null,
-      "updated_at": "1970-01-01T00:01:53Z"
+      "updated_at": "1970-01-01T00:01:53Z",
+      "attention": [
+        "failing"
+      ],
+      "alerted": null,
+      "drift": null
     },
     {
       "id": "c-issued.test",
@@ -253,7 +308,12 @@ mod tests {
         "error": "exit status 3",
         "at": "1970-01-01T00:16:45Z"
       },
-      "updated_at": "1970-01-01T00:16:45Z"
+      "updated_at": "1970-01-01T00:16:45Z",
+      "attention": [
+        "expiring"
+      ],
+      "alerted": null,
+      "drift": null
     },
     {
       "id": "d-expiring.test",
@@ -290,7 +350,10 @@ mod tests {
         "error": "exit status 3",
         "at": "1970-01-01T00:16:45Z"
       },
-      "updated_at": "1970-01-01T00:33:23Z"
+      "updated_at": "1970-01-01T00:33:23Z",
+      "attention": [],
+      "alerted": null,
+      "drift": null
     },
     {
       "id": "e-renewing.test",
@@ -327,7 +390,13 @@ mod tests {
         "error": "exit status 3",
         "at": "1970-01-01T00:16:45Z"
       },
-      "updated_at": "1970-03-03T00:16:45Z"
+      "updated_at": "1970-03-03T00:16:45Z",
+      "attention": [
+        "failing",
+        "expiring"
+      ],
+      "alerted": null,
+      "drift": null
     }
   ]
 }"#;
@@ -341,7 +410,7 @@ mod tests {
 }
 
 /// A human duration from `secs` (negative: in the past), e.g. "59d", "3h", "12m", "40s".
-fn human(secs: i64) -> String {
+pub(crate) fn human(secs: i64) -> String {
     let a = secs.unsigned_abs();
     let s = match a {
         0..=119 => format!("{a}s"),

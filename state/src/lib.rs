@@ -9,10 +9,13 @@
 //! - [`timing`]: when to renew, how long to back off after a failure.
 //! - [`dump`]: the versioned JSON view operators read (`state dump`).
 //! - [`ledger`]: the local rate-limit budget (what the CA counts, whether one more order fits).
+//! - [`attention`]: which certificates need an operator (failing, expiring, not served), the
+//!   alert transitions the reconciler runs, and the `status --check` report.
 //!
 //! Architecture invariant: this crate does no I/O, never reads the clock and never draws random
 //! numbers. Time (`now`) and jitter come in as arguments, so every decision can be replayed in a test.
 
+pub mod attention;
 pub mod dump;
 pub mod ledger;
 pub mod machine;
@@ -21,6 +24,7 @@ pub mod timing;
 
 use serde::{Deserialize, Serialize};
 
+pub use attention::{plan_with_alerts, Condition};
 pub use machine::{apply, plan, Action, Event, Plan};
 
 /// Seconds since the Unix epoch, UTC. The shell reads the clock; the core only compares numbers.
@@ -232,6 +236,32 @@ pub struct HookOutcome {
     pub at: UnixTime,
 }
 
+/// What the watchdog found when HAProxy, or the certificate file, did not hold the stored
+/// certificate (someone reloaded HAProxy with old files, a node restarted without them, the file
+/// was replaced). Each finding is repaired by installing the stored certificate again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// How many times it was found.
+    pub count: u32,
+    /// When it was last found.
+    pub at: UnixTime,
+    /// The serial HAProxy served then; `None`: no certificate under this id's file name, or
+    /// none its crt-list uses. Files-only mode: the file's.
+    pub served: Option<String>,
+    /// The serial of the leaf in `<CERTS_DIR>/<id>.pem` then; `None`: missing or unreadable.
+    pub file: Option<String>,
+    /// When the stored certificate was confirmed served again; `None` while it is not.
+    pub repaired_at: Option<UnixTime>,
+}
+
+/// The conditions the alert step last ran for (empty: the certificate no longer needed
+/// attention), so a restart does not alert again for what was already told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alerted {
+    pub conditions: Vec<Condition>,
+    pub at: UnixTime,
+}
+
 /// Everything persisted about one certificate. No key material: keys are stored apart and never
 /// pass through this type, so nothing that serializes a record can leak one.
 ///
@@ -273,6 +303,10 @@ pub struct Record {
     pub hook: Option<HookOutcome>,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
+    /// The watchdog's last finding of HAProxy or the file not holding the stored certificate.
+    pub drift: Option<Drift>,
+    /// What the alert step last ran for.
+    pub alert: Option<Alerted>,
 }
 
 impl Record {
@@ -296,6 +330,8 @@ impl Record {
             hook: None,
             created_at: now,
             updated_at: now,
+            drift: None,
+            alert: None,
         }
     }
 

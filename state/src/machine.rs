@@ -1,10 +1,11 @@
 //! The pure lifecycle: `apply(record, event, now)` folds what happened into a record, and
 //! `plan(record, now)` says what the shell must do next for it, or when to look again.
 
+use crate::attention::same_serial;
 use crate::timing::{ari_next_check, ari_renewal_time, backoff_secs, renewal_time};
 use crate::{
-    CertMeta, Challenge, Failure, FailureKind, HookOutcome, KeyType, OrderProgress, Record, Stage,
-    Step, UnixTime,
+    Alerted, CertMeta, Challenge, Condition, Drift, Failure, FailureKind, HookOutcome, KeyType,
+    OrderProgress, Record, Stage, Step, UnixTime,
 };
 
 /// A failure as reported by the shell, already classified by the module that saw it.
@@ -79,6 +80,19 @@ pub enum Event {
         fingerprint: String,
         error: Option<String>,
     },
+    /// The watchdog asked HAProxy and read the certificate file while the certificate with
+    /// `serial` was the installed one, and found `served` and `file` instead (`None`: nothing).
+    /// The record is no longer installed (so `plan` installs it again) and the finding is kept.
+    Drifted {
+        serial: String,
+        served: Option<String>,
+        file: Option<String>,
+    },
+    /// The alert step ran for these conditions (empty: the certificate no longer needs
+    /// attention).
+    Alerted {
+        conditions: Vec<Condition>,
+    },
 }
 
 /// Work the shell must do for a record.
@@ -96,6 +110,10 @@ pub enum Action {
     /// Run the deploy hook for the installed certificate (once per certificate: a crash before
     /// its outcome is recorded runs it again).
     RunHook { fingerprint: String },
+    /// Tell the operator (log, `ALERT_HOOK`) that the certificate's conditions changed to
+    /// `conditions` (empty: it no longer needs attention). Planned by
+    /// [`plan_with_alerts`](crate::attention::plan_with_alerts).
+    Alert { conditions: Vec<Condition> },
 }
 
 /// What the shell should do with a record now.
@@ -167,6 +185,9 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
                 if r.failure.as_ref().map(|f| f.step) == Some(Step::Install) {
                     r.failure = None;
                 }
+                if let Some(d) = r.drift.as_mut().filter(|d| d.repaired_at.is_none()) {
+                    d.repaired_at = Some(now);
+                }
             }
         }
         Event::Failed(report) => {
@@ -237,6 +258,34 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
                 at: now,
             });
         }
+        Event::Drifted {
+            serial,
+            served,
+            file,
+        } => {
+            // Only a finding about the certificate that is installed now: a renewal installed
+            // meanwhile makes it stale.
+            let about_installed = r.is_installed()
+                && r.cert
+                    .as_ref()
+                    .is_some_and(|c| same_serial(&c.serial, &serial));
+            if about_installed {
+                r.installed_fingerprint = None;
+                r.drift = Some(Drift {
+                    count: r.drift.as_ref().map_or(0, |d| d.count).saturating_add(1),
+                    at: now,
+                    served,
+                    file,
+                    repaired_at: None,
+                });
+            }
+        }
+        Event::Alerted { conditions } => {
+            r.alert = Some(Alerted {
+                conditions,
+                at: now,
+            });
+        }
     }
     if r != *record {
         r.updated_at = now;
@@ -268,7 +317,11 @@ pub fn plan(r: &Record, now: UnixTime) -> Plan {
         return Plan::Idle;
     }
     if let Some(f) = &r.failure {
+        // A stored certificate that is not served (the watchdog found HAProxy serving another)
+        // is installed again at once, even while a renewal backs off.
+        let repair = f.step != Step::Install && r.cert.is_some() && !r.is_installed();
         match f.next_attempt_at {
+            _ if repair => {}
             None => return Plan::Idle,
             Some(t) if t > now => return Plan::At(t),
             Some(_) => {}
@@ -911,5 +964,66 @@ mod tests {
             Some(Action::CreateOrder),
             "renewed again when due"
         );
+    }
+
+    #[test]
+    fn a_drift_is_repaired_by_installing_again_even_while_a_renewal_backs_off() {
+        let drifted = |serial: &str, served: Option<&str>| Event::Drifted {
+            serial: serial.into(),
+            served: served.map(String::from),
+            file: Some("1A".into()),
+        };
+        let r = issued("f1");
+        assert_eq!(
+            apply(&r, drifted("0B", None), T0 + 1),
+            r,
+            "a finding about another certificate changes nothing"
+        );
+        // Leading zeros are spelling, not value.
+        let r = apply(&r, drifted("001a", Some("0B")), T0 + 10);
+        assert!(!r.is_installed());
+        let d = r.drift.clone().unwrap();
+        assert_eq!(
+            (d.count, d.at, d.served.as_deref(), d.repaired_at),
+            (1, T0 + 10, Some("0B"), None)
+        );
+        let install = Some(Action::Install {
+            fingerprint: "f1".into(),
+        });
+        assert_eq!(due(&r, T0 + 10), install);
+        assert_eq!(
+            apply(&r, drifted("1A", None), T0 + 11),
+            r,
+            "not installed any more: a second finding is not counted twice"
+        );
+        let r = apply(
+            &r,
+            Event::Installed {
+                fingerprint: "f1".into(),
+            },
+            T0 + 12,
+        );
+        assert!(r.is_installed());
+        assert_eq!(r.drift.as_ref().unwrap().repaired_at, Some(T0 + 12));
+        // A renewal that waits for the operator does not hold the repair back.
+        let failing = apply(&r, Event::ForceRenew, T0 + 20);
+        let failing = apply(&failing, fail(FailureKind::Permanent, None, true), T0 + 20);
+        assert_eq!(plan(&failing, T0 + 30), Plan::Idle);
+        let again = apply(&failing, drifted("1A", None), T0 + 30);
+        assert_eq!(again.drift.as_ref().unwrap().count, 2);
+        assert_eq!(due(&again, T0 + 30), install);
+        let repaired = apply(
+            &again,
+            Event::Installed {
+                fingerprint: "f1".into(),
+            },
+            T0 + 31,
+        );
+        assert_eq!(
+            plan(&repaired, T0 + 31),
+            Plan::Idle,
+            "the renewal's failure still waits for the operator"
+        );
+        assert_eq!(repaired.failure, failing.failure);
     }
 }

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
-    CertMeta, Failure, HookOutcome, KeyType, OrderProgress, Phase, Record, Stage, UnixTime,
+    Alerted, CertMeta, Drift, Failure, HookOutcome, KeyType, OrderProgress, Phase, Record, Stage,
+    UnixTime,
 };
 
 /// A record as stored, before its consistency is checked.
@@ -35,6 +36,10 @@ pub(crate) struct RecordRepr {
     hook: Option<HookOutcome>,
     created_at: UnixTime,
     updated_at: UnixTime,
+    #[serde(default)]
+    drift: Option<Drift>,
+    #[serde(default)]
+    alert: Option<Alerted>,
 }
 
 /// The same layout, borrowed from a record: encoding copies nothing. The field order is the
@@ -59,6 +64,11 @@ struct RecordRef<'a> {
     hook: Option<&'a HookOutcome>,
     created_at: UnixTime,
     updated_at: UnixTime,
+    // Left out while unset, so records without them keep their exact bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<&'a Drift>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alert: Option<&'a Alerted>,
 }
 
 impl Serialize for Record {
@@ -82,6 +92,8 @@ impl Serialize for Record {
             hook,
             created_at,
             updated_at,
+            drift,
+            alert,
         } = self;
         RecordRef {
             schema_version: *schema_version,
@@ -102,6 +114,8 @@ impl Serialize for Record {
             hook: hook.as_ref(),
             created_at: *created_at,
             updated_at: *updated_at,
+            drift: drift.as_ref(),
+            alert: alert.as_ref(),
         }
         .serialize(serializer)
     }
@@ -153,6 +167,8 @@ impl TryFrom<RecordRepr> for Record {
             hook: r.hook,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            drift: r.drift,
+            alert: r.alert,
         })
     }
 }
@@ -271,5 +287,33 @@ mod tests {
         assert_eq!(decode(&v).unwrap().phase(), Phase::Expiring);
         assert_eq!(decode(&all[0]).unwrap().phase(), Phase::Pending);
         assert!(decode(&all[1]).unwrap().cert.is_none());
+    }
+
+    #[test]
+    fn the_watchdogs_finding_and_the_last_alert_persist_and_are_left_out_while_unset() {
+        let mut r = fixtures::records()[2].clone();
+        let plain = serde_json::to_value(&r).unwrap();
+        assert!(plain.get("drift").is_none() && plain.get("alert").is_none());
+        r.drift = Some(crate::Drift {
+            count: 2,
+            at: 5000,
+            served: Some("0B".into()),
+            file: None,
+            repaired_at: Some(5001),
+        });
+        r.alert = Some(crate::Alerted {
+            conditions: vec![crate::Condition::Failing, crate::Condition::NotServed],
+            at: 5002,
+        });
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v["drift"],
+            json!({"count": 2, "at": 5000, "served": "0B", "file": null, "repaired_at": 5001})
+        );
+        assert_eq!(
+            v["alert"],
+            json!({"conditions": ["failing", "not-served"], "at": 5002})
+        );
+        assert_eq!(decode(&v).unwrap(), r);
     }
 }

@@ -140,6 +140,8 @@ pub struct Env {
     /// Certificates a previous pebble process issued (a restarted pebble forgets them).
     archived: Vec<Issued>,
     pebble_starts: u32,
+    /// pebble-challtestsrv's management API (its DNS answers for pebble).
+    chall_port: u16,
 }
 
 /// How the harness starts its CA.
@@ -307,6 +309,7 @@ impl Env {
             hap_env: hap_env.clone(),
             archived: Vec::new(),
             pebble_starts: 1,
+            chall_port,
         };
         wait_until("pebble directory", READY_TIMEOUT, || {
             env.assert_alive();
@@ -379,6 +382,23 @@ impl Env {
             self.assert_alive();
             self.runtime("show info").contains("Name: HAProxy")
         });
+    }
+
+    /// Makes pebble's DNS (challtestsrv) answer SERVFAIL for `host` (`on`), so pebble cannot
+    /// validate it, or answer normally again.
+    pub fn dns_servfail(&self, host: &str, on: bool) {
+        let path = if on { "set-servfail" } else { "clear-servfail" };
+        let out = Command::new("curl")
+            .args(["-fsS", "--max-time", "5", "-X", "POST", "-d"])
+            .arg(format!(r#"{{"host":"{host}"}}"#))
+            .arg(format!("http://127.0.0.1:{}/{path}", self.chall_port))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "challtestsrv /{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Every certificate pebble issued in this run, across pebble restarts.

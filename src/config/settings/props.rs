@@ -230,6 +230,16 @@ proptest! {
     }
 
     #[test]
+    fn watchdog_interval(v in duration()) {
+        refused_only_naming(&with(|r| r.watchdog_interval = Some(v)), "WATCHDOG_INTERVAL")?;
+    }
+
+    #[test]
+    fn alert_hook_is_any_command(v in text()) {
+        prop_assert!(Config::from_raw(&with(|r| r.alert_hook = Some(v)), Need::Daemon).is_ok());
+    }
+
+    #[test]
     fn deploy_hook_is_any_command(v in text()) {
         prop_assert!(Config::from_raw(&with(|r| r.deploy_hook = Some(v)), Need::Daemon).is_ok());
     }
@@ -240,6 +250,7 @@ proptest! {
         (domains, rate, email, dir, key, lb, api) in
             (names(), rate_limits(), text(), url(), text(), host(), host()),
         (timeout, listen, admin, hook) in (duration(), host(), host(), text()),
+        (watchdog, alert) in (duration(), text()),
         (data, certs, hcerts, bundle, file) in (path(), path(), path(), path(), path()),
         (staging, prune, non_loopback) in (any::<bool>(), any::<bool>(), any::<bool>()),
     ) {
@@ -264,12 +275,14 @@ proptest! {
             deploy_hook: Some(hook),
             deploy_hook_timeout: Some(timeout),
             responder_listen: Some(listen),
+            watchdog_interval: Some(watchdog),
+            alert_hook: Some(alert),
         };
-        const SETTINGS: [&str; 15] = [
+        const SETTINGS: [&str; 16] = [
             "DOMAINS", "RATE_LIMITS", "EMAIL", "ACME_DIRECTORY", "ACME_CA_BUNDLE",
             "KEY_TYPE", "DATA_DIR", "CERTS_DIR", "LOAD_BALANCER_SERVICE_NAME",
             "HAPROXY_RUNTIME_API", "ADMIN_LISTEN", "DEPLOY_HOOK_TIMEOUT", "RESPONDER_LISTEN",
-            "--staging", "DOMAINS_FILE",
+            "--staging", "DOMAINS_FILE", "WATCHDOG_INTERVAL",
         ];
         for need in [Need::Daemon, Need::StoreOnly] {
             if let Err(e) = Config::from_raw(&raw, need) {

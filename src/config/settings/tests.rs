@@ -368,3 +368,45 @@ fn values_the_runtime_api_or_a_socket_cannot_take_are_refused() {
     let e = one(&|r| r.email = Some("a\u{7}@b.test".into())).unwrap();
     assert!(e.starts_with("EMAIL"), "{e}");
 }
+
+#[test]
+fn watchdog_interval_and_alert_hook() {
+    let with = |interval: Option<&str>, hook: Option<&str>| {
+        Config::from_raw(
+            &RawSettings {
+                watchdog_interval: interval.map(String::from),
+                alert_hook: hook.map(String::from),
+                ..raw()
+            },
+            Need::Daemon,
+        )
+    };
+    let (c, _) = with(None, None).unwrap();
+    assert_eq!(c.watchdog_interval, Some(Duration::from_secs(300)));
+    assert_eq!(c.alert_hook, None);
+    assert_eq!(
+        with(Some("90s"), Some("  notify-send \"$ALERT_MESSAGE\" "))
+            .unwrap()
+            .0
+            .alert_hook
+            .as_deref(),
+        Some("notify-send \"$ALERT_MESSAGE\"")
+    );
+    assert_eq!(
+        with(Some("2"), None).unwrap().0.watchdog_interval,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(with(Some("off"), None).unwrap().0.watchdog_interval, None);
+    assert_eq!(with(Some("0"), None).unwrap().0.watchdog_interval, None);
+    assert_eq!(with(Some(" "), Some("")).unwrap().0.alert_hook, None);
+    let e = with(Some("500ms"), None).unwrap_err();
+    assert!(
+        e.0[0].starts_with("WATCHDOG_INTERVAL \"500ms\": at least 1s"),
+        "{e}"
+    );
+    let e = with(Some("often"), None).unwrap_err();
+    assert!(
+        e.0[0].starts_with("WATCHDOG_INTERVAL: \"often\" is not a duration"),
+        "{e}"
+    );
+}
