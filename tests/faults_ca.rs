@@ -85,7 +85,7 @@ fn issue_with_bad_nonces(reject: u8, names: &[&str]) -> Figures {
     let log = daemon.log_text();
     let f = Figures {
         ms,
-        pebble_requests: pebble_requests(&env.pebble_log()),
+        pebble_requests: pebble_requests(&env.running_pebble_log()),
         our_requests: metric_sum(&m, "haproxy_acme_http_acme_client_request_total"),
         bad_nonces: metric_sum(&m, "haproxy_acme_acme_bad_nonces_total"),
         step_failures: metric_sum(&m, "haproxy_acme_certificate_step_failures_total"),
@@ -252,7 +252,7 @@ fn a_ca_that_forgot_the_account_is_joined_again_without_a_second_certificate() {
     // 1. pebble restarted while the daemon runs with issued certificates (every account and
     //    order forgotten, a new root); a renewal then registers again and issues, no restart.
     env.restart_pebble();
-    let requests_before = pebble_requests(&env.pebble_log());
+    let requests_before = pebble_requests(&env.running_pebble_log());
     renew_force(&env, A);
     let took = wait_served(&env, &mut daemon, A, "a renewed from the restarted CA");
     let log = daemon.log_text();
@@ -268,7 +268,7 @@ fn a_ca_that_forgot_the_account_is_joined_again_without_a_second_certificate() {
         "FAULTS-CA pebble restarted, then renew --force: served again {} ms after the request; \
          {} requests to the new pebble",
         took.as_millis(),
-        pebble_requests(&env.pebble_log()) - requests_before
+        pebble_requests(&env.running_pebble_log()) - requests_before
     );
 
     // 2. pebble restarted while an order is in flight: the daemon is stopped (SIGSTOP) right
@@ -277,7 +277,7 @@ fn a_ca_that_forgot_the_account_is_joined_again_without_a_second_certificate() {
     //    is unknown to the new pebble: a fresh one, one certificate.
     renew_force_until_in_flight(&env, &daemon, B);
     signal(pid, "STOP");
-    let finalized_by_old = env.pebble_finalizes();
+    let finalized_by_old = env.running_pebble_finalizes();
     let started = Instant::now();
     env.restart_pebble();
     signal(pid, "CONT");
@@ -300,10 +300,14 @@ fn a_ca_that_forgot_the_account_is_joined_again_without_a_second_certificate() {
          began ({} ms waiting from CONT); {} requests to the new pebble, {} new-order requests",
         started.elapsed().as_millis(),
         took.as_millis(),
-        pebble_requests(&env.pebble_log()),
-        env.pebble_new_orders()
+        pebble_requests(&env.running_pebble_log()),
+        env.running_pebble_new_orders()
     );
-    assert_eq!(env.pebble_new_orders(), 1, "one fresh order at the new CA");
+    assert_eq!(
+        env.running_pebble_new_orders(),
+        1,
+        "one fresh order at the new CA"
+    );
     for l in log
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("order created"))
@@ -334,7 +338,7 @@ fn a_ca_that_forgot_the_account_is_joined_again_without_a_second_certificate() {
     renew_force_until_in_flight(&env, &daemon, B);
     daemon.kill();
     assert_eq!(
-        env.pebble_finalizes(),
+        env.running_pebble_finalizes(),
         1,
         "the order was finalized before the kill"
     );

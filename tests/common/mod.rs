@@ -534,7 +534,24 @@ impl Env {
         all + &self.running_pebble_log()
     }
 
-    fn running_pebble_log(&self) -> String {
+    /// How many orders the running pebble process created (since its last restart).
+    pub fn running_pebble_new_orders(&self) -> usize {
+        self.running_pebble_log()
+            .lines()
+            .filter(|l| l.contains("POST /order-plz"))
+            .count()
+    }
+
+    /// How many finalize requests the running pebble process received.
+    pub fn running_pebble_finalizes(&self) -> usize {
+        self.running_pebble_log()
+            .lines()
+            .filter(|l| l.contains("POST /finalize-order/"))
+            .count()
+    }
+
+    /// What the running pebble process logged (since its last restart).
+    pub fn running_pebble_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
     }
 
