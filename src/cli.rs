@@ -63,6 +63,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ImportCommand,
     },
+    /// With the daemon stopped: recreate the store's records from the certificate files in
+    /// CERTS_DIR (`<id>.pem`, key checked against the certificate, unexpired, wanted ids only),
+    /// so nothing is ordered again. A damaged store is moved aside into DATA_DIR, never deleted.
+    Rebuild,
+    /// Write a snapshot of the store (every certificate, key and ACME account) to FILE, mode
+    /// 0600; taken by the running daemon, or from the store when none runs.
+    Backup { file: PathBuf },
+    /// With the daemon stopped: replace the store with the snapshot in FILE (checked whole
+    /// first); the current store is moved aside into DATA_DIR, never deleted.
+    Restore { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

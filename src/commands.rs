@@ -203,6 +203,9 @@ fn print_answer(a: Answer) -> anyhow::Result<()> {
 fn open_offline(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
     match SledStore::open(data_dir) {
         Ok(store) => Ok(Arc::new(store)),
+        Err(e @ StoreError::Damaged { .. }) => {
+            Err(Exit(crate::recovery::EXIT_DAMAGED, e.to_string()).into())
+        }
         Err(StoreError::Locked(dir)) => anyhow::bail!(
             "the store in {} is held by a running daemon whose admin socket {} does not answer",
             dir.display(),

@@ -35,13 +35,19 @@ pub enum DaemonError {
     /// The wanted set is invalid or empty (exit code 2).
     #[error("{0}")]
     Config(crate::config::ConfigError),
+    /// The store is damaged or does not know certificates CERTS_DIR holds (exit code 4).
+    #[error("{0}")]
+    StoreDamaged(StoreError),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
 impl From<StoreError> for DaemonError {
     fn from(e: StoreError) -> DaemonError {
-        DaemonError::Other(e.into())
+        match e {
+            StoreError::Damaged { .. } => DaemonError::StoreDamaged(e),
+            e => DaemonError::Other(e.into()),
+        }
     }
 }
 
@@ -64,7 +70,15 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let responder_task = tokio::spawn(responder::serve(listener, tokens.clone(), shutdown.clone()));
     tracing::info!(listen = %config.responder_listen, "challenge responder listening");
 
-    let store: Arc<dyn Store> = Arc::new(open_store_waiting(&config.data_dir).await?);
+    let sled = Arc::new(open_store_waiting(&config.data_dir).await?);
+    let store: Arc<dyn Store> = sled.clone();
+    if sled.unmarked() {
+        // A store with no marker to judge it by (new, restored, or DATA_DIR wiped): refused if
+        // it lacks certificates CERTS_DIR holds, before anything is ordered again.
+        let now = crate::clock::unix_now();
+        crate::recovery::check_certs_dir(store.as_ref(), &config, wanted.initial(), now).await?;
+        sled.seal().await?;
+    }
     let installer = Installer::new(
         config.certs_dir.clone(),
         config.haproxy_certs_dir.clone(),

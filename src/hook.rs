@@ -7,6 +7,7 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -15,6 +16,15 @@ use crate::installer::write_atomic;
 
 /// Output kept per stream (the rest is read and dropped, so the hook never blocks on a pipe).
 const MAX_OUTPUT: usize = 16 * 1024;
+
+/// The umask the process was started with (unset: the hook inherits ours).
+static INHERITED_UMASK: OnceLock<libc::mode_t> = OnceLock::new();
+
+/// Records the umask the operator started the process with: `main` makes its own 0o077 (every
+/// file of ours is private), and the hook, the operator's program, runs with the original one.
+pub fn set_inherited_umask(mask: libc::mode_t) {
+    let _ = INHERITED_UMASK.set(mask);
+}
 
 /// The directory the hook gets as `RENEWED_LINEAGE` for certificate `id`.
 pub fn lineage_dir(data_dir: &Path, id: &str) -> PathBuf {
@@ -78,6 +88,15 @@ pub async fn run_with(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(&mask) = INHERITED_UMASK.get() {
+        // SAFETY: umask(2) is async-signal-safe, the one call made between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(mask);
+                Ok(())
+            });
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -26,6 +26,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`hook`]: the deploy hook (certbot's variables).
 //! - [`import`]: adopting certificates from a certbot directory.
+//! - [`recovery`]: a lost or damaged store: the start-up check, `rebuild`, `backup`, `restore`.
 //! - [`budget`]: the local rate-limit budget (ledger in the store, registered domains by psl).
 //! - [`signals`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload).
 //! - [`watch`]: DOMAINS_FILE changes (notify).
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod ops;
 pub mod pki;
 pub mod reconciler;
+pub mod recovery;
 pub mod responder;
 pub mod signals;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Entry point: parses the command line and the configuration, sets up logging, and hands the
 //! command to `daemon::run` or `commands`. Exit codes: 0 success, 1 runtime failure, 2 invalid
-//! configuration or usage, 3 no such certificate.
+//! configuration or usage, 3 no such certificate, 4 the store is damaged (refused to start on
+//! it; see `recovery`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,9 +11,14 @@ use haproxy_acme::cli::{self, Command, DomainsCommand, ImportCommand, StateComma
 use haproxy_acme::commands::{self, Exit, Op};
 use haproxy_acme::config::{Config, Need, WantedSet};
 use haproxy_acme::daemon::{self, DaemonError, Triggers};
-use haproxy_acme::{haproxy_snippet, import, signals};
+use haproxy_acme::{haproxy_snippet, import, recovery, signals};
 
 fn main() -> ExitCode {
+    // Every file and directory this process creates is private (0600/0700) whatever umask it was
+    // started with: sled's own files hold the keys. The deploy hook gets the original one back.
+    // SAFETY: umask(2) only swaps this process's file mode creation mask; no thread runs yet.
+    let inherited = unsafe { libc::umask(0o077) };
+    haproxy_acme::hook::set_inherited_umask(inherited);
     let options = std::env::var("OPTIONS").ok();
     let cli = match cli::parse(std::env::args_os().collect(), options.as_deref()) {
         Ok(c) => c,
@@ -48,7 +54,7 @@ fn main() -> ExitCode {
     }
 
     let need = match cli.command {
-        Command::Run | Command::CheckConfig => Need::Daemon,
+        Command::Run | Command::CheckConfig | Command::Rebuild => Need::Daemon,
         Command::State { .. }
         | Command::Status { .. }
         | Command::HaproxyConfig
@@ -56,7 +62,9 @@ fn main() -> ExitCode {
         | Command::Renew { .. }
         | Command::Retry { .. }
         | Command::Domains { .. }
-        | Command::Import { .. } => Need::StoreOnly,
+        | Command::Import { .. }
+        | Command::Backup { .. }
+        | Command::Restore { .. } => Need::StoreOnly,
     };
     let (config, wanted) = match Config::from_raw(&cli.settings, need) {
         Ok(c) => c,
@@ -108,6 +116,18 @@ fn main() -> ExitCode {
             Ok(found) => block_on(commands::operate(config, wanted, Op::Import(found))),
         },
         Command::Run => block_on(run(config, wanted)),
+        Command::Rebuild => block_on(async {
+            println!("{}", recovery::rebuild(&config, &wanted).await?);
+            Ok(())
+        }),
+        Command::Backup { file } => block_on(async {
+            println!("{}", recovery::backup(&config, &file).await?);
+            Ok(())
+        }),
+        Command::Restore { file } => block_on(async {
+            println!("{}", recovery::restore(&config, &file).await?);
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,6 +160,9 @@ async fn run(config: Config, wanted: WantedSet) -> anyhow::Result<()> {
     match daemon::run(config, wanted, Triggers { shutdown, reload }).await {
         Ok(()) => Ok(()),
         Err(DaemonError::Config(e)) => Err(Exit(2, e.to_string()).into()),
+        Err(DaemonError::StoreDamaged(e)) => {
+            Err(Exit(recovery::EXIT_DAMAGED, e.to_string()).into())
+        }
         Err(DaemonError::Other(e)) => Err(e),
     }
 }

@@ -1,6 +1,7 @@
 //! Key and certificate handling: key generation, CSRs, the self-signed default certificate,
 //! reading what we need from a PEM chain, and every PEM text we write (the deploy hook's lineage
-//! files, HAProxy's bundle). The only user of rcgen, x509-parser, sha2 and pem.
+//! files, HAProxy's bundle). The only user of rcgen, x509-parser and pem (sha2 also sums
+//! the store's snapshots).
 //!
 //! PEM is read and written with the `pem` crate, the one rcgen's own `pem` feature is built on
 //! (already in the build). It was picked over x509-parser's `Pem` and rustls-pki-types'
@@ -163,6 +164,27 @@ pub fn haproxy_bundle(chain_pem: &str, key_pem: &str) -> Result<String, PkiError
     let mut all = chain;
     all.extend(key);
     Ok(encode(&all))
+}
+
+/// Splits a certificate file as [`haproxy_bundle`] writes it (`<id>.pem`: leaf, issuers, key)
+/// into its chain and its key, each re-encoded: what `rebuild` adopts.
+pub fn split_bundle(bundle: &str) -> Result<(String, String), PkiError> {
+    let all = blocks(bundle).map_err(PkiError::BadPem)?;
+    let (certs, rest): (Vec<Pem>, Vec<Pem>) = all.into_iter().partition(|b| b.tag() == CERTIFICATE);
+    let keys: Vec<Pem> = rest
+        .into_iter()
+        .filter(|b| b.tag().ends_with("PRIVATE KEY"))
+        .collect();
+    if certs.is_empty() {
+        return Err(PkiError::BadPem("no CERTIFICATE block".into()));
+    }
+    if keys.len() != 1 {
+        return Err(PkiError::BadPem(format!(
+            "{} PRIVATE KEY blocks, expected one",
+            keys.len()
+        )));
+    }
+    Ok((encode(&certs), encode(&keys)))
 }
 
 /// Reads serial, validity and fingerprint of the leaf (first certificate) of a PEM chain.
@@ -382,6 +404,12 @@ mod tests {
         );
         let e = haproxy_bundle(&chain, &encrypted).unwrap_err();
         assert!(e.to_string().contains("encrypted"), "{e}");
+        // `rebuild` reads the bundle back into what it was made of.
+        assert_eq!(split_bundle(&b).unwrap(), (chain.clone(), key.clone()));
+        let e = split_bundle(&chain).unwrap_err().to_string();
+        assert!(e.contains("0 PRIVATE KEY blocks"), "{e}");
+        assert!(split_bundle(&key).is_err(), "no certificate");
+        assert!(split_bundle(&format!("{b}{key}")).is_err(), "two keys");
     }
 
     #[test]

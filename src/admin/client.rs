@@ -41,6 +41,8 @@ pub enum Ask {
     Import {
         lineages_json: Vec<u8>,
     },
+    /// `backup FILE`: a snapshot of the store (keys included; unix socket only).
+    Backup,
 }
 
 impl Ask {
@@ -72,6 +74,7 @@ impl Ask {
             Ask::Import { lineages_json } => {
                 (Method::POST, "/import".into(), lineages_json.clone())
             }
+            Ask::Backup => (Method::GET, "/backup".into(), Vec::new()),
         }
     }
 }

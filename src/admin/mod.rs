@@ -2,7 +2,8 @@
 //! public path, and read-only on a loopback TCP address when ADMIN_LISTEN is set (for
 //! Prometheus). Routes: GET /state[/ID], /status, /check (`status --check`), /healthz, /metrics; POST
 //! /certificates/ID/renew[?force=1], /certificates/ID/retry, /domains (body: the names),
-//! /import (body: JSON lineages); DELETE /domains/ID. While the daemon runs it holds sled's
+//! /import (body: JSON lineages); DELETE /domains/ID; GET /backup (a store snapshot, keys
+//! included: unix socket only). While the daemon runs it holds sled's
 //! exclusive lock, so the CLI reads the state through here ([`client`], the only other user of
 //! hyper's client side); when no daemon answers, the CLI opens the store itself.
 
@@ -215,6 +216,18 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
             };
             text(status, format!("{why}\n"))
         }
+        (&Method::GET, ["backup"]) if !writable => text(
+            StatusCode::FORBIDDEN,
+            "a backup holds private keys: it is served on the admin unix socket only\n".into(),
+        ),
+        (&Method::GET, ["backup"]) => match store.snapshot(now).await {
+            Ok(bytes) => reply(
+                StatusCode::OK,
+                "application/x-ndjson",
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ),
+            Err(e) => store_error(e),
+        },
         (&Method::GET, ["metrics"]) => match store.records().await {
             Ok(records) => reply(
                 StatusCode::OK,

@@ -99,6 +99,32 @@ impl Reconciler {
             }
         };
         let serial = meta.serial.clone();
+        // Never stored without its own key: a key lost from the store (damaged, or restored from
+        // an older copy) would otherwise have this step refused and retried forever.
+        let key = self.store.pending_key(id).await?;
+        let key_fits = key.as_deref().map(|k| {
+            crate::pki::leaf(&chain)
+                .and_then(|leaf| leaf.matches_key(k))
+                .unwrap_or(false)
+        });
+        if key_fits != Some(true) {
+            let what = if key.is_none() {
+                "is missing from the store"
+            } else {
+                "in the store is not the key the certificate certifies"
+            };
+            return self
+                .key_missing(
+                    id,
+                    true,
+                    format!(
+                        "the key of order {url} {what}: the certificate the CA issued for it \
+                         (serial {serial}) cannot be used; `haproxy-acme retry {id}` orders a new \
+                         certificate with a new key"
+                    ),
+                )
+                .await;
+        }
         self.commit(id, Event::CertificateStored { meta }, With::Chain(chain))
             .await?;
         let since_order = self
@@ -145,17 +171,7 @@ impl Reconciler {
             return Ok(());
         };
         let Some((chain, key)) = self.store.certificate(id).await? else {
-            let message = "the stored certificate or its key is missing from the store".into();
-            return self
-                .fail(
-                    id,
-                    Step::Install,
-                    FailureKind::Permanent,
-                    message,
-                    None,
-                    false,
-                )
-                .await;
+            return self.certificate_key_missing(id, &meta.serial).await;
         };
         match self.haproxy.install(id, &chain, &key, &meta).await {
             Ok(method) => {
@@ -194,7 +210,10 @@ impl Reconciler {
                 .map(drop);
         };
         let error = match self.store.certificate(id).await? {
-            None => Some("the stored certificate or its key is missing".to_string()),
+            None => {
+                let serial = r.cert.as_ref().map_or("", |c| c.serial.as_str());
+                return self.certificate_key_missing(id, serial).await;
+            }
             Some((chain, key)) => {
                 let lineage = crate::hook::lineage_dir(&self.config.data_dir, id);
                 let written = tokio::task::spawn_blocking({
@@ -239,6 +258,36 @@ impl Reconciler {
     }
 }
 
+impl Reconciler {
+    /// Records that a key the store should hold is missing: a permanent failure, which `retry`
+    /// resolves by ordering a new certificate with a new key (`Event::KeyMissing`).
+    async fn key_missing(&self, id: &str, of_order: bool, error: String) -> Result<(), StoreError> {
+        crate::metrics::global().failure(
+            if of_order {
+                Step::Finalize
+            } else {
+                Step::Install
+            }
+            .as_str(),
+            FailureKind::Permanent.as_str(),
+        );
+        tracing::error!(cert = id, "{error}");
+        self.record(id, Event::KeyMissing { of_order, error })
+            .await
+            .map(drop)
+    }
+
+    /// The stored certificate (serial `serial`) cannot be read back with its key.
+    async fn certificate_key_missing(&self, id: &str, serial: &str) -> Result<(), StoreError> {
+        let error = format!(
+            "the key (or chain) of the stored certificate (serial {serial}) is missing from the \
+             store, so it can never be installed; HAProxy keeps serving what it has. \
+             `haproxy-acme retry {id}` orders a new certificate with a new key"
+        );
+        self.key_missing(id, false, error).await
+    }
+}
+
 /// The durable points inside an order, wired to the store.
 struct Hooks<'a> {
     reconciler: &'a Reconciler,
@@ -269,6 +318,11 @@ impl OrderHooks for Hooks<'_> {
             {
                 return Ok(k);
             }
+            // The order is `ready`: no CSR was accepted yet, so a new key loses nothing.
+            tracing::warn!(
+                cert = self.id,
+                "the stored key of the order is missing from the store; finalizing with a new key"
+            );
         }
         let kt = self.key_type;
         // A key generation failure is not a store failure: say what it is.

@@ -40,6 +40,18 @@ pub enum StoreError {
         "store write failed: {0} (is the disk full?); nothing was lost, the step will be retried"
     )]
     Write(String),
+    /// The store lost what it held, or does not match the certificate directory: refused before
+    /// anything is ordered again (the daemon exits with code 4).
+    #[error(
+        "the store in {path} is damaged: {detail}.\nNothing was changed: starting on it would order \
+         certificates again with new keys while valid ones sit in CERTS_DIR. With the daemon \
+         stopped, run `haproxy-acme rebuild` to recreate the records from the certificate files in \
+         CERTS_DIR (nothing is re-issued), or `haproxy-acme restore FILE` to bring back a backup; \
+         either moves the damaged store aside into DATA_DIR, it is never deleted"
+    )]
+    Damaged { path: PathBuf, detail: String },
+    #[error("this store backend cannot make {0}")]
+    Unsupported(&'static str),
 }
 
 /// What one [`Store::update`] writes, atomically, for the record it was given.
@@ -133,6 +145,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a small value durably: proves the store takes writes (`/healthz`).
     async fn probe_write(&self, now: UnixTime) -> Result<(), StoreError>;
+
+    /// A consistent snapshot of everything the store holds, keys and account credentials
+    /// included: the bytes of a `backup` file. Backends without one refuse.
+    async fn snapshot(&self, now: UnixTime) -> Result<Vec<u8>, StoreError> {
+        let _ = now;
+        Err(StoreError::Unsupported("snapshots"))
+    }
 }
 
 impl dyn Store {

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
@@ -20,8 +20,10 @@ const CERTS: &str = "certs"; // id -> PEM chain of the stored certificate
 const KEYS: &str = "keys"; // "current/<id>" | "pending/<id>" | "account/<directory>" -> PEM / PKCS#8
 const ACCOUNTS: &str = "accounts"; // directory URL -> instant-acme credentials JSON (holds a key)
 const LEDGER: &str = "ledger"; // directory \0 time(be) id(be) -> ledger::Entry as JSON
-const SETTINGS: &str = "settings"; // "added-domains" -> JSON [[name, ...], ...]; "heartbeat"
+const SETTINGS: &str = "settings"; // "added-domains" -> JSON [[name]]; "heartbeat"; "generation"
 const ADDED_DOMAINS: &str = "added-domains";
+const GENERATION: &str = "generation";
+pub const STORE_DIR: &str = "store"; // the sled directory in DATA_DIR
 
 /// The open sled store.
 pub struct SledStore {
@@ -30,6 +32,12 @@ pub struct SledStore {
 
 /// The synchronous store; [`SledStore`] runs each call on the blocking pool.
 struct Inner {
+    /// DATA_DIR: the marker lives beside the sled directory.
+    data_dir: PathBuf,
+    /// The generation the marker was last written for; held from a bump to its marker.
+    marked: std::sync::Mutex<u64>,
+    /// There was no marker at open (see [`SledStore::unmarked`]).
+    unmarked: std::sync::atomic::AtomicBool,
     db: sled::Db,
     records: sled::Tree,
     certs: sled::Tree,
@@ -85,7 +93,7 @@ impl Inner {
             .create(data_dir)
             .map_err(|e| open_err(e.to_string()))?;
         let _ = fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700));
-        let path = data_dir.join("store");
+        let path = data_dir.join(STORE_DIR);
         // sled's page cache defaults to 1 GiB; records are small and read once at start.
         let db = sled::Config::new()
             .path(&path)
@@ -95,7 +103,12 @@ impl Inner {
             .open()
             .map_err(|e| {
                 let msg = e.to_string();
-                if msg.contains("lock")
+                if matches!(e, sled::Error::Corruption { .. }) {
+                    StoreError::Damaged {
+                        path: path.clone(),
+                        detail: format!("sled cannot read it: {msg}"),
+                    }
+                } else if msg.contains("lock")
                     || msg.contains("WouldBlock")
                     || msg.contains("temporarily unavailable")
                 {
@@ -105,7 +118,10 @@ impl Inner {
                 }
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
-        Ok(Inner {
+        let inner = Inner {
+            data_dir: data_dir.to_path_buf(),
+            marked: std::sync::Mutex::new(0),
+            unmarked: std::sync::atomic::AtomicBool::new(false),
             records: tree(RECORDS)?,
             certs: tree(CERTS)?,
             keys: tree(KEYS)?,
@@ -115,7 +131,9 @@ impl Inner {
             record_lock: std::sync::Mutex::new(()),
             added_lock: std::sync::Mutex::new(()),
             db,
-        })
+        };
+        inner.check_marker(&path)?;
+        Ok(inner)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -144,10 +162,14 @@ impl Inner {
 
     fn put_added_domains(&self, added: &[Vec<String>]) -> Result<(), StoreError> {
         let value = serde_json::to_vec(added).expect("names serialize");
+        let mut marked = self.lock_marked();
         self.settings
             .insert(ADDED_DOMAINS, value)
             .map_err(write_err)?;
-        self.flush()
+        let generation = self.bump()?;
+        self.flush()?;
+        self.mark(&mut marked, generation);
+        Ok(())
     }
 
     /// Writes and flushes a small value: proves the store takes writes (`/healthz`).
@@ -162,16 +184,19 @@ impl Inner {
     /// one transaction, flushed.
     fn put_adopted(&self, r: &Record, chain_pem: &str, key_pem: &str) -> Result<(), StoreError> {
         let value = encode(r);
-        (&self.records, &self.certs, &self.keys)
-            .transaction(|(records, certs, keys)| {
+        let mut marked = self.lock_marked();
+        let generation = (&self.records, &self.certs, &self.keys, &self.settings)
+            .transaction(|(records, certs, keys, settings)| {
                 keys.insert(current_key(&r.id).as_bytes(), key_pem.as_bytes())?;
                 keys.remove(pending_key(&r.id).as_bytes())?;
                 certs.insert(r.id.as_bytes(), chain_pem.as_bytes())?;
                 records.insert(r.id.as_bytes(), value.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
+                marker::bump_in(settings)
             })
             .map_err(tx_err)?;
-        self.flush()
+        self.flush()?;
+        self.mark(&mut marked, generation);
+        Ok(())
     }
 
     /// Every record, in id order, one at a time (nothing is held but the one being looked at).
@@ -198,10 +223,18 @@ impl Inner {
 
     /// Writes a record and flushes.
     fn put(&self, r: &Record) -> Result<(), StoreError> {
-        self.records
+        let mut marked = self.lock_marked();
+        let old = self
+            .records
             .insert(r.id.as_bytes(), encode(r))
             .map_err(write_err)?;
-        self.flush()
+        // A new record is a new generation (see `marker`).
+        let generation = old.is_none().then(|| self.bump()).transpose()?;
+        self.flush()?;
+        if let Some(g) = generation {
+            self.mark(&mut marked, g);
+        }
+        Ok(())
     }
 
     /// Writes many records in one batch and flushes once.
@@ -213,8 +246,12 @@ impl Inner {
         for r in records {
             batch.insert(r.id.as_bytes(), encode(r));
         }
+        let mut marked = self.lock_marked();
         self.records.apply_batch(batch).map_err(write_err)?;
-        self.flush()
+        let generation = self.bump()?;
+        self.flush()?;
+        self.mark(&mut marked, generation);
+        Ok(())
     }
 
     /// Writes what `change` says for record `id` (the caller holds the record lock).
@@ -258,15 +295,16 @@ impl Inner {
     /// in the same transaction as its chain.
     fn put_certificate(&self, r: &Record, chain_pem: &str) -> Result<(), StoreError> {
         let value = encode(r);
-        (&self.records, &self.certs, &self.keys)
-            .transaction(|(records, certs, keys)| {
+        let mut marked = self.lock_marked();
+        let generation = (&self.records, &self.certs, &self.keys, &self.settings)
+            .transaction(|(records, certs, keys, settings)| {
                 let key = keys.remove(pending_key(&r.id).as_bytes())?.ok_or(
                     ConflictableTransactionError::Abort(()),
                 )?;
                 keys.insert(current_key(&r.id).as_bytes(), key)?;
                 certs.insert(r.id.as_bytes(), chain_pem.as_bytes())?;
                 records.insert(r.id.as_bytes(), value.as_slice())?;
-                Ok(())
+                marker::bump_in(settings)
             })
             .map_err(|e| match e {
                 TransactionError::Abort(()) => StoreError::Write(format!(
@@ -275,7 +313,9 @@ impl Inner {
                 )),
                 TransactionError::Storage(e) => write_err(e),
             })?;
-        self.flush()
+        self.flush()?;
+        self.mark(&mut marked, generation);
+        Ok(())
     }
 
     /// Appends to the rate-limit ledger of `directory`, forgetting entries older than `keep_since`.
@@ -323,16 +363,19 @@ impl Inner {
 
     /// Forgets certificate `id` entirely: record, chain and keys, in one transaction (`--prune`).
     fn delete(&self, id: &str) -> Result<(), StoreError> {
-        (&self.records, &self.certs, &self.keys)
-            .transaction(|(records, certs, keys)| {
+        let mut marked = self.lock_marked();
+        let generation = (&self.records, &self.certs, &self.keys, &self.settings)
+            .transaction(|(records, certs, keys, settings)| {
                 records.remove(id.as_bytes())?;
                 certs.remove(id.as_bytes())?;
                 keys.remove(current_key(id).as_bytes())?;
                 keys.remove(pending_key(id).as_bytes())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
+                marker::bump_in(settings)
             })
             .map_err(tx_err)?;
-        self.flush()
+        self.flush()?;
+        self.mark(&mut marked, generation);
+        Ok(())
     }
 
     /// The stored certificate chain and its key.
@@ -455,5 +498,7 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
 }
 
 mod blocking;
+pub mod marker;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -93,6 +93,15 @@ pub enum Event {
     Alerted {
         conditions: Vec<Condition>,
     },
+    /// A key the store should hold is missing (a damaged store): the order's (`of_order`: the
+    /// certificate the CA issues for it can never be stored, so the order is dropped) or the
+    /// stored certificate's (it can never be installed again, so it is forgotten; HAProxy keeps
+    /// serving what it has). Recorded as a permanent failure, never retried on its own:
+    /// `retry` (or `renew --force`) then orders a new certificate with a new key.
+    KeyMissing {
+        of_order: bool,
+        error: String,
+    },
 }
 
 /// Work the shell must do for a record.
@@ -284,6 +293,33 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
             r.alert = Some(Alerted {
                 conditions,
                 at: now,
+            });
+        }
+        Event::KeyMissing { of_order, error } => {
+            let step = if of_order {
+                r.stage = without_order(&r);
+                Step::Finalize
+            } else {
+                r.cert = None;
+                r.renew_at = None;
+                r.ari_window = None;
+                r.ari_check_at = None;
+                if matches!(r.stage, Stage::Issued | Stage::Expiring) {
+                    r.stage = Stage::Pending;
+                }
+                Step::Install
+            };
+            r.failure = Some(Failure {
+                step,
+                kind: FailureKind::Permanent,
+                error,
+                attempts: r
+                    .failure
+                    .as_ref()
+                    .map_or(0, |f| f.attempts)
+                    .saturating_add(1),
+                at: now,
+                next_attempt_at: None,
             });
         }
     }
@@ -932,6 +968,72 @@ mod tests {
         let r = apply(&r, Event::Retry, T0 + 100);
         assert!(r.failure.is_none());
         assert_eq!(due(&r, T0 + 100), Some(Action::CreateOrder));
+    }
+
+    #[test]
+    fn a_missing_key_is_a_permanent_failure_that_retry_turns_into_a_new_order() {
+        // The stored certificate's key is gone (found at install): the certificate is
+        // forgotten, nothing happens on its own, and `retry` orders a new one.
+        let r = run(
+            pending(),
+            vec![
+                (Event::OrderCreated { url: "u1".into() }, T0),
+                (Event::KeyStored, T0),
+                (
+                    Event::CertificateStored {
+                        meta: meta("f1", T0, 90),
+                    },
+                    T0,
+                ),
+            ],
+        );
+        let lost = |of_order| Event::KeyMissing {
+            of_order,
+            error: "key missing".into(),
+        };
+        let r = apply(&r, lost(false), T0);
+        assert_eq!((r.phase(), r.cert.clone()), (Phase::Pending, None));
+        let f = r.failure.clone().unwrap();
+        assert_eq!(
+            (f.step, f.kind, f.next_attempt_at),
+            (Step::Install, FailureKind::Permanent, None)
+        );
+        assert_eq!(
+            plan(&r, T0 + 365 * DAY),
+            Plan::Idle,
+            "never retried on its own"
+        );
+        let r = apply(&r, Event::Retry, T0 + 1);
+        assert_eq!(due(&r, T0 + 1), Some(Action::CreateOrder));
+        // An installed certificate whose key is gone (found by the deploy hook): HAProxy keeps
+        // serving it; the record forgets it, and `renew --force` resolves it as `retry` does.
+        let r = apply(&issued("f1"), lost(false), T0);
+        assert_eq!(r.installed_fingerprint.as_deref(), Some("f1"));
+        assert_eq!(plan(&r, T0), Plan::Idle);
+        assert_eq!(
+            due(&apply(&r, Event::ForceRenew, T0), T0),
+            Some(Action::CreateOrder)
+        );
+        // The order's key is gone after finalize: the order is dropped, the served certificate
+        // stays, and `retry` orders anew (with a new key: `key_generated` starts false).
+        let r = apply(&issued("f1"), Event::ForceRenew, T0);
+        let r = apply(&r, Event::OrderCreated { url: "u2".into() }, T0);
+        let r = apply(&r, Event::KeyStored, T0);
+        let r = apply(&r, lost(true), T0);
+        assert_eq!(r.phase(), Phase::Expiring);
+        assert!(r.order().is_none() && r.is_installed());
+        assert_eq!(r.failure.as_ref().unwrap().step, Step::Finalize);
+        assert_eq!(plan(&r, T0 + DAY), Plan::Idle);
+        let r = apply(&r, Event::Retry, T0 + DAY);
+        assert_eq!(due(&r, T0 + DAY), Some(Action::CreateOrder));
+        let r = apply(&r, Event::OrderCreated { url: "u3".into() }, T0 + DAY);
+        assert_eq!(
+            due(&r, T0 + DAY),
+            Some(Action::DriveOrder {
+                url: "u3".into(),
+                key_generated: false
+            })
+        );
     }
 
     #[test]

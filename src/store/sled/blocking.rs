@@ -119,4 +119,8 @@ impl Store for SledStore {
     async fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
         self.blocking(move |s| s.probe_write(now)).await
     }
+
+    async fn snapshot(&self, now: UnixTime) -> Result<Vec<u8>, StoreError> {
+        self.blocking(move |s| s.export(now)).await
+    }
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use haproxy_acme_state::{apply, CertMeta, Event, KeyType};
+use std::path::Path;
 
 /// A record as version 1 wrote it. Persisted formats are contracts: this must keep loading.
 const RECORD_V1: &str = r#"{"schema_version":1,"id":"a.test","names":["a.test","www.a.test"],
@@ -117,4 +118,221 @@ fn certificate_and_key_are_stored_together() {
     ));
     let mode = fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
+}
+
+/// A store with `n` issued certificates (record, chain and key each), an account and a
+/// runtime addition, as the daemon leaves it.
+fn filled(dir: &Path, n: usize) -> Inner {
+    let store = Inner::open(dir).unwrap();
+    store.seal().unwrap();
+    for i in 0..n {
+        let r = Record::new(vec![format!("s{i}.test")], KeyType::EcdsaP256, 1);
+        let r = apply(&r, Event::OrderCreated { url: "u".into() }, 1);
+        store.put(&r).unwrap();
+        let r = apply(&r, Event::KeyStored, 1);
+        store
+            .put_with_pending_key(&r, &format!("KEY {i} {}", "k".repeat(200)))
+            .unwrap();
+        let meta = CertMeta {
+            serial: format!("{i}"),
+            not_before: 1,
+            not_after: 2,
+            fingerprint: format!("f{i}"),
+            issued_at: 1,
+        };
+        let r = apply(&r, Event::CertificateStored { meta }, 1);
+        store
+            .put_certificate(&r, &format!("CHAIN {i} {}", "c".repeat(2000)))
+            .unwrap();
+    }
+    store.put_account("https://ca/dir", b"{\"id\":1}").unwrap();
+    store
+        .put_account_key("https://ca/dir", &[0, 1, 2, 255])
+        .unwrap();
+    store.put_added_domains(&[vec!["x.test".into()]]).unwrap();
+    store
+}
+
+/// The length of a file up to its last non-zero byte.
+fn used_len(path: &Path) -> u64 {
+    let bytes = fs::read(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
+#[test]
+fn an_emptied_truncated_or_half_overwritten_store_is_refused_with_what_was_lost() {
+    use std::os::unix::fs::FileExt;
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 3] = [
+        ("emptied", |store| {
+            fs::remove_dir_all(store).unwrap();
+            fs::create_dir(store).unwrap();
+        }),
+        // sled pads its file to a 512 KiB segment with zeros: the damage cuts into the data.
+        ("truncated", |store| {
+            let used = used_len(&store.join("db"));
+            let db = fs::OpenOptions::new()
+                .write(true)
+                .open(store.join("db"))
+                .unwrap();
+            db.set_len(used / 2).unwrap();
+        }),
+        ("half overwritten", |store| {
+            let used = used_len(&store.join("db"));
+            let db = fs::OpenOptions::new()
+                .write(true)
+                .open(store.join("db"))
+                .unwrap();
+            db.write_all_at(&vec![0xAB; (used / 2) as usize], used / 2)
+                .unwrap();
+        }),
+    ];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path(), 3));
+        let intact = Inner::open(dir.path()).unwrap();
+        let generation = intact.generation().unwrap();
+        assert_eq!(
+            generation,
+            3 * 2 + 1,
+            "3 records, 3 certificates, 1 addition"
+        );
+        drop(intact);
+        damage(&dir.path().join(STORE_DIR));
+        // sled either recovers a shorter store silently (caught by the marker) or reports
+        // corruption itself; both are refused as damage.
+        match Inner::open(dir.path()) {
+            Err(StoreError::Damaged { detail, .. }) => assert!(
+                (detail.contains(&format!("generation {generation}"))
+                    && detail.contains("writes were lost"))
+                    || detail.starts_with("sled cannot read it"),
+                "{what}: {detail}"
+            ),
+            Err(e) => panic!("{what}: another error: {e}"),
+            Ok(s) => panic!(
+                "{what}: opened at generation {} as if nothing happened",
+                s.generation().unwrap()
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_restores_every_tree_and_the_old_store_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = filled(dir.path(), 2);
+    store
+        .ledger_append(
+            "https://ca/dir",
+            &haproxy_acme_state::ledger::Entry::Order { at: 5 },
+            0,
+        )
+        .unwrap();
+    let bytes = store.export(1_700_000_000).unwrap();
+    let snap = snapshot::parse(&bytes).unwrap();
+    assert!(
+        snap.summary()
+            .starts_with("2 certificate records, 3 keys, 1 ACME accounts (store generation 5"),
+        "{}",
+        snap.summary()
+    );
+    drop(store);
+    let aside = SledStore::move_aside(dir.path(), "replaced", 1_700_000_000)
+        .unwrap()
+        .unwrap();
+    assert!(aside.join(STORE_DIR).join("db").exists());
+    assert!(aside.join(marker::FILE).exists());
+    SledStore::restore(dir.path(), &snap).unwrap();
+    let restored = SledStore::open(dir.path()).unwrap();
+    assert!(restored.unmarked() && !marker::path(dir.path()).exists());
+    let again = restored.inner.export(1_700_000_000).unwrap();
+    assert_eq!(again, bytes, "every tree, byte for byte");
+    assert_eq!(
+        restored.inner.certificate("s1.test").unwrap().unwrap().1,
+        format!("KEY 1 {}", "k".repeat(200))
+    );
+    assert!(
+        SledStore::restore(dir.path(), &snap).is_err(),
+        "never over a store"
+    );
+    // Sealed (by the daemon, once checked), its marker has the snapshot's generation.
+    restored.inner.seal().unwrap();
+    drop(restored);
+    assert_eq!(
+        marker::read(dir.path()).unwrap().map(|m| m.generation),
+        Some(5)
+    );
+    assert_eq!(Inner::open(dir.path()).unwrap().generation().unwrap(), 5);
+}
+
+#[test]
+fn truncated_damaged_and_foreign_snapshots_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = filled(dir.path(), 2).export(1).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let refused = |b: &[u8]| snapshot::parse(b).unwrap_err();
+    assert!(refused(b"").contains("not a haproxy-acme snapshot"));
+    assert!(refused(b"{\"hello\":1}\n").contains("not a haproxy-acme snapshot"));
+    assert!(refused(RECORD_V1.as_bytes()).contains("not a haproxy-acme snapshot"));
+    assert!(refused(&bytes[..bytes.len() / 2]).contains("truncated"));
+    assert!(refused(&bytes[..bytes.len() - 1]).contains("truncated"));
+    // One character changed in the middle (a key's base64).
+    let mut flipped = bytes.clone();
+    let i = bytes.len() / 2;
+    flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
+    assert!(refused(&flipped).contains("damaged"));
+    let newer = text.replacen("\"version\":1", "\"version\":2", 1);
+    assert!(refused(newer.as_bytes()).contains("format 2"));
+    // A lost line: the checksum no longer matches.
+    let lines: Vec<&str> = text.lines().collect();
+    let dropped = format!("{}\n{}\n", lines[0], lines[2..].join("\n"));
+    assert!(refused(dropped.as_bytes()).contains("damaged"));
+}
+
+#[test]
+fn in_use_sees_the_lock_of_an_open_store() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!SledStore::in_use(dir.path()).unwrap(), "no store at all");
+    let store = Inner::open(dir.path()).unwrap();
+    // sled's lock is flock(2): per open file description, so this process sees it too.
+    assert!(SledStore::in_use(dir.path()).unwrap());
+    drop(store);
+    // sled's threads let go of the file a moment after the handle is dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while SledStore::in_use(dir.path()).unwrap() {
+        assert!(std::time::Instant::now() < deadline, "still locked");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_store_without_a_marker_gets_none_until_it_is_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Inner::open(dir.path()).unwrap();
+    store
+        .put(&Record::new(vec!["a.test".into()], KeyType::EcdsaP256, 1))
+        .unwrap();
+    drop(store);
+    // A command (or a refused start) on a wiped DATA_DIR must not make it look trusted.
+    let store = SledStore::open(dir.path()).unwrap();
+    assert!(store.unmarked() && !marker::path(dir.path()).exists());
+    store.inner.seal().unwrap();
+    assert_eq!(
+        marker::read(dir.path()).unwrap().map(|m| m.generation),
+        Some(1)
+    );
+    store
+        .inner
+        .put(&Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 1))
+        .unwrap();
+    assert_eq!(
+        marker::read(dir.path()).unwrap().map(|m| m.generation),
+        Some(2),
+        "sealed: every generation reaches the marker"
+    );
+    drop(store);
+    assert!(!SledStore::open(dir.path()).unwrap().unmarked());
 }
