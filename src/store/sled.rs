@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use haproxy_acme_state::{Record, UnixTime, RECORD_SCHEMA_VERSION};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -23,12 +23,8 @@ const LEDGER: &str = "ledger"; // directory \0 time(be) id(be) -> ledger::Entry 
 const SETTINGS: &str = "settings"; // "added-domains" -> JSON [[name, ...], ...]; "heartbeat"
 const ADDED_DOMAINS: &str = "added-domains";
 
-/// The open sled store.
-pub struct SledStore {
-    inner: Arc<Inner>,
-}
-
-/// The synchronous store; [`SledStore`] runs each call on the blocking pool.
+/// The synchronous store over one open sled database; [`SledStore`] runs each call on the
+/// blocking pool, and opens a new one after a write failed.
 struct Inner {
     db: sled::Db,
     records: sled::Tree,
@@ -42,30 +38,9 @@ struct Inner {
     record_lock: std::sync::Mutex<()>,
     /// Held across each read-modify-write of the runtime additions.
     added_lock: std::sync::Mutex<()>,
-}
-
-fn write_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Write(e.to_string())
-}
-
-impl SledStore {
-    /// Opens (creating if needed) the store in `data_dir`, which is made private (0700).
-    pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
-        Inner::open(data_dir).map(|inner| SledStore {
-            inner: Arc::new(inner),
-        })
-    }
-
-    /// Runs `f` on the blocking pool (sled reads may hit the disk, writes fsync).
-    async fn blocking<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| StoreError::Write(format!("store task failed: {e}")))?
-    }
+    /// Set when a write failed: after an I/O error sled refuses every later write (and its
+    /// memory may hold what did not reach the disk), so this database must be opened again.
+    failed: AtomicBool,
 }
 
 impl Inner {
@@ -109,12 +84,33 @@ impl Inner {
             settings: tree(SETTINGS)?,
             record_lock: std::sync::Mutex::new(()),
             added_lock: std::sync::Mutex::new(()),
+            failed: AtomicBool::new(false),
             db,
         })
     }
 
+    /// A write failed: notes that this database must be opened again.
+    fn write_err(&self, e: sled::Error) -> StoreError {
+        self.failed.store(true, Ordering::Release);
+        StoreError::Write(match e {
+            // sled prints the io::Error's Debug form, and repeats an earlier I/O error as a copy
+            // that lost its OS error: say it the way people know it.
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                "No space left on device".into()
+            }
+            sled::Error::Io(io) if io.raw_os_error().is_some() => io.to_string(),
+            sled::Error::Io(io) => format!("{} ({io})", io.kind()),
+            other => other.to_string(),
+        })
+    }
+
+    /// Whether a write failed since it was opened.
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(write_err)
+        self.db.flush().map(|_| ()).map_err(|e| self.write_err(e))
     }
 
     /// Serializes read-modify-write cycles on records (see `record_lock`). Hold it from the
@@ -141,7 +137,7 @@ impl Inner {
         let value = serde_json::to_vec(added).expect("names serialize");
         self.settings
             .insert(ADDED_DOMAINS, value)
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         self.flush()
     }
 
@@ -149,7 +145,7 @@ impl Inner {
     fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
         self.settings
             .insert("heartbeat", &now.to_be_bytes())
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         self.flush()
     }
 
@@ -165,7 +161,7 @@ impl Inner {
                 records.insert(r.id.as_bytes(), value.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.flush()
     }
 
@@ -195,7 +191,7 @@ impl Inner {
     fn put(&self, r: &Record) -> Result<(), StoreError> {
         self.records
             .insert(r.id.as_bytes(), encode(r))
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         self.flush()
     }
 
@@ -208,7 +204,9 @@ impl Inner {
         for r in records {
             batch.insert(r.id.as_bytes(), encode(r));
         }
-        self.records.apply_batch(batch).map_err(write_err)?;
+        self.records
+            .apply_batch(batch)
+            .map_err(|e| self.write_err(e))?;
         self.flush()
     }
 
@@ -239,7 +237,7 @@ impl Inner {
                 keys.insert(pending_key(&r.id).as_bytes(), key_pem.as_bytes())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.flush()
     }
 
@@ -268,7 +266,7 @@ impl Inner {
                     "no stored key for the order of {:?}: refusing to store a certificate without its key",
                     r.id
                 )),
-                TransactionError::Storage(e) => write_err(e),
+                TransactionError::Storage(e) => self.write_err(e),
             })?;
         self.flush()
     }
@@ -280,19 +278,19 @@ impl Inner {
         entry: &haproxy_acme_state::ledger::Entry,
         keep_since: UnixTime,
     ) -> Result<(), StoreError> {
-        let id = self.db.generate_id().map_err(write_err)?;
+        let id = self.db.generate_id().map_err(|e| self.write_err(e))?;
         let value = serde_json::to_vec(entry).expect("a ledger entry serializes");
         self.ledger
             .insert(ledger_key(directory, entry.at(), id), value)
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         let old: Vec<sled::IVec> = self
             .ledger
             .range(ledger_key(directory, i64::MIN, 0)..ledger_key(directory, keep_since, 0))
             .keys()
             .collect::<Result<_, _>>()
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         for k in old {
-            self.ledger.remove(k).map_err(write_err)?;
+            self.ledger.remove(k).map_err(|e| self.write_err(e))?;
         }
         self.flush()
     }
@@ -307,7 +305,7 @@ impl Inner {
             .range(ledger_key(directory, since, 0)..ledger_key(directory, i64::MAX, u64::MAX))
             .values()
             .map(|v| {
-                let v = v.map_err(write_err)?;
+                let v = v.map_err(|e| self.write_err(e))?;
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                     id: format!("rate-limit ledger of {directory}"),
                     detail: e.to_string(),
@@ -326,7 +324,7 @@ impl Inner {
                 keys.remove(pending_key(id).as_bytes())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.flush()
     }
 
@@ -345,7 +343,7 @@ impl Inner {
     fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
         self.accounts
             .insert(directory, credentials)
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         self.flush()
     }
 
@@ -357,8 +355,15 @@ impl Inner {
     fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
         self.keys
             .insert(account_key(directory), pkcs8_der)
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         self.flush()
+    }
+
+    fn tx_err(&self, e: TransactionError<()>) -> StoreError {
+        match e {
+            TransactionError::Abort(()) => StoreError::Write("transaction aborted".into()),
+            TransactionError::Storage(e) => self.write_err(e),
+        }
     }
 
     fn get_bytes(&self, tree: &sled::Tree, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -380,13 +385,6 @@ impl Inner {
                     detail: "not UTF-8".into(),
                 }),
         }
-    }
-}
-
-fn tx_err(e: TransactionError<()>) -> StoreError {
-    match e {
-        TransactionError::Abort(()) => StoreError::Write("transaction aborted".into()),
-        TransactionError::Storage(e) => write_err(e),
     }
 }
 
@@ -450,5 +448,6 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
 }
 
 mod blocking;
+pub use blocking::SledStore;
 #[cfg(test)]
 mod tests;
