@@ -19,6 +19,7 @@ use crate::installer::Installer;
 use crate::reconciler::{Parts, Reconciler, StartError, Tuning};
 use crate::responder::{self, Tokens};
 use crate::store::sled::SledStore;
+use crate::store::watched::Watched;
 use crate::store::{Store, StoreError};
 
 /// What stops the daemon and what asks it to re-read its configuration.
@@ -64,7 +65,14 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let responder_task = tokio::spawn(responder::serve(listener, tokens.clone(), shutdown.clone()));
     tracing::info!(listen = %config.responder_listen, "challenge responder listening");
 
-    let store: Arc<dyn Store> = Arc::new(open_store_waiting(&config.data_dir).await?);
+    let health = Arc::new(Health::default());
+    let clock = Arc::new(SystemClock);
+    // Its write failures and recoveries go to the health registry (`status`, the dump).
+    let store: Arc<dyn Store> = Arc::new(Watched::new(
+        Arc::new(open_store_waiting(&config.data_dir).await?),
+        health.clone(),
+        clock.clone(),
+    ));
     let installer = Installer::new(
         config.certs_dir.clone(),
         config.haproxy_certs_dir.clone(),
@@ -100,8 +108,6 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let wanted = Arc::new(wanted);
     let config = Arc::new(config);
     let installer = Arc::new(installer);
-    let health = Arc::new(Health::default());
-    let clock = Arc::new(SystemClock);
     let (reconciler, control, inbox) = Reconciler::new(
         Parts {
             config: config.clone(),
@@ -139,7 +145,7 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
             config: config.clone(),
             wanted,
             control,
-            health,
+            health: health.clone(),
             clock,
         }),
         shutdown.clone(),
@@ -147,7 +153,10 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     // No `sleep` in a compose file: the daemon itself waits until HAProxy can route validation
     // traffic and take certificates, before it orders anything.
     let mut waiting = shutdown.clone();
-    if installer.wait_for_runtime_api(&mut waiting).await {
+    if installer
+        .wait_for_runtime_api(&mut waiting, health.conditions())
+        .await
+    {
         reconciler.run(started, shutdown, reload_rx, inbox).await;
     }
     let _ = tokio::join!(responder_task, admin_task);

@@ -15,6 +15,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 
 use crate::config::RuntimeApiAddr;
+use crate::health::{Conditions, Part};
 
 /// One runtime-API command must answer within this time.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -240,30 +241,31 @@ impl Installer {
     }
 
     /// Waits until HAProxy's runtime API answers (no-op in files-only mode), so nothing is
-    /// ordered before validation traffic can reach us through HAProxy. Returns false if
-    /// `shutdown` turned true first.
+    /// ordered before validation traffic can reach us through HAProxy; meanwhile `conditions`
+    /// says so. Returns false if `shutdown` turned true first.
     pub async fn wait_for_runtime_api(
         &self,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        conditions: &Conditions,
     ) -> bool {
         let Some(addr) = &self.runtime else {
             return true;
         };
         let api = RuntimeApi { addr };
-        let mut last_log: Option<std::time::Instant> = None;
         let mut delay = Duration::from_millis(10);
         loop {
+            let now = crate::clock::unix_now();
             match api.send("show info").await {
-                Ok(info) if info.contains("Name: HAProxy") => return true,
-                other => {
-                    if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                        let why = match other {
-                            Ok(answer) => format!("unexpected answer: {}", answer.trim()),
-                            Err(e) => e.to_string(),
-                        };
-                        tracing::info!(runtime_api = %addr, "waiting for HAProxy's runtime API ({why})");
-                        last_log = Some(std::time::Instant::now());
-                    }
+                Ok(info) if info.contains("Name: HAProxy") => {
+                    conditions.clear(Part::RuntimeApi, now);
+                    return true;
+                }
+                Ok(answer) => {
+                    let why = format!("unexpected answer to `show info`: {}", answer.trim());
+                    conditions.set(Part::RuntimeApi, now, why);
+                }
+                Err(e) => {
+                    conditions.set(Part::RuntimeApi, now, e.to_string());
                 }
             }
             // HAProxy usually comes up within moments of us: look again soon, then less often.

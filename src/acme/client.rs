@@ -14,7 +14,7 @@ use instant_acme::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::OnceCell;
 
-use super::http::{http_client, retry_after_from_detail, with_retry_after};
+use super::http::{http_client, not_reached, retry_after_from_detail, with_retry_after};
 use super::{AcmeError, Ca, OrderHooks, RenewalInfo};
 use crate::config::Config;
 use crate::store::Store;
@@ -78,7 +78,10 @@ impl AcmeError {
                 err.retry_after = when.map(unix_at);
                 err
             }
-            other => AcmeError::new(step, FailureKind::Retryable, with_sources(&other)),
+            other => AcmeError {
+                unreachable: not_reached(&other),
+                ..AcmeError::new(step, FailureKind::Retryable, with_sources(&other))
+            },
         }
     }
 }

@@ -19,6 +19,9 @@ pub struct AcmeError {
     pub retry_after: Option<UnixTime>,
     /// The order can never complete: the next attempt must create a new one.
     pub order_dead: bool,
+    /// The CA was not reached (connection or TLS failure): what the daemon waits for, not
+    /// something the CA said.
+    pub unreachable: bool,
 }
 
 impl AcmeError {
@@ -29,6 +32,7 @@ impl AcmeError {
             message: message.into(),
             retry_after: None,
             order_dead: false,
+            unreachable: false,
         }
     }
 }

@@ -9,6 +9,9 @@ use time::OffsetDateTime;
 
 use crate::{Failure, Phase, Record, UnixTime};
 
+mod waiting;
+pub use waiting::{waiting_text, waiting_views, Waiting, WaitingView};
+
 /// Version of the dump schema. Additive changes keep it; renaming or removing a field bumps it.
 pub const DUMP_SCHEMA_VERSION: u32 = 1;
 
@@ -18,6 +21,8 @@ pub struct Dump {
     pub schema_version: u32,
     pub generated_at: String,
     pub certificates: Vec<CertView>,
+    /// What the running daemon is waiting for (kept in its memory; empty offline).
+    pub waiting_for: Vec<WaitingView>,
 }
 
 /// One certificate as operators see it. Times are RFC 3339 UTC strings.
@@ -129,6 +134,7 @@ pub fn dump<'a>(records: impl IntoIterator<Item = &'a Record>, now: UnixTime) ->
         schema_version: DUMP_SCHEMA_VERSION,
         generated_at: rfc3339(now),
         certificates,
+        waiting_for: Vec::new(),
     }
 }
 
@@ -329,7 +335,8 @@ mod tests {
       },
       "updated_at": "1970-03-03T00:16:45Z"
     }
-  ]
+  ],
+  "waiting_for": []
 }"#;
 
     #[test]
