@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -51,12 +51,13 @@ impl Part {
     }
 }
 
-/// A part that is failing: since when, and its latest error.
+/// A part that is failing: since when, and its latest error and when it was seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
     pub part: Part,
     pub since: UnixTime,
     pub error: String,
+    pub error_at: UnixTime,
 }
 
 /// What the daemon is waiting for right now, each part set by whoever sees it fail and cleared
@@ -65,6 +66,9 @@ pub struct Condition {
 #[derive(Default)]
 pub struct Conditions {
     current: Mutex<BTreeMap<Part, Condition>>,
+    /// How many parts are failing: clearing one that is not (every write, every install) reads
+    /// only this.
+    failing: AtomicUsize,
 }
 
 impl Conditions {
@@ -75,23 +79,27 @@ impl Conditions {
     }
 
     /// `part` failed with `error` at `now`. A part already failing keeps its `since` and takes
-    /// the new error. Returns whether it was working before (the change is logged once).
+    /// the new error and time. Returns whether it was working before (the change is logged
+    /// once).
     pub fn set(&self, part: Part, now: UnixTime, error: impl Into<String>) -> bool {
         let error = error.into();
         let mut current = self.lock();
         match current.get_mut(&part) {
             Some(c) => {
                 c.error = error;
+                c.error_at = now;
                 false
             }
             None => {
                 tracing::warn!(part = part.key(), "waiting for {}: {error}", part.what());
+                self.failing.fetch_add(1, Ordering::AcqRel);
                 current.insert(
                     part,
                     Condition {
                         part,
                         since: now,
                         error,
+                        error_at: now,
                     },
                 );
                 true
@@ -102,7 +110,11 @@ impl Conditions {
     /// `part` works (again) at `now`. Returns the condition it ends, if any (logged with how
     /// long it lasted).
     pub fn clear(&self, part: Part, now: UnixTime) -> Option<Condition> {
+        if self.failing.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let ended = self.lock().remove(&part)?;
+        self.failing.fetch_sub(1, Ordering::AcqRel);
         tracing::info!(
             part = part.key(),
             secs = now - ended.since,
@@ -126,7 +138,15 @@ impl Conditions {
     }
 
     pub fn get(&self, part: Part) -> Option<Condition> {
+        if self.failing.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         self.lock().get(&part).cloned()
+    }
+
+    /// Whether `part` is failing (cheap when nothing is).
+    pub fn is_failing(&self, part: Part) -> bool {
+        self.failing.load(Ordering::Acquire) != 0 && self.lock().contains_key(&part)
     }
 
     /// Every current condition, in `Part` order.
@@ -143,6 +163,7 @@ impl Conditions {
                 what: c.part.what(),
                 since: c.since,
                 error: c.error,
+                error_at: c.error_at,
             })
             .collect()
     }
@@ -318,13 +339,15 @@ mod tests {
         let c = Conditions::default();
         assert!(c.set(Part::Store, 100, "disk full"));
         assert!(!c.set(Part::Store, 160, "still full"), "already failing");
+        assert_eq!(c.get(Part::Store).map(|c| c.error_at), Some(160));
         assert!(c.set(Part::Ca, 150, "connection refused"));
         assert_eq!(
             c.get(Part::Store),
             Some(Condition {
                 part: Part::Store,
                 since: 100,
-                error: "still full".into()
+                error: "still full".into(),
+                error_at: 160,
             })
         );
         let parts: Vec<Part> = c.current().iter().map(|c| c.part).collect();

@@ -62,6 +62,11 @@ pub trait Haproxy: Send + Sync + 'static {
 
     /// Removes certificate `id` from HAProxy and the certificate directory; idempotent.
     async fn remove(&self, id: &str) -> Result<(), InstallError>;
+
+    /// Whether HAProxy's runtime API answers now (an install waiting for it is tried again).
+    async fn reachable(&self) -> Result<(), InstallError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -143,6 +148,17 @@ impl Haproxy for Installer {
             });
         }
         Ok(Method::RuntimeApi)
+    }
+
+    /// `show info` answers (files-only: nothing to reach).
+    async fn reachable(&self) -> Result<(), InstallError> {
+        match &self.runtime {
+            None => Ok(()),
+            Some(addr) => RuntimeApi { addr }
+                .expect("show info", &["Name: HAProxy"])
+                .await
+                .map(drop),
+        }
     }
 
     /// Removes certificate `id` from HAProxy (crt-list entry, then the certificate) and deletes

@@ -410,6 +410,14 @@ impl Haproxy for FakeHaproxy {
         w.files.remove(id);
         Ok(())
     }
+
+    async fn reachable(&self) -> Result<(), InstallError> {
+        latency(&self.world).await;
+        match lock(&self.world).haproxy_down {
+            true => Err(unreachable()),
+            false => Ok(()),
+        }
+    }
 }
 
 /// The running daemon of a schedule: its reconciler's task and handles.

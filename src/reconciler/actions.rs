@@ -10,6 +10,7 @@ use super::execute::With;
 use super::Reconciler;
 use crate::acme::{AcmeError, OrderHooks};
 use crate::health::Part;
+use crate::installer::InstallError;
 use crate::store::StoreError;
 
 impl Reconciler {
@@ -147,8 +148,8 @@ impl Reconciler {
         self.record(id, event).await.map(drop)
     }
 
-    /// Puts the stored certificate into HAProxy (file and runtime API). Returns
-    /// `Some(CertsDir)` when the file could not be written (the certificate waits for it).
+    /// Puts the stored certificate into HAProxy (file and runtime API). Returns what the
+    /// certificate waits for when the file could not be written or the runtime API not reached.
     pub(super) async fn install(
         &self,
         r: &Record,
@@ -182,8 +183,12 @@ impl Reconciler {
                 Ok(None)
             }
             Err(e) => {
-                let file = matches!(e, crate::installer::InstallError::File { .. });
-                if !file {
+                let waits_for = match e {
+                    InstallError::File { .. } => Some(Part::CertsDir),
+                    InstallError::Unreachable { .. } => Some(Part::RuntimeApi),
+                    _ => None,
+                };
+                if waits_for != Some(Part::CertsDir) {
                     crate::metrics::global().runtime_api_error();
                 }
                 let message = e.to_string();
@@ -196,7 +201,7 @@ impl Reconciler {
                     false,
                 )
                 .await?;
-                Ok(file.then_some(Part::CertsDir))
+                Ok(waits_for)
             }
         }
     }

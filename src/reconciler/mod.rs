@@ -286,7 +286,7 @@ impl Reconciler {
                 _ => heartbeat,
             }
             .min(heartbeat);
-            wait = waits.cap(wait);
+            wait = waits.cap(wait, now);
             let mut reread = false;
             // `biased`: the same order every time, so a simulated schedule replays from its seed.
             tokio::select! {

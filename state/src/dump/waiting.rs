@@ -16,8 +16,9 @@ pub struct Waiting {
     pub what: &'static str,
     /// Failing since.
     pub since: UnixTime,
-    /// The latest error.
+    /// The latest error, and when it was seen.
     pub error: String,
+    pub error_at: UnixTime,
 }
 
 /// One entry of the dump's `waiting_for`.
@@ -26,6 +27,7 @@ pub struct WaitingView {
     pub part: &'static str,
     pub since: String,
     pub error: String,
+    pub error_at: String,
 }
 
 /// The dump's `waiting_for`.
@@ -36,20 +38,26 @@ pub fn waiting_views(waiting: &[Waiting]) -> Vec<WaitingView> {
             part: w.part,
             since: rfc3339(w.since),
             error: w.error.clone(),
+            error_at: rfc3339(w.error_at),
         })
         .collect()
 }
 
 /// The `status` section: nothing when nothing is awaited, else a "Waiting for:" heading and one
-/// line per part (`color`: red on a terminal).
+/// line per part (`color`: red on a terminal). An error not seen again for a minute says when it
+/// was (the part is looked at again by the next attempt that needs it).
 pub fn waiting_text(waiting: &[Waiting], now: UnixTime, color: bool) -> String {
     if waiting.is_empty() {
         return String::new();
     }
     let mut out = String::from("\nWaiting for:\n");
     for w in waiting {
+        let seen = match now - w.error_at {
+            quiet if quiet >= 60 => format!(" (last seen {} ago)", human(quiet)),
+            _ => String::new(),
+        };
         let line = format!(
-            "  {} since {} ({}): {}",
+            "  {} since {} ({}): {}{seen}",
             w.what,
             rfc3339(w.since),
             human(now - w.since),
@@ -75,6 +83,7 @@ mod tests {
             what: "the store (DATA_DIR)",
             since: 60,
             error: "store write failed: No space left on device\n".into(),
+            error_at: 90,
         }
     }
 
@@ -86,13 +95,14 @@ mod tests {
             what: "the ACME CA",
             since: 0,
             error: "connection refused".into(),
+            error_at: 30,
         };
         let t = waiting_text(&[store_full(), ca], 100, false);
         assert_eq!(
             t,
             "\nWaiting for:\n  the store (DATA_DIR) since 1970-01-01T00:01:00Z (40s): store write \
              failed: No space left on device\n  the ACME CA since 1970-01-01T00:00:00Z (100s): \
-             connection refused\n"
+             connection refused (last seen 70s ago)\n"
         );
         assert!(waiting_text(&[store_full()], 200, true).contains("\x1b[31m"));
     }
@@ -105,7 +115,8 @@ mod tests {
             serde_json::json!([{
                 "part": "store",
                 "since": "1970-01-01T00:01:00Z",
-                "error": "store write failed: No space left on device\n"
+                "error": "store write failed: No space left on device\n",
+                "error_at": "1970-01-01T00:01:30Z"
             }])
         );
     }
