@@ -90,7 +90,7 @@ pub async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()>
         return print_answer(a);
     }
     let store = open_offline(&config.data_dir)?;
-    let text = crate::admin::dump_json(store.as_ref(), id, unix_now())
+    let text = crate::admin::dump_json(store.as_ref(), id, &[], unix_now())
         .await?
         .ok_or_else(|| Exit(3, format!("no certificate {:?}", id.unwrap_or_default())))?;
     print!("{text}");
@@ -107,7 +107,7 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
     let store = open_offline(&config.data_dir)?;
     print!(
         "{}",
-        crate::admin::status_text(store.as_ref(), color, unix_now()).await?
+        crate::admin::status_text(store.as_ref(), &[], color, unix_now()).await?
     );
     Ok(())
 }

@@ -19,6 +19,7 @@ use crate::installer::Installer;
 use crate::reconciler::{Parts, Reconciler, StartError, Tuning};
 use crate::responder::{self, Tokens};
 use crate::store::sled::SledStore;
+use crate::store::watched::Watched;
 use crate::store::{Store, StoreError};
 
 /// What stops the daemon and what asks it to re-read its configuration.
@@ -70,15 +71,18 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let responder_task = tokio::spawn(responder::serve(listener, tokens.clone(), shutdown.clone()));
     tracing::info!(listen = %config.responder_listen, "challenge responder listening");
 
+    let health = Arc::new(Health::default());
+    let clock = Arc::new(SystemClock);
     let sled = Arc::new(open_store_waiting(&config.data_dir).await?);
-    let store: Arc<dyn Store> = sled.clone();
     if sled.unmarked() {
         // A store with no marker to judge it by (new, restored, or DATA_DIR wiped): refused if
         // it lacks certificates CERTS_DIR holds, before anything is ordered again.
         let now = crate::clock::unix_now();
-        crate::recovery::check_certs_dir(store.as_ref(), &config, wanted.initial(), now).await?;
+        crate::recovery::check_certs_dir(sled.as_ref(), &config, wanted.initial(), now).await?;
         sled.seal().await?;
     }
+    // Its write failures and recoveries go to the health registry (`status`, the dump).
+    let store: Arc<dyn Store> = Arc::new(Watched::new(sled, health.clone(), clock.clone()));
     let installer = Installer::new(
         config.certs_dir.clone(),
         config.haproxy_certs_dir.clone(),
@@ -114,8 +118,6 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let wanted = Arc::new(wanted);
     let config = Arc::new(config);
     let installer = Arc::new(installer);
-    let health = Arc::new(Health::default());
-    let clock = Arc::new(SystemClock);
     let (reconciler, control, inbox) = Reconciler::new(
         Parts {
             config: config.clone(),
@@ -153,7 +155,7 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
             config: config.clone(),
             wanted,
             control,
-            health,
+            health: health.clone(),
             clock,
         }),
         shutdown.clone(),
@@ -161,7 +163,10 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     // No `sleep` in a compose file: the daemon itself waits until HAProxy can route validation
     // traffic and take certificates, before it orders anything.
     let mut waiting = shutdown.clone();
-    if installer.wait_for_runtime_api(&mut waiting).await {
+    if installer
+        .wait_for_runtime_api(&mut waiting, health.conditions())
+        .await
+    {
         reconciler.run(started, shutdown, reload_rx, inbox).await;
     }
     let _ = tokio::join!(responder_task, admin_task);

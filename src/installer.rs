@@ -16,6 +16,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 
 use crate::config::{cert_file_name, RuntimeApiAddr};
+use crate::health::{Conditions, Part};
 pub use crate::watchdog::Observed;
 
 /// One runtime-API command must answer within this time.
@@ -66,6 +67,10 @@ pub trait Haproxy: Send + Sync + 'static {
 
     /// What HAProxy serves and what the file holds for each of `ids`, in order (the watchdog).
     async fn observe(&self, ids: &[&str]) -> Result<Vec<Observed>, InstallError>;
+    /// Whether HAProxy's runtime API answers now (an install waiting for it is tried again).
+    async fn reachable(&self) -> Result<(), InstallError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -147,6 +152,17 @@ impl Haproxy for Installer {
             });
         }
         Ok(Method::RuntimeApi)
+    }
+
+    /// `show info` answers (files-only: nothing to reach).
+    async fn reachable(&self) -> Result<(), InstallError> {
+        match &self.runtime {
+            None => Ok(()),
+            Some(addr) => RuntimeApi { addr }
+                .expect("show info", &["Name: HAProxy"])
+                .await
+                .map(drop),
+        }
     }
 
     /// Removes certificate `id` from HAProxy (crt-list entry, then the certificate) and deletes
@@ -254,30 +270,31 @@ impl Installer {
     }
 
     /// Waits until HAProxy's runtime API answers (no-op in files-only mode), so nothing is
-    /// ordered before validation traffic can reach us through HAProxy. Returns false if
-    /// `shutdown` turned true first.
+    /// ordered before validation traffic can reach us through HAProxy; meanwhile `conditions`
+    /// says so. Returns false if `shutdown` turned true first.
     pub async fn wait_for_runtime_api(
         &self,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        conditions: &Conditions,
     ) -> bool {
         let Some(addr) = &self.runtime else {
             return true;
         };
         let api = RuntimeApi { addr };
-        let mut last_log: Option<std::time::Instant> = None;
         let mut delay = Duration::from_millis(10);
         loop {
+            let now = crate::clock::unix_now();
             match api.send("show info").await {
-                Ok(info) if info.contains("Name: HAProxy") => return true,
-                other => {
-                    if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                        let why = match other {
-                            Ok(answer) => format!("unexpected answer: {}", answer.trim()),
-                            Err(e) => e.to_string(),
-                        };
-                        tracing::info!(runtime_api = %addr, "waiting for HAProxy's runtime API ({why})");
-                        last_log = Some(std::time::Instant::now());
-                    }
+                Ok(info) if info.contains("Name: HAProxy") => {
+                    conditions.clear(Part::RuntimeApi, now);
+                    return true;
+                }
+                Ok(answer) => {
+                    let why = format!("unexpected answer to `show info`: {}", answer.trim());
+                    conditions.set(Part::RuntimeApi, now, why);
+                }
+                Err(e) => {
+                    conditions.set(Part::RuntimeApi, now, e.to_string());
                 }
             }
             // HAProxy usually comes up within moments of us: look again soon, then less often.
@@ -451,40 +468,4 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atomic_write_replaces_with_mode_0600_and_leaves_no_temp_file() {
-        let dir = tempfile::tempdir().unwrap();
-        write_atomic(dir.path(), "a.pem", b"one").unwrap();
-        write_atomic(dir.path(), "a.pem", b"two").unwrap();
-        assert_eq!(fs::read(dir.path().join("a.pem")).unwrap(), b"two");
-        let mode = fs::metadata(dir.path().join("a.pem"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600);
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("a.pem")]);
-    }
-
-    #[test]
-    fn prepare_writes_a_default_only_when_the_directory_has_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let inst = Installer::new(dir.path().into(), dir.path().into(), None);
-        std::fs::write(dir.path().join(".a.pem.tmp"), "half").unwrap();
-        assert!(inst.prepare_certs_dir().unwrap());
-        assert!(!inst.prepare_certs_dir().unwrap());
-        assert!(
-            !dir.path().join(".a.pem.tmp").exists(),
-            "a crash's temp file is removed"
-        );
-        let pem = fs::read_to_string(dir.path().join(DEFAULT_CERT_FILE)).unwrap();
-        assert!(pem.contains("BEGIN CERTIFICATE") && pem.contains("PRIVATE KEY"));
-    }
-}
+mod tests;

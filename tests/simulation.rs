@@ -32,6 +32,7 @@ use haproxy_acme::installer::{Haproxy, InstallError, Method, Observed};
 use haproxy_acme::reconciler::{Control, Parts, Reconciler, Tuning};
 use haproxy_acme::responder::Tokens;
 use haproxy_acme::store::memory::{Contents, MemoryStore};
+use haproxy_acme::store::watched::Watched;
 use haproxy_acme_state::{CertMeta, Challenge, FailureKind, Phase, Step, UnixTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -438,6 +439,14 @@ impl Haproxy for FakeHaproxy {
             })
             .collect())
     }
+
+    async fn reachable(&self) -> Result<(), InstallError> {
+        latency(&self.world).await;
+        match lock(&self.world).haproxy_down {
+            true => Err(unreachable()),
+            false => Ok(()),
+        }
+    }
 }
 
 /// The running daemon of a schedule: its reconciler's task and handles.
@@ -548,7 +557,12 @@ impl Sim {
             Parts {
                 config: self.config.clone(),
                 wanted: self.wanted.clone(),
-                store: self.store.clone(),
+                // As the daemon does: the store's failures are what it waits for.
+                store: Arc::new(Watched::new(
+                    self.store.clone(),
+                    health.clone(),
+                    self.clock.clone(),
+                )),
                 ca: Arc::new(self.ca()),
                 haproxy: Arc::new(FakeHaproxy {
                     world: self.world.clone(),
@@ -734,6 +748,13 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
     // Long enough for any backoff (capped at a day) and rate-limit wait to end.
     tokio::time::sleep(Duration::from_secs(30 * 3600)).await;
     sim.check();
+    // Nothing is awaited any more: the store and HAProxy came back, and the daemon saw it.
+    let waiting = daemon.health.conditions().current();
+    if !waiting.is_empty() {
+        lock(&sim.world).violations.push(format!(
+            "still waiting after the faults stopped: {waiting:?}"
+        ));
+    }
     // Then a settled day: a bounded number of wake-ups and CA calls.
     let (passes, calls) = (daemon.health.passes(), lock(&sim.world).ca_calls);
     tokio::time::sleep(Duration::from_secs(24 * 3600)).await;

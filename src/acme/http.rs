@@ -68,6 +68,16 @@ pub(super) fn http_client(
     Ok(Box::new(RetryAfterClient(Box::new(client))))
 }
 
+/// Whether a request never got an answer from the CA: the HTTP client's own failure (connect,
+/// TLS, connection reset), as opposed to an answer we could not use.
+pub(super) fn not_reached(e: &instant_acme::Error) -> bool {
+    match e {
+        instant_acme::Error::Hyper(_) => true,
+        instant_acme::Error::Other(e) => e.is::<hyper_util::client::legacy::Error>(),
+        _ => false,
+    }
+}
+
 tokio::task_local! {
     /// The last `Retry-After` the CA sent with an error response during the current ACME call
     /// (set up by `with_retry_after`).

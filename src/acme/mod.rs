@@ -27,6 +27,9 @@ pub struct AcmeError {
     /// The CA no longer knows (or deactivated) the account that signed the request;
     /// `LazyAcme` registers again and repeats the call before anything reaches the core.
     pub account_gone: bool,
+    /// The CA was not reached (connection or TLS failure): what the daemon waits for, not
+    /// something the CA said.
+    pub unreachable: bool,
 }
 
 impl AcmeError {
@@ -38,6 +41,7 @@ impl AcmeError {
             retry_after: None,
             order_dead: false,
             account_gone: false,
+            unreachable: false,
         }
     }
 }

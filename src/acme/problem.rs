@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use haproxy_acme_state::{FailureKind, Step, UnixTime};
 
-use super::http::retry_after_from_detail;
+use super::http::{not_reached, retry_after_from_detail};
 use super::AcmeError;
 
 /// How many times one instant-acme call is made again, at once, after the CA answered
@@ -146,7 +146,10 @@ impl AcmeError {
                 err.retry_after = when.map(unix_at);
                 err
             }
-            other => AcmeError::new(step, FailureKind::Retryable, with_sources(&other)),
+            other => AcmeError {
+                unreachable: not_reached(&other),
+                ..AcmeError::new(step, FailureKind::Retryable, with_sources(&other))
+            },
         }
     }
 }

@@ -26,10 +26,11 @@ pub mod client;
 
 use crate::clock::Clock;
 use crate::config::{Config, WantedSet};
-use crate::health::Health;
+use crate::health::{Health, Part, Probes};
 use crate::ops;
 use crate::reconciler::Control;
 use crate::store::Store;
+use haproxy_acme_state::dump::Waiting;
 
 /// What the admin endpoint needs: the store to read and change, the reconciler's control
 /// handle, the health it reports, and the configuration operator commands check against.
@@ -47,10 +48,11 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// The JSON dump of every record in `store`, or of certificate `id` only (`None`: no such
-/// certificate).
+/// certificate), with what the daemon is waiting for (`waiting`; empty offline).
 pub async fn dump_json(
     store: &dyn Store,
     id: Option<&str>,
+    waiting: &[Waiting],
     now: i64,
 ) -> Result<Option<String>, crate::store::StoreError> {
     let records = match id {
@@ -60,20 +62,28 @@ pub async fn dump_json(
             None => return Ok(None),
         },
     };
-    let dump = haproxy_acme_state::dump::dump(&records, now);
+    let mut dump = haproxy_acme_state::dump::dump(&records, now);
+    dump.waiting_for = haproxy_acme_state::dump::waiting_views(waiting);
     Ok(Some(
         serde_json::to_string_pretty(&dump).expect("the dump always serializes") + "\n",
     ))
 }
 
-/// The `status` screen of every record in `store`.
+/// The `status` screen of every record in `store`, then what the daemon is waiting for
+/// (`waiting`; empty offline). A store that cannot be read is a line of the screen, so what the
+/// daemon waits for is still shown.
 pub async fn status_text(
     store: &dyn Store,
+    waiting: &[Waiting],
     color: bool,
     now: i64,
 ) -> Result<String, crate::store::StoreError> {
-    let records = store.records().await?;
-    Ok(haproxy_acme_state::dump::status_table(&records, now, color))
+    let table = match store.records().await {
+        Ok(records) => haproxy_acme_state::dump::status_table(&records, now, color),
+        Err(e) if !waiting.is_empty() => format!("the certificates cannot be read now: {e}\n"),
+        Err(e) => return Err(e),
+    };
+    Ok(table + &haproxy_acme_state::dump::waiting_text(waiting, now, color))
 }
 
 /// The `status --check` report of every record in `store`.
@@ -181,34 +191,40 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
     };
     let now = admin.clock.now();
     let store = admin.store.as_ref();
+    let waiting = admin.health.conditions().waiting();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["state"]) | (&Method::GET, ["state", _]) => {
             let id = segments.get(1).copied();
-            match dump_json(store, id, now).await {
+            match dump_json(store, id, &waiting, now).await {
                 Ok(Some(json)) => reply(StatusCode::OK, "application/json", json),
                 Ok(None) => text(
                     StatusCode::NOT_FOUND,
                     format!("no certificate {:?}\n", id.unwrap_or_default()),
                 ),
+                Err(e) => {
+                    let t = haproxy_acme_state::dump::waiting_text(&waiting, now, false);
+                    text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n{t}"))
+                }
+            }
+        }
+        (&Method::GET, ["status"]) => {
+            match status_text(store, &waiting, flag("color"), now).await {
+                Ok(t) => text(StatusCode::OK, t),
                 Err(e) => store_error(e),
             }
         }
-        (&Method::GET, ["status"]) => match status_text(store, flag("color"), now).await {
-            Ok(t) => text(StatusCode::OK, t),
-            Err(e) => store_error(e),
-        },
         (&Method::GET, ["check"]) => match check_text(store, now).await {
             Ok(t) => text(StatusCode::OK, t),
             Err(e) => store_error(e),
         },
         (&Method::GET, ["healthz"]) => {
-            // Only probe a store that is open for business.
-            let probe = if admin.health.ready() {
-                store.probe_write(now).await.map_err(|e| e.to_string())
+            // Only probe a store and a directory that are open for business.
+            let probes = if admin.health.ready() {
+                probes(admin, now).await
             } else {
-                Ok(())
+                Probes::skipped()
             };
-            let (ok, why) = admin.health.verdict(probe, now);
+            let (ok, why) = admin.health.verdict(probes, now);
             let status = if ok {
                 StatusCode::OK
             } else {
@@ -266,6 +282,25 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// The health check's writes: a store write (the store wrapper notes its outcome) and a file in
+/// the certificate directory (noted here).
+async fn probes(admin: &Admin, now: i64) -> Probes {
+    let store = admin
+        .store
+        .probe_write(now)
+        .await
+        .map_err(|e| e.to_string());
+    let dir = admin.config.certs_dir.clone();
+    let certs_dir = tokio::task::spawn_blocking(move || crate::health::probe_dir(&dir))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| format!("{}: {e}", admin.config.certs_dir.display()));
+    let conditions = admin.health.conditions();
+    conditions.record(Part::CertsDir, now, certs_dir.clone());
+    Probes { store, certs_dir }
 }
 
 /// Answers an operator command, and passes its wake-up or reload on to the reconciler.

@@ -9,6 +9,8 @@ use haproxy_acme_state::{Challenge, Event, FailureKind, KeyType, Record, Step};
 use super::execute::With;
 use super::Reconciler;
 use crate::acme::{AcmeError, OrderHooks};
+use crate::health::Part;
+use crate::installer::InstallError;
 use crate::store::StoreError;
 
 impl Reconciler {
@@ -42,7 +44,9 @@ impl Reconciler {
             (Some(_), true) => self.store.certificate(id).await?.map(|(chain, _)| chain),
             _ => None,
         };
-        match self.ca.new_order(&r.names, replaces.as_deref()).await {
+        let ordered = self.ca.new_order(&r.names, replaces.as_deref()).await;
+        self.saw_ca(ordered.as_ref().err());
+        match ordered {
             Ok(url) => {
                 tracing::info!(cert = id, order = %url, "order created");
                 self.order_started
@@ -71,7 +75,9 @@ impl Reconciler {
             key_type: r.key_type,
         };
         let started = std::time::Instant::now();
-        let chain = match self.ca.drive_order(url, &r.names, &hooks).await {
+        let driven = self.ca.drive_order(url, &r.names, &hooks).await;
+        self.saw_ca(driven.as_ref().err());
+        let chain = match driven {
             Ok(chain) => chain,
             Err(e) => {
                 if e.step == Step::Validation && e.order_dead {
@@ -148,40 +154,59 @@ impl Reconciler {
         };
         let event = match self.store.certificate(id).await? {
             None => Event::RenewalInfoUnavailable { retry_at: None },
-            Some((chain, _)) => match self.ca.renewal_info(&chain).await {
-                Ok(Some((window, retry_after))) => {
-                    tracing::info!(cert = id, start = %rfc3339(window.0), end = %rfc3339(window.1), "renewal window from the CA");
-                    Event::RenewalInfo {
-                        window,
-                        retry_after,
-                        jitter_permille: self.dice.permille(),
+            Some((chain, _)) => {
+                let info = self.ca.renewal_info(&chain).await;
+                self.saw_ca(info.as_ref().err());
+                match info {
+                    Ok(Some((window, retry_after))) => {
+                        tracing::info!(cert = id, start = %rfc3339(window.0), end = %rfc3339(window.1), "renewal window from the CA");
+                        Event::RenewalInfo {
+                            window,
+                            retry_after,
+                            jitter_permille: self.dice.permille(),
+                        }
                     }
+                    Ok(None) => Event::RenewalInfoUnavailable { retry_at: None },
+                    Err(e) => ask_again(&e),
                 }
-                Ok(None) => Event::RenewalInfoUnavailable { retry_at: None },
-                Err(e) => ask_again(&e),
-            },
+            }
         };
         self.record(id, event).await.map(drop)
     }
 
-    /// Puts the stored certificate into HAProxy (file and runtime API).
-    pub(super) async fn install(&self, r: &Record, fingerprint: String) -> Result<(), StoreError> {
+    /// Puts the stored certificate into HAProxy (file and runtime API). Returns what the
+    /// certificate waits for when the file could not be written or the runtime API not reached.
+    pub(super) async fn install(
+        &self,
+        r: &Record,
+        fingerprint: String,
+    ) -> Result<Option<Part>, StoreError> {
         let id = r.id.as_str();
         let Some(meta) = r.cert.clone().filter(|c| c.fingerprint == fingerprint) else {
-            return Ok(());
+            return Ok(None);
         };
         let Some((chain, key)) = self.store.certificate(id).await? else {
-            return self.certificate_key_missing(id, &meta.serial).await;
+            return self
+                .certificate_key_missing(id, &meta.serial)
+                .await
+                .map(|()| None);
         };
-        match self.haproxy.install(id, &chain, &key, &meta).await {
+        let installed = self.haproxy.install(id, &chain, &key, &meta).await;
+        self.saw_haproxy(installed.as_ref().err());
+        match installed {
             Ok(method) => {
                 self.record(id, Event::Installed { fingerprint }).await?;
                 crate::metrics::global().installed(method == crate::installer::Method::RuntimeApi);
                 tracing::info!(cert = id, serial = %meta.serial, method = ?method, "certificate installed");
-                Ok(())
+                Ok(None)
             }
             Err(e) => {
-                if !matches!(e, crate::installer::InstallError::File { .. }) {
+                let waits_for = match e {
+                    InstallError::File { .. } => Some(Part::CertsDir),
+                    InstallError::Unreachable { .. } => Some(Part::RuntimeApi),
+                    _ => None,
+                };
+                if waits_for != Some(Part::CertsDir) {
                     crate::metrics::global().runtime_api_error();
                 }
                 let message = e.to_string();
@@ -193,7 +218,8 @@ impl Reconciler {
                     None,
                     false,
                 )
-                .await
+                .await?;
+                Ok(waits_for)
             }
         }
     }

@@ -11,8 +11,10 @@ use haproxy_acme_state::{
 };
 
 use super::tokens::sync_tokens;
-use super::{Reconciler, MAX_STEPS_PER_WAKE, STORE_RETRY_SECS};
+use super::{Ended, Reconciler, MAX_STEPS_PER_WAKE, STORE_RETRY_SECS};
 use crate::acme::AcmeError;
+use crate::health::Part;
+use crate::installer::InstallError;
 use crate::store::{Change, StoreError};
 
 /// What is written together with a record change.
@@ -25,41 +27,64 @@ pub(super) enum With {
 }
 
 impl Reconciler {
-    /// Works on one certificate until it has nothing to do now; returns when to look again.
-    pub(super) async fn drive(self: Arc<Self>, id: String) -> (String, Option<UnixTime>) {
+    /// Works on one certificate until it has nothing to do now; returns when to look again, and
+    /// what it waits for.
+    pub(super) async fn drive(self: Arc<Self>, id: String) -> Ended {
+        let mut waits_for = None;
         for _ in 0..MAX_STEPS_PER_WAKE {
             let step = async {
                 let r = self.record(&id, Event::Tick).await?;
                 match plan_with_alerts(&r, self.clock.now()) {
                     Plan::At(t) => Ok(Some(Some(t))),
                     Plan::Idle => Ok(Some(None)),
-                    Plan::Now(action) => self.execute(&r, action).await.map(|()| None),
+                    Plan::Now(action) => {
+                        waits_for = self.execute(&r, action).await?;
+                        Ok::<_, StoreError>(None)
+                    }
                 }
             };
             match step.await {
-                Ok(Some(next)) => return (id, next),
+                Ok(Some(next)) => {
+                    return Ended {
+                        id,
+                        next,
+                        waits_for,
+                    }
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::error!(cert = %id, error = %e, "store error");
-                    return (id, Some(self.clock.now() + STORE_RETRY_SECS));
+                    let next = Some(self.clock.now() + STORE_RETRY_SECS);
+                    let waits_for = Some(Part::Store);
+                    return Ended {
+                        id,
+                        next,
+                        waits_for,
+                    };
                 }
             }
         }
         tracing::error!(cert = %id, "no progress after {MAX_STEPS_PER_WAKE} steps; looking again in a minute");
-        (id, Some(self.clock.now() + 60))
+        let next = Some(self.clock.now() + 60);
+        Ended {
+            id,
+            next,
+            waits_for: None,
+        }
     }
 
-    /// Runs one action and records its outcome.
-    async fn execute(&self, r: &Record, action: Action) -> Result<(), StoreError> {
+    /// Runs one action and records its outcome; returns what the certificate now waits for.
+    async fn execute(&self, r: &Record, action: Action) -> Result<Option<Part>, StoreError> {
         match action {
-            Action::CreateOrder => self.create_order(r).await,
-            Action::DriveOrder { url, key_generated } => {
-                self.drive_order(r, &url, key_generated).await
-            }
-            Action::CheckRenewalInfo => self.check_renewal_info(r).await,
+            Action::CreateOrder => self.create_order(r).await.map(|()| None),
+            Action::DriveOrder { url, key_generated } => self
+                .drive_order(r, &url, key_generated)
+                .await
+                .map(|()| None),
+            Action::CheckRenewalInfo => self.check_renewal_info(r).await.map(|()| None),
             Action::Install { fingerprint } => self.install(r, fingerprint).await,
-            Action::RunHook { fingerprint } => self.run_hook(r, fingerprint).await,
-            Action::Alert { conditions } => self.alert(r, conditions).await,
+            Action::RunHook { fingerprint } => self.run_hook(r, fingerprint).await.map(|()| None),
+            Action::Alert { conditions } => self.alert(r, conditions).await.map(|()| None),
         }
     }
 
@@ -162,5 +187,42 @@ impl Reconciler {
     pub(super) async fn fail_acme(&self, id: &str, e: AcmeError) -> Result<(), StoreError> {
         self.fail(id, e.step, e.kind, e.message, e.retry_after, e.order_dead)
             .await
+    }
+
+    /// Notes what a CA call says about the CA: any answer (`None`, or an error the CA sent)
+    /// ends the `ca` condition, a request that got no answer starts it.
+    pub(super) fn saw_ca(&self, error: Option<&AcmeError>) {
+        let (conditions, now) = (self.health.conditions(), self.clock.now());
+        match error {
+            Some(e) if e.unreachable => {
+                conditions.set(Part::Ca, now, e.message.clone());
+            }
+            _ => {
+                conditions.clear(Part::Ca, now);
+            }
+        }
+    }
+
+    /// Notes what an install or removal says about the certificate directory and HAProxy's
+    /// runtime API (`None`: both worked).
+    pub(super) fn saw_haproxy(&self, error: Option<&InstallError>) {
+        let (conditions, now) = (self.health.conditions(), self.clock.now());
+        match error {
+            None => {
+                conditions.clear(Part::CertsDir, now);
+                conditions.clear(Part::RuntimeApi, now);
+            }
+            Some(e @ InstallError::File { .. }) => {
+                conditions.set(Part::CertsDir, now, e.to_string());
+            }
+            Some(e @ InstallError::Unreachable { .. }) => {
+                conditions.set(Part::RuntimeApi, now, e.to_string());
+            }
+            // HAProxy answered.
+            Some(InstallError::Refused { .. } | InstallError::Mismatch { .. }) => {
+                conditions.clear(Part::RuntimeApi, now);
+            }
+            Some(InstallError::Pem(_)) => {}
+        }
     }
 }

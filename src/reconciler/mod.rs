@@ -11,6 +11,8 @@
 //! - [`actions`]: one function per action of the core; [`alert`]: the alert step;
 //! - [`watchdog`]: every `WATCHDOG_INTERVAL`, what HAProxy serves compared with the store, a
 //!   drift recorded and installed again.
+//! - [`waits`]: certificates waiting for the store or the certificate directory, looked at
+//!   again as soon as a probe shows it works.
 //!
 //! Everything it talks to is a trait object ([`Store`], [`Ca`], [`Haproxy`], [`Clock`]), so the
 //! simulated-time tests run this very code against an in-memory CA and HAProxy.
@@ -20,6 +22,7 @@ mod alert;
 mod execute;
 pub mod schedule;
 mod tokens;
+mod waits;
 mod wanted;
 mod watchdog;
 
@@ -35,13 +38,14 @@ use crate::acme::Ca;
 use crate::budget::Budget;
 use crate::clock::{Clock, Dice};
 use crate::config::{Config, WantedSet};
-use crate::health::Health;
+use crate::health::{Health, Part};
 use crate::installer::Haproxy;
 use crate::responder::Tokens;
 use crate::store::{Store, StoreError};
 use schedule::{schedule_wanted, Schedule, Wanted};
 
-/// After a store error (disk full, say) a certificate is looked at again after this delay.
+/// After a store error (disk full, say) a certificate is looked at again after this delay, or
+/// as soon as the store takes a write again ([`waits`]).
 const STORE_RETRY_SECS: i64 = 30;
 /// Bound on consecutive actions for one certificate in one wake-up; a guard against a loop that
 /// makes no progress, never reached in normal operation (an issuance is about five steps).
@@ -147,6 +151,14 @@ impl Started {
     pub fn wanted(&self) -> usize {
         self.wanted.len()
     }
+}
+
+/// How a certificate's task ended: when to look at it again, and what it waits for (the store
+/// after a store error, the certificate directory after a file that could not be written).
+struct Ended {
+    id: String,
+    next: Option<UnixTime>,
+    waits_for: Option<Part>,
 }
 
 /// Why the reconciler cannot start.
@@ -257,7 +269,9 @@ impl Reconciler {
         // Certificates that came due while a task was on them: that task may have planned from a
         // record older than the change that made them due, so they are looked at again at once.
         let mut look_again: HashSet<String> = HashSet::new();
-        let mut tasks: JoinSet<(String, Option<UnixTime>)> = JoinSet::new();
+        // Certificates waiting for the store or the certificate directory (a full disk).
+        let mut waits = waits::Waits::default();
+        let mut tasks: JoinSet<Ended> = JoinSet::new();
         // A digest of the wanted certificates as last applied: a reload that reads the same is a
         // no-op. (A digest, not a copy: with 100,000 certificates a copy costs tens of MiB.)
         let mut applied = specs;
@@ -266,6 +280,11 @@ impl Reconciler {
         loop {
             let now = shared.clock.now();
             shared.health.passed(now);
+            for id in waits.recovered(&shared, now).await {
+                if wanted.contains(id.as_str()) && !in_flight.contains(&id) {
+                    schedule.set(id, now);
+                }
+            }
             while tasks.len() < shared.tuning.max_concurrent {
                 let Some(id) = schedule.pop_due(now) else {
                     break;
@@ -277,21 +296,23 @@ impl Reconciler {
                 }
             }
             let heartbeat = shared.tuning.heartbeat;
-            let wait = match schedule.next() {
+            let mut wait = match schedule.next() {
                 Some(t) if tasks.len() < shared.tuning.max_concurrent => {
                     Duration::from_secs((t - now).max(1) as u64)
                 }
                 _ => heartbeat,
             }
             .min(heartbeat);
+            wait = waits.cap(wait, now);
             let mut reread = false;
             // `biased`: the same order every time, so a simulated schedule replays from its seed.
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
-                    Ok((id, next)) => {
+                    Ok(Ended { id, next, waits_for }) => {
                         in_flight.remove(&id);
+                        waits.ended(&shared, &id, waits_for);
                         let again = look_again.remove(&id);
                         if prune_when_done.remove(&id) {
                             shared.prune(&id).await;

@@ -209,7 +209,9 @@ impl Reconciler {
     /// the store (`PRUNE`). On an HAProxy error the state is kept, so nothing is half-forgotten.
     pub(super) async fn prune(&self, id: &str) {
         self.unwatch(id);
-        if let Err(e) = self.haproxy.remove(id).await {
+        let removed = self.haproxy.remove(id).await;
+        self.saw_haproxy(removed.as_ref().err());
+        if let Err(e) = removed {
             tracing::error!(cert = %id, error = %e, "prune failed; the certificate and its state are kept");
             return;
         }

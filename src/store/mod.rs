@@ -1,7 +1,9 @@
 //! The durable store as a trait: records, certificate chains, private keys, ACME account
 //! credentials, the rate-limit ledger and the certificates added at runtime. The reconciler, the
 //! operator commands and the admin endpoint see only [`Store`]; the backend is chosen at start-up
-//! ([`sled::SledStore`] on one machine; [`memory::MemoryStore`] for the simulated-time tests).
+//! ([`sled::SledStore`] on one machine; [`memory::MemoryStore`] for the simulated-time tests),
+//! and the daemon wraps it in [`watched::Watched`], which reports write failures and recoveries
+//! to the health registry.
 //!
 //! Rules every backend keeps:
 //! - every change of a record goes through [`Store::update`]: one read-modify-write under the
@@ -14,6 +16,7 @@
 
 pub mod memory;
 pub mod sled;
+pub mod watched;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -6,9 +6,9 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use haproxy_acme_state::{Record, UnixTime, RECORD_SCHEMA_VERSION};
+use haproxy_acme_state::{Record, UnixTime};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
@@ -25,12 +25,8 @@ const ADDED_DOMAINS: &str = "added-domains";
 const GENERATION: &str = "generation";
 pub const STORE_DIR: &str = "store"; // the sled directory in DATA_DIR
 
-/// The open sled store.
-pub struct SledStore {
-    inner: Arc<Inner>,
-}
-
-/// The synchronous store; [`SledStore`] runs each call on the blocking pool.
+/// The synchronous store over one open sled database; [`SledStore`] runs each call on the
+/// blocking pool, and opens a new one after a write failed.
 struct Inner {
     /// DATA_DIR: the marker lives beside the sled directory.
     data_dir: PathBuf,
@@ -50,35 +46,14 @@ struct Inner {
     record_lock: std::sync::Mutex<()>,
     /// Held across each read-modify-write of the runtime additions.
     added_lock: std::sync::Mutex<()>,
+    /// Set when a write failed: after an I/O error sled refuses every later write (and its
+    /// memory may hold what did not reach the disk), so this database must be opened again.
+    failed: AtomicBool,
 }
 
+/// A write error outside `Inner`'s own writes (the marker, a snapshot being restored).
 fn write_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Write(e.to_string())
-}
-
-impl SledStore {
-    /// Opens (creating if needed) the store in `data_dir`, which is made private (0700).
-    pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
-        Inner::open(data_dir).map(|inner| SledStore {
-            inner: Arc::new(inner),
-        })
-    }
-
-    /// Whether `data_dir` holds a store (`open` would create one).
-    pub fn exists(data_dir: &Path) -> bool {
-        data_dir.join("store").is_dir()
-    }
-
-    /// Runs `f` on the blocking pool (sled reads may hit the disk, writes fsync).
-    async fn blocking<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| StoreError::Write(format!("store task failed: {e}")))?
-    }
 }
 
 impl Inner {
@@ -130,14 +105,35 @@ impl Inner {
             settings: tree(SETTINGS)?,
             record_lock: std::sync::Mutex::new(()),
             added_lock: std::sync::Mutex::new(()),
+            failed: AtomicBool::new(false),
             db,
         };
         inner.check_marker(&path)?;
         Ok(inner)
     }
 
+    /// A write failed: notes that this database must be opened again.
+    fn write_err(&self, e: sled::Error) -> StoreError {
+        self.failed.store(true, Ordering::Release);
+        StoreError::Write(match e {
+            // sled prints the io::Error's Debug form, and repeats an earlier I/O error as a copy
+            // that lost its OS error: say it the way people know it.
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                "No space left on device".into()
+            }
+            sled::Error::Io(io) if io.raw_os_error().is_some() => io.to_string(),
+            sled::Error::Io(io) => format!("{} ({io})", io.kind()),
+            other => other.to_string(),
+        })
+    }
+
+    /// Whether a write failed since it was opened.
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(write_err)
+        self.db.flush().map(|_| ()).map_err(|e| self.write_err(e))
     }
 
     /// Serializes read-modify-write cycles on records (see `record_lock`). Hold it from the
@@ -165,7 +161,7 @@ impl Inner {
         let mut marked = self.lock_marked();
         self.settings
             .insert(ADDED_DOMAINS, value)
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         let generation = self.bump()?;
         self.flush()?;
         self.mark(&mut marked, generation);
@@ -176,7 +172,7 @@ impl Inner {
     fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
         self.settings
             .insert("heartbeat", &now.to_be_bytes())
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         self.flush()
     }
 
@@ -193,7 +189,7 @@ impl Inner {
                 records.insert(r.id.as_bytes(), value.as_slice())?;
                 marker::bump_in(settings)
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.flush()?;
         self.mark(&mut marked, generation);
         Ok(())
@@ -227,7 +223,7 @@ impl Inner {
         let old = self
             .records
             .insert(r.id.as_bytes(), encode(r))
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         // A new record is a new generation (see `marker`).
         let generation = old.is_none().then(|| self.bump()).transpose()?;
         self.flush()?;
@@ -247,7 +243,9 @@ impl Inner {
             batch.insert(r.id.as_bytes(), encode(r));
         }
         let mut marked = self.lock_marked();
-        self.records.apply_batch(batch).map_err(write_err)?;
+        self.records
+            .apply_batch(batch)
+            .map_err(|e| self.write_err(e))?;
         let generation = self.bump()?;
         self.flush()?;
         self.mark(&mut marked, generation);
@@ -281,7 +279,7 @@ impl Inner {
                 keys.insert(pending_key(&r.id).as_bytes(), key_pem.as_bytes())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.flush()
     }
 
@@ -311,7 +309,7 @@ impl Inner {
                     "no stored key for the order of {:?}: refusing to store a certificate without its key",
                     r.id
                 )),
-                TransactionError::Storage(e) => write_err(e),
+                TransactionError::Storage(e) => self.write_err(e),
             })?;
         self.flush()?;
         self.mark(&mut marked, generation);
@@ -325,19 +323,19 @@ impl Inner {
         entry: &haproxy_acme_state::ledger::Entry,
         keep_since: UnixTime,
     ) -> Result<(), StoreError> {
-        let id = self.db.generate_id().map_err(write_err)?;
+        let id = self.db.generate_id().map_err(|e| self.write_err(e))?;
         let value = serde_json::to_vec(entry).expect("a ledger entry serializes");
         self.ledger
             .insert(ledger_key(directory, entry.at(), id), value)
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         let old: Vec<sled::IVec> = self
             .ledger
             .range(ledger_key(directory, i64::MIN, 0)..ledger_key(directory, keep_since, 0))
             .keys()
             .collect::<Result<_, _>>()
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         for k in old {
-            self.ledger.remove(k).map_err(write_err)?;
+            self.ledger.remove(k).map_err(|e| self.write_err(e))?;
         }
         self.flush()
     }
@@ -352,7 +350,7 @@ impl Inner {
             .range(ledger_key(directory, since, 0)..ledger_key(directory, i64::MAX, u64::MAX))
             .values()
             .map(|v| {
-                let v = v.map_err(write_err)?;
+                let v = v.map_err(|e| self.write_err(e))?;
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                     id: format!("rate-limit ledger of {directory}"),
                     detail: e.to_string(),
@@ -372,7 +370,7 @@ impl Inner {
                 keys.remove(pending_key(id).as_bytes())?;
                 marker::bump_in(settings)
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.flush()?;
         self.mark(&mut marked, generation);
         Ok(())
@@ -393,7 +391,7 @@ impl Inner {
     fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
         self.accounts
             .insert(directory, credentials)
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         self.flush()
     }
 
@@ -405,8 +403,15 @@ impl Inner {
     fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
         self.keys
             .insert(account_key(directory), pkcs8_der)
-            .map_err(write_err)?;
+            .map_err(|e| self.write_err(e))?;
         self.flush()
+    }
+
+    fn tx_err(&self, e: TransactionError<()>) -> StoreError {
+        match e {
+            TransactionError::Abort(()) => StoreError::Write("transaction aborted".into()),
+            TransactionError::Storage(e) => self.write_err(e),
+        }
     }
 
     fn get_bytes(&self, tree: &sled::Tree, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -428,13 +433,6 @@ impl Inner {
                     detail: "not UTF-8".into(),
                 }),
         }
-    }
-}
-
-fn tx_err(e: TransactionError<()>) -> StoreError {
-    match e {
-        TransactionError::Abort(()) => StoreError::Write("transaction aborted".into()),
-        TransactionError::Storage(e) => write_err(e),
     }
 }
 
@@ -461,44 +459,11 @@ fn account_key(directory: &str) -> String {
     format!("account/{directory}")
 }
 
-fn encode(r: &Record) -> Vec<u8> {
-    serde_json::to_vec(r).expect("a record always serializes")
-}
-
-fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        id: id.into(),
-        detail,
-    };
-    /// Only the version, to explain a record this build cannot read.
-    #[derive(serde::Deserialize)]
-    struct Version {
-        schema_version: Option<u64>,
-    }
-    let version = |bytes: &[u8]| {
-        serde_json::from_slice::<Version>(bytes)
-            .ok()
-            .and_then(|v| v.schema_version)
-            .unwrap_or(0)
-    };
-    let wrong_version = |v: u64| v == 0 || v > u64::from(RECORD_SCHEMA_VERSION);
-    let explain =
-        |v: u64| format!("schema_version {v}, this build reads 1..={RECORD_SCHEMA_VERSION}");
-    // One parse on the common path (start-up reads every record).
-    match serde_json::from_slice::<Record>(bytes) {
-        Ok(r) if wrong_version(u64::from(r.schema_version)) => {
-            Err(corrupt(explain(u64::from(r.schema_version))))
-        }
-        Ok(r) => Ok(r),
-        Err(e) => match version(bytes) {
-            v if wrong_version(v) => Err(corrupt(explain(v))),
-            _ => Err(corrupt(e.to_string())),
-        },
-    }
-}
-
 mod blocking;
+mod codec;
+use codec::{decode, encode};
 pub mod marker;
 pub mod snapshot;
+pub use blocking::SledStore;
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,9 @@ use time::OffsetDateTime;
 use crate::attention::conditions;
 use crate::{Failure, Phase, Record, UnixTime};
 
+mod waiting;
+pub use waiting::{waiting_text, waiting_views, Waiting, WaitingView};
+
 /// Version of the dump schema. Additive changes keep it; renaming or removing a field bumps it.
 pub const DUMP_SCHEMA_VERSION: u32 = 1;
 
@@ -19,6 +22,8 @@ pub struct Dump {
     pub schema_version: u32,
     pub generated_at: String,
     pub certificates: Vec<CertView>,
+    /// What the running daemon is waiting for (kept in its memory; empty offline).
+    pub waiting_for: Vec<WaitingView>,
 }
 
 /// One certificate as operators see it. Times are RFC 3339 UTC strings.
@@ -176,6 +181,7 @@ pub fn dump<'a>(records: impl IntoIterator<Item = &'a Record>, now: UnixTime) ->
         schema_version: DUMP_SCHEMA_VERSION,
         generated_at: rfc3339(now),
         certificates,
+        waiting_for: Vec::new(),
     }
 }
 
@@ -398,7 +404,8 @@ mod tests {
       "alerted": null,
       "drift": null
     }
-  ]
+  ],
+  "waiting_for": []
 }"#;
 
     #[test]

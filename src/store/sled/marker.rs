@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use std::sync::atomic::Ordering;
 
-use super::{write_err, Inner, GENERATION};
+use super::{Inner, GENERATION};
 use crate::store::StoreError;
 
 /// The marker's file name in DATA_DIR.
@@ -179,7 +179,7 @@ impl Inner {
                         .to_vec(),
                 )
             })
-            .map_err(write_err)
+            .map_err(|e| self.write_err(e))
             .map(|v| v.map_or(0, |v| decode_generation(&v)))
     }
 

@@ -192,22 +192,7 @@ impl SledStore {
                 detail: "a store is there; it must be moved aside first".into(),
             });
         }
-        SledStore::open(data_dir)?.inner.import(snap)
-    }
-
-    /// True while the store has no marker (see `marker`): a new store, one restored from a
-    /// snapshot, one an older version wrote, or DATA_DIR wiped. Nothing tells what it should
-    /// hold, so the daemon checks it against the certificate directory
-    /// (`recovery::check_certs_dir`) before it [`seal`](SledStore::seal)s it.
-    pub fn unmarked(&self) -> bool {
-        self.inner
-            .unmarked
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Writes the marker of an unmarked store (on the blocking pool: it fsyncs).
-    pub async fn seal(&self) -> Result<(), StoreError> {
-        self.blocking(|s| s.seal()).await
+        Inner::open(data_dir)?.import(snap)
     }
 
     /// Moves the store of `data_dir` (the sled directory and its marker) into a new directory

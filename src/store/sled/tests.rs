@@ -248,10 +248,14 @@ fn a_snapshot_restores_every_tree_and_the_old_store_is_moved_aside() {
     SledStore::restore(dir.path(), &snap).unwrap();
     let restored = SledStore::open(dir.path()).unwrap();
     assert!(restored.unmarked() && !marker::path(dir.path()).exists());
-    let again = restored.inner.export(1_700_000_000).unwrap();
+    let again = restored.with_inner(|i| i.export(1_700_000_000)).unwrap();
     assert_eq!(again, bytes, "every tree, byte for byte");
     assert_eq!(
-        restored.inner.certificate("s1.test").unwrap().unwrap().1,
+        restored
+            .with_inner(|i| i.certificate("s1.test"))
+            .unwrap()
+            .unwrap()
+            .1,
         format!("KEY 1 {}", "k".repeat(200))
     );
     assert!(
@@ -259,7 +263,7 @@ fn a_snapshot_restores_every_tree_and_the_old_store_is_moved_aside() {
         "never over a store"
     );
     // Sealed (by the daemon, once checked), its marker has the snapshot's generation.
-    restored.inner.seal().unwrap();
+    restored.with_inner(|i| i.seal()).unwrap();
     drop(restored);
     assert_eq!(
         marker::read(dir.path()).unwrap().map(|m| m.generation),
@@ -319,14 +323,13 @@ fn a_store_without_a_marker_gets_none_until_it_is_sealed() {
     // A command (or a refused start) on a wiped DATA_DIR must not make it look trusted.
     let store = SledStore::open(dir.path()).unwrap();
     assert!(store.unmarked() && !marker::path(dir.path()).exists());
-    store.inner.seal().unwrap();
+    store.with_inner(|i| i.seal()).unwrap();
     assert_eq!(
         marker::read(dir.path()).unwrap().map(|m| m.generation),
         Some(1)
     );
     store
-        .inner
-        .put(&Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 1))
+        .with_inner(|i| i.put(&Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 1)))
         .unwrap();
     assert_eq!(
         marker::read(dir.path()).unwrap().map(|m| m.generation),
