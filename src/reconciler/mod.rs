@@ -103,7 +103,7 @@ pub struct Reconciler {
     /// When the order in flight of a certificate was created, for the issuance-duration metric
     /// (in memory: an issuance resumed after a restart is timed from the restart).
     order_started: std::sync::Mutex<HashMap<String, std::time::Instant>>,
-    /// The installed certificates the watchdog checks, with their serials.
+    /// The installed certificates the watchdog checks, with a digest of their serials.
     watched: watchdog::Watched,
     /// Alert transitions whose hook ran but whose record write failed: not run again.
     alerts_unrecorded: std::sync::Mutex<HashMap<String, Vec<haproxy_acme_state::Condition>>>,
