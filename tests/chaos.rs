@@ -158,10 +158,12 @@ fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
         let out = env.cli_with(&domains, &[("DATA_DIR", &data)], &["state", "dump"]);
         if out.status.success() {
             let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as i64;
+            let now = haproxy_acme_state::dump::rfc3339(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64,
+            );
             let certs = dump["certificates"].as_array().unwrap();
             let waiting: Vec<String> = certs
                 .iter()
@@ -170,11 +172,15 @@ fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
                         return true;
                     };
                     c["installed"] != true
-                        || c["not_after"].as_i64().unwrap_or(0) <= now
+                        // RFC 3339 in UTC, one format: compared as text.
+                        || c["not_after"].as_str().unwrap_or("") <= now.as_str()
                         || env.served_serial(c["id"].as_str().unwrap()).as_deref()
                             != Some(serial.trim_start_matches('0'))
                 })
-                .map(|c| c.to_string())
+                .map(|c| {
+                    let served = env.served_serial(c["id"].as_str().unwrap());
+                    format!("served {served:?}; stored: {c}")
+                })
                 .collect();
             if certs.len() == IDS && waiting.is_empty() {
                 break dump;
@@ -224,15 +230,25 @@ fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
             );
         }
     }
-    let log = env.pebble_log();
-    let bad_nonces = log.matches("badNonce").count();
+    let m = common::daemon_metrics(&data_dir);
+    let count = |name: &str| common::metric_sum(&m, name);
     eprintln!(
-        "CHAOS: {faults:?} over {chaos_secs:.1}s; pebble: {} certificates for {} ids, {} orders, \
-         {bad_nonces} badNonce mentions in its log; converged {} ms after the faults stopped",
+        "CHAOS: {faults:?} over {chaos_secs:.1}s; pebble: {} certificates for {} ids, {} orders; \
+         daemon: {} ACME requests, {} badNonce answers sent again, {} re-registrations, {} step \
+         failures, {} drifts repaired; converged {} ms after the faults stopped",
         issued.len(),
         per_id.len(),
         env.pebble_new_orders(),
+        count("haproxy_acme_http_acme_client_request_total"),
+        count("haproxy_acme_acme_bad_nonces_total"),
+        count("haproxy_acme_acme_accounts_registered_again_total"),
+        count("haproxy_acme_certificate_step_failures_total"),
+        count("haproxy_acme_certificate_drifts_total"),
         converged.as_millis()
+    );
+    assert!(
+        count("haproxy_acme_acme_bad_nonces_total") > 0,
+        "pebble rejected no nonce: the schedule did not test bad nonces"
     );
     assert!(
         faults.pebble_restarts + faults.haproxy_restarts + faults.disk_fills > 0,

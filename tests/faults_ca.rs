@@ -16,29 +16,7 @@ use common::{wait_until, Daemon, Env, Options};
 
 /// The daemon's `/metrics` text, from its admin socket.
 fn metrics(env: &Env) -> String {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", "--unix-socket"])
-        .arg(env.data_dir.join("admin.sock"))
-        .arg("http://daemon/metrics")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "GET /metrics: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The sum of the samples of counter `name` (every label set).
-fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    common::daemon_metrics(&env.data_dir)
 }
 
 /// How many requests a pebble log shows (one line per request pebble's web front end served).
@@ -86,9 +64,9 @@ fn issue_with_bad_nonces(reject: u8, names: &[&str]) -> Figures {
     let f = Figures {
         ms,
         pebble_requests: pebble_requests(&env.running_pebble_log()),
-        our_requests: metric_sum(&m, "haproxy_acme_http_acme_client_request_total"),
-        bad_nonces: metric_sum(&m, "haproxy_acme_acme_bad_nonces_total"),
-        step_failures: metric_sum(&m, "haproxy_acme_certificate_step_failures_total"),
+        our_requests: common::metric_sum(&m, "haproxy_acme_http_acme_client_request_total"),
+        bad_nonces: common::metric_sum(&m, "haproxy_acme_acme_bad_nonces_total"),
+        step_failures: common::metric_sum(&m, "haproxy_acme_certificate_step_failures_total"),
     };
     // Not a failed step: no failure recorded (metric, log) and each certificate issued once.
     assert_eq!(f.step_failures, 0, "no step may fail:\n{m}\n{log}");

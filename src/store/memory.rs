@@ -246,4 +246,8 @@ impl Store for MemoryStore {
     async fn probe_write(&self, _now: UnixTime) -> Result<(), StoreError> {
         self.writable()
     }
+
+    async fn snapshot(&self, _now: UnixTime) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::Unsupported("snapshots"))
+    }
 }

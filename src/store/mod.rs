@@ -150,11 +150,9 @@ pub trait Store: Send + Sync + 'static {
     async fn probe_write(&self, now: UnixTime) -> Result<(), StoreError>;
 
     /// A consistent snapshot of everything the store holds, keys and account credentials
-    /// included: the bytes of a `backup` file. Backends without one refuse.
-    async fn snapshot(&self, now: UnixTime) -> Result<Vec<u8>, StoreError> {
-        let _ = now;
-        Err(StoreError::Unsupported("snapshots"))
-    }
+    /// included: the bytes of a `backup` file. Backends without one refuse. (No default: a
+    /// wrapper that forgot to pass it on once made `backup` of the running daemon refuse.)
+    async fn snapshot(&self, now: UnixTime) -> Result<Vec<u8>, StoreError>;
 }
 
 impl dyn Store {

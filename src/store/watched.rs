@@ -183,6 +183,10 @@ impl Store for Watched {
         let r = self.inner.probe_write(now).await;
         self.saw(r, true)
     }
+
+    async fn snapshot(&self, now: UnixTime) -> Result<Vec<u8>, StoreError> {
+        self.inner.snapshot(now).await
+    }
 }
 
 #[cfg(test)]

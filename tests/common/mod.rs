@@ -110,6 +110,33 @@ fn spawn_haproxy(dir: &Path, master_sock: &Path, env: &[(String, String)]) -> Pr
     )
 }
 
+/// The daemon's `/metrics`, asked on its admin socket in `data_dir`.
+pub fn daemon_metrics(data_dir: &Path) -> String {
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5", "--unix-socket"])
+        .arg(data_dir.join("admin.sock"))
+        .arg("http://daemon/metrics")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "GET /metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The sum of the samples of counter `name` (every label set) in a `/metrics` text.
+pub fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
