@@ -142,7 +142,7 @@ pub async fn status_check(config: &Config) -> anyhow::Result<()> {
         Ok(None) => {
             let read = async {
                 let store = open_offline(&config.data_dir)?;
-                anyhow::Ok(crate::admin::check_text(store.as_ref(), unix_now()).await?)
+                anyhow::Ok(crate::admin::check_text(store.as_ref(), &[], unix_now()).await?)
             };
             match read.await {
                 Ok(report) => report,

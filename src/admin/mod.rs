@@ -87,9 +87,15 @@ pub async fn status_text(
 }
 
 /// The `status --check` report of every record in `store`.
-pub async fn check_text(store: &dyn Store, now: i64) -> Result<String, crate::store::StoreError> {
+pub async fn check_text(
+    store: &dyn Store,
+    waiting: &[Waiting],
+    now: i64,
+) -> Result<String, crate::store::StoreError> {
     let records = store.records().await?;
-    Ok(haproxy_acme_state::attention::check_report(&records, now))
+    Ok(haproxy_acme_state::attention::check_report_waiting(
+        &records, waiting, now,
+    ))
 }
 
 /// Binds the admin socket. Only called while holding the store's lock, so a socket file that
@@ -213,7 +219,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
                 Err(e) => store_error(e),
             }
         }
-        (&Method::GET, ["check"]) => match check_text(store, now).await {
+        (&Method::GET, ["check"]) => match check_text(store, &waiting, now).await {
             Ok(t) => text(StatusCode::OK, t),
             Err(e) => store_error(e),
         },

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dump::{human, rfc3339};
+use crate::dump::{human, rfc3339, Waiting};
 use crate::machine::{plan, Action, Plan};
 use crate::timing::renewal_time;
 use crate::{Record, Step, UnixTime};
@@ -217,6 +217,52 @@ pub fn check_report<'a>(records: impl IntoIterator<Item = &'a Record>, now: Unix
     };
     std::iter::once(first)
         .chain(lines)
+        .map(|l| l + "\n")
+        .collect()
+}
+
+/// How long the daemon may wait for a part (the store, the certificate directory, HAProxy's
+/// runtime API, the CA) before `status --check` warns: a CA or HAProxy restart is routine, a
+/// disk full for five minutes is not.
+pub const WAIT_GRACE: i64 = 300;
+
+/// `check_report` of the running daemon: also a warning when it has been waiting for a part
+/// longer than [`WAIT_GRACE`], one line per part (`daemon: waiting for ...`).
+pub fn check_report_waiting<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+    waiting: &[Waiting],
+    now: UnixTime,
+) -> String {
+    let report = check_report(records, now);
+    let long: Vec<&Waiting> = waiting
+        .iter()
+        .filter(|w| now - w.since >= WAIT_GRACE)
+        .collect();
+    if long.is_empty() {
+        return report;
+    }
+    let mut lines = report.lines();
+    let first = lines.next().unwrap_or("");
+    let parts: Vec<&str> = long.iter().map(|w| w.part).collect();
+    let waits = format!("the daemon waits for {}", parts.join(", "));
+    let first = match first.strip_prefix(&format!("{CHECK_PREFIX} OK - ")) {
+        Some(rest) => format!("{CHECK_PREFIX} WARNING - {waits}; {rest}"),
+        None => match first.strip_prefix(&format!("{CHECK_PREFIX} WARNING - ")) {
+            Some(rest) => format!("{CHECK_PREFIX} WARNING - {waits}; {rest}"),
+            None => first.to_string(),
+        },
+    };
+    let waited = long.iter().map(|w| {
+        format!(
+            "daemon: waiting for {} for {}: {}",
+            w.what,
+            human(now - w.since),
+            w.error
+        )
+    });
+    std::iter::once(first)
+        .chain(waited)
+        .chain(lines.map(String::from))
         .map(|l| l + "\n")
         .collect()
 }
@@ -540,5 +586,33 @@ mod tests {
         assert!(empty.starts_with("HAPROXY-ACME UNKNOWN - "));
         assert_eq!(check_exit_code(&empty), 3);
         assert_eq!(check_exit_code("error: no daemon"), 3);
+    }
+
+    #[test]
+    fn a_long_wait_of_the_daemon_is_a_warning_a_short_one_is_not() {
+        let r = installed("a.test");
+        let waiting = |since| Waiting {
+            part: "store",
+            what: "the store (DATA_DIR)",
+            since,
+            error: "No space left on device".into(),
+            error_at: T0 + DAY,
+        };
+        let now = T0 + DAY;
+        let short = check_report_waiting([&r], &[waiting(now - 60)], now);
+        assert_eq!(short, check_report([&r], now));
+        assert_eq!(check_exit_code(&short), 0);
+        let long = check_report_waiting([&r], &[waiting(now - WAIT_GRACE)], now);
+        assert_eq!(check_exit_code(&long), 1, "{long}");
+        assert!(
+            long.starts_with("HAPROXY-ACME WARNING - the daemon waits for store; 1 certificates"),
+            "{long}"
+        );
+        assert!(
+            long.contains(
+                "daemon: waiting for the store (DATA_DIR) for 5m: No space left on device"
+            ),
+            "{long}"
+        );
     }
 }
