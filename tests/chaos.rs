@@ -11,11 +11,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::tmpfs::Tmpfs;
 use common::{Env, Options};
 use rand::{Rng, SeedableRng};
 
@@ -23,68 +21,9 @@ use rand::{Rng, SeedableRng};
 const VALIDITY_SECS: i64 = 40;
 const IDS: usize = 8;
 
-/// A tmpfs mounted for the test's life (we run as root), unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(at.to_path_buf())
-    }
-
-    /// Writes a filler file until the filesystem refuses (ENOSPC).
-    fn fill(&self) -> u64 {
-        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        let mut written = 0u64;
-        while f.write_all(&chunk).is_ok() {
-            written += chunk.len() as u64;
-        }
-        // The last partial chunk may have landed; the point is that nothing more fits.
-        let _ = f.sync_all();
-        written
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.0.join("filler")).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn openssl_pubkey(args: &[&str], file: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl {args:?} {}", file.display());
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[derive(Default, Debug)]
@@ -117,8 +56,8 @@ fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
         nonce_reject: 15,
         ..Options::default()
     });
-    let fs = Tmpfs::mount(&env.dir.path().join("fs"), "24m");
-    let data_dir = fs.0.join("data");
+    let fs = Tmpfs::mount(&env.dir.path().join("fs"), 24);
+    let data_dir = fs.path.join("data");
     let data = data_dir.display().to_string();
     let ids: Vec<String> = (0..IDS).map(|i| format!("chaos{i}.example.test")).collect();
     let domains = ids.join(";");
@@ -141,9 +80,9 @@ fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
                 faults.haproxy_restarts += 1;
             }
             _ => {
-                fs.fill();
+                let filler = fs.fill();
                 std::thread::sleep(Duration::from_millis(rng.random_range(1_000..6_000)));
-                fs.free();
+                filler.free();
                 faults.disk_fills += 1;
             }
         }
@@ -203,11 +142,7 @@ fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
     for c in dump["certificates"].as_array().unwrap() {
         let id = c["id"].as_str().unwrap();
         let file = env.certs_dir.join(format!("{id}.pem"));
-        assert_eq!(
-            openssl_pubkey(&["x509", "-noout", "-pubkey", "-in"], &file),
-            openssl_pubkey(&["pkey", "-pubout", "-in"], &file),
-            "{id}: the key in the file belongs to its certificate"
-        );
+        common::assert_key_matches_certificate(&file);
     }
 
     // No duplicate issuance across pebble restarts.

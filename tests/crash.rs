@@ -26,21 +26,6 @@ fn domains() -> (String, Vec<String>) {
     (entries.join(";"), names)
 }
 
-fn openssl_pubkey(args: &[&str], file: &std::path::Path) -> String {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?} {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn sigkill_at_random_instants_never_duplicates_issuance_nor_loses_a_key() {
     let kills: usize = std::env::var("CRASH_KILLS")
@@ -120,12 +105,7 @@ fn sigkill_at_random_instants_never_duplicates_issuance_nor_loses_a_key() {
             // still serve a certificate, which the next start replaces.
             assert!(shown.contains("Serial:"), "{id} not served: {shown}");
         }
-        let cert_key = openssl_pubkey(&["x509", "-noout", "-pubkey", "-in"], &file);
-        let key_key = openssl_pubkey(&["pkey", "-pubout", "-in"], &file);
-        assert_eq!(
-            cert_key, key_key,
-            "{id}: the key in the file belongs to its certificate"
-        );
+        common::assert_key_matches_certificate(&file);
     }
     let leftovers: Vec<_> = std::fs::read_dir(&env.certs_dir)
         .unwrap()

@@ -8,103 +8,18 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::tmpfs::Tmpfs;
 use common::{free_port, wait_until, Env};
 use haproxy_acme::store::sled::SledStore;
 use haproxy_acme::store::{Change, Store};
 use haproxy_acme_state::{KeyType, Record};
-
-/// A tmpfs mounted for the test (and bind mounts of its folders), unmounted on drop.
-struct Tmpfs {
-    path: PathBuf,
-    binds: Vec<PathBuf>,
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed (these tests mount tmpfs: they need root): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-impl Tmpfs {
-    fn mount(path: &Path, size_mib: u32) -> Tmpfs {
-        std::fs::create_dir_all(path).unwrap();
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={size_mib}m,mode=0700"))
-            .arg("tmpfs")
-            .arg(path));
-        Tmpfs {
-            path: path.to_path_buf(),
-            binds: Vec::new(),
-        }
-    }
-
-    /// Makes folder `sub` of the tmpfs appear at `target` too (same file system, same space).
-    fn bind(&mut self, sub: &str, target: &Path) {
-        let source = self.path.join(sub);
-        std::fs::create_dir_all(&source).unwrap();
-        run(Command::new("mount").arg("--bind").arg(&source).arg(target));
-        self.binds.push(target.to_path_buf());
-    }
-
-    /// Writes a file until the file system says it is full.
-    fn fill(&self) -> Filler {
-        let path = self.path.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        for chunk in [1 << 20, 4096, 1] {
-            let buf = vec![0u8; chunk];
-            let e = loop {
-                if let Err(e) = f.write_all(&buf) {
-                    break e;
-                }
-            };
-            assert_eq!(
-                e.raw_os_error(),
-                Some(28),
-                "filling {}: {e}",
-                path.display()
-            );
-        }
-        Filler(path)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        for p in self.binds.iter().rev().chain([&self.path]) {
-            let ok = Command::new("umount")
-                .arg(p)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(p).status();
-            }
-        }
-    }
-}
-
-/// The file that fills a tmpfs.
-struct Filler(PathBuf);
-
-impl Filler {
-    /// Deletes it; returns when.
-    fn free(self) -> Instant {
-        std::fs::remove_file(&self.0).unwrap();
-        Instant::now()
-    }
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -123,20 +38,11 @@ fn served_serial(env: &Env, id: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn openssl_pubkey(args: &[&str], file: &Path) -> String {
-    let out = run(Command::new("openssl").args(args).arg(file));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Every certificate file is whole: its key belongs to its certificate, no temporary file left.
 fn assert_files_whole(dir: &Path, ids: &[&str]) {
     for id in ids {
         let file = dir.join(format!("{id}.pem"));
-        assert_eq!(
-            openssl_pubkey(&["x509", "-noout", "-pubkey", "-in"], &file),
-            openssl_pubkey(&["pkey", "-pubout", "-in"], &file),
-            "{id}: the key in the file belongs to its certificate"
-        );
+        common::assert_key_matches_certificate(&file);
     }
     let temps: Vec<String> = std::fs::read_dir(dir)
         .unwrap()

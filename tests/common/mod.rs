@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod tmpfs;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
@@ -108,6 +110,30 @@ fn spawn_haproxy(dir: &Path, master_sock: &Path, env: &[(String, String)]) -> Pr
             .arg(repo_root().join("deploy/haproxy.cfg"))
             .envs(env.iter().map(|(k, v)| (k, v))),
     )
+}
+
+/// Runs `cmd`, which must succeed (its stderr in the failure).
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed (the tmpfs tests need root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Asserts the private key in a `<id>.pem` file belongs to the certificate in it.
+pub fn assert_key_matches_certificate(file: &Path) {
+    let pubkey = |args: &[&str]| {
+        String::from_utf8(run(Command::new("openssl").args(args).arg(file)).stdout).unwrap()
+    };
+    assert_eq!(
+        pubkey(&["x509", "-noout", "-pubkey", "-in"]),
+        pubkey(&["pkey", "-pubout", "-in"]),
+        "{}: the key in the file belongs to its certificate",
+        file.display()
+    );
 }
 
 /// The daemon's `/metrics`, asked on its admin socket in `data_dir`.
