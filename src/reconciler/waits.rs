@@ -124,8 +124,8 @@ impl Reconciler {
     }
 
     /// The certificate directory or the runtime API works again: an install that failed is tried
-    /// now rather than after its backoff (the `retry` an operator would do). Not when a deploy hook failed:
-    /// that is retried only when an operator says so.
+    /// now rather than after its backoff, its failure (and attempt count) kept until it works.
+    /// Not when a deploy hook failed: that is retried only when an operator says so.
     async fn end_install_backoff(&self, id: &str, now: UnixTime) {
         let install_failed = |r: &Record| {
             r.failure.as_ref().is_some_and(|f| f.step == Step::Install)
@@ -134,7 +134,7 @@ impl Reconciler {
         let ended = self
             .store
             .update(id, move |r| match r {
-                Some(r) if install_failed(&r) => (Change::Put(apply(&r, Event::Retry, now)), ()),
+                Some(r) if install_failed(&r) => (Change::Put(apply(&r, Event::RetryNow, now)), ()),
                 _ => (Change::Keep, ()),
             })
             .await;

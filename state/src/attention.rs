@@ -17,7 +17,8 @@ use crate::{Record, Step, UnixTime};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Condition {
-    /// Its last step (issuance, renewal or install) failed: [`Record::failure`] is set.
+    /// Its last step (issuance, renewal or install) failed and the failure is not a passing
+    /// blip (see [`failing`]).
     Failing,
     /// Less than a third of its lifetime is left and its renewal is overdue (see
     /// [`expiring_at`]), or it has expired.
@@ -45,6 +46,23 @@ pub fn same_serial(a: &str, b: &str) -> bool {
         .eq_ignore_ascii_case(b.trim_start_matches('0'))
 }
 
+/// A retryable failure is a `failing` condition only from this many attempts in a row: the
+/// first failures after a CA restart, a network blip or a HAProxy reload heal on their own in
+/// seconds (backoff 2-5 s, then 5-10 s), and an alert hook must not page for them.
+pub const FAILING_AFTER_ATTEMPTS: u32 = 3;
+
+/// Whether `r`'s recorded failure is a `failing` condition: one the step will not get over on
+/// its own soon (permanent, rate-limited), a retryable one that failed
+/// [`FAILING_AFTER_ATTEMPTS`] times in a row, or any failure while `failing` is what was last
+/// alerted (so a `retry` that fails again is no "ok" followed by "failing").
+pub fn failing(r: &Record) -> bool {
+    r.failure.as_ref().is_some_and(|f| {
+        f.kind != crate::FailureKind::Retryable
+            || f.attempts >= FAILING_AFTER_ATTEMPTS
+            || alerted(r).contains(&Condition::Failing)
+    })
+}
+
 /// When the stored certificate starts to need attention for its expiry: once less than a third
 /// of its lifetime is left *and* its renewal time passed more than 1 % of the lifetime ago (a
 /// renewal that happens on time never raises it: the lifetime rule renews at two thirds), and
@@ -66,7 +84,7 @@ pub fn conditions(r: &Record, now: UnixTime) -> Vec<Condition> {
     if r.unconfigured {
         return found;
     }
-    if r.failure.is_some() {
+    if failing(r) {
         found.push(Condition::Failing);
     }
     if expiring_at(r).is_some_and(|t| t <= now) {
@@ -320,6 +338,11 @@ mod tests {
         })
     }
 
+    /// `r` after a step failed `n` times in a row.
+    fn failed_times(r: &Record, kind: FailureKind, n: u32, now: UnixTime) -> Record {
+        (0..n).fold(r.clone(), |r, _| apply(&r, failed(kind), now))
+    }
+
     /// Follows `plan_with_alerts` like the reconciler does for the alert step only.
     fn alert_due(r: &Record, now: UnixTime) -> Option<Vec<Condition>> {
         match plan_with_alerts(r, now) {
@@ -435,7 +458,11 @@ mod tests {
     fn a_retry_that_fails_again_is_no_transition_one_that_succeeds_is() {
         let r = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, T0);
         let r = apply(&r, Event::OrderCreated { url: "u".into() }, T0);
-        let r = apply(&r, failed(FailureKind::Retryable), T0);
+        // The first failures of a retryable step are no condition: they heal on their own.
+        let once = apply(&r, failed(FailureKind::Retryable), T0);
+        assert!(conditions(&once, T0).is_empty());
+        assert_eq!(alert_due(&once, T0), None);
+        let r = failed_times(&r, FailureKind::Retryable, FAILING_AFTER_ATTEMPTS, T0);
         let r = alerted_now(&r, T0);
         assert_eq!(alerted(&r), [Condition::Failing]);
         let r = apply(&r, Event::Retry, T0 + 1);
@@ -510,18 +537,24 @@ mod tests {
             T0 + 6,
         );
         assert_eq!(alert_due(&repaired, T0 + 6), None);
-        let broken = apply(
-            &r,
-            Event::Failed(FailureReport {
-                step: Step::Install,
-                kind: FailureKind::Retryable,
-                error: "cannot write".into(),
-                retry_after: None,
-                jitter_permille: 0,
-                order_dead: false,
-            }),
-            T0 + 6,
+        let install_failed = Event::Failed(FailureReport {
+            step: Step::Install,
+            kind: FailureKind::Retryable,
+            error: "cannot write".into(),
+            retry_after: None,
+            jitter_permille: 0,
+            order_dead: false,
+        });
+        let once = apply(&r, install_failed.clone(), T0 + 6);
+        assert_eq!(conditions(&once, T0 + 6), [Condition::NotServed]);
+        // Tried again as soon as the directory works: the attempts still count.
+        let once = apply(&once, Event::RetryNow, T0 + 7);
+        assert_eq!(
+            once.failure.as_ref().map(|f| f.next_attempt_at),
+            Some(Some(T0 + 7))
         );
+        let broken = (1..FAILING_AFTER_ATTEMPTS)
+            .fold(once, |r, _| apply(&r, install_failed.clone(), T0 + 6));
         assert_eq!(
             alert_due(&broken, T0 + 6),
             Some(vec![Condition::Failing, Condition::NotServed])
@@ -533,7 +566,7 @@ mod tests {
             .join("\n");
         assert!(
             text.contains(
-                "install failing: install retryable after 1 attempt (retry in 2s): cannot write"
+                "install failing: install retryable after 3 attempts (retry in 10s): cannot write"
             ),
             "{text}"
         );
@@ -552,9 +585,10 @@ mod tests {
             "HAPROXY-ACME OK - 1 certificates, none needs attention | certificates=1 attention=0\n"
         );
         assert_eq!(check_exit_code(&report), 0);
-        let failing = apply(
+        let failing = failed_times(
             &installed("b.test"),
-            failed(FailureKind::Retryable),
+            FailureKind::Retryable,
+            FAILING_AFTER_ATTEMPTS,
             T0 + DAY,
         );
         let expired = installed("c.test");
@@ -571,7 +605,7 @@ mod tests {
             "{report}"
         );
         assert!(
-            lines[2].starts_with("b.test: renewal failing: order retryable after 1 attempt (retrying): rejectedIdentifier"),
+            lines[2].starts_with("b.test: renewal failing: order retryable after 3 attempts (retrying): rejectedIdentifier"),
             "{report}"
         );
         assert!(lines[3].starts_with("b.test: EXPIRED"), "{report}");

@@ -280,9 +280,7 @@ mod tests {
       "configured": true,
       "deploy_hook": null,
       "updated_at": "1970-01-01T00:01:53Z",
-      "attention": [
-        "failing"
-      ],
+      "attention": [],
       "alerted": null,
       "drift": null
     },

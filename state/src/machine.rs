@@ -75,6 +75,11 @@ pub enum Event {
     /// An operator asked to retry (`retry`): the recorded failure is cleared, so the next step
     /// is taken at once; a failed deploy hook runs again.
     Retry,
+    /// The part a failed step waited for works again (the reconciler's probe): the step is
+    /// tried now instead of after its backoff, and the failure stays recorded with its attempt
+    /// count until the step succeeds (so a failure that keeps coming back is still one that
+    /// keeps coming back). Only a failure with a next attempt planned is moved.
+    RetryNow,
     /// The deploy hook ran for the certificate with `fingerprint`; `error` says why it failed.
     HookRan {
         fingerprint: String,
@@ -253,6 +258,13 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
         }
         Event::Unconfigured => {
             r.unconfigured = true;
+        }
+        Event::RetryNow => {
+            if let Some(f) = r.failure.as_mut() {
+                if f.next_attempt_at.is_some_and(|t| t > now) {
+                    f.next_attempt_at = Some(now);
+                }
+            }
         }
         Event::Retry => {
             r.failure = None;
