@@ -124,9 +124,11 @@ mod tests {
             at: 0,
             next_attempt_at: Some(500),
         });
-        // A failure not alerted yet is due at once (the alert step), then waits.
+        // A failing record not alerted yet is due at once (the alert step), then waits.
         let mut alerting = waiting.clone();
         alerting.id = "a.test".into();
+        alerting.failure.as_mut().unwrap().attempts =
+            haproxy_acme_state::attention::FAILING_AFTER_ATTEMPTS;
         waiting.alert = Some(haproxy_acme_state::Alerted {
             conditions: vec![haproxy_acme_state::Condition::Failing],
             at: 0,
