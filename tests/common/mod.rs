@@ -233,6 +233,23 @@ impl Env {
 
     /// Starts the environment with these `Options`.
     pub fn start_opts(opts: Options) -> Env {
+        // A free port is found by binding port 0 and letting it go, so a test running beside
+        // this one can take it first: then everything starts again on other ports.
+        const TRIES: u32 = 5;
+        for attempt in 1..=TRIES {
+            match Env::try_start(opts.clone()) {
+                Ok(env) => return env,
+                Err(log) if attempt < TRIES => {
+                    eprintln!("harness: a port was taken meanwhile, starting again: {log}")
+                }
+                Err(log) => panic!("ports taken {TRIES} times in a row: {log}"),
+            }
+        }
+        unreachable!("the last try returns or panics")
+    }
+
+    /// Starts everything once; `Err(log)` when a program found its port taken.
+    fn try_start(opts: Options) -> Result<Env, String> {
         let validity_secs = opts.validity_secs;
         require_programs();
         let dir = tempfile::Builder::new()
@@ -364,15 +381,34 @@ impl Env {
             pebble_starts: 1,
             chall_port,
         };
-        wait_until("pebble directory", READY_TIMEOUT, || {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(log) = env.port_taken() {
+                return Err(log);
+            }
             env.assert_alive();
-            env.curl(&env.directory_url()).is_some()
-        });
-        wait_until("haproxy runtime API", READY_TIMEOUT, || {
-            env.assert_alive();
-            env.runtime("show info").contains("Name: HAProxy")
-        });
-        env
+            if env.curl(&env.directory_url()).is_some()
+                && env.runtime("show info").contains("Name: HAProxy")
+            {
+                return Ok(env);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pebble and HAProxy not ready after {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log of a program that exited because its port was taken.
+    fn port_taken(&self) -> Option<String> {
+        self.procs.iter().find_map(|p| {
+            let dead = std::fs::metadata(format!("/proc/{}", p.child.id())).is_err()
+                || is_zombie(p.child.id());
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            (dead && log.to_lowercase().contains("address already in use"))
+                .then(|| format!("{}: {}", p.name, log.trim()))
+        })
     }
 
     fn assert_alive(&self) {
