@@ -35,19 +35,8 @@ struct Faults {
 
 #[test]
 fn every_fault_at_once_heals_without_a_restart_or_a_duplicate() {
-    let seed: u64 = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    let secs: u64 = std::env::var("CHAOS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
+    let seed = common::env_u64("CHAOS_SEED", common::clock_seed);
+    let secs = common::env_u64("CHAOS_SECS", || 100);
     eprintln!("CHAOS_SEED={seed} CHAOS_SECS={secs}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 

@@ -28,19 +28,8 @@ fn domains() -> (String, Vec<String>) {
 
 #[test]
 fn sigkill_at_random_instants_never_duplicates_issuance_nor_loses_a_key() {
-    let kills: usize = std::env::var("CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(110);
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let kills = common::env_u64("CRASH_KILLS", || 110) as usize;
+    let seed = common::env_u64("CRASH_SEED", common::clock_seed);
     eprintln!("CRASH: seed {seed} (CRASH_SEED={seed} reproduces the kill instants), {kills} kills");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 

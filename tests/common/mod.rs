@@ -112,6 +112,22 @@ fn spawn_haproxy(dir: &Path, master_sock: &Path, env: &[(String, String)]) -> Pr
     )
 }
 
+/// A number from environment variable `var`, or `default` (a seed: from the clock).
+pub fn env_u64(var: &str, default: impl FnOnce() -> u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(default)
+}
+
+/// A seed from the clock, for a run `env_u64`'s variable can replay.
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
 /// Runs `cmd`, which must succeed (its stderr in the failure).
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

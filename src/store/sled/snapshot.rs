@@ -112,6 +112,18 @@ impl Snapshot {
 }
 
 impl Inner {
+    /// The trees in `TREES` order.
+    fn trees(&self) -> [&sled::Tree; 6] {
+        [
+            &self.records,
+            &self.certs,
+            &self.keys,
+            &self.accounts,
+            &self.ledger,
+            &self.settings,
+        ]
+    }
+
     /// Every tree as a snapshot file's bytes, taken under the record and additions locks.
     pub(super) fn export(&self, now: UnixTime) -> Result<Vec<u8>, StoreError> {
         let _records = self.lock_records();
@@ -127,14 +139,7 @@ impl Inner {
         };
         let mut out = line(&header);
         let mut entries = 0;
-        let trees = [
-            &self.records,
-            &self.certs,
-            &self.keys,
-            &self.accounts,
-            &self.ledger,
-            &self.settings,
-        ];
+        let trees = self.trees();
         for (name, tree) in TREES.iter().zip(trees) {
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(|e| StoreError::Corrupt {
@@ -158,14 +163,7 @@ impl Inner {
 
     /// Writes every entry of `snap` into this (new, empty) store and flushes.
     fn import(&self, snap: &Snapshot) -> Result<(), StoreError> {
-        let trees = [
-            &self.records,
-            &self.certs,
-            &self.keys,
-            &self.accounts,
-            &self.ledger,
-            &self.settings,
-        ];
+        let trees = self.trees();
         for (i, tree) in trees.into_iter().enumerate() {
             let mut batch = sled::Batch::default();
             for (t, k, v) in &snap.entries {
