@@ -66,6 +66,12 @@ struct World {
     /// Ids for which a new certificate before the renewal time is expected (a forced renewal, a
     /// change of names, an order the CA lost after it was finalized).
     excused: BTreeSet<String>,
+    /// Which daemon (its start count) each certificate, by fingerprint, was handed to: a
+    /// running daemon keeps a downloaded certificate it could not store yet, a new one knows
+    /// only the store.
+    delivered: BTreeMap<String, u32>,
+    /// The start count of the running daemon.
+    daemon_starts: u32,
     /// What HAProxy serves (runtime) and what its files say, per id: (fingerprint, chain, key).
     served: BTreeMap<String, (String, String, String)>,
     files: BTreeMap<String, (String, String, String)>,
@@ -83,6 +89,8 @@ struct Order {
     status: OrderStatus,
     tokens: Vec<Challenge>,
     chain: Option<String>,
+    /// The fingerprint of the certificate issued for it.
+    fingerprint: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -184,6 +192,7 @@ impl Ca for FakeCa {
                 status: OrderStatus::Pending,
                 tokens,
                 chain: None,
+                fingerprint: None,
             },
         );
         Ok(url)
@@ -265,6 +274,19 @@ impl FakeCa {
                     return Err(e);
                 };
                 let status = order.status;
+                let fp = order.fingerprint.clone().unwrap_or_default();
+                if status == OrderStatus::Valid && w.rng.random_range(0..5000) < w.ca_error_permille
+                {
+                    // The CA lost an order it had issued for (restored from a backup). A second
+                    // certificate is expected only if the running daemon never got the first.
+                    if w.delivered.get(&fp) != Some(&w.daemon_starts) {
+                        w.excused.insert(id.to_string());
+                    }
+                    w.orders.remove(url);
+                    let mut e = AcmeError::new(Step::Order, FailureKind::Retryable, "404 order");
+                    e.order_dead = true;
+                    return Err(e);
+                }
                 if status != OrderStatus::Valid {
                     if let Some(e) = ca_fault(&mut w, Step::Validation, now) {
                         if e.order_dead {
@@ -323,13 +345,19 @@ impl FakeCa {
                     w.issued
                         .entry(id.to_string())
                         .or_default()
-                        .push((fp, self.clock.now()));
+                        .push((fp.clone(), self.clock.now()));
                     let order = w.orders.get_mut(url).expect("present");
                     order.status = OrderStatus::Valid;
                     order.chain = Some(chain);
+                    order.fingerprint = Some(fp);
                 }
                 OrderStatus::Valid => {
-                    return Ok(lock(&self.world).orders[url].chain.clone().expect("valid"));
+                    let mut w = lock(&self.world);
+                    let starts = w.daemon_starts;
+                    let order = &w.orders[url];
+                    let (chain, fp) = (order.chain.clone(), order.fingerprint.clone());
+                    w.delivered.insert(fp.expect("valid"), starts);
+                    return Ok(chain.expect("valid"));
                 }
                 OrderStatus::Invalid => {
                     let mut e = AcmeError::new(
@@ -351,6 +379,22 @@ impl FakeCa {
         let mut w = lock(&self.world);
         let excused = w.excused.remove(id);
         let Some(r) = record else { return };
+        // The running daemon was handed the last certificate but did not store it (the store
+        // failed): it must store that one, not order another.
+        let stored = r.cert.as_ref().map(|c| c.fingerprint.as_str());
+        let last = w.issued.get(id).and_then(|v| v.last()).map(|(fp, _)| fp);
+        if let Some(last) = last {
+            if !excused
+                && Some(last.as_str()) != stored
+                && w.delivered.get(last) == Some(&w.daemon_starts)
+            {
+                let last = last.clone();
+                w.violations.push(format!(
+                    "{id}: a new certificate while the running daemon holds {last}, issued and \
+                     handed to it, unstored"
+                ));
+            }
+        }
         let (Some(cert), Some(renew_at)) = (&r.cert, r.renew_at) else {
             return;
         };
@@ -517,6 +561,8 @@ impl Sim {
             driving: BTreeMap::new(),
             issued: BTreeMap::new(),
             excused: BTreeSet::new(),
+            delivered: BTreeMap::new(),
+            daemon_starts: 0,
             served: BTreeMap::new(),
             files: BTreeMap::new(),
             serials: BTreeMap::new(),
@@ -555,6 +601,7 @@ impl Sim {
     /// Starts a daemon on the store as it is (a fresh responder map, no memory of the last).
     async fn start(&mut self) -> Option<Daemon> {
         self.restarts += 1;
+        lock(&self.world).daemon_starts += 1;
         let tokens = Tokens::default();
         lock(&self.world).tokens = tokens.clone();
         let health = Arc::new(Health::default());
@@ -716,6 +763,7 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
                 }
             }
             45..=52 => sim.store.set_failing(rng.random_bool(0.5)),
+            53..=56 => sim.store.set_chains_failing(rng.random_bool(0.5)),
             73..=77 => drift_behind_the_daemons_back(&mut lock(&sim.world), &mut rng),
             _ => {}
         }
@@ -732,6 +780,7 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
         w.haproxy_down = false;
     }
     sim.store.set_failing(false);
+    sim.store.set_chains_failing(false);
     let daemon = match daemon {
         Some(d) => d,
         None => sim

@@ -75,8 +75,22 @@ impl Reconciler {
             key_type: r.key_type,
         };
         let started = std::time::Instant::now();
-        let driven = self.ca.drive_order(url, &r.names, &hooks).await;
-        self.saw_ca(driven.as_ref().err());
+        let kept = self.take_downloaded(id, url);
+        let driven = match kept {
+            Some(chain) => {
+                tracing::info!(
+                    cert = id,
+                    order = url,
+                    "storing the certificate downloaded before the store failed"
+                );
+                Ok(chain)
+            }
+            None => {
+                let driven = self.ca.drive_order(url, &r.names, &hooks).await;
+                self.saw_ca(driven.as_ref().err());
+                driven
+            }
+        };
         let chain = match driven {
             Ok(chain) => chain,
             Err(e) => {
@@ -131,8 +145,17 @@ impl Reconciler {
                 )
                 .await;
         }
-        self.commit(id, Event::CertificateStored { meta }, With::Chain(chain))
-            .await?;
+        let stored = self
+            .commit(
+                id,
+                Event::CertificateStored { meta },
+                With::Chain(chain.clone()),
+            )
+            .await;
+        if let Err(e) = stored {
+            self.keep_downloaded(id, url, chain);
+            return Err(e);
+        }
         let since_order = self
             .order_started
             .lock()
@@ -373,4 +396,25 @@ impl OrderHooks for Hooks<'_> {
 
 fn store_failure(step: Step, e: StoreError) -> AcmeError {
     AcmeError::new(step, FailureKind::Retryable, e.to_string())
+}
+
+impl Reconciler {
+    /// Keeps a downloaded chain the store could not take, for the next try of the same order.
+    fn keep_downloaded(&self, id: &str, url: &str, chain: String) {
+        self.downloaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_string(), (url.to_string(), chain));
+    }
+
+    /// The chain kept for `id` if it belongs to the order at `url` (another order drops it: the
+    /// record moved on).
+    fn take_downloaded(&self, id: &str, url: &str) -> Option<String> {
+        let (kept_url, chain) = self
+            .downloaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id)?;
+        (kept_url == url).then_some(chain)
+    }
 }

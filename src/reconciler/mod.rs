@@ -105,6 +105,10 @@ pub struct Reconciler {
     order_started: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// The installed certificates the watchdog checks, with a digest of their serials.
     watched: watchdog::Watched,
+    /// Chains downloaded whose write to the store failed (a full disk), by certificate id with
+    /// their order's URL: the next try stores them without asking the CA, which may have
+    /// forgotten the order by then (restored from a backup) and would have to issue another.
+    downloaded: std::sync::Mutex<HashMap<String, (String, String)>>,
     /// Alert transitions whose hook ran but whose record write failed: not run again.
     alerts_unrecorded: std::sync::Mutex<HashMap<String, Vec<haproxy_acme_state::Condition>>>,
     /// Wakes a certificate (the watchdog's repairs).
@@ -198,6 +202,7 @@ impl Reconciler {
             tuning,
             order_started: std::sync::Mutex::new(HashMap::new()),
             watched: watchdog::Watched::default(),
+            downloaded: std::sync::Mutex::new(HashMap::new()),
             alerts_unrecorded: std::sync::Mutex::new(HashMap::new()),
             control: control.clone(),
         };

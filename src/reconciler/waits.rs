@@ -25,6 +25,11 @@ pub(super) const PROBE_MAX: i64 = 60;
 #[derive(Default)]
 pub(super) struct Waits {
     by_part: BTreeMap<Part, Waiting>,
+    /// When each part's last successful probe released its certificates, and the probe interval
+    /// it had then: a certificate failing on the part again soon after (a disk with room for
+    /// the probe's few bytes, not for a certificate chain) resumes that interval, doubled,
+    /// instead of starting over at [`PROBE_FIRST`] and retrying every few seconds.
+    released: BTreeMap<Part, (UnixTime, i64)>,
 }
 
 /// The certificates waiting for one part, and when to probe it next.
@@ -45,10 +50,16 @@ impl Waits {
         let failing = |p: Part| p != Part::Store || r.health.conditions().get(p).is_some();
         if let Some(p) = part.filter(|&p| failing(p)) {
             let now = r.clock.now();
+            let every = match self.released.get(&p) {
+                Some(&(at, every)) if now - at <= 2 * every + PROBE_FIRST => {
+                    (every * 2).min(PROBE_MAX)
+                }
+                _ => PROBE_FIRST,
+            };
             let w = self.by_part.entry(p).or_insert_with(|| Waiting {
                 ids: HashSet::new(),
-                probe_at: now + PROBE_FIRST,
-                every: PROBE_FIRST,
+                probe_at: now + every,
+                every,
             });
             w.ids.insert(id.to_string());
         }
@@ -80,11 +91,11 @@ impl Waits {
                 }
                 continue;
             }
-            let ids = self
-                .by_part
-                .remove(&part)
-                .map(|w| w.ids)
-                .unwrap_or_default();
+            let Some(w) = self.by_part.remove(&part) else {
+                continue;
+            };
+            self.released.insert(part, (now, w.every));
+            let ids = w.ids;
             if part != Part::Store {
                 for id in &ids {
                     r.end_install_backoff(id, now).await;

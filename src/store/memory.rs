@@ -28,6 +28,7 @@ pub struct Contents {
 pub struct MemoryStore {
     contents: Mutex<Contents>,
     failing: std::sync::atomic::AtomicBool,
+    chains_failing: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
@@ -38,6 +39,13 @@ impl MemoryStore {
     /// While `true`, every write fails (as on a full disk) and changes nothing.
     pub fn set_failing(&self, failing: bool) {
         self.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// While `true`, writes that store a certificate chain fail, others succeed: a disk with a
+    /// little room left, enough for a record update, not for a chain.
+    pub fn set_chains_failing(&self, failing: bool) {
+        self.chains_failing
             .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -139,6 +147,17 @@ impl Store for MemoryStore {
         let change = f(c.records.get(id).cloned());
         if change != Change::Keep {
             self.writable()?;
+        }
+        if matches!(
+            change,
+            Change::PutCertificate(..) | Change::PutAdopted { .. }
+        ) && self
+            .chains_failing
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Write(
+                "No space left on device (simulated, a chain's write)".into(),
+            ));
         }
         // All or nothing: `apply` checks before it changes anything.
         c.apply(id, change)
