@@ -2,19 +2,33 @@
 # Installs what the tests and the local demo run, from Debian's packages, when missing:
 # pebble (+ pebble-challtestsrv), haproxy, openssl, curl, socat, systemd (systemd-analyze),
 # certbot (the `import certbot` test imports what a real certbot run produced), prometheus (its
-# promtool checks and unit-tests deploy/prometheus-rules.yml). Needs root (or sudo) for apt-get.
+# promtool checks and unit-tests deploy/prometheus-rules.yml), Docker's engine and docker-compose
+# (tests/compose.rs runs deploy/docker-compose.yml), debootstrap (scripts/docker-images.sh builds
+# the images from Debian's packages). Needs root (or sudo) for apt-get.
 # The Debian haproxy and prometheus packages' own system services are never used; if the install
 # started them, they are stopped so that they hold no ports.
 set -euo pipefail
 
 need=()
-for pair in pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd certbot:certbot promtool:prometheus; do
+for pair in pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd certbot:certbot promtool:prometheus docker:docker.io docker-compose:docker-compose debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
-[ ${#need[@]} -eq 0 ] && exit 0
-mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
+start_docker() {
+  docker info >/dev/null 2>&1 && return 0
+  echo "starting Docker's engine" >&2
+  if command -v systemctl >/dev/null 2>&1 && systemctl start docker 2>/dev/null; then :
+  else $sudo service docker start >&2 || true; fi
+  for _ in $(seq 1 30); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
+  echo "Docker's engine does not answer (docker info): start it (systemctl start docker)" >&2
+  return 1
+}
+if [ ${#need[@]} -eq 0 ]; then
+  start_docker
+  exit 0
+fi
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 echo "installing from Debian: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q >&2
@@ -24,3 +38,4 @@ for service in haproxy prometheus; do
     $sudo systemctl disable --now "$service" >&2 || true
   fi
 done
+start_docker
