@@ -1192,8 +1192,9 @@ mod tests {
                 (Event::KeyStored, T0),
             ],
         );
-        // (before, event, phase after, recorded, action due at once after)
-        let table: Vec<(&str, Record, Event, Phase, bool, Option<Action>)> = vec![
+        // (name, before, event, phase after, recorded, action due at once after)
+        type Row = (&'static str, Record, Event, Phase, bool, Option<Action>);
+        let table: Vec<Row> = vec![
             (
                 "issued: ordered again at once",
                 issued("f1"),
