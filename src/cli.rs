@@ -50,6 +50,22 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Revoke the current certificate of ID at the CA (RFC 8555 §7.6), then order a new one with
+    /// a new key at once. With the daemon running, waits until the new certificate is served and
+    /// prints both serials; without, the new one is ordered when the daemon starts. Exit 2: the
+    /// CA refused (its words are printed); 3: no such certificate.
+    Revoke {
+        id: String,
+        /// RFC 5280's reason: unspecified, keyCompromise, superseded, cessationOfOperation,
+        /// affiliationChanged.
+        #[arg(long, default_value = "unspecified", value_parser = [
+            "unspecified", "keyCompromise", "superseded", "cessationOfOperation", "affiliationChanged",
+        ])]
+        reason: String,
+        /// How long to wait for the new certificate to be issued and served, e.g. 90s, 10m.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+    },
     /// Clear the recorded failure of certificate ID (a permanent one included) and try again now;
     /// runs a failed deploy hook again.
     Retry { id: String },

@@ -12,6 +12,7 @@ use crate::config::{CertId, Config, WantedSet};
 use crate::ops::{self, OpError};
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
+use haproxy_acme_state::RevocationReason;
 
 /// An error with its own exit code: 2 refused or invalid, 3 no such certificate.
 #[derive(Debug)]
@@ -74,7 +75,110 @@ pub async fn operate(config: Config, wanted: WantedSet, op: Op) -> anyhow::Resul
         }
         Err(OpError::NotFound(m)) => Err(Exit(3, m).into()),
         Err(OpError::Refused(m)) => Err(Exit(2, m).into()),
+        Err(OpError::Unavailable(m)) => Err(anyhow::anyhow!(m)),
         Err(OpError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// `revoke ID --reason R`: the daemon revokes and orders anew, and this waits (up to `timeout`)
+/// until HAProxy serves the new certificate, saying what it waits for; with no daemon, revokes
+/// and records it in the store (the new certificate is ordered when the daemon starts).
+pub async fn revoke(
+    config: Config,
+    id: &str,
+    reason: RevocationReason,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let id = CertId::parse(id).map_err(|e| Exit(2, format!("not a certificate id: {e}")))?;
+    let id = id.as_str();
+    let client = Client::new(&config.data_dir);
+    let ask = Ask::Revoke {
+        id: id.to_string(),
+        reason: reason.as_str(),
+    };
+    match ask_daemon(&client, &ask).await? {
+        Some(a) if a.outcome == Outcome::Done => {
+            print!("{}", a.body);
+            wait_replaced(&client, id, timeout).await
+        }
+        Some(a) => print_answer(a),
+        None => {
+            let store = open_offline(&config.data_dir)?;
+            let acme = crate::acme::LazyAcme::new(Arc::new(config), store.clone());
+            match crate::revoke::revoke(store.as_ref(), &acme, id, reason, unix_now()).await {
+                Ok(done) => {
+                    println!("{}", done.message);
+                    println!("(no daemon runs: the new certificate is ordered when it starts)");
+                    Ok(())
+                }
+                Err(OpError::NotFound(m)) => Err(Exit(3, m).into()),
+                Err(OpError::Refused(m)) => Err(Exit(2, m).into()),
+                Err(OpError::Unavailable(m)) => Err(anyhow::anyhow!(m)),
+                Err(OpError::Store(e)) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Polls the daemon's state of `id` until the certificate it serves is not the revoked one,
+/// printing each phase and failure on the way; an error after `timeout`.
+async fn wait_replaced(
+    client: &Client,
+    id: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use haproxy_acme_state::attention::same_serial;
+    println!(
+        "waiting up to {} s for the new certificate of {id} to be issued and served by HAProxy...",
+        timeout.as_secs()
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut said = String::new();
+    loop {
+        let a = ask_daemon(client, &Ask::State(Some(id.to_string())))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the daemon stopped answering"))?;
+        if a.outcome != Outcome::Done {
+            return print_answer(a);
+        }
+        let dump: serde_json::Value = serde_json::from_str(&a.body)?;
+        let cert = &dump["certificates"][0];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+        let revoked = text(&cert["revoked"]["serial"]);
+        let serial = text(&cert["serial"]);
+        if !serial.is_empty()
+            && !same_serial(&serial, &revoked)
+            && cert["installed"].as_bool() == Some(true)
+        {
+            println!("{id}: new certificate serial {serial} is served (revoked serial {revoked})");
+            return Ok(());
+        }
+        let e = &cert["last_error"];
+        let now = match e.is_null() {
+            true => format!("  {}", text(&cert["phase"])),
+            false => format!(
+                "  {} failed ({}): {}",
+                text(&e["step"]),
+                text(&e["kind"]),
+                text(&e["message"])
+            ),
+        };
+        if now != said {
+            println!("{now}");
+            said = now;
+        }
+        if text(&e["kind"]) == "permanent" {
+            anyhow::bail!(
+                "{id}: the new certificate cannot be obtained until the cause is fixed (then `haproxy-acme retry {id}`); revoked serial {revoked} is still served"
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{id}: no new certificate served after {} s; the daemon keeps trying (see `haproxy-acme status`); revoked serial {revoked} is still served",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
 

@@ -118,12 +118,13 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let wanted = Arc::new(wanted);
     let config = Arc::new(config);
     let installer = Arc::new(installer);
+    let acme = Arc::new(LazyAcme::new(config.clone(), store.clone()));
     let (reconciler, control, inbox) = Reconciler::new(
         Parts {
             config: config.clone(),
             wanted: wanted.clone(),
             store: store.clone(),
-            ca: Arc::new(LazyAcme::new(config.clone(), store.clone())),
+            ca: acme.clone(),
             haproxy: installer.clone(),
             clock: clock.clone(),
             dice: Dice::from_os(),
@@ -157,6 +158,7 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
             control,
             health: health.clone(),
             clock,
+            acme,
         }),
         shutdown.clone(),
     ));

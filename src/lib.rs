@@ -23,6 +23,7 @@
 //! - [`admin`]: the admin endpoint (unix socket, optional loopback TCP) the CLI talks to while
 //!   the daemon runs.
 //! - [`ops`]: operator commands (renew, retry, domains add/remove), on the daemon or the store.
+//! - [`revoke`]: `revoke`: revocation at the CA, recorded so a new certificate is ordered.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`hook`]: the deploy hook (certbot's variables).
 //! - [`import`]: adopting certificates from a certbot directory.
@@ -51,6 +52,7 @@ pub mod pki;
 pub mod reconciler;
 pub mod recovery;
 pub mod responder;
+pub mod revoke;
 pub mod signals;
 pub mod store;
 pub mod watch;

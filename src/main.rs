@@ -12,6 +12,7 @@ use haproxy_acme::commands::{self, Exit, Op};
 use haproxy_acme::config::{Config, Need, WantedSet};
 use haproxy_acme::daemon::{self, DaemonError, Triggers};
 use haproxy_acme::{haproxy_snippet, import, recovery, signals};
+use haproxy_acme_state::RevocationReason;
 
 fn main() -> ExitCode {
     // Every file and directory this process creates is private (0600/0700) whatever umask it was
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         | Command::Healthcheck
         | Command::Renew { .. }
         | Command::Retry { .. }
+        | Command::Revoke { .. }
         | Command::Domains { .. }
         | Command::Import { .. }
         | Command::Backup { .. }
@@ -98,6 +100,20 @@ fn main() -> ExitCode {
         Command::Healthcheck => block_on(commands::healthcheck(&config)),
         Command::Renew { id, force } => {
             block_on(commands::operate(config, wanted, Op::Renew { id, force }))
+        }
+        Command::Revoke {
+            id,
+            reason,
+            timeout,
+        } => {
+            let reason = RevocationReason::parse(&reason).expect("clap checked the reason");
+            match haproxy_acme::config::parse_duration(&timeout) {
+                Err(e) => {
+                    eprintln!("error: --timeout: {e}");
+                    return ExitCode::from(2);
+                }
+                Ok(t) => block_on(commands::revoke(config, &id, reason, t)),
+            }
         }
         Command::Retry { id } => block_on(commands::operate(config, wanted, Op::Retry { id })),
         Command::Domains {

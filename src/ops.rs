@@ -1,4 +1,5 @@
-//! Operator commands that change state: `renew`, `retry`, `domains add`, `domains remove`. Each
+//! Operator commands that change state: `renew`, `retry`, `domains add`, `domains remove` (and
+//! `revoke`, in [`crate::revoke`], which also asks the CA). Each
 //! works on the store, so the same code serves the daemon (through its admin socket, which then
 //! wakes the reconciler) and the CLI when no daemon runs (the change takes effect at next start).
 
@@ -20,6 +21,9 @@ pub enum OpError {
     /// The request cannot be done as asked (exit code 2).
     #[error("{0}")]
     Refused(String),
+    /// The CA could not be reached (exit code 1).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -35,7 +39,7 @@ pub struct Done {
 
 /// The id an operator gave, normalized as the configuration's names are (`A.test.` is
 /// `a.test`); one that cannot be a certificate's id is refused.
-fn parse_id(raw: &str) -> Result<CertId, OpError> {
+pub(crate) fn parse_id(raw: &str) -> Result<CertId, OpError> {
     CertId::parse(raw).map_err(|e| OpError::Refused(format!("not a certificate id: {e}")))
 }
 
@@ -56,7 +60,7 @@ async fn unknown(store: &dyn Store, id: &str) -> OpError {
 }
 
 /// Applies `event` to record `id` in one `Store::update`.
-async fn update(
+pub(crate) async fn update(
     store: &dyn Store,
     id: &str,
     event: Event,
@@ -83,7 +87,7 @@ async fn update(
 }
 
 /// The record of `id`, or the error naming some that exist.
-async fn get(store: &dyn Store, id: &str) -> Result<Record, OpError> {
+pub(crate) async fn get(store: &dyn Store, id: &str) -> Result<Record, OpError> {
     match store.get(id).await? {
         Some(r) => Ok(r),
         None => Err(unknown(store, id).await),

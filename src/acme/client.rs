@@ -5,10 +5,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use haproxy_acme_state::{Challenge, FailureKind, Step};
+use haproxy_acme_state::{Challenge, FailureKind, RevocationReason, Step};
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeStatus,
-    ChallengeType, Identifier, Key, NewOrder, OrderStatus, RetryPolicy,
+    ChallengeType, Identifier, Key, NewOrder, OrderStatus, RetryPolicy, RevocationRequest,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -296,6 +296,36 @@ impl AcmeClient {
                 }
             }
         }
+    }
+}
+
+impl AcmeClient {
+    /// Asks the CA to revoke the leaf of `chain_pem` (RFC 8555 §7.6), signed by the account that
+    /// ordered it. A refusal carries the CA's own words.
+    pub async fn revoke(&self, chain_pem: &str, reason: RevocationReason) -> Result<(), AcmeError> {
+        let err = |m: String| AcmeError::new(Step::Order, FailureKind::Permanent, m);
+        let leaf =
+            CertificateDer::from(crate::pki::leaf_der(chain_pem).map_err(|e| err(e.to_string()))?);
+        let reason = match reason {
+            RevocationReason::Unspecified => instant_acme::RevocationReason::Unspecified,
+            RevocationReason::KeyCompromise => instant_acme::RevocationReason::KeyCompromise,
+            RevocationReason::AffiliationChanged => {
+                instant_acme::RevocationReason::AffiliationChanged
+            }
+            RevocationReason::Superseded => instant_acme::RevocationReason::Superseded,
+            RevocationReason::CessationOfOperation => {
+                instant_acme::RevocationReason::CessationOfOperation
+            }
+        };
+        let request = RevocationRequest {
+            certificate: &leaf,
+            reason: Some(reason),
+        };
+        with_retry_after(async {
+            nonce_retry!(self.account.revoke(&request))
+                .map_err(|e| AcmeError::from_acme(Step::Order, e))
+        })
+        .await
     }
 }
 

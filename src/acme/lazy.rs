@@ -92,6 +92,18 @@ impl LazyAcme {
     }
 }
 
+impl LazyAcme {
+    /// Revokes the leaf of `chain_pem` with the account (registered again if the CA forgot it).
+    pub async fn revoke(
+        &self,
+        chain_pem: &str,
+        reason: haproxy_acme_state::RevocationReason,
+    ) -> Result<(), AcmeError> {
+        self.with_account(|c| async move { c.revoke(chain_pem, reason).await })
+            .await
+    }
+}
+
 #[async_trait]
 impl Ca for LazyAcme {
     async fn new_order(

@@ -31,6 +31,11 @@ pub enum Ask {
     Retry {
         id: String,
     },
+    /// `revoke ID --reason R` (R as RFC 5280 names it).
+    Revoke {
+        id: String,
+        reason: &'static str,
+    },
     DomainsAdd {
         spec: String,
     },
@@ -65,6 +70,11 @@ impl Ask {
             Ask::Retry { id } => (
                 Method::POST,
                 format!("/certificates/{id}/retry"),
+                Vec::new(),
+            ),
+            Ask::Revoke { id, reason } => (
+                Method::POST,
+                format!("/certificates/{id}/revoke?reason={reason}"),
                 Vec::new(),
             ),
             Ask::DomainsAdd { spec } => {

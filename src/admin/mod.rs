@@ -1,7 +1,7 @@
 //! The admin endpoint: HTTP/1.1 on a unix socket in DATA_DIR (`admin.sock`, mode 0600), off the
 //! public path, and read-only on a loopback TCP address when ADMIN_LISTEN is set (for
 //! Prometheus). Routes: GET /state[/ID], /status, /check (`status --check`), /healthz, /metrics; POST
-//! /certificates/ID/renew[?force=1], /certificates/ID/retry, /domains (body: the names),
+//! /certificates/ID/renew[?force=1], /certificates/ID/retry, /certificates/ID/revoke?reason=R, /domains (body: the names),
 //! /import (body: JSON lineages); DELETE /domains/ID; GET /backup (a store snapshot, keys
 //! included: unix socket only). While the daemon runs it holds sled's
 //! exclusive lock, so the CLI reads the state through here ([`client`], the only other user of
@@ -41,6 +41,8 @@ pub struct Admin {
     pub control: Control,
     pub health: Arc<Health>,
     pub clock: Arc<dyn Clock>,
+    /// The daemon's ACME account, shared with the reconciler (`revoke`).
+    pub acme: Arc<crate::acme::LazyAcme>,
 }
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -266,6 +268,22 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
         (&Method::POST, ["certificates", id, "renew"]) => {
             done(admin, ops::renew(store, id, flag("force"), now).await)
         }
+        (&Method::POST, ["certificates", id, "revoke"]) => {
+            let reason = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("reason="))
+                .unwrap_or("unspecified");
+            match haproxy_acme_state::RevocationReason::parse(reason) {
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown revocation reason {reason:?}\n"),
+                ),
+                Some(reason) => done(
+                    admin,
+                    crate::revoke::revoke(store, &admin.acme, id, reason, now).await,
+                ),
+            }
+        }
         (&Method::POST, ["certificates", id, "retry"]) => {
             done(admin, ops::retry(store, id, now).await)
         }
@@ -325,6 +343,7 @@ fn done(admin: &Admin, result: Result<ops::Done, ops::OpError>) -> Response<Full
             let status = match &e {
                 ops::OpError::NotFound(_) => StatusCode::NOT_FOUND,
                 ops::OpError::Refused(_) => StatusCode::CONFLICT,
+                ops::OpError::Unavailable(_) => StatusCode::BAD_GATEWAY,
                 ops::OpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             text(status, format!("{e}\n"))

@@ -60,6 +60,17 @@ pub struct CertView {
     pub alerted: Option<AlertView>,
     /// The watchdog's last finding of HAProxy or the file not holding the stored certificate.
     pub drift: Option<DriftView>,
+    /// The last revocation (`revoke`); left out when there was none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<RevokedView>,
+}
+
+/// A revocation of one of the record's certificates.
+#[derive(Debug, Serialize)]
+pub struct RevokedView {
+    pub serial: String,
+    pub reason: &'static str,
+    pub at: String,
 }
 
 /// The conditions the alert step last ran for.
@@ -165,6 +176,11 @@ impl CertView {
                 served_serial: d.served.clone(),
                 file_serial: d.file.clone(),
                 repaired_at: d.repaired_at.map(rfc3339),
+            }),
+            revoked: r.revoked.as_ref().map(|v| RevokedView {
+                serial: v.serial.clone(),
+                reason: v.reason.as_str(),
+                at: rfc3339(v.at),
             }),
         }
     }

@@ -254,6 +254,65 @@ pub struct Drift {
     pub repaired_at: Option<UnixTime>,
 }
 
+/// Why a certificate was revoked (RFC 5280 §5.3.1 reason codes, the ones RFC 8555 §7.6 lets a
+/// subscriber give).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RevocationReason {
+    Unspecified,
+    KeyCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+}
+
+impl RevocationReason {
+    pub const ALL: [RevocationReason; 5] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+    ];
+
+    /// RFC 5280's name, as `revoke --reason` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "keyCompromise",
+            RevocationReason::AffiliationChanged => "affiliationChanged",
+            RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessationOfOperation",
+        }
+    }
+
+    /// RFC 5280's reason code.
+    pub fn code(self) -> u8 {
+        match self {
+            RevocationReason::Unspecified => 0,
+            RevocationReason::KeyCompromise => 1,
+            RevocationReason::AffiliationChanged => 3,
+            RevocationReason::Superseded => 4,
+            RevocationReason::CessationOfOperation => 5,
+        }
+    }
+
+    /// Parses RFC 5280's name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<RevocationReason> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// The last revocation of a certificate of the record (`revoke`): the next certificate is
+/// ordered at once, with a new key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// The revoked certificate's serial.
+    pub serial: String,
+    pub reason: RevocationReason,
+    pub at: UnixTime,
+}
+
 /// The conditions the alert step last ran for (empty: the certificate no longer needed
 /// attention), so a restart does not alert again for what was already told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +366,8 @@ pub struct Record {
     pub drift: Option<Drift>,
     /// What the alert step last ran for.
     pub alert: Option<Alerted>,
+    /// The last revocation (`revoke`).
+    pub revoked: Option<Revoked>,
 }
 
 impl Record {
@@ -332,6 +393,7 @@ impl Record {
             updated_at: now,
             drift: None,
             alert: None,
+            revoked: None,
         }
     }
 

@@ -5,7 +5,7 @@ use crate::attention::same_serial;
 use crate::timing::{ari_next_check, ari_renewal_time, backoff_secs, renewal_time};
 use crate::{
     Alerted, CertMeta, Challenge, Condition, Drift, Failure, FailureKind, HookOutcome, KeyType,
-    OrderProgress, Record, Stage, Step, UnixTime,
+    OrderProgress, Record, RevocationReason, Revoked, Stage, Step, UnixTime,
 };
 
 /// A failure as reported by the shell, already classified by the module that saw it.
@@ -106,6 +106,16 @@ pub enum Event {
     KeyMissing {
         of_order: bool,
         error: String,
+    },
+    /// The CA revoked the stored certificate with `serial` at the operator's request (`revoke`).
+    /// It is recorded, any failure is cleared, and a new certificate is ordered at once (the
+    /// revoked one keeps serving until it is installed). Every order stores a key of its own
+    /// (`key_generated` starts false), so the next certificate never has the revoked one's key;
+    /// an order already in flight keeps its own new key. A report about another serial (a
+    /// renewal stored meanwhile) changes nothing.
+    Revoked {
+        serial: String,
+        reason: RevocationReason,
     },
 }
 
@@ -333,6 +343,22 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
                 at: now,
                 next_attempt_at: None,
             });
+        }
+        Event::Revoked { serial, reason } => {
+            if r.cert
+                .as_ref()
+                .is_some_and(|c| same_serial(&c.serial, &serial))
+            {
+                r.revoked = Some(Revoked {
+                    serial,
+                    reason,
+                    at: now,
+                });
+                r.failure = None;
+                if matches!(r.stage, Stage::Issued | Stage::Expiring) {
+                    r.stage = Stage::Expiring;
+                }
+            }
         }
     }
     if r != *record {
@@ -1139,5 +1165,148 @@ mod tests {
             "the renewal's failure still waits for the operator"
         );
         assert_eq!(repaired.failure, failing.failure);
+    }
+
+    #[test]
+    fn a_revoked_certificate_is_ordered_again_at_once_with_a_new_key() {
+        let revoked = |serial: &str, reason| Event::Revoked {
+            serial: serial.into(),
+            reason,
+        };
+        let key = RevocationReason::KeyCompromise;
+        let backing_off = apply(&issued("f1"), Event::ForceRenew, T0);
+        let backing_off = apply(
+            &backing_off,
+            fail(FailureKind::Retryable, Some(T0 + DAY), true),
+            T0,
+        );
+        let permanent = apply(
+            &apply(&issued("f1"), Event::ForceRenew, T0),
+            fail(FailureKind::Permanent, None, true),
+            T0,
+        );
+        let in_flight = run(
+            apply(&issued("f1"), Event::ForceRenew, T0),
+            vec![
+                (Event::OrderCreated { url: "u2".into() }, T0),
+                (Event::KeyStored, T0),
+            ],
+        );
+        // (name, before, event, phase after, recorded, action due at once after)
+        type Row = (&'static str, Record, Event, Phase, bool, Option<Action>);
+        let table: Vec<Row> = vec![
+            (
+                "issued: ordered again at once",
+                issued("f1"),
+                revoked("1A", key),
+                Phase::Expiring,
+                true,
+                Some(Action::CreateOrder),
+            ),
+            (
+                "the serial compares without leading zeros or case",
+                issued("f1"),
+                revoked("001a", RevocationReason::Superseded),
+                Phase::Expiring,
+                true,
+                Some(Action::CreateOrder),
+            ),
+            (
+                "a failure in backoff is cleared",
+                backing_off,
+                revoked("1A", RevocationReason::Unspecified),
+                Phase::Expiring,
+                true,
+                Some(Action::CreateOrder),
+            ),
+            (
+                "a permanent failure is cleared",
+                permanent,
+                revoked("1A", RevocationReason::CessationOfOperation),
+                Phase::Expiring,
+                true,
+                Some(Action::CreateOrder),
+            ),
+            (
+                "an order in flight (its own new key) is driven on",
+                in_flight,
+                revoked("1A", key),
+                Phase::Validating,
+                true,
+                Some(Action::DriveOrder {
+                    url: "u2".into(),
+                    key_generated: true,
+                }),
+            ),
+            (
+                "another serial (a renewal stored meanwhile) changes nothing",
+                issued("f1"),
+                revoked("2B", key),
+                Phase::Issued,
+                false,
+                None,
+            ),
+            (
+                "no certificate: nothing to revoke",
+                pending(),
+                revoked("1A", key),
+                Phase::Pending,
+                false,
+                Some(Action::CreateOrder),
+            ),
+        ];
+        for (name, before, event, phase, recorded, action) in table {
+            let r = apply(&before, event.clone(), T0 + 5);
+            assert_eq!(r.phase(), phase, "{name}");
+            assert_eq!(due(&r, T0 + 5), action, "{name}");
+            if recorded {
+                let Event::Revoked { serial, reason } = event else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    r.revoked,
+                    Some(Revoked {
+                        serial,
+                        reason,
+                        at: T0 + 5
+                    }),
+                    "{name}"
+                );
+                assert_eq!(r.failure, None, "{name}");
+                assert_eq!(r.cert, before.cert, "{name}: keeps serving until replaced");
+                assert!(r.is_installed(), "{name}");
+            } else {
+                assert_eq!(r, before, "{name}");
+            }
+        }
+        // The new order starts without a key: the revoked certificate's key is never reused.
+        let r = apply(&issued("f1"), revoked("1A", key), T0);
+        let r = apply(&r, Event::OrderCreated { url: "u3".into() }, T0);
+        assert_eq!(
+            due(&r, T0),
+            Some(Action::DriveOrder {
+                url: "u3".into(),
+                key_generated: false
+            })
+        );
+        // The next certificate installed keeps the record of the revocation.
+        let mut next = meta("f2", T0 + 10, 90);
+        next.serial = "2B".into();
+        let r = apply(&r, Event::CertificateStored { meta: next }, T0 + 10);
+        let r = apply(
+            &r,
+            Event::Installed {
+                fingerprint: "f2".into(),
+            },
+            T0 + 10,
+        );
+        assert!(r.is_installed());
+        assert_eq!(r.revoked.as_ref().map(|v| v.serial.as_str()), Some("1A"));
+        // Reason names round-trip, as `--reason` spells them.
+        for reason in RevocationReason::ALL {
+            assert_eq!(RevocationReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(RevocationReason::parse("caCompromise"), None);
+        assert_eq!(RevocationReason::KeyCompromise.code(), 1);
     }
 }

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
-    Alerted, CertMeta, Drift, Failure, HookOutcome, KeyType, OrderProgress, Phase, Record, Stage,
-    UnixTime,
+    Alerted, CertMeta, Drift, Failure, HookOutcome, KeyType, OrderProgress, Phase, Record, Revoked,
+    Stage, UnixTime,
 };
 
 /// A record as stored, before its consistency is checked.
@@ -40,6 +40,8 @@ pub(crate) struct RecordRepr {
     drift: Option<Drift>,
     #[serde(default)]
     alert: Option<Alerted>,
+    #[serde(default)]
+    revoked: Option<Revoked>,
 }
 
 /// The same layout, borrowed from a record: encoding copies nothing. The field order is the
@@ -69,6 +71,8 @@ struct RecordRef<'a> {
     drift: Option<&'a Drift>,
     #[serde(skip_serializing_if = "Option::is_none")]
     alert: Option<&'a Alerted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked: Option<&'a Revoked>,
 }
 
 impl Serialize for Record {
@@ -94,6 +98,7 @@ impl Serialize for Record {
             updated_at,
             drift,
             alert,
+            revoked,
         } = self;
         RecordRef {
             schema_version: *schema_version,
@@ -116,6 +121,7 @@ impl Serialize for Record {
             updated_at: *updated_at,
             drift: drift.as_ref(),
             alert: alert.as_ref(),
+            revoked: revoked.as_ref(),
         }
         .serialize(serializer)
     }
@@ -169,6 +175,7 @@ impl TryFrom<RecordRepr> for Record {
             updated_at: r.updated_at,
             drift: r.drift,
             alert: r.alert,
+            revoked: r.revoked,
         })
     }
 }

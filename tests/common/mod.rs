@@ -565,6 +565,17 @@ impl Env {
             .collect()
     }
 
+    /// Pebble's status of the certificate with `serial` (hex, any case, leading zeros or not),
+    /// from its management API: `{"Status": "Valid"|"Revoked", "Reason": ..., ...}`.
+    pub fn pebble_cert_status(&self, serial: &str) -> Option<serde_json::Value> {
+        let serial = serial.trim_start_matches('0').to_lowercase();
+        let body = self.curl(&format!(
+            "https://127.0.0.1:{}/cert-status-by-serial/{serial}",
+            self.mgmt_port
+        ))?;
+        serde_json::from_str(&body).ok()
+    }
+
     pub fn directory_url(&self) -> String {
         format!("https://127.0.0.1:{}/dir", self.acme_port)
     }

@@ -1,0 +1,138 @@
+//! `revoke` against the running daemon (real pebble, real HAProxy): the CA revokes the served
+//! certificate, and by the time the command returns HAProxy serves a new one with a new key;
+//! an unknown id exits 3.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{wait_until, Env};
+
+const DOMAINS: &str = "rv.example.test";
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The public key (PEM) of the certificate HAProxy serves for `name`.
+fn served_public_key(env: &Env, name: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{} -servername {name} </dev/null 2>/dev/null \
+             | openssl x509 -noout -pubkey",
+            env.https_port
+        ))
+        .output()
+        .expect("openssl");
+    let key = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(key.contains("BEGIN PUBLIC KEY"), "no key served: {key}");
+    key
+}
+
+#[test]
+fn revoke_key_compromise_serves_a_new_certificate_with_a_new_key_before_returning() {
+    let env = Env::start();
+    let root = env.issuer_root();
+    let mut daemon = env.start_daemon(DOMAINS);
+    wait_until("rv.example.test served", Duration::from_secs(60), || {
+        daemon.assert_running();
+        env.served_and_valid(DOMAINS, &root).is_some()
+    });
+    let old_serial = env.served_serial(DOMAINS).expect("a served serial");
+    let old_key = served_public_key(&env, DOMAINS);
+    let orders = env.pebble_new_orders();
+
+    let out = env.cli(
+        DOMAINS,
+        &[
+            "revoke",
+            "RV.example.test",
+            "--reason",
+            "keyCompromise",
+            "--timeout",
+            "90s",
+        ],
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "{said}\n{}", daemon.log_text());
+    // Served as soon as the command returned, not some time later.
+    let new_serial = env.served_serial(DOMAINS).expect("a served serial");
+    assert_ne!(new_serial, old_serial, "{said}");
+    assert!(
+        env.served_and_valid(DOMAINS, &root).is_some(),
+        "the new certificate verifies"
+    );
+    assert_ne!(
+        served_public_key(&env, DOMAINS),
+        old_key,
+        "the new certificate has a new key"
+    );
+    let lower = said.to_lowercase();
+    assert!(
+        lower.contains(&format!("revoked serial {}", old_serial.to_lowercase())),
+        "names the revoked serial: {said}"
+    );
+    assert!(
+        lower.contains(&format!(
+            "new certificate serial {}",
+            new_serial.to_lowercase()
+        )),
+        "names the new serial: {said}"
+    );
+    assert!(
+        said.contains("waiting up to"),
+        "says what it waits for: {said}"
+    );
+    assert!(!said.contains("PRIVATE KEY"), "{said}");
+    assert_eq!(env.pebble_new_orders(), orders + 1, "one new order");
+
+    // Pebble revoked it, for the reason given (RFC 5280 code 1), and logged the request.
+    let status = env
+        .pebble_cert_status(&old_serial)
+        .expect("pebble knows the serial");
+    assert_eq!(status["Status"], "Revoked", "{status}");
+    assert_eq!(status["Reason"], 1, "{status}");
+    assert!(
+        env.pebble_log().contains("/revoke-cert"),
+        "pebble logged the revocation"
+    );
+    let status = env
+        .pebble_cert_status(&new_serial)
+        .expect("pebble knows the serial");
+    assert_eq!(status["Status"], "Valid", "{status}");
+
+    // The record keeps the revocation.
+    let out = env.cli(DOMAINS, &["state", "dump", DOMAINS]);
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rv = &dump["certificates"][0]["revoked"];
+    assert_eq!(rv["reason"], "keyCompromise", "{dump}");
+    assert!(
+        rv["serial"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&old_serial),
+        "{dump}"
+    );
+
+    // Unknown id: exit 3, nothing asked of the CA.
+    let out = env.cli(DOMAINS, &["revoke", "nope.example.test"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("no certificate"), "{}", text(&out));
+    // An unknown reason is refused by the command line.
+    let out = env.cli(DOMAINS, &["revoke", DOMAINS, "--reason", "caCompromise"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        env.pebble_log().matches("/revoke-cert").count(),
+        1,
+        "one revocation request reached the CA"
+    );
+
+    daemon.assert_running();
+    daemon.terminate();
+}
