@@ -819,6 +819,20 @@ async fn schedule(seed: u64) -> Result<String, Vec<String>> {
     // have the stored certificate served again within two of its intervals.
     drift_behind_the_daemons_back(&mut lock(&sim.world), &mut rng);
     tokio::time::sleep(Duration::from_secs(2 * WATCHDOG_MINUTES * 66 + 5)).await;
+    // The checks below look at a settled state, not at one instant: a renewal stored at this
+    // very moment (seed 4567 of the 10,000) is installed a few simulated calls later. A
+    // certificate stuck uninstalled is still one a minute later.
+    for _ in 0..60 {
+        let in_flight = sim.store.inspect(|c| {
+            c.records
+                .values()
+                .any(|r| r.cert.is_some() && !r.is_installed())
+        });
+        if !in_flight {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 
     let s = sim.store.snapshot();
     let wanted = sim
