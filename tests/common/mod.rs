@@ -346,8 +346,15 @@ impl Env {
         std::fs::write(&listener_ca, ca.pem()).unwrap();
         std::fs::write(d.join("pebble-cert.pem"), leaf.pem()).unwrap();
         std::fs::write(d.join("pebble-key.pem"), leaf_key.serialize_pem()).unwrap();
+        // pebble 2.4 reads `certificateValidityPeriod`; 2.10 the validity of the profile an order
+        // names (none: "default") and ignores the former once `profiles` is given, which 2.4 ignores.
         let validity = validity_secs
-            .map(|v| format!(",\n    \"certificateValidityPeriod\": {v}"))
+            .map(|v| {
+                format!(
+                    ",\n    \"certificateValidityPeriod\": {v},\n    \"profiles\": {{\"default\": \
+                     {{\"description\": \"e2e\", \"validityPeriod\": {v}}}}}"
+                )
+            })
             .unwrap_or_default();
         std::fs::write(
             d.join("pebble.json"),
