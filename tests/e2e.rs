@@ -284,8 +284,11 @@ fn renewal_replaces_the_certificate_hot_while_the_old_one_keeps_serving() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // Without renewal information the renewal is due after 10 s, with many handshakes before
+    // it; pebble 2.10's window lets the daemon's random point fall at once.
+    let ari = daemon.log_text().contains("renewal window from the CA");
     assert!(
-        handshakes > 10,
+        ari || handshakes > 10,
         "the renewal was watched, not skipped ({handshakes} handshakes)"
     );
     assert!(env.served_and_valid("r.example.test", &root).is_some());
@@ -303,7 +306,7 @@ fn renewal_replaces_the_certificate_hot_while_the_old_one_keeps_serving() {
         installed,
         "every certificate issued was installed: {log}"
     );
-    if !log.contains("renewal window from the CA") {
+    if !ari {
         // Without renewal information (pebble 2.4) the lifetime rule: renewal after 10 s.
         assert_eq!(installed, 2, "one issuance and one renewal");
     }

@@ -660,7 +660,14 @@ impl Env {
 
     /// HAProxy's reload count, from the master CLI's `show proc`.
     pub fn haproxy_reloads(&self) -> u32 {
-        let out = self.master("show proc");
+        // The master CLI can answer nothing for a moment right after start (seen once in the
+        // installer test, HAProxy 2.6): ask again for up to 5 s.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut out = self.master("show proc");
+        while out.trim().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            out = self.master("show proc");
+        }
         let line = out
             .lines()
             .find(|l| l.split_whitespace().nth(1) == Some("master"))
