@@ -37,10 +37,10 @@ for v in "$@"; do
   # a failure with no failed test (a build error, a crash of the test binary) counts as one
   if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
   [ "$failed" -eq 0 ] || bad=1
-  rows+=("$(printf '| %-10s | %6s | %6s | %7s |' "$full" "$passed" "$failed" "$secs")")
+  rows+=("$(printf '| %-18s | %6s | %6s | %7s |' "$full" "$passed" "$failed" "$secs")")
 done
 
-printf '| %-10s | %6s | %6s | %7s |\n' HAProxy passed failed seconds
-printf '| %-10s | %6s | %6s | %7s |\n' ---------- ------ ------ -------
+printf '| %-18s | %6s | %6s | %7s |\n' HAProxy passed failed seconds
+printf '| %-18s | %6s | %6s | %7s |\n' ------------------ ------ ------ -------
 printf '%s\n' "${rows[@]}"
 exit $bad
