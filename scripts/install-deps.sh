@@ -7,7 +7,16 @@
 # the images from Debian's packages). Needs root (or sudo) for apt-get.
 # The Debian haproxy and prometheus packages' own system services are never used; if the install
 # started them, they are stopped so that they hold no ports.
+# Then HAProxy 3.2 and pebble 2.10 from Debian's newer suites into LAB_DIR
+# [/var/cache/haproxy-acme-lab] (scripts/lab.sh: private apt configuration, nothing installed;
+# kept once there), for the tests scripts/test.sh runs against them.
 set -euo pipefail
+LAB_DIR=${LAB_DIR:-/var/cache/haproxy-acme-lab}
+lab() {
+  local as=""
+  [ -w "$LAB_DIR" ] || [ -w "$(dirname "$LAB_DIR")" ] || as=$sudo
+  $as bash "$(dirname "$0")/lab.sh" "$LAB_DIR" pebble haproxy 3.2
+}
 
 need=()
 for pair in pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd certbot:certbot promtool:prometheus docker:docker.io docker-compose:docker-compose debootstrap:debootstrap; do
@@ -26,6 +35,7 @@ start_docker() {
 }
 if [ ${#need[@]} -eq 0 ]; then
   start_docker
+  lab
   exit 0
 fi
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
@@ -39,3 +49,4 @@ for service in haproxy prometheus; do
   fi
 done
 start_docker
+lab

@@ -15,6 +15,11 @@ mkdir -p target
 cargo test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.log
 # The simulated-time suite again in release: 10,000 seeded schedules (tests/simulation.rs).
 cargo test --release --locked --test simulation 2>&1 | tee -a target/test-output.log
+# The HAProxy-facing end-to-end tests once more against HAProxy 3.2 LTS (Debian sid's, with its
+# own libraries, from scripts/lab.sh via install-deps.sh); scripts/haproxy-matrix.sh runs 2.6,
+# 3.0, 3.2 and 3.4.
+HAPROXY_BIN=${LAB_DIR:-/var/cache/haproxy-acme-lab}/bin/haproxy-3.2 \
+  cargo test --no-fail-fast --test e2e --test installer 2>&1 | tee -a target/test-output.log
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' \
   target/test-output.log

@@ -164,6 +164,22 @@ mod tests {
         assert!(e.contains("Permission denied"), "{e}");
     }
 
+    /// HAProxy 3.4.7's answer (recorded) to `show ssl cert A; show ssl cert B` for a file loaded
+    /// at start, B unknown: 3.2+ add `Crt filename:`/`Key filename:`/... lines, 3.4 `Option:`.
+    const ANSWER_3_4: &str = "Filename: /c/a.pem\nCrt filename: /c/a.pem\nKey filename: /c/a.pem\nOCSP filename: /c/a.pem.ocsp\nSCTL filename: /c/a.pem.sctl\nOption: ocsp-update off\nOption: jwt off\nStatus: Used\nSerial: 785AF9BF5362D9F9A59378F94CCD2710779BFC62\nnotBefore: Nov 26 15:02:12 2026 GMT\nnotAfter: Nov 27 15:02:12 2026 GMT\nSubject Alternative Name: \nAlgorithm: EC256\nSHA1 FingerPrint: 21E524A1AE61EAF7CA9F0F65E47F646AE2996745\nSubject: /CN=x\nIssuer: /CN=x\nOCSP Response Key: \n\nCan't display the certificate: Not found or the certificate is a bundle!\n\n";
+
+    #[test]
+    fn a_haproxy_3_4_answer_is_read_as_well() {
+        let files = names(&["/c/a.pem", "/c/b.pem"]);
+        assert_eq!(
+            parse_batch(ANSWER_3_4, &files).unwrap(),
+            vec![
+                Some("785AF9BF5362D9F9A59378F94CCD2710779BFC62".into()),
+                None
+            ]
+        );
+    }
+
     #[test]
     fn batches_keep_every_file_in_order_under_the_line_limit() {
         let files: Vec<String> = (0..500)

@@ -276,20 +276,45 @@ fn renewal_replaces_the_certificate_hot_while_the_old_one_keeps_serving() {
         handshakes += 1;
         match serial() {
             Some(s) if s != first => break s,
-            _ => assert!(Instant::now() < deadline, "not renewed within 40 s"),
+            _ => assert!(
+                Instant::now() < deadline,
+                "not renewed within 40 s; daemon log:\n{}",
+                daemon.log_text()
+            ),
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // Without renewal information the renewal is due after 10 s, with many handshakes before
+    // it; pebble 2.10's window lets the daemon's random point fall at once.
+    let ari = daemon.log_text().contains("renewal window from the CA");
     assert!(
-        handshakes > 10,
+        ari || handshakes > 10,
         "the renewal was watched, not skipped ({handshakes} handshakes)"
     );
     assert!(env.served_and_valid("r.example.test", &root).is_some());
     assert_eq!(env.haproxy_reloads(), 0);
-    assert_eq!(env.pebble_finalizes(), 2, "one issuance and one renewal");
+    // Stopped before counting. A CA with renewal information may have the daemon renew again at
+    // any moment: pebble 2.10's window for a 20-second certificate covers its whole lifetime
+    // (logged as start = issuance, end = expiry), and the daemon picks a random point in it.
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    let log = daemon.log_text();
+    let installed = log.matches("certificate installed").count();
+    assert!(installed >= 2, "{log}");
+    assert_eq!(
+        env.pebble_finalizes(),
+        installed,
+        "every certificate issued was installed: {log}"
+    );
+    if !ari {
+        // Without renewal information (pebble 2.4) the lifetime rule: renewal after 10 s.
+        assert_eq!(installed, 2, "one issuance and one renewal");
+    }
+    let served = serial().expect("HAProxy knows the certificate");
+    assert!(installed > 2 || served == second);
     let out = env.cli("r.example.test", &["state", "dump"]);
     let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(dump["certificates"][0]["serial"], second.as_str());
+    assert_eq!(dump["certificates"][0]["serial"], served.as_str());
     assert_eq!(dump["certificates"][0]["installed"], true);
 }
 

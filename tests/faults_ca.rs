@@ -147,6 +147,9 @@ fn counts(a: usize, b: usize) -> BTreeMap<String, usize> {
 }
 
 const RE_REGISTER: &str = "registering again";
+/// A renewal's order with `replaces` the CA refused (pebble 2.10 after a restart does not know
+/// the certificate), then made again without it: one more new-order request.
+const REFUSED_REPLACES: &str = "the CA refused `replaces`";
 
 fn occurrences(log: &str, what: &str) -> usize {
     log.lines().filter(|l| l.contains(what)).count()
@@ -198,10 +201,16 @@ fn renew_force_until_in_flight(env: &Env, daemon: &Daemon, id: &str) {
 fn wait_served(env: &Env, daemon: &mut Daemon, name: &str, what: &str) -> Duration {
     let root = env.issuer_root();
     let started = Instant::now();
-    wait_until(what, Duration::from_secs(90), || {
+    let deadline = started + Duration::from_secs(90);
+    while env.served_and_valid(name, &root).is_none() {
         daemon.assert_running();
-        env.served_and_valid(name, &root).is_some()
-    });
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not served after 90 s; daemon log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     started.elapsed()
 }
 
@@ -255,6 +264,7 @@ fn a_ca_that_forgot_the_account_is_joined_again_without_a_second_certificate() {
     //    is unknown to the new pebble: a fresh one, one certificate.
     renew_force_until_in_flight(&env, &daemon, B);
     signal(pid, "STOP");
+    let refused_before = occurrences(&daemon.log_text(), REFUSED_REPLACES);
     let finalized_by_old = env.running_pebble_finalizes();
     let started = Instant::now();
     env.restart_pebble();
@@ -283,8 +293,8 @@ fn a_ca_that_forgot_the_account_is_joined_again_without_a_second_certificate() {
     );
     assert_eq!(
         env.running_pebble_new_orders(),
-        1,
-        "one fresh order at the new CA"
+        1 + occurrences(&log, REFUSED_REPLACES) - refused_before,
+        "one fresh order at the new CA:\n{log}"
     );
     for l in log
         .lines()

@@ -109,8 +109,9 @@ impl AcmeClient {
 
     /// Creates an order for `names` and returns its URL (to be persisted before anything else).
     /// `replaces`: the PEM chain of the certificate this order renews, when the CA offers
-    /// renewal information (RFC 9773 §5); a CA that answers `alreadyReplaced` gets the order
-    /// again without it.
+    /// renewal information (RFC 9773 §5); a CA that refuses it (`alreadyReplaced`, or
+    /// `malformed`: a certificate it does not know, as after a restart) gets the order again
+    /// without it.
     pub async fn new_order(
         &self,
         names: &[String],
@@ -138,12 +139,8 @@ impl AcmeClient {
                 .new_order(&NewOrder::new(&ids).replaces(id.clone())))
             {
                 Ok(order) => return Ok(order.url().to_string()),
-                Err(instant_acme::Error::Api(p))
-                    if p.r#type
-                        .as_deref()
-                        .is_some_and(|t| t.ends_with(":alreadyReplaced")) =>
-                {
-                    tracing::info!("the CA says the certificate was already replaced: ordering without `replaces`");
+                Err(instant_acme::Error::Api(p)) if super::problem::refuses_replaces(&p) => {
+                    tracing::info!(problem = %p, "the CA refused `replaces`: ordering without it");
                 }
                 Err(e) => return Err(AcmeError::from_acme(Step::Order, e)),
             }

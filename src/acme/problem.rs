@@ -62,6 +62,15 @@ pub(super) fn is_bad_nonce_problem(p: &instant_acme::Problem) -> bool {
     problem_kind(p) == "badNonce"
 }
 
+/// The CA refused an order's `replaces` (RFC 9773), which the same order without it does not
+/// need: `alreadyReplaced`, or `malformed` (a certificate the CA does not know: pebble 2.10 after
+/// a restart, "parsing ARI CertID failed: no known issuer matches the provided Authority Key
+/// Identifier"; boulder's "could not find certificate"). A `malformed` for another reason fails
+/// the order without `replaces` again, and that failure is the one reported.
+pub(super) fn refuses_replaces(p: &instant_acme::Problem) -> bool {
+    matches!(problem_kind(p), "alreadyReplaced" | "malformed")
+}
+
 /// The CA no longer knows the account that signed the request (`accountDoesNotExist`: it was
 /// restored from a backup or restarted, as pebble forgets everything), or the account is
 /// deactivated (`unauthorized` naming the deactivation: pebble's "Account has been
@@ -183,6 +192,23 @@ mod tests {
 
     fn problem(v: serde_json::Value) -> instant_acme::Error {
         instant_acme::Error::Api(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn a_refused_replaces_is_told_from_other_problems() {
+        let p = |t: &str| -> instant_acme::Problem {
+            serde_json::from_value(serde_json::json!({"type": t, "status": 400})).unwrap()
+        };
+        assert!(refuses_replaces(&p(
+            "urn:ietf:params:acme:error:alreadyReplaced"
+        )));
+        assert!(refuses_replaces(&p("urn:ietf:params:acme:error:malformed")));
+        assert!(!refuses_replaces(&p(
+            "urn:ietf:params:acme:error:rateLimited"
+        )));
+        assert!(!refuses_replaces(&p(
+            "urn:ietf:params:acme:error:accountDoesNotExist"
+        )));
     }
 
     #[test]

@@ -35,3 +35,14 @@ fn prepare_writes_a_default_only_when_the_directory_has_none() {
     let pem = fs::read_to_string(dir.path().join(DEFAULT_CERT_FILE)).unwrap();
     assert!(pem.contains("BEGIN CERTIFICATE") && pem.contains("PRIVATE KEY"));
 }
+
+#[test]
+fn status_is_read_from_answers_of_every_haproxy_version() {
+    // 2.6, and 3.4.7 (recorded; 3.2+ add `Crt filename:`/`Key filename:` lines, 3.4 `Option:`).
+    let v2_6 = "Filename: /c/a.pem\nStatus: Unused\nSerial: 0A\n";
+    let v3_4 = "Filename: /c/a.pem\nCrt filename: /c/a.pem\nKey filename: /c/a.pem\nOption: ocsp-update off\nOption: jwt off\nStatus: Used\nSerial: 0A\n";
+    assert_eq!(status_used(v2_6), Some(false));
+    assert_eq!(status_used(v3_4), Some(true));
+    assert!(v3_4.contains("Filename:"));
+    assert_eq!(status_used("Filename: /c/a.pem\nSerial: 0A\n"), None);
+}

@@ -19,28 +19,78 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 pub const BIN: &str = env!("CARGO_BIN_EXE_haproxy-acme");
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The HAProxy the tests run: `HAPROXY_BIN` (a path, e.g. a `scripts/lab.sh` wrapper such as
+/// `/var/cache/haproxy-acme-lab/bin/haproxy-3.2`, or a name on `PATH`), else `haproxy`.
+pub fn haproxy_bin() -> String {
+    program("HAPROXY_BIN", "haproxy")
+}
+
+/// The pebble the tests run: `PEBBLE_BIN`, else `pebble` on `PATH`.
+pub fn pebble_bin() -> String {
+    program("PEBBLE_BIN", "pebble")
+}
+
+/// The pebble-challtestsrv the tests run: `CHALLTESTSRV_BIN`, else `pebble-challtestsrv`.
+pub fn challtestsrv_bin() -> String {
+    program("CHALLTESTSRV_BIN", "pebble-challtestsrv")
+}
+
+fn program(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// challtestsrv's DNS listener on `addr`: `-dns01` up to pebble 2.4 (bookworm); `-dnsserver` in
+/// later ones (2.10), which also serve DNS over HTTPS on all interfaces (`:8443`) unless `-doh ""`.
+fn challtestsrv_dns_args(addr: &str) -> Vec<String> {
+    let help = Command::new(challtestsrv_bin())
+        .arg("-h")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} -h: {e}", challtestsrv_bin()));
+    let help = String::from_utf8_lossy(&help.stderr);
+    if help.contains("-dnsserver") {
+        vec![
+            "-dnsserver".into(),
+            addr.into(),
+            "-doh".into(),
+            String::new(),
+        ]
+    } else {
+        vec!["-dns01".into(), addr.into()]
+    }
+}
+
+/// Whether `program` (a path, or a name looked up on `PATH`) is an existing file.
+fn installed(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
 /// Fails the test unless every program the harness runs is installed.
 fn require_programs() {
-    let missing: Vec<&str> = [
-        "pebble",
-        "pebble-challtestsrv",
-        "haproxy",
-        "openssl",
-        "curl",
+    let missing: Vec<String> = [
+        pebble_bin(),
+        challtestsrv_bin(),
+        haproxy_bin(),
+        "openssl".into(),
+        "curl".into(),
         // The `import certbot` test imports what a real certbot run produced.
-        "certbot",
+        "certbot".into(),
     ]
     .into_iter()
-    .filter(|p| {
-        !std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file()))
-            .unwrap_or(false)
-    })
+    .filter(|p| !installed(p))
     .collect();
     assert!(
         missing.is_empty(),
         "end-to-end tests need {missing:?}: run `scripts/test.sh` (it installs them with apt-get), \
-         or `apt-get install pebble haproxy openssl curl`"
+         or `apt-get install pebble haproxy openssl curl`; HAPROXY_BIN, PEBBLE_BIN and \
+         CHALLTESTSRV_BIN name other builds (`scripts/lab.sh`)"
     );
 }
 
@@ -86,7 +136,7 @@ fn spawn_pebble(dir: &Path, dns_port: u16, env: &[(String, String)]) -> Proc {
     spawn(
         "pebble",
         dir,
-        Command::new("pebble")
+        Command::new(pebble_bin())
             .arg("-config")
             .arg(dir.join("pebble.json"))
             .args([
@@ -102,7 +152,7 @@ fn spawn_haproxy(dir: &Path, master_sock: &Path, env: &[(String, String)]) -> Pr
     spawn(
         "haproxy",
         dir,
-        Command::new("haproxy")
+        Command::new(haproxy_bin())
             .arg("-W")
             .arg("-S")
             .arg(format!("{},mode,600", master_sock.display()))
@@ -296,8 +346,15 @@ impl Env {
         std::fs::write(&listener_ca, ca.pem()).unwrap();
         std::fs::write(d.join("pebble-cert.pem"), leaf.pem()).unwrap();
         std::fs::write(d.join("pebble-key.pem"), leaf_key.serialize_pem()).unwrap();
+        // pebble 2.4 reads `certificateValidityPeriod`; 2.10 the validity of the profile an order
+        // names (none: "default") and ignores the former once `profiles` is given, which 2.4 ignores.
         let validity = validity_secs
-            .map(|v| format!(",\n    \"certificateValidityPeriod\": {v}"))
+            .map(|v| {
+                format!(
+                    ",\n    \"certificateValidityPeriod\": {v},\n    \"profiles\": {{\"default\": \
+                     {{\"description\": \"e2e\", \"validityPeriod\": {v}}}}}"
+                )
+            })
             .unwrap_or_default();
         std::fs::write(
             d.join("pebble.json"),
@@ -328,22 +385,22 @@ impl Env {
         procs.push(spawn(
             "challtestsrv",
             d,
-            Command::new("pebble-challtestsrv").args([
-                "-dns01",
-                &format!("127.0.0.1:{dns_port}"),
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-management",
-                &format!("127.0.0.1:{chall_port}"),
-                "-defaultIPv4",
-                "127.0.0.1",
-                "-defaultIPv6",
-                "",
-            ]),
+            Command::new(challtestsrv_bin())
+                .args(challtestsrv_dns_args(&format!("127.0.0.1:{dns_port}")))
+                .args([
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                    "-management",
+                    &format!("127.0.0.1:{chall_port}"),
+                    "-defaultIPv4",
+                    "127.0.0.1",
+                    "-defaultIPv6",
+                    "",
+                ]),
         ));
         let pebble_env: Vec<(String, String)> = vec![
             ("PEBBLE_VA_NOSLEEP".into(), "1".into()),
@@ -365,7 +422,7 @@ impl Env {
             &certs_dir,
             &runtime_sock,
         );
-        let check = Command::new("haproxy")
+        let check = Command::new(haproxy_bin())
             .args(["-c", "-f"])
             .arg(&cfg)
             .envs(hap_env.clone())
@@ -614,7 +671,14 @@ impl Env {
 
     /// HAProxy's reload count, from the master CLI's `show proc`.
     pub fn haproxy_reloads(&self) -> u32 {
-        let out = self.master("show proc");
+        // The master CLI can answer nothing for a moment right after start (seen once in the
+        // installer test, HAProxy 2.6): ask again for up to 5 s.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut out = self.master("show proc");
+        while out.trim().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            out = self.master("show proc");
+        }
         let line = out
             .lines()
             .find(|l| l.split_whitespace().nth(1) == Some("master"))
