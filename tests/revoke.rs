@@ -1,6 +1,7 @@
 //! `revoke` against the running daemon (real pebble, real HAProxy): the CA revokes the served
 //! certificate, and by the time the command returns HAProxy serves a new one with a new key;
-//! an unknown id exits 3.
+//! an unknown id exits 3. Without a daemon the command revokes and records it, and the next
+//! start orders the replacement.
 
 mod common;
 
@@ -73,17 +74,21 @@ fn revoke_key_compromise_serves_a_new_certificate_with_a_new_key_before_returnin
         old_key,
         "the new certificate has a new key"
     );
-    let lower = said.to_lowercase();
+    // The command prints serials as stored (leading zeros kept), `served_serial` without them.
+    let serials_after = |label: &str| -> Vec<String> {
+        said.split(label)
+            .skip(1)
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_hexdigit()).next())
+            .map(|s| s.trim_start_matches('0').to_uppercase())
+            .collect()
+    };
     assert!(
-        lower.contains(&format!("revoked serial {}", old_serial.to_lowercase())),
-        "names the revoked serial: {said}"
+        serials_after("revoked serial ").contains(&old_serial.to_uppercase()),
+        "names the revoked serial {old_serial}: {said}"
     );
     assert!(
-        lower.contains(&format!(
-            "new certificate serial {}",
-            new_serial.to_lowercase()
-        )),
-        "names the new serial: {said}"
+        serials_after("new certificate serial ").contains(&new_serial.to_uppercase()),
+        "names the new serial {new_serial}: {said}"
     );
     assert!(
         said.contains("waiting up to"),
@@ -116,6 +121,7 @@ fn revoke_key_compromise_serves_a_new_certificate_with_a_new_key_before_returnin
         rv["serial"]
             .as_str()
             .unwrap()
+            .trim_start_matches('0')
             .eq_ignore_ascii_case(&old_serial),
         "{dump}"
     );
@@ -134,5 +140,51 @@ fn revoke_key_compromise_serves_a_new_certificate_with_a_new_key_before_returnin
     );
 
     daemon.assert_running();
+    daemon.terminate();
+}
+
+#[test]
+fn revoke_without_a_daemon_is_recorded_and_the_next_start_orders_the_replacement() {
+    let env = Env::start();
+    let root = env.issuer_root();
+    let mut daemon = env.start_daemon(DOMAINS);
+    wait_until("rv.example.test served", Duration::from_secs(60), || {
+        daemon.assert_running();
+        env.served_and_valid(DOMAINS, &root).is_some()
+    });
+    let old_serial = env.served_serial(DOMAINS).expect("a served serial");
+    let old_key = served_public_key(&env, DOMAINS);
+    assert!(daemon.terminate().success());
+
+    // No daemon: the command revokes at the CA and records it in the store itself.
+    let out = env.cli(DOMAINS, &["revoke", DOMAINS, "--reason", "superseded"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("no daemon runs"), "{said}");
+    assert!(!said.contains("PRIVATE KEY"), "{said}");
+    let status = env
+        .pebble_cert_status(&old_serial)
+        .expect("pebble knows the serial");
+    assert_eq!(status["Status"], "Revoked", "{status}");
+    assert_eq!(
+        status["Reason"], 4,
+        "superseded is RFC 5280 code 4: {status}"
+    );
+    let out = env.cli(DOMAINS, &["state", "dump", DOMAINS]);
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        dump["certificates"][0]["revoked"]["reason"], "superseded",
+        "{dump}"
+    );
+
+    // The next start orders the replacement at once, with a new key.
+    let mut daemon = env.start_daemon(DOMAINS);
+    wait_until("a new certificate served", Duration::from_secs(60), || {
+        daemon.assert_running();
+        env.served_serial(DOMAINS)
+            .is_some_and(|s| !s.eq_ignore_ascii_case(&old_serial))
+    });
+    assert!(env.served_and_valid(DOMAINS, &root).is_some());
+    assert_ne!(served_public_key(&env, DOMAINS), old_key, "a new key");
     daemon.terminate();
 }
