@@ -10,24 +10,15 @@ mod common;
 
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::tmpfs::Tmpfs;
-use common::{free_port, wait_until, Env};
+use common::{free_port, text, wait_until, Env};
 use haproxy_acme::store::sled::SledStore;
 use haproxy_acme::store::{Change, Store};
 use haproxy_acme_state::{KeyType, Record};
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The serial HAProxy serves for certificate `id` (from its runtime API).
 fn served_serial(env: &Env, id: &str) -> Option<String> {

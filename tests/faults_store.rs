@@ -10,21 +10,13 @@ mod common;
 
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Env, BIN};
+use common::{text, wait_until, Env, BIN};
 
 const DOMAINS: &str = "d1.example.test;d2.example.test,www.d2.example.test;d3.example.test";
 const IDS: [&str; 3] = ["d1.example.test", "d2.example.test", "d3.example.test"];
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The `state dump` certificates, by the CLI (daemon or store); `None` while a starting daemon
 /// holds the store before its admin socket answers.

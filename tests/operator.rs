@@ -5,20 +5,12 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, wait_until, Env};
+use common::{free_port, text, wait_until, Env};
 
 const DOMAINS: &str = "op.example.test";
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn http(method: &str, url: &str) -> (u16, String) {
     let out = Command::new("curl")

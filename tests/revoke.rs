@@ -5,39 +5,23 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{wait_until, Env};
+use common::{text, wait_until, Daemon, Env};
 
 const DOMAINS: &str = "rv.example.test";
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// The public key (PEM) of the certificate HAProxy serves for `name`.
 fn served_public_key(env: &Env, name: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl s_client -connect 127.0.0.1:{} -servername {name} </dev/null 2>/dev/null \
-             | openssl x509 -noout -pubkey",
-            env.https_port
-        ))
-        .output()
-        .expect("openssl");
-    let key = String::from_utf8_lossy(&out.stdout).into_owned();
+    let key = env.served_x509(name, "-pubkey").unwrap_or_default();
     assert!(key.contains("BEGIN PUBLIC KEY"), "no key served: {key}");
     key
 }
 
-#[test]
-fn revoke_key_compromise_serves_a_new_certificate_with_a_new_key_before_returning() {
+/// An environment whose daemon has issued `DOMAINS` and HAProxy serves it: with the issuer's
+/// root, the running daemon, and the served serial and public key.
+fn issued() -> (Env, PathBuf, Daemon, String, String) {
     let env = Env::start();
     let root = env.issuer_root();
     let mut daemon = env.start_daemon(DOMAINS);
@@ -47,6 +31,12 @@ fn revoke_key_compromise_serves_a_new_certificate_with_a_new_key_before_returnin
     });
     let old_serial = env.served_serial(DOMAINS).expect("a served serial");
     let old_key = served_public_key(&env, DOMAINS);
+    (env, root, daemon, old_serial, old_key)
+}
+
+#[test]
+fn revoke_key_compromise_serves_a_new_certificate_with_a_new_key_before_returning() {
+    let (env, root, mut daemon, old_serial, old_key) = issued();
     let orders = env.pebble_new_orders();
 
     let out = env.cli(
@@ -145,15 +135,7 @@ fn revoke_key_compromise_serves_a_new_certificate_with_a_new_key_before_returnin
 
 #[test]
 fn revoke_without_a_daemon_is_recorded_and_the_next_start_orders_the_replacement() {
-    let env = Env::start();
-    let root = env.issuer_root();
-    let mut daemon = env.start_daemon(DOMAINS);
-    wait_until("rv.example.test served", Duration::from_secs(60), || {
-        daemon.assert_running();
-        env.served_and_valid(DOMAINS, &root).is_some()
-    });
-    let old_serial = env.served_serial(DOMAINS).expect("a served serial");
-    let old_key = served_public_key(&env, DOMAINS);
+    let (env, root, mut daemon, old_serial, old_key) = issued();
     assert!(daemon.terminate().success());
 
     // No daemon: the command revokes at the CA and records it in the store itself.

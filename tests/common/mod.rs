@@ -178,6 +178,15 @@ pub fn clock_seed() -> u64 {
         .as_nanos() as u64
 }
 
+/// What a command printed: its stdout, then its stderr.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `cmd`, which must succeed (its stderr in the failure).
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -738,19 +747,24 @@ impl Env {
     /// The serial (upper-case hex) of the certificate HAProxy serves for `name`, without
     /// verifying its chain (a restarted pebble has a new root).
     pub fn served_serial(&self, name: &str) -> Option<String> {
+        self.served_x509(name, "-serial")?
+            .trim()
+            .strip_prefix("serial=")
+            .map(|s| s.trim_start_matches('0').to_uppercase())
+    }
+
+    /// `openssl x509 -noout <fields>` of the certificate HAProxy serves for `name`.
+    pub fn served_x509(&self, name: &str, fields: &str) -> Option<String> {
         let out = Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "openssl s_client -connect 127.0.0.1:{} -servername {name} </dev/null 2>/dev/null \
-                 | openssl x509 -noout -serial",
+                 | openssl x509 -noout {fields}",
                 self.https_port
             ))
             .output()
             .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.trim()
-            .strip_prefix("serial=")
-            .map(|s| s.trim_start_matches('0').to_uppercase())
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The environment the daemon runs with, for `domains`.
