@@ -95,7 +95,9 @@ pub(crate) async fn get(store: &dyn Store, id: &str) -> Result<Record, OpError> 
 }
 
 /// `renew ID [--force]`: with `force`, orders a new certificate now (the current one keeps
-/// serving); without, says when the certificate renews and whether anything stands in the way.
+/// serving); without, asks the CA for its renewal window again (RFC 9773; at the daemon's next
+/// step, or its next start) and says when the certificate renews and whether anything stands in
+/// the way.
 pub async fn renew(
     store: &dyn Store,
     id: &str,
@@ -120,7 +122,14 @@ pub async fn renew(
             reload: false,
         });
     }
-    let r = get(store, id).await?;
+    // The CA's window is asked for again now (a no-op before the first certificate and during
+    // an order): a window the CA moved since the last check counts at once.
+    let r = update(store, id, Event::RenewalInfoWanted, now).await?;
+    let asking = if r.ari_check_at == Some(now) {
+        "; asking the CA for its renewal window now (`status` shows the answer)"
+    } else {
+        ""
+    };
     let message = if let Some(f) = &r.failure {
         match f.next_attempt_at {
             Some(t) if t > now => format!(
@@ -137,7 +146,7 @@ pub async fn renew(
     } else {
         match (r.phase(), r.renew_at) {
             (Phase::Issued, Some(t)) if t > now => format!(
-                "{id}: not due; renews at {} (use --force to renew now)",
+                "{id}: not due; renews at {}{asking} (use --force to renew now)",
                 rfc3339(t)
             ),
             (Phase::Issued, _) | (Phase::Expiring, _) => format!("{id}: due; renewing now"),
@@ -325,9 +334,13 @@ mod tests {
         let e = renew(store, "nope.test", false, now).await.unwrap_err();
         assert!(matches!(e, OpError::NotFound(_)), "{e}");
         assert!(e.to_string().contains("a.test"), "{e}");
-        let d = renew(store, "A.test.", false, now).await.unwrap();
+        let d = renew(store, "A.test.", false, now + 10).await.unwrap();
         assert!(d.message.contains("not due"), "{}", d.message);
         assert!(d.message.starts_with("a.test: "), "{}", d.message);
+        // Asking when it renews asks the CA for its window again, at once.
+        assert!(d.message.contains("asking the CA"), "{}", d.message);
+        let asked = store.get("a.test").await.unwrap().unwrap();
+        assert_eq!(asked.ari_check_at, Some(now + 10));
         // An id that cannot be a certificate's is refused as such, by every command.
         let (c, w) = config("a.test");
         for bad in ["*.a.test", "a.test/../x", "localhost"] {

@@ -142,6 +142,25 @@ impl AcmeClient {
                 Err(instant_acme::Error::Api(p)) if super::problem::refuses_replaces(&p) => {
                     tracing::info!(problem = %p, "the CA refused `replaces`: ordering without it");
                 }
+                // The directory offers no renewal information (any more): RFC 9773 §5 says not
+                // to send `replaces` then.
+                Err(instant_acme::Error::Unsupported(_)) => {
+                    tracing::info!(
+                        "the CA offers no renewal information: ordering without `replaces`"
+                    );
+                }
+                // The CA created the order but did not echo `replaces` as RFC 9773 §5 requires:
+                // instant-acme refuses the answer, but the order exists and is ours. Kept, so it
+                // is not created a second time (and every renewal a third).
+                Err(e @ instant_acme::Error::Other(_)) if is_replaces_mismatch(&e) => {
+                    match super::http::created_location() {
+                        Some(url) => {
+                            tracing::warn!(order = %url, "the CA created the order without echoing `replaces` (RFC 9773 §5); keeping it");
+                            return Ok(url);
+                        }
+                        None => return Err(AcmeError::from_acme(Step::Order, e)),
+                    }
+                }
                 Err(e) => return Err(AcmeError::from_acme(Step::Order, e)),
             }
         }
@@ -362,6 +381,11 @@ async fn create_account(
             result => return result.map_err(|e| AcmeError::from_acme(Step::Account, e)),
         }
     }
+}
+
+/// Whether instant-acme refused a new-order answer because the CA did not echo `replaces`.
+fn is_replaces_mismatch(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Other(inner) if inner.to_string().contains("replaces field mismatch"))
 }
 
 /// The RFC 9773 identifier (`base64url(AKI).base64url(serial)`) of the leaf of a PEM chain.

@@ -4,7 +4,7 @@
 //! error responses without a problem document (pebble's bare 404 for an order it does not
 //! know, a proxy's HTML page) given one that names their status.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -84,6 +84,19 @@ tokio::task_local! {
     static RETRY_AFTER: Cell<Option<UnixTime>>;
 }
 
+tokio::task_local! {
+    /// The `Location` of the last `201 Created` answer during the current ACME call: the URL
+    /// of an order the CA created even when instant-acme then refuses the answer (a CA that
+    /// does not echo `replaces`, RFC 9773 §5), so the order is kept rather than created twice.
+    static CREATED: RefCell<Option<String>>;
+}
+
+/// The URL the CA gave the last object it created (`201 Created` + `Location`) during the
+/// current call of `with_retry_after`.
+pub(super) fn created_location() -> Option<String> {
+    CREATED.try_with(|c| c.borrow().clone()).ok().flatten()
+}
+
 /// The HTTP client handed to instant-acme, wrapped to note the `Retry-After` header of error
 /// responses, which instant-acme drops. The note goes to the calling task (a task-local), so
 /// concurrent certificates never see each other's.
@@ -108,6 +121,16 @@ impl instant_acme::HttpClient for RetryAfterClient {
             let mut rsp = rsp;
             let status = rsp.parts.status;
             crate::metrics::global().acme_request(&method, &path, Some(status.as_u16()));
+            if status == hyper::StatusCode::CREATED {
+                if let Some(url) = rsp
+                    .parts
+                    .headers
+                    .get(hyper::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    let _ = CREATED.try_with(|c| *c.borrow_mut() = Some(url.to_string()));
+                }
+            }
             if status.is_client_error() || status.is_server_error() {
                 let body = rsp
                     .body
@@ -168,6 +191,7 @@ fn problem_body(status: hyper::StatusCode, body: hyper::body::Bytes) -> (hyper::
 pub(super) async fn with_retry_after<T>(
     call: impl Future<Output = Result<T, AcmeError>>,
 ) -> Result<T, AcmeError> {
+    let call = CREATED.scope(RefCell::new(None), call);
     RETRY_AFTER
         .scope(Cell::new(None), async {
             let result = call.await;

@@ -41,6 +41,13 @@ pub struct CertView {
     pub renew_at: Option<String>,
     /// The CA's suggested renewal window (RFC 9773), when it offers one: `[start, end]`.
     pub renewal_window: Option<[String; 2]>,
+    /// Where `renew_at` comes from: `ari` (a random point in the CA's `renewal_window`) or
+    /// `lifetime` (two thirds into the certificate's lifetime, half-way below ten days: the CA
+    /// offers no window, none was received yet, or the CA stopped offering them).
+    pub renew_at_source: Option<&'static str>,
+    /// When the CA is next asked for its renewal window (none: the CA offers no renewal
+    /// information, or there is no certificate to ask about).
+    pub renewal_info_check_at: Option<String>,
     /// SHA-256 of the stored certificate (leaf DER).
     pub fingerprint: Option<String>,
     /// SHA-256 of the certificate HAProxy was last confirmed to serve.
@@ -152,6 +159,14 @@ impl CertView {
             not_after: r.cert.as_ref().map(|c| rfc3339(c.not_after)),
             renew_at: r.renew_at.map(rfc3339),
             renewal_window: r.ari_window.map(|(a, b)| [rfc3339(a), rfc3339(b)]),
+            renew_at_source: r.renew_at.map(|_| {
+                if r.ari_window.is_some() {
+                    "ari"
+                } else {
+                    "lifetime"
+                }
+            }),
+            renewal_info_check_at: r.ari_check_at.map(rfc3339),
             fingerprint: r.cert.as_ref().map(|c| c.fingerprint.clone()),
             installed_fingerprint: r.installed_fingerprint.clone(),
             installed: r.is_installed(),
@@ -255,6 +270,8 @@ mod tests {
       "not_after": null,
       "renew_at": null,
       "renewal_window": null,
+      "renew_at_source": null,
+      "renewal_info_check_at": null,
       "fingerprint": null,
       "installed_fingerprint": null,
       "installed": false,
@@ -281,6 +298,8 @@ mod tests {
       "not_after": null,
       "renew_at": null,
       "renewal_window": null,
+      "renew_at_source": null,
+      "renewal_info_check_at": null,
       "fingerprint": null,
       "installed_fingerprint": null,
       "installed": false,
@@ -316,6 +335,8 @@ mod tests {
         "1970-03-01T00:16:40Z",
         "1970-03-03T00:16:40Z"
       ],
+      "renew_at_source": "ari",
+      "renewal_info_check_at": "1970-01-01T06:16:44Z",
       "fingerprint": "c-issued.test-f1",
       "installed_fingerprint": "c-issued.test-f1",
       "installed": true,
@@ -351,6 +372,8 @@ mod tests {
         "1970-03-01T00:16:40Z",
         "1970-03-03T00:16:40Z"
       ],
+      "renew_at_source": "ari",
+      "renewal_info_check_at": "1970-01-01T06:16:44Z",
       "fingerprint": "d-expiring.test-f1",
       "installed_fingerprint": "d-expiring.test-f1",
       "installed": true,
@@ -391,6 +414,8 @@ mod tests {
         "1970-03-01T00:16:40Z",
         "1970-03-03T00:16:40Z"
       ],
+      "renew_at_source": "ari",
+      "renewal_info_check_at": "1970-01-01T06:16:44Z",
       "fingerprint": "e-renewing.test-f1",
       "installed_fingerprint": "e-renewing.test-f1",
       "installed": true,

@@ -61,10 +61,15 @@ pub enum Event {
         jitter_permille: u16,
     },
     /// Asking for renewal information failed (`retry_at`: when to ask again) or the CA offers
-    /// none (`None`: stop asking; the lifetime rule stays in force).
+    /// none (`None`: stop asking). A CA that offers none (any more) leaves no window in force:
+    /// one stored earlier stops counting and the lifetime rule takes over.
     RenewalInfoUnavailable {
         retry_at: Option<UnixTime>,
     },
+    /// An operator asked when the certificate renews (`renew ID` without `--force`): the CA's
+    /// renewal information is asked for now rather than at the next planned check (a window
+    /// can move at any time: a CA that announces a mass revocation moves it into the past).
+    RenewalInfoWanted,
     /// Time passed: an issued certificate whose renewal time has come becomes `Expiring`.
     Tick,
     /// The configuration no longer lists the certificate: keep it, renew it no more.
@@ -254,6 +259,17 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
         }
         Event::RenewalInfoUnavailable { retry_at } => {
             r.ari_check_at = retry_at;
+            if retry_at.is_none() && r.ari_window.take().is_some() {
+                r.renew_at = r
+                    .cert
+                    .as_ref()
+                    .map(|c| renewal_time(c.not_before, c.not_after));
+            }
+        }
+        Event::RenewalInfoWanted => {
+            if r.cert.is_some() && r.stage == Stage::Issued {
+                r.ari_check_at = Some(now);
+            }
         }
         Event::Tick => {
             if r.stage == Stage::Issued && r.renew_at.is_some_and(|t| t <= now) {
@@ -891,6 +907,81 @@ mod tests {
         );
         assert_eq!(r2.ari_check_at, Some(T0 + 99));
         assert_eq!(issued("f1").ari_check_at, None);
+    }
+
+    #[test]
+    fn a_ca_that_stops_offering_renewal_information_leaves_the_lifetime_rule() {
+        let stored = run(
+            pending(),
+            vec![
+                (Event::OrderCreated { url: "u".into() }, T0),
+                (
+                    Event::CertificateStored {
+                        meta: meta("f1", T0, 90),
+                    },
+                    T0,
+                ),
+                (
+                    Event::Installed {
+                        fingerprint: "f1".into(),
+                    },
+                    T0,
+                ),
+            ],
+        );
+        let lifetime_rule = stored.renew_at;
+        assert_eq!(lifetime_rule, Some(T0 + 60 * DAY));
+        let r = apply(
+            &stored,
+            Event::RenewalInfo {
+                window: (T0 + 80 * DAY, T0 + 81 * DAY),
+                retry_after: None,
+                jitter_permille: 0,
+            },
+            T0,
+        );
+        assert_eq!(r.renew_at, Some(T0 + 80 * DAY), "the window counts");
+        // A failed check keeps the window: the CA still offers it.
+        let kept = apply(
+            &r,
+            Event::RenewalInfoUnavailable {
+                retry_at: Some(T0 + 3600),
+            },
+            T0,
+        );
+        assert_eq!((kept.ari_window, kept.renew_at), (r.ari_window, r.renew_at));
+        // The directory no longer offers renewal information: the window stops counting.
+        let r = apply(
+            &r,
+            Event::RenewalInfoUnavailable { retry_at: None },
+            T0 + 10,
+        );
+        assert_eq!(
+            (r.ari_window, r.renew_at, r.ari_check_at),
+            (None, lifetime_rule, None)
+        );
+        assert_eq!(plan(&r, T0 + 10), Plan::At(T0 + 60 * DAY));
+    }
+
+    #[test]
+    fn an_operator_asking_when_to_renew_asks_the_ca_now() {
+        let r = apply(
+            &issued("f1"),
+            Event::RenewalInfo {
+                window: (T0 + 80 * DAY, T0 + 81 * DAY),
+                retry_after: Some(T0 + 6 * 3600),
+                jitter_permille: 0,
+            },
+            T0,
+        );
+        assert_eq!(plan(&r, T0 + 60), Plan::At(T0 + 6 * 3600));
+        let r = apply(&r, Event::RenewalInfoWanted, T0 + 60);
+        assert_eq!(plan(&r, T0 + 60), Plan::Now(Action::CheckRenewalInfo));
+        // Nothing to ask about before the first certificate, nor during an order.
+        assert_eq!(apply(&pending(), Event::RenewalInfoWanted, T0), pending());
+        let ordering = apply(&r, Event::ForceRenew, T0 + 61);
+        let asked = apply(&ordering, Event::RenewalInfoWanted, T0 + 62);
+        assert_eq!(asked.ari_check_at, ordering.ari_check_at);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod ca_proxy;
 pub mod tmpfs;
 
 use std::io::{Read, Write};
@@ -640,6 +641,35 @@ impl Env {
             self.mgmt_port
         ))?;
         serde_json::from_str(&body).ok()
+    }
+
+    /// Forces the renewal window pebble (2.10) answers for the certificate `cert_pem` (its
+    /// leaf first) through its management API (`POST /set-renewal-info/`).
+    pub fn pebble_set_renewal_window(&self, cert_pem: &str, start: i64, end: i64) {
+        let t = |s: i64| {
+            time::OffsetDateTime::from_unix_timestamp(s)
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let ari = serde_json::json!({"suggestedWindow": {"start": t(start), "end": t(end)}});
+        let body = serde_json::json!({"Certificate": cert_pem, "ARIResponse": ari.to_string()});
+        let out = Command::new("curl")
+            .args(["-fsS", "--max-time", "5", "--cacert"])
+            .arg(&self.listener_ca)
+            .args(["-X", "POST", "--data-binary"])
+            .arg(body.to_string())
+            .arg(format!(
+                "https://127.0.0.1:{}/set-renewal-info/",
+                self.mgmt_port
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pebble's set-renewal-info (pebble 2.10 and later) failed: {}",
+            text(&out)
+        );
     }
 
     pub fn directory_url(&self) -> String {

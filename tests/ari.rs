@@ -1,0 +1,248 @@
+//! ACME Renewal Information (RFC 9773) end to end against pebble 2.10 and HAProxy: a window the
+//! CA moves renews at once with `replaces` and is served without a reload; `alreadyReplaced`
+//! (a store restored from a backup) orders again without it; a CA that does not echo
+//! `replaces`, and one whose directory stops offering `renewalInfo`, still get exactly one order
+//! per renewal (the last two through `common::ca_proxy`, which edits pebble's answers).
+
+mod common;
+
+use std::time::Duration;
+
+use common::ca_proxy::CaProxy;
+use common::{text, wait_until, Env};
+use serde_json::Value;
+
+const ID: &str = "ari.example.test";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The dump of the one certificate (`Null` while a starting daemon does not answer yet).
+fn cert(env: &Env, overrides: &[(&str, &str)]) -> Value {
+    let out = env.cli_with(ID, overrides, &["state", "dump", ID]);
+    if !out.status.success() {
+        return Value::Null;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["certificates"][0].clone()
+}
+
+/// The leaf certificate of `<id>.pem` in CERTS_DIR, as PEM.
+fn leaf_pem(env: &Env) -> String {
+    let pem = std::fs::read_to_string(env.certs_dir.join(format!("{ID}.pem"))).unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let start = pem.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let stop = pem[start..].find(end).unwrap() + start + end.len();
+    format!("{}\n", &pem[start..stop])
+}
+
+/// Orders pebble created, and how many of them it recorded as replacements (its log).
+fn orders(env: &Env) -> (usize, usize) {
+    let log = env.pebble_log();
+    (
+        log.lines().filter(|l| l.contains("Added order")).count(),
+        log.lines()
+            .filter(|l| l.contains("is a replacement of"))
+            .count(),
+    )
+}
+
+/// Waits until HAProxy serves the stored certificate of ID and it is not `old` (None: any);
+/// returns its serial.
+fn served_other_than(
+    env: &Env,
+    overrides: &[(&str, &str)],
+    old: Option<&str>,
+    daemon: &mut common::Daemon,
+) -> String {
+    let mut serial = None;
+    wait_until("a new certificate served", Duration::from_secs(60), || {
+        daemon.assert_running();
+        let stored = cert(env, overrides)["serial"]
+            .as_str()
+            .map(|s| s.trim_start_matches('0').to_uppercase());
+        serial = env
+            .served_serial(ID)
+            .filter(|s| Some(s) == stored.as_ref() && Some(s.as_str()) != old);
+        serial.is_some()
+    });
+    serial.unwrap()
+}
+
+/// Waits until the dump shows a window from the CA, and returns the certificate's dump.
+fn window_received(env: &Env, overrides: &[(&str, &str)]) -> Value {
+    let mut c = Value::Null;
+    wait_until(
+        "the CA's renewal window stored",
+        Duration::from_secs(30),
+        || {
+            c = cert(env, overrides);
+            c["renew_at_source"] == "ari" && c["installed"] == true
+        },
+    );
+    c
+}
+
+/// The CA moves the window of the served certificate into the past; `renew ID` asks for it now.
+fn move_window_into_the_past(env: &Env, overrides: &[(&str, &str)]) {
+    let t = now();
+    env.pebble_set_renewal_window(&leaf_pem(env), t - 7200, t - 3600);
+    let out = env.cli_with(ID, overrides, &["renew", ID]);
+    assert!(out.status.success(), "renew: {}", text(&out));
+    assert!(
+        text(&out).contains("asking the CA for its renewal window now"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_window_the_ca_moves_renews_at_once_with_replaces_served_without_reload() {
+    let env = Env::start();
+    let mut daemon = env.start_daemon(ID);
+    let first = served_other_than(&env, &[], None, &mut daemon);
+    let c = window_received(&env, &[]);
+    // pebble's own window for a fresh certificate; renew_at is a point inside it.
+    let w = c["renewal_window"].as_array().expect("a window").clone();
+    let renew_at = c["renew_at"].as_str().unwrap();
+    assert!(
+        w[0].as_str().unwrap() <= renew_at && renew_at <= w[1].as_str().unwrap(),
+        "{c}"
+    );
+    assert_eq!(orders(&env), (1, 0));
+
+    move_window_into_the_past(&env, &[]);
+    let second = served_other_than(&env, &[], Some(&first), &mut daemon);
+    assert_eq!(
+        orders(&env),
+        (2, 1),
+        "one new order, which names the certificate it replaces"
+    );
+    assert_eq!(env.haproxy_reloads(), 0, "served through the runtime API");
+    let c = window_received(&env, &[]);
+    assert_eq!(
+        c["serial"].as_str().unwrap().trim_start_matches('0'),
+        second.trim_start_matches('0')
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(orders(&env), (2, 1), "nothing ordered after the renewal");
+}
+
+#[test]
+fn already_replaced_after_a_restore_orders_again_without_replaces() {
+    let env = Env::start();
+    let mut daemon = env.start_daemon(ID);
+    let first = served_other_than(&env, &[], None, &mut daemon);
+    window_received(&env, &[]);
+    let backup = env.dir.path().join("backup.ndjson");
+    let out = env.cli(ID, &["backup", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+
+    move_window_into_the_past(&env, &[]);
+    let second = served_other_than(&env, &[], Some(&first), &mut daemon);
+    assert_eq!(orders(&env), (2, 1));
+
+    // The store goes back to the first certificate, which the CA knows as replaced.
+    assert!(daemon.terminate().success());
+    let out = env.cli(ID, &["restore", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    let mut daemon = env.start_daemon(ID);
+    let out = env.cli(ID, &["renew", ID, "--force"]);
+    assert!(out.status.success(), "renew --force: {}", text(&out));
+    wait_until(
+        "a third certificate served",
+        Duration::from_secs(60),
+        || {
+            daemon.assert_running();
+            env.served_serial(ID)
+                .is_some_and(|s| s != first && s != second)
+        },
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("the CA refused `replaces`: ordering without it")
+            && log.contains("alreadyReplaced"),
+        "{log}"
+    );
+    assert_eq!(
+        orders(&env),
+        (3, 1),
+        "the refused request created nothing; the order after it has no `replaces`"
+    );
+}
+
+#[test]
+fn a_ca_that_does_not_echo_replaces_gets_one_order_per_renewal() {
+    let env = Env::start();
+    let proxy = CaProxy::start(&env);
+    proxy.strip_replaces(true);
+    let dir = proxy.directory_url();
+    let via: [(&str, &str); 1] = [("ACME_DIRECTORY", dir.as_str())];
+    let mut daemon = env.start_daemon_with(ID, &via);
+    let first = served_other_than(&env, &via, None, &mut daemon);
+    window_received(&env, &via);
+
+    move_window_into_the_past(&env, &via);
+    served_other_than(&env, &via, Some(&first), &mut daemon);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        orders(&env),
+        (2, 1),
+        "the CA took `replaces`; its answer without it is kept, not ordered again"
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("without echoing `replaces`"), "{log}");
+}
+
+#[test]
+fn a_directory_that_stops_offering_renewal_info_falls_back_to_the_lifetime_rule() {
+    let env = Env::start();
+    let proxy = CaProxy::start(&env);
+    let dir = proxy.directory_url();
+    let via: [(&str, &str); 1] = [("ACME_DIRECTORY", dir.as_str())];
+    let mut daemon = env.start_daemon_with(ID, &via);
+    let first = served_other_than(&env, &via, None, &mut daemon);
+    window_received(&env, &via);
+
+    // The CA drops renewal information; the daemon reads the directory when it connects.
+    proxy.strip_renewal_info(true);
+    assert!(daemon.terminate().success());
+    let mut daemon = env.start_daemon_with(ID, &via);
+    let out = env.cli_with(ID, &via, &["renew", ID]);
+    assert!(out.status.success(), "renew: {}", text(&out));
+    let mut c = Value::Null;
+    wait_until("the stored window dropped", Duration::from_secs(30), || {
+        daemon.assert_running();
+        c = cert(&env, &via);
+        c["renew_at_source"] == "lifetime"
+    });
+    assert!(c["renewal_window"].is_null(), "{c}");
+    assert!(c["renewal_info_check_at"].is_null(), "no more asking: {c}");
+    // Two thirds into the lifetime (half-way below ten days).
+    let ts = |k: &str| {
+        time::OffsetDateTime::parse(
+            c[k].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp()
+    };
+    let (nb, na) = (ts("not_before"), ts("not_after"));
+    let life = na - nb;
+    let expected = if life < 10 * 86_400 {
+        nb + life / 2
+    } else {
+        nb + life * 2 / 3
+    };
+    assert_eq!(ts("renew_at"), expected, "{c}");
+
+    // A renewal now names no certificate it replaces (RFC 9773 §5: not without renewalInfo).
+    let out = env.cli_with(ID, &via, &["renew", ID, "--force"]);
+    assert!(out.status.success(), "renew --force: {}", text(&out));
+    served_other_than(&env, &via, Some(&first), &mut daemon);
+    assert_eq!(orders(&env), (2, 0));
+}

@@ -1,0 +1,193 @@
+//! A TLS proxy in front of pebble that changes what the CA says, for CA behaviours pebble has
+//! no knob for: a directory that (no longer) offers `renewalInfo`, and new-order answers that
+//! do not echo `replaces` (RFC 9773 §5 requires it; not every CA does it). Everything else is
+//! pebble's own answer: the proxy passes the client's `Host`, so pebble's URLs name the proxy
+//! and every later request goes through it too.
+
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::Env;
+
+type Upstream = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+struct Shared {
+    upstream_port: u16,
+    client: Upstream,
+    strip_renewal_info: AtomicBool,
+    strip_replaces: AtomicBool,
+}
+
+/// The proxy; stopped on drop.
+pub struct CaProxy {
+    pub port: u16,
+    shared: Arc<Shared>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl CaProxy {
+    /// Starts the proxy in front of `env`'s pebble, with pebble's listener certificate (so the
+    /// daemon's `ACME_CA_BUNDLE` trusts it as it trusts pebble). Passes everything unchanged
+    /// until told otherwise.
+    pub fn start(env: &Env) -> CaProxy {
+        let d = env.dir.path();
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(d.join("pebble-cert.pem"))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_file(d.join("pebble-key.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&env.listener_ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client_tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = rt.block_on(async {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(client_tls)
+                .https_only()
+                .enable_http1()
+                .build();
+            Arc::new(Shared {
+                upstream_port: env.acme_port,
+                client: Client::builder(TokioExecutor::new()).build(connector),
+                strip_renewal_info: AtomicBool::new(false),
+                strip_replaces: AtomicBool::new(false),
+            })
+        });
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let accepting = shared.clone();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, shared) = (acceptor.clone(), accepting.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(forward(req, &shared).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        CaProxy {
+            port,
+            shared,
+            _rt: rt,
+        }
+    }
+
+    /// The directory URL through the proxy.
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// From now on the directory offers no `renewalInfo` (a client reads it when it connects).
+    pub fn strip_renewal_info(&self, on: bool) {
+        self.shared.strip_renewal_info.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on orders come back without their `replaces` field.
+    pub fn strip_replaces(&self, on: bool) {
+        self.shared.strip_replaces.store(on, Ordering::SeqCst);
+    }
+}
+
+/// Sends `req` to pebble and returns its answer, edited as configured.
+async fn forward(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let target = format!(
+        "https://127.0.0.1:{}{}",
+        shared.upstream_port,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut up = Request::builder().method(parts.method.clone()).uri(target);
+    for (k, v) in &parts.headers {
+        up = up.header(k, v);
+    }
+    let answer = match shared
+        .client
+        .request(up.body(Full::new(body)).unwrap())
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            return Response::builder()
+                .status(502)
+                .body(Full::new(Bytes::from(format!("proxy: {e}"))))
+                .unwrap()
+        }
+    };
+    let (mut parts, body) = answer.into_parts();
+    let mut bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let drop_field = if path == "/dir" && shared.strip_renewal_info.load(Ordering::SeqCst) {
+        Some("renewalInfo")
+    } else if (path.starts_with("/order-plz") || path.starts_with("/my-order/"))
+        && shared.strip_replaces.load(Ordering::SeqCst)
+    {
+        Some("replaces")
+    } else {
+        None
+    };
+    if let Some(field) = drop_field {
+        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            if let Some(o) = v.as_object_mut() {
+                o.remove(field);
+            }
+            bytes = Bytes::from(serde_json::to_vec(&v).unwrap());
+        }
+    }
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+    Response::from_parts(parts, Full::new(bytes))
+}
