@@ -1,6 +1,7 @@
 //! `revoke` against the running daemon (real pebble, real HAProxy): the CA revokes the served
 //! certificate, and by the time the command returns HAProxy serves a new one with a new key;
-//! an unknown id exits 3. Without a daemon the command revokes and records it, and the next
+//! an unknown id exits 3; a revocation the CA refuses exits 2 with its words and changes
+//! nothing. Without a daemon the command revokes and records it, and the next
 //! start orders the replacement.
 
 mod common;
@@ -169,4 +170,45 @@ fn revoke_without_a_daemon_is_recorded_and_the_next_start_orders_the_replacement
     assert!(env.served_and_valid(DOMAINS, &root).is_some());
     assert_ne!(served_public_key(&env, DOMAINS), old_key, "a new key");
     daemon.terminate();
+}
+
+#[test]
+fn a_revocation_the_ca_refuses_exits_2_with_its_words_and_changes_nothing() {
+    let (mut env, _root, mut daemon, old_serial, _old_key) = issued();
+    // A restarted pebble knows neither the account nor the certificate.
+    env.restart_pebble();
+    let orders = env.running_pebble_new_orders();
+    let out = env.cli(
+        DOMAINS,
+        &[
+            "revoke",
+            DOMAINS,
+            "--reason",
+            "keyCompromise",
+            "--timeout",
+            "30s",
+        ],
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}\n{}", daemon.log_text());
+    assert!(
+        said.contains("the CA did not revoke serial")
+            && said.contains("Unable to find specified certificate"),
+        "the CA's own words: {said}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    daemon.assert_running();
+    assert_eq!(
+        env.running_pebble_new_orders(),
+        orders,
+        "nothing ordered after a refused revocation"
+    );
+    assert_eq!(env.served_serial(DOMAINS), Some(old_serial), "still served");
+    let dump = env.cli(DOMAINS, &["state", "dump", DOMAINS]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&dump.stdout).unwrap_or_else(|_| panic!("{}", text(&dump)));
+    assert!(
+        v["certificates"][0]["revoked"].is_null(),
+        "no revocation recorded: {v}"
+    );
 }
