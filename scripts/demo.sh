@@ -2,7 +2,9 @@
 # Runs haproxy-acme end to end on this machine, loopback only: a local ACME CA (pebble, with
 # pebble-challtestsrv as its DNS), HAProxy from deploy/haproxy.cfg, and the daemon issuing two
 # demo certificates. Shows the served certificates and the state dump, then stops everything
-# (DEMO_KEEP=1 keeps it running until Ctrl-C). Installs pebble/haproxy from Debian if missing.
+# (DEMO_KEEP=1 keeps it running until Ctrl-C). Installs haproxy from Debian and pebble 2.10 (the
+# tests' CA) into LAB_DIR [/var/cache/haproxy-acme-lab] through scripts/install-deps.sh when missing;
+# PEBBLE_BIN and CHALLTESTSRV_BIN name other builds (`pebble`, `pebble-challtestsrv`: bookworm's 2.4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,6 +20,16 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 bash scripts/install-deps.sh
+LAB_BIN=${LAB_DIR:-/var/cache/haproxy-acme-lab}/bin
+PEBBLE_BIN=${PEBBLE_BIN:-$LAB_BIN/pebble}
+CHALLTESTSRV_BIN=${CHALLTESTSRV_BIN:-$LAB_BIN/pebble-challtestsrv}
+# challtestsrv's DNS listener: -dns01 up to 2.4 (bookworm); -dnsserver in later ones (2.10), which
+# also serve DNS over HTTPS on all interfaces (:8443, the demo's HTTPS port) unless -doh "".
+if "$CHALLTESTSRV_BIN" -h 2>&1 | grep -q -- -dnsserver; then
+  dns_args=(-dnsserver "127.0.0.1:$DNS_PORT" -doh "")
+else
+  dns_args=(-dns01 "127.0.0.1:$DNS_PORT")
+fi
 for p in "$ACME_PORT" "$MGMT_PORT" "$HTTP_PORT" "$HTTPS_PORT" "$RESPONDER_PORT" "$DNS_PORT" "$CHALL_PORT"; do
   ! port_in_use "$p" || die "port 127.0.0.1:$p is in use (set DEMO_*_PORT, see the top of $0)"
 done
@@ -50,11 +62,11 @@ cat >"$W/pebble.json" <<JSON
 JSON
 
 say "starting pebble-challtestsrv (DNS: every name is 127.0.0.1) and pebble"
-pebble-challtestsrv -dns01 "127.0.0.1:$DNS_PORT" -http01 "" -https01 "" -tlsalpn01 "" \
+"$CHALLTESTSRV_BIN" "${dns_args[@]}" -http01 "" -https01 "" -tlsalpn01 "" \
   -management "127.0.0.1:$CHALL_PORT" -defaultIPv4 127.0.0.1 -defaultIPv6 "" >"$W/logs/challtestsrv.log" 2>&1 &
 pids+=($!)
 PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \
-  pebble -config "$W/pebble.json" -dnsserver "127.0.0.1:$DNS_PORT" -strict=false >"$W/logs/pebble.log" 2>&1 &
+  "$PEBBLE_BIN" -config "$W/pebble.json" -dnsserver "127.0.0.1:$DNS_PORT" -strict=false >"$W/logs/pebble.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -fsS --cacert "$W/listener-ca.pem" "https://127.0.0.1:$ACME_PORT/dir" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fsS --cacert "$W/listener-ca.pem" "https://127.0.0.1:$ACME_PORT/dir" >/dev/null || die "pebble did not start: $W/logs/pebble.log"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests of both crates and the end-to-end tests against a real pebble and
 # HAProxy (started by the tests themselves on free loopback ports). Installs what is missing.
+# The suite's CA is pebble 2.10 (renewal information, profiles), which install-deps.sh puts into
+# LAB_DIR through scripts/lab.sh; tests/e2e.rs runs once more against Debian bookworm's pebble 2.4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -20,6 +22,10 @@ cargo test --release --locked --test simulation 2>&1 | tee -a target/test-output
 # 3.0, 3.2 and 3.4.
 HAPROXY_BIN=${LAB_DIR:-/var/cache/haproxy-acme-lab}/bin/haproxy-3.2 \
   cargo test --no-fail-fast --test e2e --test installer 2>&1 | tee -a target/test-output.log
+# tests/e2e.rs once more against Debian bookworm's pebble 2.4 (`pebble` on PATH): a CA without
+# renewal information (ARI) and without profiles, so the lifetime rule schedules the renewal.
+PEBBLE_BIN=pebble CHALLTESTSRV_BIN=pebble-challtestsrv \
+  cargo test --no-fail-fast --test e2e 2>&1 | tee -a target/test-output.log
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' \
   target/test-output.log

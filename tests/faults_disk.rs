@@ -50,6 +50,25 @@ fn issued_for(env: &Env, names: &[&str]) -> usize {
     env.issued().iter().filter(|c| c.names == names).count()
 }
 
+/// The fault made no second certificate for `id`: pebble issued it twice (the first certificate
+/// and its renewal). With renewal information (pebble 2.10, whose window for a certificate of
+/// `validity_secs` under two days is its whole lifetime) the renewal may itself be renewed at
+/// any moment, so there may be more, each the renewal of the one before it (`Issued::renews`).
+fn assert_one_renewal(env: &Env, id: &str, validity_secs: i64, what: &str) {
+    let n = issued_for(env, &[id]);
+    if env.offers_renewal_info() {
+        assert!(n >= 2, "{id}: {what}: {n} certificates");
+        let duplicates = common::duplicate_issuances(&env.issued(), validity_secs, true);
+        assert!(
+            duplicates.is_empty(),
+            "{id}: {what}: {}",
+            duplicates.join("\n")
+        );
+    } else {
+        assert_eq!(n, 2, "{id}: {what}");
+    }
+}
+
 /// The dump's `waiting_for` parts.
 fn waiting_parts(env: &Env, domains: &str, ov: &[(&str, &str)]) -> Vec<String> {
     let out = env.cli_with(domains, ov, &["state", "dump"]);
@@ -261,13 +280,10 @@ fn a_full_disk_under_data_and_certs_dirs_heals_without_restart() {
         },
     );
     let renewed = ms(freed);
-    // Counted at once: the renewed certificates' own renewal is 15 s away.
+    // Counted at once: the renewed certificates' own renewal is 15 s away (without renewal
+    // information).
     for id in ids {
-        assert_eq!(
-            issued_for(&env, &[id]),
-            2,
-            "{id}: one certificate, one renewal"
-        );
+        assert_one_renewal(&env, id, 30, "one certificate, one renewal");
     }
     wait_until("healthy again", Duration::from_secs(10), || {
         env.cli_with(STORE_DOMAINS, &ov, &["healthcheck"])
@@ -353,10 +369,11 @@ fn a_full_certificate_directory_keeps_the_old_file_and_installs_once_freed() {
     );
     let installed = ms(freed);
     assert!(env.served_and_valid(id, &root).is_some());
-    assert_eq!(
-        issued_for(&env, &[id]),
-        2,
-        "the stored renewal was installed, not ordered again"
+    assert_one_renewal(
+        &env,
+        id,
+        60,
+        "the stored renewal was installed, not ordered again",
     );
     assert_files_whole(&env.certs_dir, &[id]);
     assert!(env.cli(id, &["healthcheck"]).status.success());

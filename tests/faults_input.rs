@@ -31,36 +31,74 @@ fn cert_files(env: &Env) -> Vec<String> {
     names
 }
 
-/// A DNS server on loopback for pebble: every A query is answered 127.0.0.1, anything else with
-/// no record. Unlike challtestsrv it compresses the answer's name (a pointer to the question), so
-/// the answer for a 253-character name is 287 bytes and fits pebble's 512-byte UDP read.
+/// The answer to the DNS query `q`: every A query is answered 127.0.0.1, anything else with no
+/// record; the answer's name is a pointer to the question (compressed). `None` for a query too
+/// short to hold a question.
+fn compact_answer(q: &[u8]) -> Option<Vec<u8>> {
+    let n = q.len();
+    // Header (12 bytes), then the question: labels up to the root, type, class.
+    let mut end = 12;
+    while end < n && q[end] != 0 {
+        end += 1 + q[end] as usize;
+    }
+    if end + 5 > n {
+        return None;
+    }
+    let qtype = u16::from_be_bytes([q[end + 1], q[end + 2]]);
+    let a = qtype == 1;
+    let mut r = Vec::with_capacity(end + 5 + 16);
+    r.extend_from_slice(&q[..2]); // id
+    r.extend_from_slice(&[0x84 | (q[2] & 0x01), 0x00]); // response, authoritative, RD
+    r.extend_from_slice(&[0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+    r.extend_from_slice(&q[12..end + 5]);
+    if a {
+        // The name as a pointer to the question, A, IN, TTL 0, 4 bytes: 127.0.0.1.
+        r.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(r)
+}
+
+/// A DNS server on loopback for pebble, over UDP and TCP on one port, answering
+/// `compact_answer`. Unlike challtestsrv it compresses the answer's name, so the answer for a
+/// 253-character name is 287 bytes and fits pebble 2.4's 512-byte UDP read (pebble 2.10 asks
+/// over TCP, where challtestsrv's answers would fit too).
 fn start_compact_dns() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (socket, listener) = loop {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            break (socket, listener);
+        }
+    };
     let port = socket.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let q = &buf[..n];
-            // Header (12 bytes), then the question: labels up to the root, type, class.
-            let mut end = 12;
-            while end < n && q[end] != 0 {
-                end += 1 + q[end] as usize;
+            if let Some(r) = compact_answer(&buf[..n]) {
+                let _ = socket.send_to(&r, from);
             }
-            if end + 5 > n {
-                continue;
-            }
-            let qtype = u16::from_be_bytes([q[end + 1], q[end + 2]]);
-            let a = qtype == 1;
-            let mut r = Vec::with_capacity(end + 5 + 16);
-            r.extend_from_slice(&q[..2]); // id
-            r.extend_from_slice(&[0x84 | (q[2] & 0x01), 0x00]); // response, authoritative, RD
-            r.extend_from_slice(&[0, 1, 0, u8::from(a), 0, 0, 0, 0]);
-            r.extend_from_slice(&q[12..end + 5]);
-            if a {
-                // The name as a pointer to the question, A, IN, TTL 0, 4 bytes: 127.0.0.1.
-                r.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 127, 0, 0, 1]);
-            }
-            let _ = socket.send_to(&r, from);
+        }
+    });
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                // Messages prefixed with their two-byte length (RFC 1035 §4.2.2).
+                let mut len = [0u8; 2];
+                while conn.read_exact(&mut len).is_ok() {
+                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if conn.read_exact(&mut q).is_err() {
+                        return;
+                    }
+                    let Some(r) = compact_answer(&q) else { return };
+                    let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&r);
+                    if conn.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
         }
     });
     port

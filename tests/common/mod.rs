@@ -26,14 +26,23 @@ pub fn haproxy_bin() -> String {
     program("HAPROXY_BIN", "haproxy")
 }
 
-/// The pebble the tests run: `PEBBLE_BIN`, else `pebble` on `PATH`.
+/// The pebble the tests run: `PEBBLE_BIN` (a path or a name on `PATH`; `pebble` is Debian
+/// bookworm's 2.4), else pebble 2.10 as `scripts/install-deps.sh` (through `scripts/lab.sh`)
+/// installs it: `${LAB_DIR:-/var/cache/haproxy-acme-lab}/bin/pebble`.
 pub fn pebble_bin() -> String {
-    program("PEBBLE_BIN", "pebble")
+    program("PEBBLE_BIN", &lab_bin("pebble"))
 }
 
-/// The pebble-challtestsrv the tests run: `CHALLTESTSRV_BIN`, else `pebble-challtestsrv`.
+/// The pebble-challtestsrv the tests run: `CHALLTESTSRV_BIN`, else the one of pebble 2.10 next
+/// to `pebble_bin()`'s default (`${LAB_DIR:-/var/cache/haproxy-acme-lab}/bin/pebble-challtestsrv`).
 pub fn challtestsrv_bin() -> String {
-    program("CHALLTESTSRV_BIN", "pebble-challtestsrv")
+    program("CHALLTESTSRV_BIN", &lab_bin("pebble-challtestsrv"))
+}
+
+/// `name` in the bin directory of `scripts/lab.sh`'s default destination (`LAB_DIR`).
+fn lab_bin(name: &str) -> String {
+    let lab = program("LAB_DIR", "/var/cache/haproxy-acme-lab");
+    format!("{}/bin/{name}", lab.trim_end_matches('/'))
 }
 
 fn program(var: &str, default: &str) -> String {
@@ -89,9 +98,11 @@ fn require_programs() {
     .collect();
     assert!(
         missing.is_empty(),
-        "end-to-end tests need {missing:?}: run `scripts/test.sh` (it installs them with apt-get), \
-         or `apt-get install pebble haproxy openssl curl`; HAPROXY_BIN, PEBBLE_BIN and \
-         CHALLTESTSRV_BIN name other builds (`scripts/lab.sh`)"
+        "end-to-end tests need {missing:?}: run `bash scripts/install-deps.sh` (it installs \
+         haproxy, openssl, curl, certbot with apt-get and pebble 2.10 into \
+         ${{LAB_DIR:-/var/cache/haproxy-acme-lab}}/bin through `scripts/lab.sh`); HAPROXY_BIN, \
+         PEBBLE_BIN and CHALLTESTSRV_BIN name other builds (e.g. `PEBBLE_BIN=pebble \
+         CHALLTESTSRV_BIN=pebble-challtestsrv` for Debian bookworm's pebble 2.4)"
     );
 }
 
@@ -281,7 +292,7 @@ pub struct Options {
     /// Percentage of requests pebble answers with `badNonce` (`PEBBLE_WFE_NONCEREJECT`).
     pub nonce_reject: u8,
     /// The DNS server pebble asks instead of challtestsrv's (whose uncompressed answers do not
-    /// fit pebble's 512-byte UDP reads for names over ~186 characters).
+    /// fit pebble 2.4's 512-byte UDP reads for names over ~186 characters; 2.10 asks over TCP).
     pub dns_port: Option<u16>,
 }
 
@@ -291,6 +302,58 @@ pub struct Issued {
     pub serial: String,
     pub names: Vec<String>,
     pub not_before: i64,
+    /// Which pebble process issued it (1 = the first; `Env::restart_pebble` starts the next).
+    pub pebble_run: u32,
+    /// The serial of the certificate its order replaces, when pebble accepted the order as a
+    /// replacement (RFC 9773 `replaces`; pebble 2.10 logs it, 2.4 has no renewal information).
+    pub replaces: Option<String>,
+}
+
+impl Issued {
+    /// Whether this certificate is a renewal of `prev` (same names, issued just before it), not a
+    /// duplicate. A renewal either names `prev` as the certificate it replaces (the daemon sends
+    /// `replaces` only for a renewal inside the window the CA suggested for `prev`, and pebble
+    /// 2.10 accepts it only once), or, ordered without `replaces`, comes at least half of
+    /// `validity_secs` after `prev` (the lifetime rule of a daemon without the CA's window; 2 s
+    /// of slack for notBefore's one-second resolution). With renewal information (`ari`), `prev`
+    /// issued by an earlier pebble process excuses a renewal without `replaces` at any time: the
+    /// restarted pebble refuses to be told of a certificate it never issued, and the daemon's
+    /// window came from the old one.
+    pub fn renews(&self, prev: &Issued, validity_secs: i64, ari: bool) -> bool {
+        match &self.replaces {
+            Some(replaced) => *replaced == prev.serial,
+            None => {
+                self.not_before - prev.not_before >= validity_secs / 2 - 2
+                    || (ari && prev.pebble_run != self.pebble_run)
+            }
+        }
+    }
+}
+
+/// For each set of names, the certificates pebble issued in issuance order, checked with
+/// `Issued::renews`: the pairs that are not a renewal (duplicate issuance), as messages.
+pub fn duplicate_issuances(issued: &[Issued], validity_secs: i64, ari: bool) -> Vec<String> {
+    let mut per_names: std::collections::BTreeMap<&[String], Vec<&Issued>> = Default::default();
+    for c in issued {
+        per_names.entry(&c.names).or_default().push(c);
+    }
+    let mut bad = Vec::new();
+    for (names, certs) in per_names {
+        for w in certs.windows(2) {
+            if !w[1].renews(w[0], validity_secs, ari) {
+                bad.push(format!(
+                    "{names:?}: {} (notBefore {}, replaces {:?}) {}s after {} is not its renewal; \
+                     all: {certs:?}",
+                    w[1].serial,
+                    w[1].not_before,
+                    w[1].replaces,
+                    w[1].not_before - w[0].not_before,
+                    w[0].serial,
+                ));
+            }
+        }
+    }
+    bad
 }
 
 impl Env {
@@ -583,15 +646,35 @@ impl Env {
     /// The running pebble's issued certificates: serials from its log, names and notBefore from
     /// its management API.
     fn issued_by_running_pebble(&self) -> Vec<Issued> {
-        let serials: Vec<String> = self
-            .running_pebble_log()
-            .lines()
-            .filter_map(|l| l.split("Issued certificate serial ").nth(1))
-            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+        // "Issued certificate serial S for order O" in issuance order, and "ARI: order "N" is a
+        // replacement of "O"" (pebble 2.10) when order N named O's certificate as replaced.
+        let log = self.running_pebble_log();
+        let mut serials: Vec<(String, String)> = Vec::new();
+        let mut replaced_order = std::collections::HashMap::new();
+        for l in log.lines() {
+            if let Some(rest) = l.split("Issued certificate serial ").nth(1) {
+                let mut w = rest.split_whitespace();
+                let serial = w.next().unwrap().to_string();
+                let order = w.nth(2).unwrap_or_default().to_string();
+                serials.push((serial, order));
+            } else if let Some(rest) = l.split("ARI: order ").nth(1) {
+                let q: Vec<&str> = rest.split('"').collect();
+                if q.len() >= 4 {
+                    replaced_order.insert(q[1].to_string(), q[3].to_string());
+                }
+            }
+        }
+        let serial_of: std::collections::HashMap<String, String> = serials
+            .iter()
+            .map(|(s, o)| (o.clone(), s.clone()))
             .collect();
         serials
             .into_iter()
-            .map(|serial| {
+            .map(|(serial, order)| {
+                let replaces = replaced_order
+                    .get(&order)
+                    .and_then(|o| serial_of.get(o))
+                    .cloned();
                 let v: serde_json::Value = serde_json::from_str(
                     &self
                         .curl(&format!(
@@ -627,6 +710,8 @@ impl Env {
                     serial,
                     names,
                     not_before: cert.validity().not_before.timestamp(),
+                    pebble_run: self.pebble_starts,
+                    replaces,
                 }
             })
             .collect()
@@ -670,6 +755,16 @@ impl Env {
             "pebble's set-renewal-info (pebble 2.10 and later) failed: {}",
             text(&out)
         );
+    }
+
+    /// Whether this pebble offers renewal information (RFC 9773): its directory names
+    /// `renewalInfo` (pebble 2.10; 2.4 does not).
+    pub fn offers_renewal_info(&self) -> bool {
+        let dir = self
+            .curl(&self.directory_url())
+            .expect("pebble's directory answers");
+        let dir: serde_json::Value = serde_json::from_str(&dir).unwrap();
+        dir.get("renewalInfo").is_some()
     }
 
     pub fn directory_url(&self) -> String {
