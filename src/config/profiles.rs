@@ -6,12 +6,42 @@
 use std::collections::BTreeMap;
 
 use super::names::CertSpec;
-use super::settings::is_lets_encrypt;
 
 /// Let's Encrypt's profiles that allow at most [`LE_SHORT_PROFILE_MAX_NAMES`] names per
 /// certificate (`classic` allows 100).
 pub const LE_SHORT_PROFILES: [&str; 2] = ["tlsserver", "shortlived"];
 pub const LE_SHORT_PROFILE_MAX_NAMES: usize = 25;
+
+/// Whether `directory` is one of Let's Encrypt's (a host under letsencrypt.org).
+pub fn is_lets_encrypt(directory: &str) -> bool {
+    directory
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .is_some_and(|host| host == "letsencrypt.org" || host.ends_with(".letsencrypt.org"))
+}
+
+/// `ACME_PROFILE`: unset or empty is none; otherwise a valid profile name (the error names the
+/// setting and says why). With the certificates read at start-up (`initial`), Let's Encrypt's
+/// 25-name limit is checked too (`name_limit_errors`).
+pub(super) fn from_settings(
+    raw: Option<&str>,
+    directory: &str,
+    initial: Option<&[CertSpec]>,
+) -> Result<Option<String>, Vec<String>> {
+    let profile = match raw.map(str::trim) {
+        None | Some("") => None,
+        Some(p) => match super::names::check_profile_name(p) {
+            Ok(()) => Some(p.to_string()),
+            Err(why) => return Err(vec![format!("ACME_PROFILE {p:?} {why}")]),
+        },
+    };
+    let errors = name_limit_errors(directory, profile.as_deref(), initial.unwrap_or_default());
+    if errors.is_empty() {
+        Ok(profile)
+    } else {
+        Err(errors)
+    }
+}
 
 /// For a Let's Encrypt directory: each certificate with more than 25 names whose profile is
 /// `tlsserver` or `shortlived` (its own, else `default`), one line each.
@@ -106,7 +136,8 @@ fn by_whom(who: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_domains;
+    use crate::cli::RawSettings;
+    use crate::config::{parse_domains, Config, Need};
 
     const LE: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
@@ -188,5 +219,37 @@ mod tests {
         assert!(
             name_limit_errors("https://localhost:14000/dir", Some("tlsserver"), &specs).is_empty()
         );
+    }
+
+    #[test]
+    fn acme_profile_is_checked_and_the_25_name_limit_is_a_start_error() {
+        let raw = |profile: &str, dir: &str, domains: &str| RawSettings {
+            domains: Some(domains.into()),
+            acme_profile: Some(profile.into()),
+            acme_directory: Some(dir.into()),
+            ..Default::default()
+        };
+        let (c, _) = Config::from_raw(&raw(" shortlived ", "", "a.com"), Need::Daemon).unwrap();
+        assert_eq!(c.acme_profile.as_deref(), Some("shortlived"));
+        let (c, _) = Config::from_raw(&raw("", "", "a.com"), Need::Daemon).unwrap();
+        assert_eq!(c.acme_profile, None, "empty is unset");
+        let e = Config::from_raw(&raw("short lived", "", "a.com"), Need::Daemon).unwrap_err();
+        assert!(
+            e.0[0].starts_with("ACME_PROFILE \"short lived\" contains ' '"),
+            "{e}"
+        );
+        let many: Vec<String> = (0..26).map(|i| format!("n{i}.a.com")).collect();
+        let many = many.join(",");
+        let le = crate::config::LETSENCRYPT_PRODUCTION;
+        let e = Config::from_raw(&raw("tlsserver", le, &many), Need::Daemon).unwrap_err();
+        assert!(e.0[0].contains("has 26 names"), "{e}");
+        assert!(Config::from_raw(&raw("classic", le, &many), Need::Daemon).is_ok());
+        assert!(Config::from_raw(
+            &raw("tlsserver", "https://ca.test/dir", &many),
+            Need::Daemon
+        )
+        .is_ok());
+        // Commands that only read the store are not refused for it.
+        assert!(Config::from_raw(&raw("tlsserver", le, &many), Need::StoreOnly).is_ok());
     }
 }

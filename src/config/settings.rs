@@ -68,8 +68,7 @@ pub struct Config {
     pub watchdog_interval: Option<Duration>,
     /// `ALERT_HOOK`: run with `sh -c` when a certificate starts or stops needing attention.
     pub alert_hook: Option<String>,
-    /// `ACME_PROFILE`: the profile orders ask for, unless a certificate names its own (`None`:
-    /// the CA's default).
+    /// `ACME_PROFILE`: what orders ask for unless a certificate says (`None`: the CA's default).
     pub acme_profile: Option<String>,
 }
 
@@ -327,23 +326,13 @@ impl Config {
             .filter(|h| !h.is_empty())
             .map(String::from);
 
-        let acme_profile = match raw.acme_profile.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(p) => match super::names::check_profile_name(p) {
-                Ok(()) => Some(p.to_string()),
-                Err(why) => {
-                    errors.push(format!("ACME_PROFILE {p:?} {why}"));
+        let initial = (need == Need::Daemon).then(|| wanted.initial());
+        let acme_profile =
+            super::profiles::from_settings(raw.acme_profile.as_deref(), &acme_directory, initial)
+                .unwrap_or_else(|mut e| {
+                    errors.append(&mut e);
                     None
-                }
-            },
-        };
-        if need == Need::Daemon {
-            errors.extend(super::profiles::name_limit_errors(
-                &acme_directory,
-                acme_profile.as_deref(),
-                wanted.initial(),
-            ));
-        }
+                });
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -399,20 +388,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// times, and the ledger keeps what is in the window).
 const MAX_RATE_WINDOW_SECS: i64 = 366 * 86_400;
 
-/// Whether `directory` is one of Let's Encrypt's (a host under letsencrypt.org).
-pub fn is_lets_encrypt(directory: &str) -> bool {
-    directory
-        .strip_prefix("https://")
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .is_some_and(|host| host == "letsencrypt.org" || host.ends_with(".letsencrypt.org"))
-}
-
 /// `RATE_LIMITS`: `auto`/unset, `off`, `lets-encrypt`, or `key=N/duration,...` with keys
 /// `orders`, `exact-set`, `registered-domain`, `failed-validations` (a key left out is no limit)
 /// and windows in `parse_duration`'s syntax (`90s`, `3h`, `7d`, `1h 30m`).
 fn parse_rate_limits(value: Option<&str>, directory: &str) -> Result<Option<Limits>, String> {
     let v = value.map(str::trim).unwrap_or("");
-    let is_lets_encrypt = is_lets_encrypt(directory);
+    let is_lets_encrypt = super::profiles::is_lets_encrypt(directory);
     match v {
         "" | "auto" => return Ok(is_lets_encrypt.then_some(Limits::LETS_ENCRYPT)),
         "off" | "none" => return Ok(None),
