@@ -100,8 +100,8 @@ pub enum StateCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DomainsCommand {
-    /// Add one certificate: its names, comma-separated, the first is its id
-    /// (e.g. "a.com,www.a.com"). Refused when a name is already wanted.
+    /// Add one certificate: its names, comma-separated, the first is its id, then any options
+    /// (e.g. "a.com,www.a.com profile=shortlived"). Refused when a name is already wanted.
     Add { spec: String },
     /// Remove a certificate added with `domains add` (kept and no longer renewed; removed
     /// entirely with PRUNE=true).
@@ -201,6 +201,11 @@ pub struct RawSettings {
     /// Address of the HTTP-01 challenge responder [default: 0.0.0.0:80].
     #[arg(long, env = "RESPONDER_LISTEN", global = true)]
     pub responder_listen: Option<String>,
+    /// The ACME profile orders ask for (e.g. Let's Encrypt's `classic`, `tlsserver`,
+    /// `shortlived`), unless a certificate names its own (`profile=NAME` in its DOMAINS entry).
+    /// Checked at start against the profiles the CA's directory offers. Unset: the CA's default.
+    #[arg(long, env = "ACME_PROFILE", global = true)]
+    pub acme_profile: Option<String>,
 }
 
 /// Parses the command line. `options` is the content of the `OPTIONS` variable (the old stack's

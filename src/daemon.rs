@@ -55,6 +55,10 @@ impl From<StoreError> for DaemonError {
 /// Runs the daemon until `triggers.shutdown` turns true.
 pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Result<(), DaemonError> {
     let Triggers { shutdown, reload } = triggers;
+    // The configured profiles are offered by the CA (a CA not reached lets this pass).
+    crate::acme::directory::check_profiles(&config, wanted.initial())
+        .await
+        .map_err(DaemonError::Config)?;
     // Subscribed before the wanted set is read: a SIGHUP during start-up is not lost.
     let reload_rx = reload.subscribe();
     // The responder listens before anything else, so validation traffic always has a target.

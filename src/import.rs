@@ -250,6 +250,13 @@ async fn adopt_one(
             key_type,
             acme_directory: directory.clone(),
             deploy_hook: config.deploy_hook.is_some(),
+            // Adopted as issued under the profile it is wanted with (the certificate does not
+            // say which it had): importing re-issues nothing.
+            profile: spec
+                .map_or(config.acme_profile.as_deref(), |s| {
+                    s.profile_or(config.acme_profile.as_deref())
+                })
+                .map(String::from),
         },
         now,
     );

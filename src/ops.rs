@@ -194,8 +194,8 @@ pub async fn retry(store: &dyn Store, id: &str, now: UnixTime) -> Result<Done, O
     })
 }
 
-/// `domains add SPEC`: one certificate in DOMAINS syntax (`a.com,www.a.com`), kept in the store
-/// beside DOMAINS and DOMAINS_FILE.
+/// `domains add SPEC`: one certificate in DOMAINS syntax (`a.com,www.a.com`, options such as
+/// `profile=shortlived` after the names), kept in the store beside DOMAINS and DOMAINS_FILE.
 pub async fn domains_add(
     store: &dyn Store,
     wanted: &Arc<WantedSet>,
@@ -210,6 +210,10 @@ pub async fn domains_add(
     let new = new.clone();
     let wanted = wanted.clone();
     let names = new.names().to_vec();
+    let profile = new
+        .profile()
+        .map(|p| format!(", profile {p}"))
+        .unwrap_or_default();
     // Read, checked and written under the store's lock of the additions: two `domains add` at
     // once never lose one.
     store
@@ -222,7 +226,8 @@ pub async fn domains_add(
                 ));
             }
             let mut added = added.to_vec();
-            added.push(new.names().to_vec());
+            // The names, then the entry's options (`profile=NAME`) as tokens.
+            added.push(new.entry_tokens());
             // The whole wanted set must stay valid: no name twice across DOMAINS, DOMAINS_FILE
             // and here.
             wanted.read(&added).map_err(|e| e.join("; "))?;
@@ -231,7 +236,11 @@ pub async fn domains_add(
         .await?
         .map_err(OpError::Refused)?;
     Ok(Done {
-        message: format!("added certificate {} ({})", names[0], names.join(", ")),
+        message: format!(
+            "added certificate {} ({}{profile})",
+            names[0],
+            names.join(", ")
+        ),
         wake: Vec::new(),
         reload: true,
     })

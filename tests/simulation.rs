@@ -169,6 +169,7 @@ impl Ca for FakeCa {
         &self,
         names: &[String],
         _replaces: Option<&str>,
+        _profile: Option<&str>,
     ) -> Result<String, AcmeError> {
         latency(&self.world).await;
         let mut w = lock(&self.world);

@@ -111,21 +111,30 @@ impl AcmeClient {
     /// `replaces`: the PEM chain of the certificate this order renews, when the CA offers
     /// renewal information (RFC 9773 §5); a CA that refuses it (`alreadyReplaced`, or
     /// `malformed`: a certificate it does not know, as after a restart) gets the order again
-    /// without it.
+    /// without it. `profile`: the ACME profile asked for (`None`: the CA's default).
     pub async fn new_order(
         &self,
         names: &[String],
         replaces: Option<&str>,
+        profile: Option<&str>,
     ) -> Result<String, AcmeError> {
-        with_retry_after(self.new_order_inner(names, replaces)).await
+        with_retry_after(self.new_order_inner(names, replaces, profile)).await
     }
 
     async fn new_order_inner(
         &self,
         names: &[String],
         replaces: Option<&str>,
+        profile: Option<&str>,
     ) -> Result<String, AcmeError> {
         let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let new_order = || {
+            let o = NewOrder::new(&ids);
+            match profile {
+                Some(p) => o.profile(p),
+                None => o,
+            }
+        };
         let replaced = replaces.and_then(|chain| match certificate_identifier(chain) {
             Ok(id) => Some(id),
             Err(e) => {
@@ -134,10 +143,7 @@ impl AcmeClient {
             }
         });
         if let Some(id) = replaced {
-            match nonce_retry!(self
-                .account
-                .new_order(&NewOrder::new(&ids).replaces(id.clone())))
-            {
+            match nonce_retry!(self.account.new_order(&new_order().replaces(id.clone()))) {
                 Ok(order) => return Ok(order.url().to_string()),
                 Err(instant_acme::Error::Api(p)) if super::problem::refuses_replaces(&p) => {
                     tracing::info!(problem = %p, "the CA refused `replaces`: ordering without it");
@@ -164,7 +170,7 @@ impl AcmeClient {
                 Err(e) => return Err(AcmeError::from_acme(Step::Order, e)),
             }
         }
-        let order = nonce_retry!(self.account.new_order(&NewOrder::new(&ids)))
+        let order = nonce_retry!(self.account.new_order(&new_order()))
             .map_err(|e| AcmeError::from_acme(Step::Order, e))?;
         Ok(order.url().to_string())
     }

@@ -110,8 +110,9 @@ impl Ca for LazyAcme {
         &self,
         names: &[String],
         replaces: Option<&str>,
+        profile: Option<&str>,
     ) -> Result<String, AcmeError> {
-        self.with_account(|c| async move { c.new_order(names, replaces).await })
+        self.with_account(|c| async move { c.new_order(names, replaces, profile).await })
             .await
     }
 

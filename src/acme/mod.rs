@@ -5,6 +5,7 @@
 //! `TCP_NODELAY`, `Retry-After`, bodiless errors made problem documents).
 
 pub mod client;
+pub mod directory;
 pub mod http;
 pub mod lazy;
 pub mod problem;
@@ -61,11 +62,13 @@ pub type RenewalInfo = ((UnixTime, UnixTime), Option<UnixTime>);
 pub trait Ca: Send + Sync + 'static {
     /// Creates an order for `names` and returns its URL (to be persisted before anything else).
     /// `replaces`: the PEM chain of the certificate this order renews (RFC 9773 §5), given only
-    /// when the CA offers renewal information.
+    /// when the CA offers renewal information. `profile`: the ACME profile to ask for
+    /// (draft-aaron-acme-profiles); `None` lets the CA choose.
     async fn new_order(
         &self,
         names: &[String],
         replaces: Option<&str>,
+        profile: Option<&str>,
     ) -> Result<String, AcmeError>;
 
     /// Takes the order at `url` as far as it goes, whatever state a previous run left it in,

@@ -132,12 +132,18 @@ impl AcmeError {
                     | "invalidContact"
                     | "unsupportedContact"
                     | "userActionRequired"
-                    | "externalAccountRequired" => FailureKind::Permanent,
+                    | "externalAccountRequired"
+                    | "invalidProfile" => FailureKind::Permanent,
                     _ => FailureKind::Retryable,
                 };
                 let gone = is_account_gone(&p);
                 let message = if gone {
                     format!("the CA no longer knows our account: {detail}")
+                } else if kind_name == "invalidProfile" {
+                    format!(
+                        "CA refused the profile: {detail}; set ACME_PROFILE or the certificate's \
+                         profile= to one the CA offers (or unset it for the CA's default)"
+                    )
                 } else if p.status == Some(404) {
                     format!("the CA does not know this order (HTTP 404): {detail}")
                 } else {
@@ -331,6 +337,28 @@ mod tests {
                     .starts_with("the CA no longer knows our account"));
             }
         }
+    }
+
+    #[test]
+    fn an_invalid_profile_is_permanent_with_the_cas_message() {
+        let e = AcmeError::from_acme(
+            Step::Order,
+            problem(serde_json::json!({
+                "type": "urn:ietf:params:acme:error:invalidProfile",
+                "detail": "profile \"nine-days\" is not supported",
+                "status": 400
+            })),
+        );
+        assert_eq!(e.kind, FailureKind::Permanent);
+        assert!(!e.order_dead && !e.account_gone);
+        assert!(
+            e.message.starts_with(
+                "CA refused the profile: profile \"nine-days\" is not supported \
+                 [urn:ietf:params:acme:error:invalidProfile]"
+            ) && e.message.contains("ACME_PROFILE"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

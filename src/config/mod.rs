@@ -5,11 +5,16 @@
 //!   ([`parse_duration`]). All problems are reported at once ([`ConfigError`]).
 //! - [`wanted`]: the wanted set ([`WantedSet`]): `DOMAINS` (parsed once), `DOMAINS_FILE` (read
 //!   again at each reload) and the certificates added at runtime → [`CertSpec`]s.
+//! - [`options`]: a certificate entry's `key=value` options (`profile=NAME`).
+//! - [`profiles`]: the checks of the configured ACME profiles (offered by the CA, Let's
+//!   Encrypt's 25-name limit).
 //! - [`names`]: name normalization (`idna`) and the types only it builds: [`CertId`], [`Names`].
 //!
 //! [`Config::from_raw`] returns both the settings and the wanted set.
 
 pub mod names;
+mod options;
+pub mod profiles;
 pub mod settings;
 pub mod wanted;
 

@@ -124,11 +124,14 @@ impl fmt::Debug for Names {
 }
 
 /// One wanted certificate: its names and its id (the first name, also its file name, see
-/// `cert_file_name`).
+/// `cert_file_name`), and its own options (`profile=NAME`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct CertSpec {
     id: CertId,
     names: Names,
+    /// The certificate's own ACME profile (`profile=NAME`), overriding ACME_PROFILE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<String>,
 }
 
 impl CertSpec {
@@ -136,7 +139,33 @@ impl CertSpec {
         CertSpec {
             id: names.id(),
             names,
+            profile: None,
         }
+    }
+
+    /// The same certificate with its own profile.
+    pub fn with_profile(mut self, profile: Option<String>) -> CertSpec {
+        self.profile = profile;
+        self
+    }
+
+    /// The certificate's own profile (`profile=NAME` in its entry), if any.
+    pub fn profile(&self) -> Option<&str> {
+        self.profile.as_deref()
+    }
+
+    /// The profile its orders ask for: its own, else `default` (ACME_PROFILE); `None` lets
+    /// the CA choose.
+    pub fn profile_or<'a>(&'a self, default: Option<&'a str>) -> Option<&'a str> {
+        self.profile().or(default)
+    }
+
+    /// The entry as `domains add` keeps it: the names, then the options as `key=value` tokens
+    /// (read back by `wanted::parse_certificates`).
+    pub fn entry_tokens(&self) -> Vec<String> {
+        let mut tokens = self.names.to_vec();
+        tokens.extend(self.profile.iter().map(|p| format!("profile={p}")));
+        tokens
     }
 
     pub fn id(&self) -> &CertId {
@@ -175,6 +204,26 @@ pub fn cert_file_name(id: &str) -> String {
     let prefix = id.get(..SHORTENED_PREFIX).unwrap_or(id);
     let hash = crate::pki::sha256_hex(id.as_bytes());
     format!("{prefix}_{}.pem", &hash[..32])
+}
+
+/// Checks an ACME profile name (ACME_PROFILE, `profile=`): the CA's names are short tokens
+/// (Let's Encrypt: `classic`, `tlsserver`, `shortlived`). The error says why.
+pub fn check_profile_name(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("is empty: give a profile name such as shortlived".into());
+    }
+    if p.len() > 64 {
+        return Err(format!("is {} characters long (64 at most)", p.len()));
+    }
+    match p
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(c) => Err(format!(
+            "contains {c:?}: a profile name has only letters, digits, '-', '_' and '.'"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Normalizes one host name for HTTP-01: IDN to punycode, upper case folded, one trailing dot

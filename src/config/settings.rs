@@ -68,6 +68,8 @@ pub struct Config {
     pub watchdog_interval: Option<Duration>,
     /// `ALERT_HOOK`: run with `sh -c` when a certificate starts or stops needing attention.
     pub alert_hook: Option<String>,
+    /// `ACME_PROFILE`: what orders ask for unless a certificate says (`None`: the CA's default).
+    pub acme_profile: Option<String>,
 }
 
 fn serialize_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -324,10 +326,19 @@ impl Config {
             .filter(|h| !h.is_empty())
             .map(String::from);
 
+        let initial = (need == Need::Daemon).then(|| wanted.initial());
+        let acme_profile =
+            super::profiles::from_settings(raw.acme_profile.as_deref(), &acme_directory, initial)
+                .unwrap_or_else(|mut e| {
+                    errors.append(&mut e);
+                    None
+                });
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
         let config = Config {
+            acme_profile,
             watchdog_interval,
             alert_hook,
             admin_listen,
@@ -382,10 +393,7 @@ const MAX_RATE_WINDOW_SECS: i64 = 366 * 86_400;
 /// and windows in `parse_duration`'s syntax (`90s`, `3h`, `7d`, `1h 30m`).
 fn parse_rate_limits(value: Option<&str>, directory: &str) -> Result<Option<Limits>, String> {
     let v = value.map(str::trim).unwrap_or("");
-    let is_lets_encrypt = directory
-        .strip_prefix("https://")
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .is_some_and(|host| host == "letsencrypt.org" || host.ends_with(".letsencrypt.org"));
+    let is_lets_encrypt = super::profiles::is_lets_encrypt(directory);
     match v {
         "" | "auto" => return Ok(is_lets_encrypt.then_some(Limits::LETS_ENCRYPT)),
         "off" | "none" => return Ok(None),

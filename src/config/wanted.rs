@@ -222,14 +222,17 @@ fn parse_certificates<'a>(
     // name -> id of the certificate that lists it first
     let mut seen: HashMap<String, CertId> = HashMap::new();
     for (where_, entry) in entries {
-        let raw: Vec<&str> = entry
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .collect();
-        if raw.is_empty() {
+        let (raw, options) = super::options::split_entry(entry);
+        if raw.is_empty() && options.is_empty() {
             continue;
         }
+        let options = match super::options::parse_options(&options) {
+            Ok(o) => o,
+            Err(e) => {
+                errors.extend(e.into_iter().map(|e| format!("{where_}: {e}")));
+                continue;
+            }
+        };
         let names = match Names::parse(&raw) {
             Ok(names) => names,
             Err(e) => {
@@ -237,7 +240,7 @@ fn parse_certificates<'a>(
                 continue;
             }
         };
-        let spec = CertSpec::new(names);
+        let spec = CertSpec::new(names).with_profile(options.profile);
         for name in spec.names().iter() {
             match seen.get(name) {
                 Some(first) => errors.push(format!(

@@ -44,11 +44,14 @@ impl Reconciler {
             (Some(_), true) => self.store.certificate(id).await?.map(|(chain, _)| chain),
             _ => None,
         };
-        let ordered = self.ca.new_order(&r.names, replaces.as_deref()).await;
+        let ordered = self
+            .ca
+            .new_order(&r.names, replaces.as_deref(), r.profile.as_deref())
+            .await;
         self.saw_ca(ordered.as_ref().err());
         match ordered {
             Ok(url) => {
-                tracing::info!(cert = id, order = %url, "order created");
+                tracing::info!(cert = id, order = %url, profile = r.profile.as_deref().unwrap_or("(the CA's default)"), "order created");
                 self.order_started
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)

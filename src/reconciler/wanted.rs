@@ -117,12 +117,16 @@ impl Reconciler {
             let tokens = self.tokens.clone();
             let watched = self.watched.clone();
             // The record's schedule, and the record when it changed.
-            move |id: &str, names: &[String], old: Option<&Record>| -> (Wanted, Option<Record>) {
+            move |spec: &CertSpec, old: Option<&Record>| -> (Wanted, Option<Record>) {
+                let (id, names) = (spec.id().as_str(), spec.names().as_slice());
                 let event = Event::Configured {
                     names: names.to_vec(),
                     key_type: config.key_type,
                     acme_directory: config.acme_directory.clone(),
                     deploy_hook: config.deploy_hook.is_some(),
+                    profile: spec
+                        .profile_or(config.acme_profile.as_deref())
+                        .map(String::from),
                 };
                 // No copy of the stored record (one per certificate at start-up): only a new
                 // one is made.
@@ -144,7 +148,7 @@ impl Reconciler {
                 match old {
                     None => tracing::info!(cert = %id, names = ?names, "new certificate wanted"),
                     Some(_) => {
-                        tracing::info!(cert = %id, names = ?names, "certificate names, key type or CA changed: re-issuing")
+                        tracing::info!(cert = %id, names = ?names, profile = ?new.profile, "certificate names, key type, CA or profile changed: re-issuing")
                     }
                 }
                 (due, Some(new))
@@ -163,7 +167,7 @@ impl Reconciler {
                 match spec {
                     Ok(i) => {
                         f.seen[i] = true;
-                        let (due, new) = configured(&old.id, specs[i].names(), Some(old));
+                        let (due, new) = configured(&specs[i], Some(old));
                         f.wanted.push(due);
                         new
                     }
@@ -186,7 +190,7 @@ impl Reconciler {
                 let mut new_records = Vec::new();
                 let seen = std::mem::take(&mut f.seen);
                 for (spec, _) in specs.iter().zip(seen).filter(|(_, seen)| !seen) {
-                    let (due, new) = configured(spec.id(), spec.names(), None);
+                    let (due, new) = configured(spec, None);
                     f.wanted.push(due);
                     new_records.extend(new);
                 }

@@ -70,6 +70,14 @@ pub struct CertView {
     /// The last revocation (`revoke`); left out when there was none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked: Option<RevokedView>,
+    /// The ACME profile its orders ask for (ACME_PROFILE or its own `profile=`); left out when
+    /// none is (the CA's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The profile the stored certificate was ordered with, only when it is not `profile` (a
+    /// change of profile re-issues; `null`: the CA's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_profile: Option<Option<String>>,
 }
 
 /// A revocation of one of the record's certificates.
@@ -197,6 +205,9 @@ impl CertView {
                 reason: v.reason.as_str(),
                 at: rfc3339(v.at),
             }),
+            profile: r.profile.clone(),
+            issued_profile: (r.cert.is_some() && r.cert_profile != r.profile)
+                .then(|| r.cert_profile.clone()),
         }
     }
 }
@@ -446,6 +457,39 @@ mod tests {
   ],
   "waiting_for": []
 }"#;
+
+    #[test]
+    fn the_dump_shows_the_profile_and_the_one_the_certificate_was_issued_under() {
+        let view = |r: &Record| serde_json::to_value(CertView::from_record(r, 2000)).unwrap();
+        let r = crate::fixtures::records()
+            .into_iter()
+            .find(|r| r.id == "c-issued.test")
+            .unwrap();
+        let v = view(&r);
+        assert!(v.get("profile").is_none() && v.get("issued_profile").is_none());
+        let conf = |r: &Record, p: &str| Event::Configured {
+            names: r.names.clone(),
+            key_type: r.key_type,
+            acme_directory: r.acme_directory.clone(),
+            deploy_hook: r.deploy_hook,
+            profile: Some(p.into()),
+        };
+        // Re-issuing under a new profile: both shown.
+        let r = apply(&r, conf(&r, "shortlived"), 2000);
+        let v = view(&r);
+        assert_eq!(v["profile"], "shortlived");
+        assert_eq!(v["issued_profile"], serde_json::Value::Null);
+        assert!(v.as_object().unwrap().contains_key("issued_profile"));
+        // Issued under it: only the one.
+        let mut meta = r.cert.clone().unwrap();
+        meta.fingerprint = "f2".into();
+        let r = apply(&r, Event::CertificateStored { meta }, 2001);
+        let v = view(&r);
+        assert_eq!(v["profile"], "shortlived");
+        assert!(v.get("issued_profile").is_none(), "{v}");
+        let r = apply(&r, conf(&r, "tlsserver"), 2002);
+        assert_eq!(view(&r)["issued_profile"], "shortlived");
+    }
 
     #[test]
     fn the_dump_is_pinned() {

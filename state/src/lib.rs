@@ -368,6 +368,11 @@ pub struct Record {
     pub alert: Option<Alerted>,
     /// The last revocation (`revoke`).
     pub revoked: Option<Revoked>,
+    /// The ACME profile orders ask for (ACME_PROFILE or the certificate's `profile=`); `None`:
+    /// the CA's default. A change re-issues, like a change of names.
+    pub profile: Option<String>,
+    /// The profile the stored certificate was ordered with (`profile` when it was stored).
+    pub cert_profile: Option<String>,
 }
 
 impl Record {
@@ -394,6 +399,8 @@ impl Record {
             drift: None,
             alert: None,
             revoked: None,
+            profile: None,
+            cert_profile: None,
         }
     }
 
@@ -436,6 +443,7 @@ pub(crate) mod fixtures {
             key_type: r.key_type,
             acme_directory: DIR.into(),
             deploy_hook: true,
+            profile: None,
         }
     }
 

@@ -32,6 +32,8 @@ pub enum Event {
         acme_directory: String,
         /// A deploy hook runs after each new certificate is installed.
         deploy_hook: bool,
+        /// The ACME profile orders ask for (`None`: the CA's default).
+        profile: Option<String>,
     },
     /// `new_order` returned this URL (persist before using it).
     OrderCreated {
@@ -166,17 +168,20 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
             key_type,
             acme_directory,
             deploy_hook,
+            profile,
         } => {
             r.deploy_hook = deploy_hook;
             r.unconfigured = false;
             // A record that never had a CA (just created) takes this one without re-issuing; a
             // change of CA (staging to production, say) re-issues: the certificate and any order
-            // in flight belong to the other CA.
+            // in flight belong to the other CA. A change of profile re-issues too (the current
+            // certificate keeps serving until the new one is installed).
             let ca_changed = !r.acme_directory.is_empty() && r.acme_directory != acme_directory;
-            if r.names != names || r.key_type != key_type || ca_changed {
+            if r.names != names || r.key_type != key_type || ca_changed || r.profile != profile {
                 r.id = names[0].clone();
                 r.names = names;
                 r.key_type = key_type;
+                r.profile = profile;
                 restart_issuance(&mut r);
             }
             r.acme_directory = acme_directory;
@@ -205,6 +210,7 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
             r.ari_window = None;
             r.ari_check_at = Some(now);
             r.cert = Some(meta);
+            r.cert_profile = r.profile.clone();
             r.stage = Stage::Issued;
             r.failure = None;
         }
@@ -747,6 +753,7 @@ mod tests {
                 key_type: KeyType::EcdsaP256,
                 acme_directory: String::new(),
                 deploy_hook: false,
+                profile: None,
             },
             T0,
         );
@@ -765,6 +772,7 @@ mod tests {
                 key_type: r.key_type,
                 acme_directory: String::new(),
                 deploy_hook: false,
+                profile: None,
             },
             T0 + 5,
         );
@@ -779,6 +787,7 @@ mod tests {
                 key_type: r.key_type,
                 acme_directory: String::new(),
                 deploy_hook: false,
+                profile: None,
             },
             T0 + 5,
         );
@@ -797,6 +806,7 @@ mod tests {
                 key_type: KeyType::Rsa2048,
                 acme_directory: String::new(),
                 deploy_hook: false,
+                profile: None,
             },
             T0,
         );
@@ -811,6 +821,7 @@ mod tests {
             key_type: r.key_type,
             acme_directory: dir.into(),
             deploy_hook: false,
+            profile: None,
         };
         let r = issued("f1");
         let r = apply(&r, conf(&r, "https://staging/dir"), T0);
@@ -832,6 +843,62 @@ mod tests {
             "the staging certificate serves until the new one is installed"
         );
         assert_eq!(r.acme_directory, "https://production/dir");
+    }
+
+    #[test]
+    fn a_change_of_profile_reissues_while_the_old_certificate_serves() {
+        let conf = |r: &Record, profile: Option<&str>| Event::Configured {
+            names: r.names.clone(),
+            key_type: r.key_type,
+            acme_directory: String::new(),
+            deploy_hook: false,
+            profile: profile.map(String::from),
+        };
+        // A record stored before profiles existed: no profile, as the configuration says.
+        let r = issued("f1");
+        assert_eq!(
+            (r.profile.as_deref(), r.cert_profile.as_deref()),
+            (None, None)
+        );
+        assert_eq!(apply(&r, conf(&r, None), T0 + 1), r, "nothing changes");
+        // A profile is configured: a new certificate is ordered, the old one serves meanwhile.
+        let r = apply(&r, conf(&r, Some("shortlived")), T0 + 1);
+        assert_eq!(
+            (r.phase(), due(&r, T0 + 1)),
+            (Phase::Expiring, Some(Action::CreateOrder))
+        );
+        assert!(r.is_installed(), "the old certificate keeps serving");
+        assert_eq!(r.profile.as_deref(), Some("shortlived"));
+        assert_eq!(
+            r.cert_profile, None,
+            "the stored certificate is still the old one"
+        );
+        // An order in flight under the old profile is dropped when the profile changes again.
+        let r = apply(&r, Event::OrderCreated { url: "u2".into() }, T0 + 2);
+        let r = apply(&r, conf(&r, Some("tlsserver")), T0 + 3);
+        assert!(r.order().is_none());
+        assert_eq!(due(&r, T0 + 3), Some(Action::CreateOrder));
+        // The new certificate is stored under the wanted profile; renewals keep it.
+        let r = run(
+            r,
+            vec![
+                (Event::OrderCreated { url: "u3".into() }, T0 + 4),
+                (
+                    Event::CertificateStored {
+                        meta: meta("f2", T0 + 4, 45),
+                    },
+                    T0 + 5,
+                ),
+            ],
+        );
+        assert_eq!(r.cert_profile.as_deref(), Some("tlsserver"));
+        assert_eq!(apply(&r, conf(&r, Some("tlsserver")), T0 + 6), r);
+        let renewing = apply(&r, Event::ForceRenew, T0 + 6);
+        assert_eq!(renewing.profile.as_deref(), Some("tlsserver"));
+        // Back to the CA's default: re-issued again.
+        let r = apply(&r, conf(&r, None), T0 + 7);
+        assert_eq!(r.phase(), Phase::Expiring);
+        assert_eq!(r.profile, None);
     }
 
     #[test]
@@ -1023,6 +1090,7 @@ mod tests {
             key_type: r.key_type,
             acme_directory: String::new(),
             deploy_hook: true,
+            profile: None,
         };
         // No hook configured: nothing to run.
         assert_eq!(
@@ -1180,6 +1248,7 @@ mod tests {
                 key_type: r.key_type,
                 acme_directory: String::new(),
                 deploy_hook: false,
+                profile: None,
             },
             when,
         );

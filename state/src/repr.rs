@@ -42,6 +42,10 @@ pub(crate) struct RecordRepr {
     alert: Option<Alerted>,
     #[serde(default)]
     revoked: Option<Revoked>,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    cert_profile: Option<String>,
 }
 
 /// The same layout, borrowed from a record: encoding copies nothing. The field order is the
@@ -73,6 +77,10 @@ struct RecordRef<'a> {
     alert: Option<&'a Alerted>,
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked: Option<&'a Revoked>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_profile: Option<&'a str>,
 }
 
 impl Serialize for Record {
@@ -99,6 +107,8 @@ impl Serialize for Record {
             drift,
             alert,
             revoked,
+            profile,
+            cert_profile,
         } = self;
         RecordRef {
             schema_version: *schema_version,
@@ -122,6 +132,8 @@ impl Serialize for Record {
             drift: drift.as_ref(),
             alert: alert.as_ref(),
             revoked: revoked.as_ref(),
+            profile: profile.as_deref(),
+            cert_profile: cert_profile.as_deref(),
         }
         .serialize(serializer)
     }
@@ -176,6 +188,8 @@ impl TryFrom<RecordRepr> for Record {
             drift: r.drift,
             alert: r.alert,
             revoked: r.revoked,
+            profile: r.profile,
+            cert_profile: r.cert_profile,
         })
     }
 }
@@ -320,6 +334,22 @@ mod tests {
         assert_eq!(
             v["alert"],
             json!({"conditions": ["failing", "not-served"], "at": 5002})
+        );
+        assert_eq!(decode(&v).unwrap(), r);
+    }
+
+    #[test]
+    fn profiles_persist_and_records_without_them_read_as_none() {
+        let mut r = fixtures::records()[2].clone();
+        let plain = serde_json::to_value(&r).unwrap();
+        assert!(plain.get("profile").is_none() && plain.get("cert_profile").is_none());
+        assert_eq!(decode(&plain).unwrap().profile, None);
+        r.profile = Some("shortlived".into());
+        r.cert_profile = Some("classic".into());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (&v["profile"], &v["cert_profile"]),
+            (&json!("shortlived"), &json!("classic"))
         );
         assert_eq!(decode(&v).unwrap(), r);
     }

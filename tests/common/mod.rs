@@ -294,6 +294,9 @@ pub struct Options {
     /// The DNS server pebble asks instead of challtestsrv's (whose uncompressed answers do not
     /// fit pebble 2.4's 512-byte UDP reads for names over ~186 characters; 2.10 asks over TCP).
     pub dns_port: Option<u16>,
+    /// ACME profiles pebble (2.10) offers beside `default`: (name, validity in seconds). pebble
+    /// picks one at random for an order that names none.
+    pub profiles: Vec<(String, u64)>,
 }
 
 /// One certificate pebble issued: its serial (hex, as pebble logs it), sorted DNS names, notBefore.
@@ -421,14 +424,17 @@ impl Env {
         std::fs::write(d.join("pebble-key.pem"), leaf_key.serialize_pem()).unwrap();
         // pebble 2.4 reads `certificateValidityPeriod`; 2.10 the validity of the profile an order
         // names (none: "default") and ignores the former once `profiles` is given, which 2.4 ignores.
-        let validity = validity_secs
-            .map(|v| {
-                format!(
-                    ",\n    \"certificateValidityPeriod\": {v},\n    \"profiles\": {{\"default\": \
-                     {{\"description\": \"e2e\", \"validityPeriod\": {v}}}}}"
-                )
-            })
+        let mut validity = validity_secs
+            .map(|v| format!(",\n    \"certificateValidityPeriod\": {v}"))
             .unwrap_or_default();
+        if validity_secs.is_some() || !opts.profiles.is_empty() {
+            // validityPeriod 0: pebble's default (90 days).
+            let default = [("default".to_string(), validity_secs.unwrap_or(0))];
+            validity.push_str(&format!(
+                ",\n    \"profiles\": {}",
+                profiles_json(default.iter().chain(&opts.profiles))
+            ));
+        }
         std::fs::write(
             d.join("pebble.json"),
             format!(
@@ -591,6 +597,18 @@ impl Env {
             self.assert_alive();
             self.curl(&self.directory_url()).is_some()
         });
+    }
+
+    /// Rewrites the profiles of pebble's configuration (name, validity in seconds): the next
+    /// `restart_pebble` offers these.
+    pub fn set_pebble_profiles(&self, profiles: &[(&str, u64)]) {
+        let file = self.dir.path().join("pebble.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let profiles: Vec<(String, u64)> =
+            profiles.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        config["pebble"]["profiles"] = serde_json::from_str(&profiles_json(&profiles)).unwrap();
+        std::fs::write(&file, config.to_string()).unwrap();
     }
 
     /// Kills HAProxy (SIGKILL), master and workers.
@@ -771,7 +789,7 @@ impl Env {
         format!("https://127.0.0.1:{}/dir", self.acme_port)
     }
 
-    fn curl(&self, url: &str) -> Option<String> {
+    pub fn curl(&self, url: &str) -> Option<String> {
         let out = Command::new("curl")
             .args(["-fsS", "--max-time", "5", "--cacert"])
             .arg(&self.listener_ca)
@@ -1025,6 +1043,20 @@ impl Env {
     }
 }
 
+/// pebble 2.10's `profiles` map: name -> description and validity in seconds.
+fn profiles_json<'a>(profiles: impl IntoIterator<Item = &'a (String, u64)>) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = profiles
+        .into_iter()
+        .map(|(name, secs)| {
+            (
+                name.clone(),
+                serde_json::json!({"description": format!("e2e {name}"), "validityPeriod": secs}),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -1158,6 +1190,7 @@ pub fn issued_records(
                 key_type: r.key_type,
                 acme_directory: directory.into(),
                 deploy_hook: false,
+                profile: None,
             },
             now,
         );

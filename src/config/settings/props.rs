@@ -250,7 +250,7 @@ proptest! {
         (domains, rate, email, dir, key, lb, api) in
             (names(), rate_limits(), text(), url(), text(), host(), host()),
         (timeout, listen, admin, hook) in (duration(), host(), host(), text()),
-        (watchdog, alert) in (duration(), text()),
+        (watchdog, alert, profile) in (duration(), text(), text()),
         (data, certs, hcerts, bundle, file) in (path(), path(), path(), path(), path()),
         (staging, prune, non_loopback) in (any::<bool>(), any::<bool>(), any::<bool>()),
     ) {
@@ -277,12 +277,13 @@ proptest! {
             responder_listen: Some(listen),
             watchdog_interval: Some(watchdog),
             alert_hook: Some(alert),
+            acme_profile: Some(profile),
         };
-        const SETTINGS: [&str; 16] = [
+        const SETTINGS: [&str; 17] = [
             "DOMAINS", "RATE_LIMITS", "EMAIL", "ACME_DIRECTORY", "ACME_CA_BUNDLE",
             "KEY_TYPE", "DATA_DIR", "CERTS_DIR", "LOAD_BALANCER_SERVICE_NAME",
             "HAPROXY_RUNTIME_API", "ADMIN_LISTEN", "DEPLOY_HOOK_TIMEOUT", "RESPONDER_LISTEN",
-            "--staging", "DOMAINS_FILE", "WATCHDOG_INTERVAL",
+            "--staging", "DOMAINS_FILE", "WATCHDOG_INTERVAL", "ACME_PROFILE",
         ];
         for need in [Need::Daemon, Need::StoreOnly] {
             if let Err(e) = Config::from_raw(&raw, need) {

@@ -1,0 +1,124 @@
+//! A certificate entry's options: `key=value` tokens after its names (`a.com,www.a.com
+//! profile=shortlived`), in DOMAINS, DOMAINS_FILE and `domains add` alike. `=` is in no DNS
+//! name, so entries without options keep their meaning.
+
+/// Splits one certificate entry into its names and its option tokens. A token holding `=` is an
+/// option (`=` is in no DNS name, so entries without one keep their meaning); options stand
+/// apart from the names by whitespace or a comma (`a.com,www.a.com profile=shortlived`, and
+/// `domains add` keeps them comma-joined). Whitespace inside a name is left there, so a name
+/// with a space is still refused as one.
+pub(super) fn split_entry(entry: &str) -> (Vec<String>, Vec<&str>) {
+    let mut names = Vec::new();
+    let mut options = Vec::new();
+    for piece in entry.split(',') {
+        let mut rest: Vec<&str> = Vec::new();
+        for word in piece.split_whitespace() {
+            if word.contains('=') {
+                options.push(word);
+            } else {
+                rest.push(word);
+            }
+        }
+        if !rest.is_empty() {
+            names.push(rest.join(" "));
+        }
+    }
+    (names, options)
+}
+
+/// The options of one certificate entry.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct EntryOptions {
+    /// `profile=NAME`: the ACME profile its orders ask for (overrides ACME_PROFILE).
+    pub profile: Option<String>,
+}
+
+/// The option keys a certificate entry takes, for error messages.
+const OPTION_KEYS: &str = "profile=NAME";
+
+/// Parses `key=value` option tokens; every problem is reported (an unknown key, an empty or
+/// bad value, a key given twice).
+pub(super) fn parse_options(tokens: &[&str]) -> Result<EntryOptions, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut options = EntryOptions::default();
+    for token in tokens {
+        let (key, value) = token.split_once('=').expect("an option holds '='");
+        match key {
+            "profile" => {
+                if let Err(why) = super::names::check_profile_name(value) {
+                    errors.push(format!("option {token:?}: the profile {why}"));
+                } else if options.profile.is_some() {
+                    errors.push(format!("option {token:?}: profile is given twice"));
+                } else {
+                    options.profile = Some(value.to_string());
+                }
+            }
+            _ => errors.push(format!(
+                "unknown option {key:?} (in {token:?}): a certificate entry takes {OPTION_KEYS}"
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(options)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse_domains, parse_domains_file, CertSpec};
+
+    fn names(specs: &[CertSpec]) -> Vec<Vec<&str>> {
+        specs
+            .iter()
+            .map(|s| s.names().iter().map(String::as_str).collect())
+            .collect()
+    }
+
+    #[test]
+    fn options_follow_the_names_and_unknown_ones_are_refused() {
+        let specs = parse_domains(
+            "a.com,www.a.com profile=shortlived; b.com ;c.com profile=classic,www.c.com",
+        )
+        .unwrap();
+        assert_eq!(
+            names(&specs),
+            vec![
+                vec!["a.com", "www.a.com"],
+                vec!["b.com"],
+                vec!["c.com", "www.c.com"]
+            ]
+        );
+        let profiles: Vec<Option<&str>> = specs.iter().map(|s| s.profile()).collect();
+        assert_eq!(profiles, [Some("shortlived"), None, Some("classic")]);
+        assert_eq!(specs[1].profile_or(Some("tlsserver")), Some("tlsserver"));
+        assert_eq!(specs[0].profile_or(Some("tlsserver")), Some("shortlived"));
+        // What `domains add` keeps reads back the same (names and options comma-joined).
+        let tokens = specs[0].entry_tokens();
+        assert_eq!(tokens, ["a.com", "www.a.com", "profile=shortlived"]);
+        assert_eq!(parse_domains(&tokens.join(",")).unwrap()[0], specs[0]);
+        // A file line takes options too.
+        let f = parse_domains_file("d.com profile=shortlived # short\n").unwrap();
+        assert_eq!(f[0].profile(), Some("shortlived"));
+        // Entries without `=` keep their meaning: a space inside a name is still an error.
+        let e = parse_domains("a.com b.com").unwrap_err();
+        assert!(e[0].contains("\"a.com b.com\" contains ' '"), "{e:?}");
+        let table: &[(&str, &str)] = &[
+            ("a.com challenge=dns-01", "unknown option \"challenge\" (in \"challenge=dns-01\"): a certificate entry takes profile=NAME"),
+            ("a.com profile=", "option \"profile=\": the profile is empty"),
+            ("a.com profile=a/b", "option \"profile=a/b\": the profile contains '/'"),
+            ("a.com profile=x profile=y", "profile is given twice"),
+            ("profile=shortlived", "no names: a certificate needs at least one"),
+            ("=x", "unknown option \"\""),
+        ];
+        for (input, want) in table {
+            let e = parse_domains(input).expect_err(input);
+            assert!(
+                e.iter()
+                    .any(|e| e.contains(want) && e.starts_with("DOMAINS entry")),
+                "{input:?}: {e:?}"
+            );
+        }
+    }
+}
