@@ -5,10 +5,13 @@
 //!   ([`parse_duration`]). All problems are reported at once ([`ConfigError`]).
 //! - [`wanted`]: the wanted set ([`WantedSet`]): `DOMAINS` (parsed once), `DOMAINS_FILE` (read
 //!   again at each reload) and the certificates added at runtime → [`CertSpec`]s.
+//! - [`eab`]: External Account Binding (`EAB_KID`, `EAB_HMAC_KEY`, `EAB_HMAC_KEY_FILE`); the
+//!   HMAC key never prints.
 //! - [`names`]: name normalization (`idna`) and the types only it builds: [`CertId`], [`Names`].
 //!
 //! [`Config::from_raw`] returns both the settings and the wanted set.
 
+pub mod eab;
 pub mod names;
 pub mod settings;
 pub mod wanted;
