@@ -141,6 +141,17 @@ pub struct RawSettings {
     /// ACME account contact e-mail.
     #[arg(long, env = "EMAIL", global = true)]
     pub email: Option<String>,
+    /// External Account Binding key id, from the CA (with EAB_HMAC_KEY or EAB_HMAC_KEY_FILE);
+    /// sent only when the account is created.
+    #[arg(long, env = "EAB_KID", global = true)]
+    pub eab_kid: Option<String>,
+    /// External Account Binding HMAC key (base64url, as the CA gives it). Never printed;
+    /// EAB_HMAC_KEY_FILE keeps it out of the environment.
+    #[arg(long, env = "EAB_HMAC_KEY", global = true, hide_env_values = true)]
+    pub eab_hmac_key: Option<crate::config::eab::SecretString>,
+    /// A file holding the External Account Binding HMAC key (a container secret).
+    #[arg(long, env = "EAB_HMAC_KEY_FILE", global = true)]
+    pub eab_hmac_key_file: Option<PathBuf>,
     /// Use the Let's Encrypt staging directory (also accepted in OPTIONS, as with certbot).
     #[arg(long, global = true)]
     pub staging: bool,

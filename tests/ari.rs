@@ -73,6 +73,14 @@ fn served_other_than(
     serial.unwrap()
 }
 
+/// Waits until a (re)started daemon answers on its admin socket.
+fn answering(env: &Env, overrides: &[(&str, &str)], daemon: &mut common::Daemon) {
+    wait_until("the daemon answers", Duration::from_secs(30), || {
+        daemon.assert_running();
+        !cert(env, overrides).is_null()
+    });
+}
+
 /// Waits until the dump shows a window from the CA, and returns the certificate's dump.
 fn window_received(env: &Env, overrides: &[(&str, &str)]) -> Value {
     let mut c = Value::Null;
@@ -151,6 +159,7 @@ fn already_replaced_after_a_restore_orders_again_without_replaces() {
     let out = env.cli(ID, &["restore", backup.to_str().unwrap()]);
     assert!(out.status.success(), "restore: {}", text(&out));
     let mut daemon = env.start_daemon(ID);
+    answering(&env, &[], &mut daemon);
     let out = env.cli(ID, &["renew", ID, "--force"]);
     assert!(out.status.success(), "renew --force: {}", text(&out));
     wait_until(
@@ -212,6 +221,7 @@ fn a_directory_that_stops_offering_renewal_info_falls_back_to_the_lifetime_rule(
     proxy.strip_renewal_info(true);
     assert!(daemon.terminate().success());
     let mut daemon = env.start_daemon_with(ID, &via);
+    answering(&env, &via, &mut daemon);
     let out = env.cli_with(ID, &via, &["renew", ID]);
     assert!(out.status.success(), "renew: {}", text(&out));
     let mut c = Value::Null;

@@ -7,13 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use haproxy_acme_state::{Challenge, FailureKind, RevocationReason, Step};
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeStatus,
-    ChallengeType, Identifier, Key, NewOrder, OrderStatus, RetryPolicy, RevocationRequest,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType,
+    Identifier, Key, NewOrder, OrderStatus, RetryPolicy, RevocationRequest,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::CertificateDer;
 
 use super::http::{http_client, with_retry_after};
-use super::problem::{is_bad_nonce, is_not_ours, nonce_retry, BAD_NONCE_RETRIES};
+use super::problem::{is_not_ours, nonce_retry};
 use super::{AcmeError, OrderHooks, RenewalInfo};
 use crate::config::Config;
 use crate::store::Store;
@@ -38,7 +38,8 @@ impl AcmeClient {
 
     /// Registers the account of the configured directory with the stored account key, creating
     /// and storing a key first if there is none (so a crash cannot leave an account we hold no
-    /// key for), and stores its credentials. A CA that forgot the account (restored from a
+    /// key for), and stores its credentials. One new-account request carries the contact
+    /// (`EMAIL`) and the External Account Binding (`account`). A CA that forgot the account (restored from a
     /// backup, restarted) registers the same key again; when the key's account is deactivated,
     /// a new key is generated and stored before the CA hears of it.
     pub async fn register(config: &Config, store: &dyn Store) -> Result<AcmeClient, AcmeError> {
@@ -82,28 +83,30 @@ impl AcmeClient {
             Some(der) => der,
             None => new_account_key(store, directory).await?,
         };
-        let (account, creds) = match create_account(config, &der).await {
+        let registered = match super::account::register(config, &der).await {
             // A new-account request is answered "account gone" only when the key's account is
             // deactivated (pebble: "An account with the provided public key exists but is
             // deactivated"): that key can never sign for us again.
             Err(e) if e.account_gone => {
                 tracing::warn!(directory = %directory, error = %e, "the account of the stored account key is deactivated; registering with a new key");
                 let der = new_account_key(store, directory).await?;
-                create_account(config, &der).await?
+                super::account::register(config, &der).await?
             }
             result => result?,
         };
-        if let Some(email) = &config.email {
-            let contact = format!("mailto:{email}");
-            nonce_retry!(account.update_contacts(&[contact.as_str()]))
-                .map_err(|e| AcmeError::from_acme(step, e))?;
-        }
-        let creds = serde_json::to_vec(&creds).map_err(|e| err(e.to_string()))?;
         store
-            .put_account(directory, &creds)
+            .put_account(directory, &registered.credentials)
             .await
             .map_err(|e| err(e.to_string()))?;
-        tracing::info!(account = account.id(), directory = %directory, "ACME account ready");
+        let account = registered.account;
+        tracing::info!(
+            account = account.id(),
+            directory = %directory,
+            contact = ?registered.contact,
+            created = registered.created,
+            eab = config.eab.as_ref().map(|e| e.kid.as_str()),
+            "ACME account ready"
+        );
         Ok(AcmeClient { account })
     }
 
@@ -361,32 +364,6 @@ async fn new_account_key(store: &dyn Store, directory: &str) -> Result<Vec<u8>, 
         .await
         .map_err(|e| err(e.to_string()))?;
     Ok(der)
-}
-
-/// A new-account request for the PKCS#8 key `der` (the CA answers with the existing account
-/// if it knows the key), sent again at once on `badNonce` as `nonce_retry!` does.
-async fn create_account(
-    config: &Config,
-    der: &[u8],
-) -> Result<(Account, AccountCredentials), AcmeError> {
-    let mut retries = 0;
-    loop {
-        let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(der)).map_err(|e| {
-            AcmeError::new(
-                Step::Account,
-                FailureKind::Retryable,
-                format!("stored account key is unreadable: {e}"),
-            )
-        })?;
-        let pkcs8 = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()));
-        let created = Account::builder_with_http(http_client(config.acme_ca_bundle.as_deref())?)
-            .create_from_key((key, pkcs8), config.acme_directory.clone())
-            .await;
-        match created {
-            Err(e) if is_bad_nonce(&e) && retries < BAD_NONCE_RETRIES => retries += 1,
-            result => return result.map_err(|e| AcmeError::from_acme(Step::Account, e)),
-        }
-    }
 }
 
 /// Whether instant-acme refused a new-order answer because the CA did not echo `replaces`.

@@ -1,9 +1,11 @@
 //! The ACME side of the shell: the [`Ca`] trait the reconciler talks to, and its failures
 //! classified for the core. [`client`] implements it with instant-acme (the only user of that
-//! crate), [`lazy`] connects the account on first use and registers again when the CA forgot
-//! it, [`problem`] classifies the CA's errors, [`http`] is the HTTPS client it runs on (roots,
-//! `TCP_NODELAY`, `Retry-After`, bodiless errors made problem documents).
+//! crate besides [`account`], which sends the new-account request itself: our stored key, the
+//! contact and the EAB in one), [`lazy`] connects the account on first use and registers again
+//! when the CA forgot it, [`problem`] classifies the CA's errors, [`http`] is the HTTPS client
+//! it runs on (roots, `TCP_NODELAY`, `Retry-After`, bodiless errors made problem documents).
 
+pub mod account;
 pub mod client;
 pub mod directory;
 pub mod http;

@@ -8,10 +8,13 @@
 //! - [`options`]: a certificate entry's `key=value` options (`profile=NAME`).
 //! - [`profiles`]: the checks of the configured ACME profiles (offered by the CA, Let's
 //!   Encrypt's 25-name limit).
+//! - [`eab`]: External Account Binding (`EAB_KID`, `EAB_HMAC_KEY`, `EAB_HMAC_KEY_FILE`); the
+//!   HMAC key never prints.
 //! - [`names`]: name normalization (`idna`) and the types only it builds: [`CertId`], [`Names`].
 //!
 //! [`Config::from_raw`] returns both the settings and the wanted set.
 
+pub mod eab;
 pub mod names;
 mod options;
 pub mod profiles;

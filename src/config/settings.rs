@@ -43,6 +43,8 @@ pub struct Config {
     pub domains_file: Option<PathBuf>,
     pub prune: bool,
     pub email: Option<String>,
+    /// EAB_KID + EAB_HMAC_KEY (or EAB_HMAC_KEY_FILE): sent with the new-account request only.
+    pub eab: Option<super::eab::Eab>,
     pub acme_directory: String,
     pub acme_ca_bundle: Option<PathBuf>,
     pub key_type: KeyType,
@@ -143,6 +145,11 @@ impl Config {
                 }
             },
         };
+
+        let eab = super::eab::from_raw(raw).unwrap_or_else(|mut e| {
+            errors.append(&mut e);
+            None
+        });
 
         let acme_directory = match (raw.acme_directory.as_deref().map(str::trim), raw.staging) {
             (Some(d), true) if !d.is_empty() && d != LETSENCRYPT_STAGING => {
@@ -348,6 +355,7 @@ impl Config {
             domains_file,
             prune: raw.prune,
             email,
+            eab,
             acme_directory,
             acme_ca_bundle,
             key_type,

@@ -185,6 +185,15 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
                 restart_issuance(&mut r);
             }
             r.acme_directory = acme_directory;
+            // A permanent failure to get the account (the CA requires External Account
+            // Binding and none is set, or refuses the one set) is about settings read at
+            // start-up: a start (or a reload) is the configuration change it waits for.
+            if r.failure
+                .as_ref()
+                .is_some_and(|f| f.step == Step::Account && f.kind == FailureKind::Permanent)
+            {
+                r.failure = None;
+            }
         }
         Event::OrderCreated { url } => {
             r.stage = Stage::Validating(OrderProgress {
@@ -759,6 +768,38 @@ mod tests {
         );
         assert_eq!(due(&r3, T0), Some(Action::CreateOrder));
         assert_eq!(r3.names, vec!["a.test".to_string()]);
+    }
+
+    #[test]
+    fn a_permanent_account_failure_waits_for_the_next_start() {
+        let configured = Event::Configured {
+            names: vec!["a.test".into()],
+            key_type: KeyType::EcdsaP256,
+            acme_directory: "https://ca.test/dir".into(),
+            deploy_hook: false,
+            profile: None,
+        };
+        let r = apply(&pending(), configured.clone(), T0);
+        let account = |kind| {
+            Event::Failed(FailureReport {
+                step: Step::Account,
+                kind,
+                error: "set EAB_KID and EAB_HMAC_KEY".into(),
+                retry_after: None,
+                jitter_permille: 1000,
+                order_dead: false,
+            })
+        };
+        let failed = apply(&r, account(FailureKind::Permanent), T0);
+        assert_eq!(plan(&failed, T0 + 365 * DAY), Plan::Idle);
+        let started = apply(&failed, configured.clone(), T0 + 10);
+        assert!(started.failure.is_none());
+        assert_eq!(due(&started, T0 + 10), Some(Action::CreateOrder));
+        // Other failures keep their backoff; permanent ones of other steps wait for an operator.
+        let retryable = apply(&r, account(FailureKind::Retryable), T0);
+        assert_eq!(apply(&retryable, configured.clone(), T0 + 1), retryable);
+        let other = apply(&r, fail(FailureKind::Permanent, None, false), T0);
+        assert!(apply(&other, configured, T0 + 1).failure.is_some());
     }
 
     #[test]

@@ -297,6 +297,10 @@ pub struct Options {
     /// ACME profiles pebble (2.10) offers beside `default`: (name, validity in seconds). pebble
     /// picks one at random for an order that names none.
     pub profiles: Vec<(String, u64)>,
+    /// pebble's `externalAccountBindingRequired`.
+    pub eab_required: bool,
+    /// pebble's `externalAccountMACKeys`: key id → HMAC key (base64url without padding).
+    pub eab_keys: Vec<(String, String)>,
 }
 
 /// One certificate pebble issued: its serial (hex, as pebble logs it), sorted DNS names, notBefore.
@@ -446,11 +450,19 @@ impl Env {
     "httpPort": {http_port},
     "tlsPort": {tls_port},
     "ocspResponderURL": "",
-    "externalAccountBindingRequired": false{validity}
+    "externalAccountBindingRequired": {eab_required},
+    "externalAccountMACKeys": {eab_keys}{validity}
 }}}}"#,
                 cert = d.join("pebble-cert.pem").display(),
                 key = d.join("pebble-key.pem").display(),
                 tls_port = free_port(),
+                eab_required = opts.eab_required,
+                eab_keys = serde_json::Value::Object(
+                    opts.eab_keys
+                        .iter()
+                        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                        .collect()
+                ),
             ),
         )
         .unwrap();

@@ -253,6 +253,8 @@ proptest! {
         (watchdog, alert, profile) in (duration(), text(), text()),
         (data, certs, hcerts, bundle, file) in (path(), path(), path(), path(), path()),
         (staging, prune, non_loopback) in (any::<bool>(), any::<bool>(), any::<bool>()),
+        (eab_kid, eab_key, eab_file) in
+            (text(), prop_oneof![text(), "[A-Za-z0-9_=+/-]{12,60}"], prop::option::of(path())),
     ) {
         let raw = RawSettings {
             domains: Some(domains),
@@ -278,16 +280,31 @@ proptest! {
             watchdog_interval: Some(watchdog),
             alert_hook: Some(alert),
             acme_profile: Some(profile),
+            eab_kid: Some(eab_kid),
+            eab_hmac_key: Some(eab_key.parse().unwrap()),
+            eab_hmac_key_file: eab_file,
         };
-        const SETTINGS: [&str; 17] = [
+        // The HMAC key is never printed: not in an error, not in the Config's Debug (its JSON:
+        // `eab::tests::the_key_never_prints`).
+        let secret = eab_key.trim();
+        let secret = (secret.len() >= 12).then_some(secret);
+        const SETTINGS: [&str; 18] = [
             "DOMAINS", "RATE_LIMITS", "EMAIL", "ACME_DIRECTORY", "ACME_CA_BUNDLE",
             "KEY_TYPE", "DATA_DIR", "CERTS_DIR", "LOAD_BALANCER_SERVICE_NAME",
             "HAPROXY_RUNTIME_API", "ADMIN_LISTEN", "DEPLOY_HOOK_TIMEOUT", "RESPONDER_LISTEN",
-            "--staging", "DOMAINS_FILE", "WATCHDOG_INTERVAL", "ACME_PROFILE",
+            "--staging", "DOMAINS_FILE", "WATCHDOG_INTERVAL", "ACME_PROFILE", "EAB_",
         ];
         for need in [Need::Daemon, Need::StoreOnly] {
-            if let Err(e) = Config::from_raw(&raw, need) {
+            let result = Config::from_raw(&raw, need);
+            if let (Some(secret), Ok((config, _))) = (secret, &result) {
+                let debug = format!("{config:?}");
+                prop_assert!(!debug.contains(secret));
+            }
+            if let Err(e) = result {
                 for line in &e.0 {
+                    if let Some(secret) = secret {
+                        prop_assert!(!line.contains(secret), "the HMAC key in: {}", line);
+                    }
                     prop_assert!(SETTINGS.iter().any(|s| line.contains(s)), "names no setting: {}", line);
                 }
             }
