@@ -1,7 +1,8 @@
 //! ACME profiles end to end against pebble 2.10 (which offers `meta.profiles`, takes an order's
 //! `profile` and answers an unknown one with `invalidProfile`): the start-up check, a
 //! certificate issued and renewed under its own profile, a change of profile re-issuing while
-//! the old certificate serves, and the CA refusing a profile it stopped offering.
+//! the old certificate serves, the CA refusing a profile it stopped offering, and a short
+//! certificate from a CA without renewal windows renewing at half its lifetime.
 
 mod common;
 
@@ -304,5 +305,66 @@ fn a_profile_the_ca_stopped_offering_is_a_permanent_failure_with_its_message() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(env.running_pebble_new_orders(), orders);
     daemon.assert_running();
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn a_short_certificate_from_a_ca_without_renewal_windows_renews_at_half_its_lifetime() {
+    // 60-second `shortlived` certificates (a 6-day certificate scaled down) from a CA whose
+    // directory offers no renewal information (pebble behind `ca_proxy`): the lifetime rule
+    // alone decides, half-way (not two thirds: under ten days).
+    let env = start(&[("shortlived", 60)]);
+    let proxy = common::ca_proxy::CaProxy::start(&env);
+    proxy.strip_renewal_info(true);
+    let dir = proxy.directory_url();
+    let via = [("ACME_DIRECTORY", dir.as_str())];
+    let domains = "h.example.test profile=shortlived";
+    let mut daemon = env.start_daemon_with(domains, &via);
+    let root = env.issuer_root();
+    wait_until("served", Duration::from_secs(60), || {
+        daemon.assert_running();
+        env.served_and_valid("h.example.test", &root).is_some()
+    });
+    let (first, lifetime) = served(&env, "h.example.test").unwrap();
+    assert_eq!(lifetime, 59, "the shortlived profile's lifetime");
+    let mut c = serde_json::Value::Null;
+    wait_until(
+        "the dump shows the stored certificate",
+        Duration::from_secs(10),
+        || {
+            let out = env.cli_with(domains, &via, &["state", "dump"]);
+            c = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+                ["certificates"][0]
+                .clone();
+            c["installed"] == true
+        },
+    );
+    assert_eq!(c["renew_at_source"], "lifetime", "{c}");
+    assert!(c["renewal_window"].is_null(), "{c}");
+    let (nb, na) = (unix(&c["not_before"]), unix(&c["not_after"]));
+    let renew_at = unix(&c["renew_at"]);
+    assert_eq!(renew_at, nb + (na - nb) / 2, "half-way: {c}");
+    // The renewal is served after the half-way point and well before two thirds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        daemon.assert_running();
+        if served(&env, "h.example.test").is_some_and(|(s, _)| s != first) {
+            break std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not renewed:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        seen >= renew_at && seen < nb + (na - nb) * 2 / 3,
+        "renewed at {seen}: half-way is {renew_at}, two thirds {}",
+        nb + (na - nb) * 2 / 3
+    );
     assert!(daemon.terminate().success());
 }
