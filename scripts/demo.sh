@@ -25,7 +25,9 @@ PEBBLE_BIN=${PEBBLE_BIN:-$LAB_BIN/pebble}
 CHALLTESTSRV_BIN=${CHALLTESTSRV_BIN:-$LAB_BIN/pebble-challtestsrv}
 # challtestsrv's DNS listener: -dns01 up to 2.4 (bookworm); -dnsserver in later ones (2.10), which
 # also serve DNS over HTTPS on all interfaces (:8443, the demo's HTTPS port) unless -doh "".
-if "$CHALLTESTSRV_BIN" -h 2>&1 | grep -q -- -dnsserver; then
+# (-h exits 2: its text is read whole, not piped, so that pipefail does not turn a match into a miss)
+challtestsrv_help=$("$CHALLTESTSRV_BIN" -h 2>&1 || true)
+if [[ $challtestsrv_help == *-dnsserver* ]]; then
   dns_args=(-dnsserver "127.0.0.1:$DNS_PORT" -doh "")
 else
   dns_args=(-dns01 "127.0.0.1:$DNS_PORT")
