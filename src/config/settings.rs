@@ -3,10 +3,10 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use haproxy_acme_state::ledger::{Limit, Limits};
+use haproxy_acme_state::ledger::Limits;
 use haproxy_acme_state::KeyType;
 use serde::Serialize;
 
@@ -392,114 +392,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration ({e}): expected {DURATION_SYNTAX}"))
 }
 
-/// The longest rate-limit window: a year and a day (the budget's arithmetic adds windows to
-/// times, and the ledger keeps what is in the window).
-const MAX_RATE_WINDOW_SECS: i64 = 366 * 86_400;
-
-/// `RATE_LIMITS`: `auto`/unset, `off`, `lets-encrypt`, or `key=N/duration,...` with keys
-/// `orders`, `exact-set`, `registered-domain`, `failed-validations` (a key left out is no limit)
-/// and windows in `parse_duration`'s syntax (`90s`, `3h`, `7d`, `1h 30m`).
-fn parse_rate_limits(value: Option<&str>, directory: &str) -> Result<Option<Limits>, String> {
-    let v = value.map(str::trim).unwrap_or("");
-    let is_lets_encrypt = super::profiles::is_lets_encrypt(directory);
-    match v {
-        "" | "auto" => return Ok(is_lets_encrypt.then_some(Limits::LETS_ENCRYPT)),
-        "off" | "none" => return Ok(None),
-        "on" | "lets-encrypt" => return Ok(Some(Limits::LETS_ENCRYPT)),
-        _ => {}
-    }
-    let mut limits = Limits {
-        orders: None,
-        exact_set: None,
-        registered_domain: None,
-        failed_validations: None,
-    };
-    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (key, spec) = item
-            .split_once('=')
-            .ok_or_else(|| format!("{item:?}: expected key=N/duration"))?;
-        let (count, window) = spec
-            .split_once('/')
-            .ok_or_else(|| format!("{item:?}: expected N/duration, e.g. 5/7d"))?;
-        let count: u32 = count
-            .trim()
-            .parse()
-            .map_err(|_| format!("{item:?}: {count:?} is not a count (1 to 4294967295)"))?;
-        if count == 0 {
-            return Err(format!(
-                "{item:?}: a limit of 0 would never allow one (RATE_LIMITS=off sets no limit)"
-            ));
-        }
-        let window = parse_duration(window).map_err(|e| format!("{item:?}: {e}"))?;
-        let window_secs = i64::try_from(window.as_secs())
-            .ok()
-            .filter(|s| (1..=MAX_RATE_WINDOW_SECS).contains(s))
-            .ok_or_else(|| format!("{item:?}: the window must be from 1s to 366d"))?;
-        let limit = Some(Limit { count, window_secs });
-        let slot = match key.trim() {
-            "orders" => &mut limits.orders,
-            "exact-set" => &mut limits.exact_set,
-            "registered-domain" => &mut limits.registered_domain,
-            "failed-validations" => &mut limits.failed_validations,
-            other => {
-                return Err(format!(
-                    "unknown limit {other:?} (orders, exact-set, registered-domain, failed-validations)"
-                ))
-            }
-        };
-        if slot.is_some() {
-            return Err(format!("{:?} is given twice", key.trim()));
-        }
-        *slot = limit;
-    }
-    Ok(Some(limits))
-}
-
-fn validate_email(e: &str) -> Result<String, &'static str> {
-    let e = e.strip_prefix("mailto:").unwrap_or(e);
-    match e.split_once('@') {
-        Some((local, domain))
-            if !local.is_empty()
-                && domain.contains('.')
-                && !e
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == ';')
-                && !domain.contains('@') =>
-        {
-            Ok(e.to_string())
-        }
-        _ => Err("not an e-mail address (expected name@example.com)"),
-    }
-}
-
-fn parse_runtime_api(s: &str, lb: Option<&str>) -> Result<RuntimeApiAddr, String> {
-    if let Some(path) = s.strip_prefix("unix:") {
-        if !path.starts_with('/') {
-            return Err(
-                "the unix socket path must be absolute (unix:/run/haproxy/admin.sock)".into(),
-            );
-        }
-        checks::unix_socket_path(Path::new(path))?;
-        return Ok(RuntimeApiAddr::Unix(path.into()));
-    }
-    let port_only = s.strip_prefix(':').unwrap_or(s);
-    if port_only.parse::<u16>().is_ok() {
-        checks::host_port(&format!("h:{port_only}"))?;
-        return match lb {
-            Some(host) => Ok(RuntimeApiAddr::Tcp(format!("{host}:{port_only}"))),
-            None => Err("a bare port needs LOAD_BALANCER_SERVICE_NAME to name the host".into()),
-        };
-    }
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            checks::host_port(s)?;
-            Ok(RuntimeApiAddr::Tcp(s.to_string()))
-        }
-        _ => Err("expected unix:/path/to/socket, host:port, or a port".into()),
-    }
-}
-
 mod checks;
+mod values;
+#[cfg(test)]
+use haproxy_acme_state::ledger::Limit;
+#[cfg(test)]
+use values::MAX_RATE_WINDOW_SECS;
+use values::{parse_rate_limits, parse_runtime_api, validate_email};
 
 #[cfg(test)]
 mod props;
