@@ -3,7 +3,8 @@
 # deploy/docker-compose.yml use, from Debian's packages only (no registry is reachable here):
 #
 #   debian:bookworm-slim       debootstrap --variant=minbase, trimmed like the official slim image
-#   haproxy:2.6                Debian's haproxy 2.6, laid out like docker-library's haproxy:2.6
+#   haproxy:3.2                Debian's haproxy 3.2 (from sid) on trixie, laid out like docker-library's
+#                              haproxy:3.2
 #   nginx:stable               Debian's nginx, serving its default page on :80 (the compose "app")
 #   haproxy-acme-test/pebble   Debian's pebble (ENTRYPOINT /usr/bin/pebble; mount a config)
 #
@@ -16,11 +17,12 @@
 #
 # How: the package work is done on the host, never inside a container (containers need no
 # network). apt resolves and downloads on the host, against the rootfs's own dpkg status and a
-# private copy of bookworm's package lists (refreshed when older than a day,
+# private copy of the suite's package lists (refreshed when older than a day,
 # HAPROXY_ACME_IMAGES_APT_MAX_AGE minutes); dpkg installs those files in a chroot of a copy of
 # the rootfs; the result is `docker import`ed (one layer per image, config by --change, and
-# STOPSIGNAL, which this engine's import refuses, by a build of FROM + STOPSIGNAL). The base gets
-# bookworm-updates and bookworm-security like the official image does.
+# STOPSIGNAL, which this engine's import refuses, by a build of FROM + STOPSIGNAL). Two bases:
+# bookworm (debian:bookworm-slim, nginx, pebble) and trixie (haproxy:3.2, as upstream's 3.2 is
+# built on trixie-slim), each updated from its -updates and -security like the official images.
 #
 # Needs root (re-runs itself with sudo), a running Docker engine, and Debian's mirror from the
 # host (the host's own mirror for bookworm is used; DEBIAN_MIRROR / DEBIAN_SECURITY_MIRROR
@@ -33,13 +35,12 @@ fi
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
 SCRIPT_SHA="$(sha256sum "$SELF" | cut -c1-64)"
-SUITE=bookworm
+SUITE=bookworm # the suite being worked on (use_suite)
 CACHE="${HAPROXY_ACME_IMAGES_CACHE:-/var/cache/haproxy-acme-images}"
 APT_MAX_AGE="${HAPROXY_ACME_IMAGES_APT_MAX_AGE:-1440}"
 LABEL=org.haproxy-acme.recipe
 IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ARCH="$(dpkg --print-architecture)"
-APTDIR="$CACHE/apt"
 DEBS="$CACHE/debs"
 
 log() { printf '[docker-images %3ds] %s\n' "$SECONDS" "$*" >&2; }
@@ -58,8 +59,7 @@ if ! command -v debootstrap >/dev/null 2>&1 || [ ! -s /usr/share/keyrings/debian
   apt-get install -y -q --no-install-recommends debootstrap debian-archive-keyring >&2
 fi
 
-mkdir -p "$CACHE" "$DEBS/partial" "$APTDIR/lists/partial" "$APTDIR/sources.list.d" \
-  "$APTDIR/apt.conf.d" "$APTDIR/preferences.d"
+mkdir -p "$CACHE" "$DEBS/partial"
 exec 9>"$CACHE/.lock"
 flock 9 # one run at a time per cache
 # The long output (debootstrap, apt, dpkg) goes to this file, shown when a step fails.
@@ -74,7 +74,8 @@ WORK="$(mktemp -d "$CACHE/work.XXXXXX")"
 # mounted under $WORK in this namespace; --one-file-system is a second guard.
 trap 'rm -rf --one-file-system "$WORK"' EXIT
 
-# The host's mirrors for bookworm (as `apt-get update` on the host would use them).
+# The host's mirrors for bookworm (as `apt-get update` on the host would use them), for every
+# suite.
 # shellcheck disable=SC2016 # apt's format, not the shell's
 host_targets="$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT) $(IDENTIFIER)' 2>/dev/null || true)"
 mirror_for() { awk -v r="$1" '$2 == r && $3 == "main" && $4 == "Packages" { print $1; exit }' <<<"$host_targets"; }
@@ -85,42 +86,59 @@ SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(mirror_for "$SUITE-security")}"
 SECURITY_MIRROR="${SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 SECURITY_MIRROR="${SECURITY_MIRROR%/}"
 
-# apt on the host with its own sources, lists and configuration (the host's apt.conf.d hooks and
-# pins do not apply; its proxy settings do). Dir::State::status is given per call: the status of
-# the rootfs being resolved for.
-: >"$APTDIR/sources.list"
-: >"$APTDIR/preferences"
-cat >"$APTDIR/sources.list.d/debian.sources" <<EOF
-Types: deb
-URIs: $MIRROR
-Suites: $SUITE $SUITE-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: $SECURITY_MIRROR
-Suites: $SUITE-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-{
-  printf 'Dir::Etc::sourcelist "%s";\n' "$APTDIR/sources.list"
-  printf 'Dir::Etc::sourceparts "%s";\n' "$APTDIR/sources.list.d"
-  printf 'Dir::Etc::parts "%s";\n' "$APTDIR/apt.conf.d"
-  printf 'Dir::Etc::preferences "%s";\n' "$APTDIR/preferences"
-  printf 'Dir::Etc::preferencesparts "%s";\n' "$APTDIR/preferences.d"
-  printf 'Dir::State::lists "%s";\n' "$APTDIR/lists"
-  printf 'Dir::Cache::archives "%s";\n' "$DEBS"
-  printf 'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
-  printf 'APT::Architecture "%s";\nAPT::Architectures { "%s"; };\n' "$ARCH" "$ARCH"
-  printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n'
-  printf 'Acquire::Languages "none";\nDebug::NoLocking "true";\n'
-  apt-config dump 2>/dev/null | grep -E '^Acquire::[a-z]+::Proxy' || true
-} >"$APTDIR/apt.conf"
-export APT_CONFIG="$APTDIR/apt.conf"
+# use_suite SUITE [EXTRA]: apt on the host with its own sources, lists and configuration for
+# SUITE (+ SUITE-updates, SUITE-security), under $CACHE/apt-SUITE (the host's apt.conf.d hooks
+# and pins do not apply; its proxy settings do). EXTRA (a newer suite) is listed too, pinned to
+# 100: nothing comes from it unless a recipe names it (PACKAGE/EXTRA) or a dependency of such a
+# package needs a version only it has. Dir::State::status is given per call: the status of the
+# rootfs being resolved for. Sets SUITE, APTDIR and APT_CONFIG; updates the lists when they
+# are older than APT_MAX_AGE or the sources changed.
+use_suite() {
+  SUITE="$1"
+  local extra="${2:-}" sources_sha
+  APTDIR="$CACHE/apt-$SUITE"
+  mkdir -p "$APTDIR/lists/partial" "$APTDIR/sources.list.d" "$APTDIR/apt.conf.d" "$APTDIR/preferences.d"
+  : >"$APTDIR/sources.list"
+  : >"$APTDIR/preferences"
+  {
+    printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: main\n' "$MIRROR" "$SUITE" "$SUITE"
+    printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n'
+    printf 'Types: deb\nURIs: %s\nSuites: %s-security\nComponents: main\n' "$SECURITY_MIRROR" "$SUITE"
+    printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
+    if [ -n "$extra" ]; then
+      # Signed as the others, but not refused once its Release's Valid-Until (a week after it
+      # was made, for sid) has passed: mirrors that lag or are snapshots serve such a Release.
+      printf '\nTypes: deb\nURIs: %s\nSuites: %s\nComponents: main\n' "$MIRROR" "$extra"
+      printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\nCheck-Valid-Until: no\n'
+    fi
+  } >"$APTDIR/sources.list.d/debian.sources"
+  if [ -n "$extra" ]; then
+    printf 'Package: *\nPin: release n=%s\nPin-Priority: 100\n' "$extra" >"$APTDIR/preferences"
+  fi
+  {
+    printf 'Dir::Etc::sourcelist "%s";\n' "$APTDIR/sources.list"
+    printf 'Dir::Etc::sourceparts "%s";\n' "$APTDIR/sources.list.d"
+    printf 'Dir::Etc::parts "%s";\n' "$APTDIR/apt.conf.d"
+    printf 'Dir::Etc::preferences "%s";\n' "$APTDIR/preferences"
+    printf 'Dir::Etc::preferencesparts "%s";\n' "$APTDIR/preferences.d"
+    printf 'Dir::State::lists "%s";\n' "$APTDIR/lists"
+    printf 'Dir::Cache::archives "%s";\n' "$DEBS"
+    printf 'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
+    printf 'APT::Architecture "%s";\nAPT::Architectures { "%s"; };\n' "$ARCH" "$ARCH"
+    printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n'
+    printf 'Acquire::Languages "none";\nDebug::NoLocking "true";\n'
+    apt-config dump 2>/dev/null | grep -E '^Acquire::[a-z]+::Proxy' || true
+  } >"$APTDIR/apt.conf"
+  export APT_CONFIG="$APTDIR/apt.conf"
+  sources_sha="$({ cat "$APTDIR/sources.list.d/debian.sources" "$APTDIR/preferences"; } | sha)"
+  if [ "$(cat "$APTDIR/updated" 2>/dev/null)" != "$sources_sha" ] \
+    || [ -z "$(find "$APTDIR/updated" -mmin "-$APT_MAX_AGE" 2>/dev/null)" ]; then
+    apt_update
+  fi
+}
 
 apt_update() {
-  log "apt-get update (private lists: $MIRROR, $SECURITY_MIRROR)"
+  log "apt-get update for $SUITE (private lists: $MIRROR, $SECURITY_MIRROR)"
   rm -rf "$APTDIR/resolved"
   if ! apt-get -q --error-on=any update >>"$LOG" 2>&1; then
     # Lists from an earlier run are still good enough to find out that nothing changed.
@@ -128,13 +146,8 @@ apt_update() {
     log "warning: apt-get update failed; using the lists of an earlier run"
     return 0
   fi
-  sha <"$APTDIR/sources.list.d/debian.sources" >"$APTDIR/updated"
+  { cat "$APTDIR/sources.list.d/debian.sources" "$APTDIR/preferences"; } | sha >"$APTDIR/updated"
 }
-sources_sha="$(sha <"$APTDIR/sources.list.d/debian.sources")"
-if [ "$(cat "$APTDIR/updated" 2>/dev/null)" != "$sources_sha" ] \
-  || [ -z "$(find "$APTDIR/updated" -mmin "-$APT_MAX_AGE" 2>/dev/null)" ]; then
-  apt_update
-fi
 
 # resolve STATUS APT-ARGS...: the .deb file names (as stored in $DEBS) that `apt-get APT-ARGS`
 # would install on a system whose dpkg status is STATUS, one a line, sorted. Remembered until
@@ -198,7 +211,10 @@ install_debs() {
     cp "$DEBS/$f" "$root/tmp/debs/"
   done <"$list"
   chmod -R a+rX "$root/tmp/debs"
-  in_chroot "$root" sh -c 'apt-get install -y -q -o Dpkg::Use-Pty=0 --no-install-recommends /tmp/debs/*.deb' \
+  # A configuration file a PREPARE step wrote before its package is installed is kept (the
+  # package's version goes to FILE.dpkg-dist; no prompt).
+  in_chroot "$root" sh -c 'apt-get install -y -q -o Dpkg::Use-Pty=0 --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /tmp/debs/*.deb' \
     >>"$LOG" 2>&1 || failed "apt-get install in the chroot"
   rm -rf "$root/tmp/debs"
 }
@@ -292,18 +308,20 @@ EOF
     >"$root/etc/apt/apt.conf.d/docker-no-languages"
   chmod 0644 "$root"/etc/dpkg/dpkg.cfg.d/docker-apt-speedup "$root"/etc/apt/apt.conf.d/docker-*
   rm -f "$root/etc/apt/sources.list"
+  local keyring=/usr/share/keyrings/debian-archive-keyring.pgp # trixie on
+  [ -e "$root$keyring" ] || keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
 URIs: http://deb.debian.org/debian
 Suites: $SUITE $SUITE-updates
 Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Signed-By: $keyring
 
 Types: deb
 URIs: http://deb.debian.org/debian-security
 Suites: $SUITE-security
 Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Signed-By: $keyring
 EOF
   chmod 0644 "$root/etc/apt/sources.list.d/debian.sources"
 }
@@ -337,11 +355,12 @@ slimify() {
   mkdir -p "$root"/usr/share/man/man{1..8} # some postinsts expect these
 }
 
-# ensure_base: sets BASE_TAR, BASE_STATUS and BASE_HASH (level 1), building what is missing.
+# ensure_base: sets BASE_TAR, BASE_STATUS and BASE_HASH (level 1) for SUITE, building what is
+# missing.
 ensure_base() {
   local l0_key l0_tar l0_sha list root
   l0_key="$(printf '%s\n' "$SUITE $ARCH $MIRROR" "$(declare -f debootstrap_rootfs)" | sha | cut -c1-16)"
-  l0_tar="$CACHE/debootstrap-$l0_key.tar"
+  l0_tar="$CACHE/debootstrap-$SUITE-$l0_key.tar"
   if [ ! -s "$l0_tar" ] || [ ! -s "$l0_tar.status" ] || [ ! -s "$l0_tar.sha256" ]; then
     log "debootstrap --variant=minbase $SUITE from $MIRROR"
     root="$WORK/debootstrap"
@@ -352,16 +371,16 @@ ensure_base() {
     sha <"$l0_tar.new" >"$l0_tar.sha256"
     mv "$l0_tar.new" "$l0_tar"
     rm -rf --one-file-system "$root"
-    find "$CACHE" -maxdepth 1 -name 'debootstrap-*.tar*' -not -name "debootstrap-$l0_key.tar*" -delete
   fi
   l0_sha="$(cat "$l0_tar.sha256")"
 
-  list="$WORK/base.debs"
+  list="$WORK/base-$SUITE.debs"
   resolve "$l0_tar.status" dist-upgrade >"$list"
   BASE_HASH="$(printf '%s\n' "$SCRIPT_SHA" base "$l0_sha" | cat - "$list" | sha)"
-  BASE_TAR="$CACHE/slim-${BASE_HASH:0:16}.tar"
+  BASE_TAR="$CACHE/slim-$SUITE-${BASE_HASH:0:16}.tar"
   BASE_STATUS="$BASE_TAR.status"
   USED_DEBS+=("$list")
+  KEEP+=("$(basename "$l0_tar")" "$(basename "$BASE_TAR")")
   if [ -s "$BASE_TAR" ] && [ -s "$BASE_STATUS" ]; then
     return 0
   fi
@@ -378,7 +397,6 @@ ensure_base() {
   cp "$root/var/lib/dpkg/status" "$BASE_STATUS"
   mv "$BASE_TAR.new" "$BASE_TAR"
   rm -rf --one-file-system "$root"
-  find "$CACHE" -maxdepth 1 -name 'slim-*.tar*' -not -name "slim-${BASE_HASH:0:16}.tar*" -delete
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +425,7 @@ build() {
   # shellcheck disable=SC2086
   install_debs "$root" "$BASE_STATUS" "$list" install $packages
   # Installed from files, everything is "manual": only PACKAGES are (apt-mark showmanual).
-  mapfile -t deps < <(sed 's/_.*//' "$list" | grep -vxF -f <(tr ' ' '\n' <<<"$packages") || true)
+  mapfile -t deps < <(sed 's/_.*//' "$list" | grep -vxF -f <(tr ' ' '\n' <<<"$packages" | sed 's|/.*||') || true)
   [ ${#deps[@]} -eq 0 ] || in_chroot "$root" apt-mark auto "${deps[@]}" >/dev/null
   "$finish" "$root"
   clean_rootfs "$root"
@@ -415,24 +433,36 @@ build() {
   rm -rf --one-file-system "$root"
 }
 
-# haproxy:2.6, after docker-library/haproxy's 2.6/Dockerfile and docker-entrypoint.sh. The same:
-# user and group haproxy, uid/gid 99, home /var/lib/haproxy (owned by it), made before HAProxy is
-# installed; the binary at /usr/local/sbin/haproxy; /usr/local/etc/haproxy/ (with errors/);
-# ca-certificates and socat; STOPSIGNAL SIGUSR1; USER haproxy; the entrypoint's rules (a first
-# argument starting with "-" means haproxy; haproxy runs with -W -db); ENTRYPOINT and CMD.
+# haproxy:3.2, after docker-library/haproxy's 3.2/Dockerfile and docker-entrypoint.sh. The same:
+# the base is Debian trixie (upstream: FROM debian:trixie-slim), slim and updated from
+# trixie-updates/-security; user and group haproxy, uid/gid 99, home /var/lib/haproxy (owned by
+# it), made before HAProxy is installed; the binary at /usr/local/sbin/haproxy;
+# /usr/local/etc/haproxy/ (with errors/); ca-certificates; STOPSIGNAL SIGUSR1; USER haproxy;
+# WORKDIR /var/lib/haproxy (docker-library/haproxy#200, 2.7 and later); the entrypoint's rules (a
+# first argument starting with "-" means haproxy; haproxy runs with -W -db); ENTRYPOINT and CMD.
 # Different:
-# - HAProxy is Debian's 2.6.12 with Debian's patches and build options (Lua 5.3, PCRE2 JIT,
-#   OpenSSL 3.0, Prometheus exporter, QUIC off), not 2.6.x built from haproxy.org's source; it is
-#   dynamically linked against Debian's libraries, and /usr/local/sbin/haproxy is a symlink to
-#   /usr/sbin/haproxy. Debian's package also brings /etc/haproxy/ (its own haproxy.cfg, unused
-#   here), halog, init script and systemd unit (never started), and adduser's dependencies.
-# - The base is Debian bookworm (upstream's haproxy:2.6 is now built on trixie-slim; it was on
-#   bookworm-slim until mid 2025).
-# - No WORKDIR, as upstream's 2.6 ("no WORKDIR for backwards compatibility"; 2.7 and later set
-#   /var/lib/haproxy): the working directory is /.
+# - HAProxy is Debian's 3.2.x from unstable (sid), with Debian's patches and build options (Lua
+#   5.4, PCRE2 JIT, OpenSSL 3.5, Prometheus exporter, like upstream's; also QUIC, OpenTracing
+#   and jemalloc, which upstream's does not build), not 3.2.x built from haproxy.org's source; it
+#   is dynamically linked against Debian's libraries, and /usr/local/sbin/haproxy is a symlink
+#   to /usr/sbin/haproxy. Debian's package also brings /etc/haproxy/ (its own haproxy.cfg,
+#   unused here), halog, init script and systemd unit (never started), and adduser's and its
+#   libraries' dependencies (a larger image than upstream's).
+# - Why trixie + sid's haproxy, not a sid rootfs: trixie (3.0.11) has no 3.2 and trixie-backports
+#   none either; trixie is upstream's base, and a stable one: its rootfs (and so the cached base
+#   and this image's recipe hash) changes with point releases and security updates only, where a
+#   sid rootfs would change, and be rebuilt, every day. sid is listed in this suite's private apt
+#   sources at pin 100, so only haproxy itself (named haproxy/sid) and what its dependencies need
+#   newer than trixie has come from sid: today libpcre2-8-0 (haproxy 3.2.26-1 wants >= 10.47,
+#   trixie has 10.46); glibc, OpenSSL 3.5, Lua are trixie's, as the package's dependencies allow
+#   (`haproxy -vv` says it was built with sid's OpenSSL 3.6 and runs on 3.5: "VERSIONS DIFFER!",
+#   harmless within OpenSSL 3; upstream's image builds on and runs with trixie's 3.5).
 # - /etc/adduser.conf has FIRST_SYSTEM_UID/GID=99: Debian's haproxy postinst runs
 #   `adduser --system haproxy`, which refuses an existing user below FIRST_SYSTEM_UID (100) as
-#   "not a system user" and fails the install; kept so the package can be reinstalled.
+#   "not a system user" and fails the install; kept so the package can be reinstalled. (trixie's
+#   minbase has no adduser: these lines are written before it is installed, and appended to its
+#   own adduser.conf after.)
+# - No socat (upstream's has none either; the 2.6 stand-in this replaced had it).
 # - One layer, no HAPROXY_VERSION/HAPROXY_URL/HAPROXY_SHA256 variables.
 haproxy_prepare() {
   local root="$1"
@@ -441,12 +471,17 @@ haproxy_prepare() {
     useradd --gid haproxy --home-dir /var/lib/haproxy --no-create-home --system --uid 99 haproxy
     mkdir -p /var/lib/haproxy
     chown haproxy:haproxy /var/lib/haproxy'
-  printf '%s\n' '' '# haproxy:2.6 stand-in: the haproxy user is uid/gid 99 (as in the official image);' \
+  printf '%s\n' '' '# haproxy:3.2 stand-in: the haproxy user is uid/gid 99 (as in the official image);' \
     '# adduser --system (haproxy'\''s postinst) accepts it only from this range on.' \
     'FIRST_SYSTEM_UID=99' 'FIRST_SYSTEM_GID=99' >>"$root/etc/adduser.conf"
+  cp "$root/etc/adduser.conf" "$WORK/adduser.conf.ours"
 }
 haproxy_finish() {
   local root="$1"
+  if [ -e "$root/etc/adduser.conf.dpkg-dist" ]; then # adduser came with haproxy: its file + ours
+    cat "$root/etc/adduser.conf.dpkg-dist" "$WORK/adduser.conf.ours" >"$root/etc/adduser.conf"
+    rm "$root/etc/adduser.conf.dpkg-dist"
+  fi
   ln -s /usr/sbin/haproxy "$root/usr/local/sbin/haproxy"
   mkdir -p "$root/usr/local/etc/haproxy"
   cp -a "$root/etc/haproxy/errors" "$root/usr/local/etc/haproxy/errors"
@@ -484,6 +519,8 @@ nginx_finish() {
 pebble_finish() { in_chroot "$1" test -x /usr/bin/pebble; }
 
 USED_DEBS=()
+KEEP=() # the cached rootfs tars in use
+use_suite bookworm
 ensure_base
 if [ "$(image_label debian:bookworm-slim)" = "$BASE_HASH" ]; then
   log "debian:bookworm-slim: up to date"
@@ -495,20 +532,36 @@ else
   import_image "$base_root" debian:bookworm-slim "$BASE_HASH" 'CMD ["bash"]'
   rm -rf --one-file-system "$base_root"
 fi
-
-build haproxy:2.6 "haproxy ca-certificates socat" haproxy_prepare haproxy_finish \
-  'STOPSIGNAL SIGUSR1' 'ENTRYPOINT ["docker-entrypoint.sh"]' 'USER haproxy' \
-  'CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
 build nginx:stable nginx : nginx_finish \
   'EXPOSE 80' 'STOPSIGNAL SIGQUIT' 'CMD ["nginx", "-g", "daemon off;"]'
 build haproxy-acme-test/pebble pebble : pebble_finish \
   'EXPOSE 14000 15000' 'ENTRYPOINT ["/usr/bin/pebble"]'
+
+use_suite trixie sid
+ensure_base
+build haproxy:3.2 "haproxy/sid ca-certificates" haproxy_prepare haproxy_finish \
+  'STOPSIGNAL SIGUSR1' 'ENTRYPOINT ["docker-entrypoint.sh"]' 'USER haproxy' \
+  'WORKDIR /var/lib/haproxy' 'CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
+
+# Images earlier versions of this script built and nothing uses any more (only when they carry
+# this script's label and no container uses them).
+for ref in haproxy:2.6; do
+  [ -z "$(image_label "$ref")" ] || docker image rm "$ref" >/dev/null 2>&1 || true
+done
+# Cache files of earlier recipes: other rootfs tars, the single apt directory of before.
+find "$CACHE" -maxdepth 1 \( -name 'debootstrap-*' -o -name 'slim-*' \) -printf '%f\n' \
+  | while read -r f; do
+    keep=0
+    for k in "${KEEP[@]}"; do case "$f" in "$k" | "$k".*) keep=1 ;; esac; done
+    [ "$keep" = 1 ] || rm -f "$CACHE/$f"
+  done
+rm -rf "$CACHE/apt"
 
 # Keep only the .debs that the current recipes use.
 sort -u "${USED_DEBS[@]}" >"$WORK/used"
 find "$DEBS" -maxdepth 1 -name '*.deb' -printf '%f\n' | sort | comm -23 - "$WORK/used" \
   | while read -r f; do rm -f "$DEBS/$f"; done
 
-for ref in debian:bookworm-slim haproxy:2.6 nginx:stable haproxy-acme-test/pebble:latest; do
+for ref in debian:bookworm-slim haproxy:3.2 nginx:stable haproxy-acme-test/pebble:latest; do
   docker image ls --format '{{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' "$ref"
 done

@@ -1,6 +1,6 @@
 //! The compose stack run for real: `docker-compose up` of `deploy/docker-compose.yml` on the
 //! machine's Docker engine, with images built here from Debian's packages
-//! (`scripts/docker-images.sh`: stand-ins for `debian:bookworm-slim`, `haproxy:2.6` and
+//! (`scripts/docker-images.sh`: stand-ins for `debian:bookworm-slim`, `haproxy:3.2` and
 //! `nginx:stable`, and pebble), and haproxy-acme's image built from `deploy/Dockerfile`'s runtime
 //! stage, unchanged, around the release binary compiled on the host. A test override
 //! (`tests/compose/override.yml`) changes only image names and the CA: pebble in its own container
@@ -164,14 +164,17 @@ impl Stack {
     }
 
     /// HAProxy's log lines saying a worker started, over the container's life: one per start
-    /// of the container, none per reload ("Reexecuting Master process" would precede another).
+    /// of the container, none per reload (the master logs "Reloading HAProxy" before another).
+    /// The shipped 3.2 says "Initializing new worker (PID)", 2.6 "New worker (PID) forked"
+    /// (both seen with -W and SIGUSR2; 3.2 no longer has 2.6's "Reexecuting Master process"):
+    /// either is counted, so a compose file pinned to an older HAProxy is checked as well.
     fn haproxy_workers_started(&self) -> usize {
         let log = text(&run(self.compose().args(["logs", "--no-color", "haproxy"])));
         assert!(
-            !log.contains("Reexecuting Master process"),
+            !log.contains("Reloading HAProxy"),
             "HAProxy reloaded:\n{log}"
         );
-        log.matches("New worker").count()
+        log.matches("Initializing new worker (").count() + log.matches("New worker (").count()
     }
 
     fn dump_logs(&self) -> String {
