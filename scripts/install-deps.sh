@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local demo run, from Debian's packages, when missing:
 # pebble (+ pebble-challtestsrv), haproxy, openssl, curl, socat, systemd (systemd-analyze),
-# certbot (the `import certbot` test imports what a real certbot run produced), prometheus (its
+# dig (dnsutils: tests/dns_hook.rs asks pebble's DNS for TXT records), certbot (the `import certbot` test imports what a real certbot run produced), prometheus (its
 # promtool checks and unit-tests deploy/prometheus-rules.yml), Docker's engine and docker-compose
 # (tests/compose.rs runs deploy/docker-compose.yml), debootstrap (scripts/docker-images.sh builds
 # the images from Debian's packages). Needs root (or sudo) for apt-get.
@@ -19,7 +19,7 @@ lab() {
 }
 
 need=()
-for pair in pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd certbot:certbot promtool:prometheus docker:docker.io docker-compose:docker-compose debootstrap:debootstrap; do
+for pair in dig:dnsutils pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd certbot:certbot promtool:prometheus docker:docker.io docker-compose:docker-compose debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 sudo=""

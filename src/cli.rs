@@ -198,6 +198,22 @@ pub struct RawSettings {
     /// 5m [default: 60s].
     #[arg(long, env = "DEPLOY_HOOK_TIMEOUT", global = true)]
     pub deploy_hook_timeout: Option<String>,
+    /// Shell command run (`sh -c`) to publish each DNS-01 TXT record of a certificate with
+    /// `challenge=dns-01`, with certbot's manual-hook variables: CERTBOT_DOMAIN (the name, no
+    /// `*.`), CERTBOT_VALIDATION (the TXT value for `_acme-challenge.CERTBOT_DOMAIN`),
+    /// CERTBOT_TOKEN, CERTBOT_REMAINING_CHALLENGES, CERTBOT_ALL_DOMAINS. The CA is told to
+    /// validate once it exits 0 (wait for propagation inside it).
+    #[arg(long, env = "DNS_HOOK", global = true)]
+    pub dns_hook: Option<String>,
+    /// Shell command run (`sh -c`) to remove each TXT record DNS_HOOK published, after
+    /// validation (and at the next start for records a crash left), with the same variables and
+    /// CERTBOT_AUTH_OUTPUT (DNS_HOOK's standard output; empty after a restart).
+    #[arg(long, env = "DNS_CLEANUP_HOOK", global = true)]
+    pub dns_cleanup_hook: Option<String>,
+    /// How long DNS_HOOK or DNS_CLEANUP_HOOK may run before it is killed and counted as failed,
+    /// e.g. 120s, 10m [default: 5m].
+    #[arg(long, env = "DNS_HOOK_TIMEOUT", global = true)]
+    pub dns_hook_timeout: Option<String>,
     /// How often HAProxy is asked which certificate it serves for each one (and each file read);
     /// one that is not the stored one is installed again and counted. A duration, e.g. 5m
     /// [default: 5m, with up to 10 % jitter]; `off` never checks.

@@ -41,6 +41,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod dns_hook;
 pub mod haproxy_snippet;
 pub mod health;
 pub mod hook;

@@ -185,6 +185,7 @@ impl Ca for FakeCa {
             .map(|(i, n)| Challenge {
                 token: format!("tok{}x{i}", w.next_order),
                 key_authorization: format!("{n}.ka{}", w.next_order),
+                ..Default::default()
             })
             .collect();
         w.orders.insert(

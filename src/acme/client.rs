@@ -239,7 +239,9 @@ impl AcmeClient {
                     // over; fetched ones are kept), then two passes without network.
                     nonce_retry!(fetch_authorizations(&mut order))
                         .map_err(|e| AcmeError::from_acme(v, e))?;
-                    // First pass: collect and publish every challenge we must answer.
+                    // First pass: collect and publish every challenge we must answer, of the
+                    // type the certificate wants.
+                    let wanted = hooks.challenge_type();
                     let mut challenges = Vec::new();
                     let mut authzs = order.authorizations();
                     while let Some(a) = authzs.next().await {
@@ -248,16 +250,25 @@ impl AcmeClient {
                             continue;
                         }
                         let name = a.identifier().to_string();
-                        let ch = a.challenge(ChallengeType::Http01).ok_or_else(|| {
+                        let domain = match a.identifier().identifier {
+                            instant_acme::Identifier::Dns(d) => d.clone(),
+                            other => format!("{other:?}"),
+                        };
+                        let ch = a.challenge(acme_type(wanted)).ok_or_else(|| {
                             AcmeError::new(
                                 v,
                                 FailureKind::Permanent,
-                                format!("the CA offers no http-01 challenge for {name}"),
+                                format!(
+                                    "the CA offers no {} challenge for {name}",
+                                    wanted.as_str()
+                                ),
                             )
                         })?;
                         challenges.push(Challenge {
                             token: ch.token.clone(),
                             key_authorization: ch.key_authorization().as_str().to_string(),
+                            kind: wanted,
+                            domain: wanted.is_dns().then_some(domain),
                         });
                     }
                     hooks.publish(challenges).await?;
@@ -269,7 +280,7 @@ impl AcmeClient {
                         if a.status != AuthorizationStatus::Pending {
                             continue;
                         }
-                        if let Some(mut ch) = a.challenge(ChallengeType::Http01) {
+                        if let Some(mut ch) = a.challenge(acme_type(wanted)) {
                             if ch.status == ChallengeStatus::Pending {
                                 nonce_retry!(ch.set_ready())
                                     .map_err(|e| AcmeError::from_acme(v, e))?;
@@ -375,6 +386,14 @@ fn is_replaces_mismatch(e: &instant_acme::Error) -> bool {
 fn certificate_identifier(chain_pem: &str) -> Result<CertificateIdentifier<'static>, String> {
     let leaf = CertificateDer::from(crate::pki::leaf_der(chain_pem).map_err(|e| e.to_string())?);
     CertificateIdentifier::try_from(&leaf).map(CertificateIdentifier::into_owned)
+}
+
+/// instant-acme's name of a challenge type.
+fn acme_type(c: haproxy_acme_state::ChallengeType) -> ChallengeType {
+    match c {
+        haproxy_acme_state::ChallengeType::Http01 => ChallengeType::Http01,
+        haproxy_acme_state::ChallengeType::Dns01 => ChallengeType::Dns01,
+    }
 }
 
 /// Fetches every authorization of `order` not fetched yet.

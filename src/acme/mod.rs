@@ -13,7 +13,7 @@ pub mod lazy;
 pub mod problem;
 
 use async_trait::async_trait;
-use haproxy_acme_state::{Challenge, FailureKind, Step, UnixTime};
+use haproxy_acme_state::{Challenge, ChallengeType, FailureKind, Step, UnixTime};
 
 pub use client::AcmeClient;
 pub use lazy::LazyAcme;
@@ -90,7 +90,10 @@ pub trait Ca: Send + Sync + 'static {
 /// What `drive_order` needs from its caller at the two durable points of an order.
 #[async_trait]
 pub trait OrderHooks: Send + Sync {
-    /// Publish these challenges (responder map and store) before the CA is told to validate.
+    /// The challenge type the certificate's orders answer (`challenge=`).
+    fn challenge_type(&self) -> ChallengeType;
+    /// Publish these challenges (store first, then the responder map or the DNS hook) before
+    /// the CA is told to validate. An error (the DNS hook failed) means the CA must not be told.
     async fn publish(&self, challenges: Vec<Challenge>) -> Result<(), AcmeError>;
     /// The stored certificate key for this order, generating and storing one first if needed.
     async fn key_pem(&self) -> Result<String, AcmeError>;

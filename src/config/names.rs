@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::Deref;
 
+use haproxy_acme_state::ChallengeType;
 use serde::Serialize;
 
 /// A certificate id: one normalized host name (the certificate's first name).
@@ -95,6 +96,50 @@ impl Names {
         }
     }
 
+    /// Like [`Names::parse`], also taking wildcard names (`*.` and a host name, kept as
+    /// `*.<normalized name>`), except as the first name: the first name is the certificate's
+    /// id and file name, which stay plain host names. Whether the certificate's challenge can
+    /// validate a wildcard is the caller's to check (see [`CertSpec::wildcard_errors`]).
+    pub fn parse_allowing_wildcards<S: AsRef<str>>(
+        raw: impl IntoIterator<Item = S>,
+    ) -> Result<Names, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for (i, raw) in raw.into_iter().enumerate() {
+            let raw = raw.as_ref();
+            let normalized = if raw.contains('*') {
+                normalize_wildcard(raw).and_then(|w| {
+                    if i == 0 {
+                        Err(
+                            "is a wildcard and cannot be the certificate's first name (its id \
+                             and file name): put a plain name first, e.g. a.com,*.a.com"
+                                .into(),
+                        )
+                    } else {
+                        Ok(w)
+                    }
+                })
+            } else {
+                normalize_name(raw)
+            };
+            match normalized {
+                Err(why) => errors.push(format!("{raw:?} {why}")),
+                Ok(name) if names.contains(&name) => {
+                    errors.push(format!("{name:?} is listed twice in the same certificate"))
+                }
+                Ok(name) => names.push(name),
+            }
+        }
+        if names.is_empty() && errors.is_empty() {
+            errors.push("no names: a certificate needs at least one".into());
+        }
+        if errors.is_empty() {
+            Ok(Names(names))
+        } else {
+            Err(errors)
+        }
+    }
+
     /// The certificate's id: its first name.
     pub fn id(&self) -> CertId {
         CertId(self.0[0].clone())
@@ -132,6 +177,9 @@ pub struct CertSpec {
     /// The certificate's own ACME profile (`profile=NAME`), overriding ACME_PROFILE.
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<String>,
+    /// How the CA validates its names (`challenge=`; HTTP-01 unless it says).
+    #[serde(skip_serializing_if = "ChallengeType::is_http01")]
+    challenge: ChallengeType,
 }
 
 impl CertSpec {
@@ -140,7 +188,39 @@ impl CertSpec {
             id: names.id(),
             names,
             profile: None,
+            challenge: ChallengeType::Http01,
         }
+    }
+
+    /// The same certificate validated with `challenge`.
+    pub fn with_challenge(mut self, challenge: ChallengeType) -> CertSpec {
+        self.challenge = challenge;
+        self
+    }
+
+    /// The challenge type its orders answer (`challenge=`, HTTP-01 by default).
+    pub fn challenge(&self) -> ChallengeType {
+        self.challenge
+    }
+
+    /// One error per wildcard name the certificate's challenge cannot validate (only DNS-based
+    /// challenges validate wildcards, RFC 8555 §7.1.3), saying what to add.
+    pub fn wildcard_errors(&self) -> Vec<String> {
+        if self.challenge.is_dns() {
+            return Vec::new();
+        }
+        self.names
+            .iter()
+            .filter(|n| is_wildcard(n))
+            .map(|n| {
+                format!(
+                    "{n:?} is a wildcard: {} cannot validate wildcards; add challenge=dns-01 to \
+                     its certificate (and set DNS_HOOK), e.g. \"{},{n} challenge=dns-01\"",
+                    self.challenge.as_str().to_uppercase(),
+                    self.id
+                )
+            })
+            .collect()
     }
 
     /// The same certificate with its own profile.
@@ -165,6 +245,9 @@ impl CertSpec {
     pub fn entry_tokens(&self) -> Vec<String> {
         let mut tokens = self.names.to_vec();
         tokens.extend(self.profile.iter().map(|p| format!("profile={p}")));
+        if !self.challenge.is_http01() {
+            tokens.push(format!("challenge={}", self.challenge.as_str()));
+        }
         tokens
     }
 
@@ -224,6 +307,21 @@ pub fn check_profile_name(p: &str) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// Normalizes a wildcard name: `*.` followed by a host name (normalized by `normalize_name`),
+/// one leading label `*` and no other `*`. The error says why (it follows the quoted name).
+pub fn normalize_wildcard(raw: &str) -> Result<String, String> {
+    let base = raw
+        .strip_prefix("*.")
+        .filter(|b| !b.contains('*'))
+        .ok_or("is not a valid wildcard: a wildcard is '*.' followed by a host name, such as *.example.com")?;
+    normalize_name(base).map(|b| format!("*.{b}"))
+}
+
+/// Whether a normalized name is a wildcard (`*.example.com`).
+pub fn is_wildcard(name: &str) -> bool {
+    name.starts_with("*.")
 }
 
 /// Normalizes one host name for HTTP-01: IDN to punycode, upper case folded, one trailing dot

@@ -2,6 +2,8 @@
 //! profile=shortlived`), in DOMAINS, DOMAINS_FILE and `domains add` alike. `=` is in no DNS
 //! name, so entries without options keep their meaning.
 
+use haproxy_acme_state::ChallengeType;
+
 /// Splits one certificate entry into its names and its option tokens. A token holding `=` is an
 /// option (`=` is in no DNS name, so entries without one keep their meaning); options stand
 /// apart from the names by whitespace or a comma (`a.com,www.a.com profile=shortlived`, and
@@ -31,10 +33,12 @@ pub(super) fn split_entry(entry: &str) -> (Vec<String>, Vec<&str>) {
 pub(super) struct EntryOptions {
     /// `profile=NAME`: the ACME profile its orders ask for (overrides ACME_PROFILE).
     pub profile: Option<String>,
+    /// `challenge=http-01|dns-01`: how the CA validates its names (`None`: HTTP-01).
+    pub challenge: Option<ChallengeType>,
 }
 
 /// The option keys a certificate entry takes, for error messages.
-const OPTION_KEYS: &str = "profile=NAME";
+const OPTION_KEYS: &str = "profile=NAME and challenge=http-01|dns-01";
 
 /// Parses `key=value` option tokens; every problem is reported (an unknown key, an empty or
 /// bad value, a key given twice).
@@ -53,6 +57,16 @@ pub(super) fn parse_options(tokens: &[&str]) -> Result<EntryOptions, Vec<String>
                     options.profile = Some(value.to_string());
                 }
             }
+            "challenge" => match ChallengeType::parse(value) {
+                None => errors.push(format!(
+                    "option {token:?}: unknown challenge type {value:?} (this version answers \
+                     http-01 and dns-01)"
+                )),
+                Some(_) if options.challenge.is_some() => {
+                    errors.push(format!("option {token:?}: challenge is given twice"))
+                }
+                Some(c) => options.challenge = Some(c),
+            },
             _ => errors.push(format!(
                 "unknown option {key:?} (in {token:?}): a certificate entry takes {OPTION_KEYS}"
             )),
@@ -68,6 +82,7 @@ pub(super) fn parse_options(tokens: &[&str]) -> Result<EntryOptions, Vec<String>
 #[cfg(test)]
 mod tests {
     use crate::config::{parse_domains, parse_domains_file, CertSpec};
+    use haproxy_acme_state::ChallengeType;
 
     fn names(specs: &[CertSpec]) -> Vec<Vec<&str>> {
         specs
@@ -104,8 +119,40 @@ mod tests {
         // Entries without `=` keep their meaning: a space inside a name is still an error.
         let e = parse_domains("a.com b.com").unwrap_err();
         assert!(e[0].contains("\"a.com b.com\" contains ' '"), "{e:?}");
+        // challenge=: a wildcard with its apex over DNS-01, kept by `domains add` as a token.
+        let w =
+            parse_domains("example.test,*.Example.test challenge=dns-01;b.test challenge=http-01")
+                .unwrap();
+        assert_eq!(
+            names(&w),
+            vec![vec!["example.test", "*.example.test"], vec!["b.test"]]
+        );
+        assert_eq!(w[0].id().as_str(), "example.test");
+        assert_eq!(w[0].challenge(), ChallengeType::Dns01);
+        assert_eq!(w[1].challenge(), ChallengeType::Http01);
+        assert_eq!(
+            specs[0].challenge(),
+            ChallengeType::Http01,
+            "no option: HTTP-01"
+        );
+        let tokens = w[0].entry_tokens();
+        assert_eq!(
+            tokens,
+            ["example.test", "*.example.test", "challenge=dns-01"]
+        );
+        assert_eq!(parse_domains(&tokens.join(",")).unwrap()[0], w[0]);
+        // http-01 is the default: an entry that names it reads back the same without it.
+        assert_eq!(w[1].entry_tokens(), ["b.test"]);
         let table: &[(&str, &str)] = &[
-            ("a.com challenge=dns-01", "unknown option \"challenge\" (in \"challenge=dns-01\"): a certificate entry takes profile=NAME"),
+            ("a.com color=blue", "unknown option \"color\" (in \"color=blue\"): a certificate entry takes profile=NAME and challenge=http-01|dns-01"),
+            ("a.com challenge=tls-alpn-01", "option \"challenge=tls-alpn-01\": unknown challenge type \"tls-alpn-01\""),
+            ("a.com challenge=dns-01 challenge=http-01", "challenge is given twice"),
+            ("a.com,*.a.com challenge=http-01", "\"*.a.com\" is a wildcard: HTTP-01 cannot validate wildcards; add challenge=dns-01 to its certificate"),
+            ("a.com,*.a.com", "\"*.a.com\" is a wildcard: HTTP-01 cannot validate wildcards"),
+            ("*.a.com,a.com challenge=dns-01", "\"*.a.com\" is a wildcard and cannot be the certificate's first name"),
+            ("a.com,*.*.a.com challenge=dns-01", "a wildcard is '*.' followed by a host name"),
+            ("a.com,a*.a.com challenge=dns-01", "a wildcard is '*.' followed by a host name"),
+            ("a.com,*.com challenge=dns-01", "\"*.com\" is a single label"),
             ("a.com profile=", "option \"profile=\": the profile is empty"),
             ("a.com profile=a/b", "option \"profile=a/b\": the profile contains '/'"),
             ("a.com profile=x profile=y", "profile is given twice"),

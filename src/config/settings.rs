@@ -64,6 +64,12 @@ pub struct Config {
     pub deploy_hook: Option<String>,
     #[serde(serialize_with = "serialize_secs")]
     pub deploy_hook_timeout: Duration,
+    /// `DNS_HOOK`: run with `sh -c` to publish each DNS-01 TXT record (certbot's auth hook).
+    pub dns_hook: Option<String>,
+    /// `DNS_CLEANUP_HOOK`: run with `sh -c` to remove each one (certbot's cleanup hook).
+    pub dns_cleanup_hook: Option<String>,
+    #[serde(serialize_with = "serialize_secs")]
+    pub dns_hook_timeout: Duration,
     /// `WATCHDOG_INTERVAL`: how often HAProxy is asked which certificate it serves (`None`:
     /// never).
     #[serde(serialize_with = "serialize_opt_secs")]
@@ -120,9 +126,17 @@ impl Config {
             .domains_file
             .clone()
             .filter(|p| !p.as_os_str().is_empty());
+        let hook_setting = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(String::from)
+        };
+        let dns_hook = hook_setting(&raw.dns_hook);
         let mut wanted = WantedSet::new(
             raw.domains.as_deref().unwrap_or_default(),
             domains_file.clone(),
+            dns_hook.is_some(),
         );
         if need == Need::Daemon {
             if let Err(mut e) = wanted.read_initial() {
@@ -309,6 +323,29 @@ impl Config {
             },
         };
 
+        let dns_cleanup_hook = hook_setting(&raw.dns_cleanup_hook);
+        let dns_hook_timeout = match raw.dns_hook_timeout.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_DNS_HOOK_TIMEOUT,
+            Some(t) => match parse_duration(t) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    errors.push(format!("DNS_HOOK_TIMEOUT {t:?}: must be more than zero"));
+                    DEFAULT_DNS_HOOK_TIMEOUT
+                }
+                Err(e) => {
+                    errors.push(format!("DNS_HOOK_TIMEOUT: {e}"));
+                    DEFAULT_DNS_HOOK_TIMEOUT
+                }
+            },
+        };
+        if dns_cleanup_hook.is_some() && dns_hook.is_none() {
+            errors.push(
+                "DNS_CLEANUP_HOOK is set without DNS_HOOK: set DNS_HOOK to the command that \
+                 publishes the TXT records (the cleanup hook only removes them)"
+                    .into(),
+            );
+        }
+
         let watchdog_interval = match raw.watchdog_interval.as_deref().map(str::trim) {
             None | Some("") => Some(DEFAULT_WATCHDOG_INTERVAL),
             Some("off" | "0") => None,
@@ -351,6 +388,9 @@ impl Config {
             admin_listen,
             deploy_hook,
             deploy_hook_timeout,
+            dns_hook,
+            dns_cleanup_hook,
+            dns_hook_timeout,
             rate_limits,
             domains_file,
             prune: raw.prune,
@@ -371,6 +411,8 @@ impl Config {
 }
 
 const DEFAULT_DEPLOY_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// DNS hooks often wait for propagation: 5 minutes.
+const DEFAULT_DNS_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_WATCHDOG_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The accepted duration syntax, for error messages.

@@ -19,15 +19,18 @@ pub struct WantedSet {
     domains_file: Option<PathBuf>,
     /// What was read at start-up (DOMAINS, then DOMAINS_FILE; empty for `Need::StoreOnly`).
     initial: Vec<CertSpec>,
+    /// DNS_HOOK is set: certificates with `challenge=dns-01` can be validated.
+    dns_hook: bool,
 }
 
 impl WantedSet {
     /// DOMAINS parsed; nothing read yet.
-    pub(super) fn new(domains: &str, domains_file: Option<PathBuf>) -> WantedSet {
+    pub(super) fn new(domains: &str, domains_file: Option<PathBuf>, dns_hook: bool) -> WantedSet {
         WantedSet {
             domains: parse_domains(domains),
             domains_file,
             initial: Vec::new(),
+            dns_hook,
         }
     }
 
@@ -160,12 +163,28 @@ impl WantedSet {
                 }
             }
         }
+        if !self.dns_hook {
+            errors.extend(specs.iter().filter_map(dns_hook_missing));
+        }
         if errors.is_empty() {
             Ok(specs)
         } else {
             Err(errors)
         }
     }
+}
+
+/// The error for a certificate with `challenge=dns-01` while DNS_HOOK is not set.
+fn dns_hook_missing(spec: &CertSpec) -> Option<String> {
+    spec.challenge().is_dns().then(|| {
+        format!(
+            "certificate {:?} has challenge={} but DNS_HOOK is not set: set DNS_HOOK to the \
+             command that publishes a TXT record (certbot's manual auth hook; README: \
+             \"Wildcards and DNS-01\"), or remove the option to validate over HTTP-01",
+            spec.id(),
+            spec.challenge().as_str()
+        )
+    })
 }
 
 /// name -> id of the certificate that lists it.
@@ -233,14 +252,21 @@ fn parse_certificates<'a>(
                 continue;
             }
         };
-        let names = match Names::parse(&raw) {
+        let names = match Names::parse_allowing_wildcards(&raw) {
             Ok(names) => names,
             Err(e) => {
                 errors.extend(e.into_iter().map(|e| format!("{where_}: {e}")));
                 continue;
             }
         };
-        let spec = CertSpec::new(names).with_profile(options.profile);
+        let spec = CertSpec::new(names)
+            .with_profile(options.profile)
+            .with_challenge(options.challenge.unwrap_or_default());
+        let wildcards = spec.wildcard_errors();
+        if !wildcards.is_empty() {
+            errors.extend(wildcards.into_iter().map(|e| format!("{where_}: {e}")));
+            continue;
+        }
         for name in spec.names().iter() {
             match seen.get(name) {
                 Some(first) => errors.push(format!(

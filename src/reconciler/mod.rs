@@ -109,6 +109,9 @@ pub struct Reconciler {
     /// their order's URL: the next try stores them without asking the CA, which may have
     /// forgotten the order by then (restored from a backup) and would have to issue another.
     downloaded: std::sync::Mutex<HashMap<String, (String, String)>>,
+    /// What DNS_HOOK printed, by challenge token, for DNS_CLEANUP_HOOK's `CERTBOT_AUTH_OUTPUT`
+    /// (in memory: empty for records a restart cleans up).
+    dns_auth_output: std::sync::Mutex<HashMap<String, String>>,
     /// Alert transitions whose hook ran but whose record write failed: not run again.
     alerts_unrecorded: std::sync::Mutex<HashMap<String, Vec<haproxy_acme_state::Condition>>>,
     /// Wakes a certificate (the watchdog's repairs).
@@ -204,6 +207,7 @@ impl Reconciler {
             watched: watchdog::Watched::default(),
             downloaded: std::sync::Mutex::new(HashMap::new()),
             alerts_unrecorded: std::sync::Mutex::new(HashMap::new()),
+            dns_auth_output: std::sync::Mutex::new(HashMap::new()),
             control: control.clone(),
         };
         (Arc::new(r), control, Inbox { woken, reload })
@@ -220,7 +224,13 @@ impl Reconciler {
             Err(errors) => return Err(StartError::Config(crate::config::ConfigError(errors))),
         };
         let specs_digest = wanted::digest(&specs);
-        let (wanted, unwanted) = self.sync_specs(specs).await?;
+        let (wanted, unwanted, dns_owed) = self.sync_specs(specs).await?;
+        // DNS records a crash left published (recorded before their hook ran): removed before
+        // any order is driven again.
+        for id in dns_owed {
+            tracing::info!(cert = %id, "removing the DNS records an earlier run left published");
+            self.clean_dns(&id).await?;
+        }
         Ok(Started {
             sources,
             specs: specs_digest,

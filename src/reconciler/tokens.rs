@@ -10,7 +10,13 @@ use crate::responder::Tokens;
 pub fn sync_tokens(tokens: &Tokens, old: Option<&Record>, new: Option<&Record>) {
     let chs = |r: Option<&Record>| -> Vec<Challenge> {
         r.and_then(|r| r.order())
-            .map(|o| o.challenges.clone())
+            .map(|o| {
+                o.challenges
+                    .iter()
+                    .filter(|c| !c.is_dns())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let new_chs = chs(new);

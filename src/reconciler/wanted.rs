@@ -69,7 +69,7 @@ impl Reconciler {
             return Some((sources, applied, Vec::new(), Vec::new()));
         }
         match self.sync_specs(specs).await {
-            Ok((now_wanted, gone)) => {
+            Ok((now_wanted, gone, _)) => {
                 let ms = reread_at.elapsed().as_millis() as u64;
                 tracing::info!(
                     certificates = now_wanted.len(),
@@ -86,14 +86,14 @@ impl Reconciler {
     }
 
     /// Brings the store in line with the wanted certificates, and gives the responder every
-    /// published challenge back. Returns when each wanted certificate is due and the stored ids
-    /// no longer wanted (in id order). One pass over the store, one record at a time, under the
+    /// published challenge back. Returns when each wanted certificate is due, the stored ids
+    /// no longer wanted (in id order), and the ids whose records owe a DNS cleanup. One pass over the store, one record at a time, under the
     /// record lock; changed records are written in one batch (one flush), so a start with many
     /// new certificates is not one fsync each.
     pub(super) async fn sync_specs(
         &self,
         specs: Vec<CertSpec>,
-    ) -> Result<(Vec<Wanted>, Vec<String>), StoreError> {
+    ) -> Result<(Vec<Wanted>, Vec<String>, Vec<String>), StoreError> {
         let now = self.clock.now();
         // The specs are moved into the store's closures, not copied (100,000 certificates at
         // start-up); a stored record finds its spec by binary search over their positions in
@@ -106,11 +106,14 @@ impl Reconciler {
             seen: Vec<bool>,
             wanted: Vec<Wanted>,
             unwanted: Vec<String>,
+            /// Ids whose record owes a DNS cleanup.
+            dns_owed: Vec<String>,
         }
         let found = Arc::new(Mutex::new(Found {
             seen: vec![false; specs.len()],
             wanted: Vec::with_capacity(specs.len()),
             unwanted: Vec::new(),
+            dns_owed: Vec::new(),
         }));
         let configured = {
             let config = self.config.clone();
@@ -139,6 +142,13 @@ impl Reconciler {
                     }
                 };
                 let new = apply(base, event, now);
+                let new = apply(
+                    &new,
+                    Event::ChallengeChosen {
+                        challenge: spec.challenge(),
+                    },
+                    now,
+                );
                 sync_tokens(&tokens, None, Some(&new));
                 let due = Wanted::of(&new, now);
                 watched.note(|| due.id.clone(), &new);
@@ -147,8 +157,17 @@ impl Reconciler {
                 }
                 match old {
                     None => tracing::info!(cert = %id, names = ?names, "new certificate wanted"),
-                    Some(_) => {
-                        tracing::info!(cert = %id, names = ?names, profile = ?new.profile, "certificate names, key type, CA or profile changed: re-issuing")
+                    Some(old) => {
+                        if old.challenge != new.challenge {
+                            tracing::info!(cert = %id, challenge = new.challenge.as_str(), "challenge type changed: its next order answers it");
+                        }
+                        let other = Record {
+                            challenge: new.challenge,
+                            ..old.clone()
+                        };
+                        if other != new {
+                            tracing::info!(cert = %id, names = ?names, profile = ?new.profile, "certificate names, key type, CA or profile changed: re-issuing")
+                        }
                     }
                 }
                 (due, Some(new))
@@ -164,6 +183,9 @@ impl Reconciler {
                 let spec = by_id
                     .binary_search_by(|&i| specs[i].id().as_str().cmp(old.id.as_str()))
                     .map(|k| by_id[k]);
+                if !old.dns_to_clean().is_empty() {
+                    f.dns_owed.push(old.id.clone());
+                }
                 match spec {
                     Ok(i) => {
                         f.seen[i] = true;
@@ -206,6 +228,7 @@ impl Reconciler {
         Ok((
             std::mem::take(&mut f.wanted),
             std::mem::take(&mut f.unwanted),
+            std::mem::take(&mut f.dns_owed),
         ))
     }
 

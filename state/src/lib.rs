@@ -96,13 +96,64 @@ impl Phase {
     }
 }
 
-/// One HTTP-01 challenge we answer: HAProxy forwards
+/// One challenge we answer. HTTP-01 (the default): HAProxy forwards
 /// `/.well-known/acme-challenge/{token}` to the responder, which returns `key_authorization`.
-/// Neither value is secret (the CA fetches both over plain HTTP).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// DNS-01: the DNS hook publishes a TXT record at `_acme-challenge.{domain}` holding
+/// base64url(SHA-256(`key_authorization`)), and the cleanup hook removes it. No value is secret
+/// (the CA fetches them over plain HTTP or DNS).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
     pub token: String,
     pub key_authorization: String,
+    /// The challenge type (records stored before DNS-01 existed read as HTTP-01).
+    #[serde(default, skip_serializing_if = "ChallengeType::is_http01")]
+    pub kind: ChallengeType,
+    /// DNS-01: the name validated, without any `*.` (certbot's `CERTBOT_DOMAIN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+impl Challenge {
+    /// Whether this challenge is answered by a DNS record (the cleanup hook removes it).
+    pub fn is_dns(&self) -> bool {
+        self.kind.is_dns()
+    }
+}
+
+/// How the CA validates a certificate's names (a certificate's `challenge=` option).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChallengeType {
+    /// A token served over HTTP on port 80 (RFC 8555 §8.3).
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A TXT record at `_acme-challenge.<name>` (RFC 8555 §8.4); the only one for wildcards.
+    #[serde(rename = "dns-01")]
+    Dns01,
+}
+
+impl ChallengeType {
+    pub const ALL: [ChallengeType; 2] = [ChallengeType::Http01, ChallengeType::Dns01];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeType::Http01 => "http-01",
+            ChallengeType::Dns01 => "dns-01",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChallengeType> {
+        ChallengeType::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    pub fn is_http01(&self) -> bool {
+        *self == ChallengeType::Http01
+    }
+
+    /// Whether the challenge is validated through DNS (wildcards need one that is).
+    pub fn is_dns(&self) -> bool {
+        matches!(self, ChallengeType::Dns01)
+    }
 }
 
 /// Where a certificate is in its lifecycle, with the order while there is one: an order exists
@@ -373,6 +424,13 @@ pub struct Record {
     pub profile: Option<String>,
     /// The profile the stored certificate was ordered with (`profile` when it was stored).
     pub cert_profile: Option<String>,
+    /// The challenge type orders answer (the certificate's `challenge=`); a change applies from
+    /// the next order, it does not re-issue.
+    pub challenge: ChallengeType,
+    /// DNS records published (or about to be: the record is written before the hook runs) for
+    /// an order the record no longer holds, and not cleaned up yet. The cleanup hook runs for
+    /// these and for the DNS challenges of the order in flight ([`Record::dns_to_clean`]).
+    pub dns_unclean: Vec<Challenge>,
 }
 
 impl Record {
@@ -401,7 +459,20 @@ impl Record {
             revoked: None,
             profile: None,
             cert_profile: None,
+            challenge: ChallengeType::Http01,
+            dns_unclean: Vec::new(),
         }
+    }
+
+    /// The DNS records published and not cleaned up: the order's DNS challenges, then those
+    /// of orders the record no longer holds.
+    pub fn dns_to_clean(&self) -> Vec<&Challenge> {
+        self.order()
+            .into_iter()
+            .flat_map(|o| o.challenges.iter())
+            .filter(|c| c.is_dns())
+            .chain(self.dns_unclean.iter())
+            .collect()
     }
 
     /// The phase of [`Record::stage`], without its data.
@@ -535,6 +606,7 @@ pub(crate) mod fixtures {
                         challenges: vec![Challenge {
                             token: "tok".into(),
                             key_authorization: "tok.thumb".into(),
+                            ..Challenge::default()
                         }],
                     },
                     111,

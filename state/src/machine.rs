@@ -4,8 +4,8 @@
 use crate::attention::same_serial;
 use crate::timing::{ari_next_check, ari_renewal_time, backoff_secs, renewal_time};
 use crate::{
-    Alerted, CertMeta, Challenge, Condition, Drift, Failure, FailureKind, HookOutcome, KeyType,
-    OrderProgress, Record, RevocationReason, Revoked, Stage, Step, UnixTime,
+    Alerted, CertMeta, Challenge, ChallengeType, Condition, Drift, Failure, FailureKind,
+    HookOutcome, KeyType, OrderProgress, Record, RevocationReason, Revoked, Stage, Step, UnixTime,
 };
 
 /// A failure as reported by the shell, already classified by the module that saw it.
@@ -124,6 +124,16 @@ pub enum Event {
         serial: String,
         reason: RevocationReason,
     },
+    /// The configuration wants this challenge type for the certificate (`challenge=`). It
+    /// applies from the next order (the certificate is not re-issued for it).
+    ChallengeChosen {
+        challenge: ChallengeType,
+    },
+    /// The cleanup hook ran for the DNS records of these tokens: they are no longer owed a
+    /// cleanup (neither in the order in flight nor in `dns_unclean`).
+    DnsCleaned {
+        tokens: Vec<String>,
+    },
 }
 
 /// Work the shell must do for a record.
@@ -162,6 +172,10 @@ pub enum Plan {
 /// [`plan`]'s to say.
 pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
     let mut r = record.clone();
+    let cleaned = match &event {
+        Event::DnsCleaned { tokens } => tokens.clone(),
+        _ => Vec::new(),
+    };
     match event {
         Event::Configured {
             names,
@@ -391,7 +405,18 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
                 }
             }
         }
+        Event::ChallengeChosen { challenge } => {
+            r.challenge = challenge;
+        }
+        Event::DnsCleaned { tokens } => {
+            if let Stage::Validating(o) = &mut r.stage {
+                o.challenges
+                    .retain(|c| !(c.is_dns() && tokens.contains(&c.token)));
+            }
+            r.dns_unclean.retain(|c| !tokens.contains(&c.token));
+        }
     }
+    keep_dns_owed(record, &mut r, &cleaned);
     if r != *record {
         r.updated_at = now;
     }
@@ -400,6 +425,23 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
 
 /// Forgets the order in flight (its names or key type are no longer wanted) and asks for a new
 /// certificate; the current one, if any, keeps serving meanwhile.
+/// DNS records are durable intent: a DNS challenge the old record's order held that the new
+/// record's order no longer holds (the order was dropped, stored, or its challenges published
+/// again with other tokens), and that was not cleaned up, moves to `dns_unclean`, so the
+/// cleanup hook still runs for it.
+fn keep_dns_owed(old: &Record, r: &mut Record, cleaned: &[String]) {
+    let Some(o) = old.order() else { return };
+    for c in o.challenges.iter().filter(|c| c.is_dns()) {
+        let still_held = r
+            .order()
+            .is_some_and(|n| n.challenges.iter().any(|n| n.token == c.token));
+        let already_owed = r.dns_unclean.iter().any(|u| u.token == c.token);
+        if !still_held && !already_owed && !cleaned.contains(&c.token) {
+            r.dns_unclean.push(c.clone());
+        }
+    }
+}
+
 fn restart_issuance(r: &mut Record) {
     r.failure = None;
     r.stage = without_order(r);
@@ -561,6 +603,7 @@ mod tests {
                     challenges: vec![Challenge {
                         token: "t".into(),
                         key_authorization: "t.k".into(),
+                        ..Challenge::default()
                     }],
                 },
                 Phase::Validating,
@@ -940,6 +983,110 @@ mod tests {
         let r = apply(&r, conf(&r, None), T0 + 7);
         assert_eq!(r.phase(), Phase::Expiring);
         assert_eq!(r.profile, None);
+    }
+
+    #[test]
+    fn a_challenge_change_applies_from_the_next_order_without_reissuing() {
+        let r = issued("f1");
+        assert_eq!(
+            r.challenge,
+            ChallengeType::Http01,
+            "records before it: HTTP-01"
+        );
+        let r2 = apply(
+            &r,
+            Event::ChallengeChosen {
+                challenge: ChallengeType::Dns01,
+            },
+            T0 + 1,
+        );
+        assert_eq!(r2.challenge, ChallengeType::Dns01);
+        assert_eq!((r2.phase(), due(&r2, T0 + 1)), (r.phase(), due(&r, T0 + 1)));
+        assert_eq!(r2.cert, r.cert, "not re-issued");
+    }
+
+    #[test]
+    fn dns_records_are_owed_a_cleanup_until_it_is_recorded_whatever_becomes_of_the_order() {
+        let dns = |t: &str| Challenge {
+            token: t.into(),
+            key_authorization: format!("{t}.ka"),
+            kind: ChallengeType::Dns01,
+            domain: Some("a.test".into()),
+        };
+        let http = Challenge {
+            token: "h".into(),
+            key_authorization: "h.ka".into(),
+            ..Challenge::default()
+        };
+        let published = run(
+            pending(),
+            vec![
+                (Event::OrderCreated { url: "u1".into() }, T0),
+                (
+                    Event::ChallengesPublished {
+                        challenges: vec![dns("t1"), dns("t2"), http.clone()],
+                    },
+                    T0,
+                ),
+            ],
+        );
+        let owed = |r: &Record| -> Vec<String> {
+            r.dns_to_clean().iter().map(|c| c.token.clone()).collect()
+        };
+        assert_eq!(owed(&published), ["t1", "t2"], "HTTP-01 tokens owe nothing");
+        // Cleaned: owed no more, the HTTP-01 challenge stays with the order.
+        let cleaned = apply(
+            &published,
+            Event::DnsCleaned {
+                tokens: vec!["t1".into(), "t2".into()],
+            },
+            T0 + 1,
+        );
+        assert!(owed(&cleaned).is_empty());
+        assert!(cleaned.dns_unclean.is_empty());
+        assert_eq!(cleaned.order().unwrap().challenges, [http]);
+        // The order dies (or is stored, or its challenges are published again under other
+        // tokens) before the cleanup: what it published stays owed, once.
+        let dead = apply(
+            &published,
+            Event::Failed(FailureReport {
+                step: Step::Validation,
+                kind: FailureKind::Retryable,
+                error: "invalid".into(),
+                retry_after: None,
+                jitter_permille: 0,
+                order_dead: true,
+            }),
+            T0 + 1,
+        );
+        assert!(dead.order().is_none());
+        assert_eq!(owed(&dead), ["t1", "t2"]);
+        let republished = apply(
+            &published,
+            Event::ChallengesPublished {
+                challenges: vec![dns("t2"), dns("t3")],
+            },
+            T0 + 1,
+        );
+        assert_eq!(owed(&republished), ["t2", "t3", "t1"]);
+        let again = apply(&dead, Event::OrderCreated { url: "u2".into() }, T0 + 2);
+        assert_eq!(owed(&again), ["t1", "t2"]);
+        let done = apply(
+            &again,
+            Event::DnsCleaned {
+                tokens: vec!["t1".into(), "t2".into()],
+            },
+            T0 + 3,
+        );
+        assert!(owed(&done).is_empty());
+        // Persisted, and read back (a record without the fields reads as HTTP-01, owing none).
+        let json = serde_json::to_value(&dead).unwrap();
+        assert_eq!(json["dns_unclean"][0]["kind"], "dns-01");
+        assert_eq!(json["dns_unclean"][0]["domain"], "a.test");
+        let back: Record = serde_json::from_value(json).unwrap();
+        assert_eq!(back, dead);
+        let plain = serde_json::to_value(issued("f1")).unwrap();
+        assert!(plain.get("challenge").is_none() && plain.get("dns_unclean").is_none());
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
-    Alerted, CertMeta, Drift, Failure, HookOutcome, KeyType, OrderProgress, Phase, Record, Revoked,
-    Stage, UnixTime,
+    Alerted, CertMeta, Challenge, ChallengeType, Drift, Failure, HookOutcome, KeyType,
+    OrderProgress, Phase, Record, Revoked, Stage, UnixTime,
 };
 
 /// A record as stored, before its consistency is checked.
@@ -46,6 +46,10 @@ pub(crate) struct RecordRepr {
     profile: Option<String>,
     #[serde(default)]
     cert_profile: Option<String>,
+    #[serde(default)]
+    challenge: ChallengeType,
+    #[serde(default)]
+    dns_unclean: Vec<Challenge>,
 }
 
 /// The same layout, borrowed from a record: encoding copies nothing. The field order is the
@@ -81,6 +85,10 @@ struct RecordRef<'a> {
     profile: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cert_profile: Option<&'a str>,
+    #[serde(skip_serializing_if = "ChallengeType::is_http01")]
+    challenge: ChallengeType,
+    #[serde(skip_serializing_if = "<[Challenge]>::is_empty")]
+    dns_unclean: &'a [Challenge],
 }
 
 impl Serialize for Record {
@@ -109,6 +117,8 @@ impl Serialize for Record {
             revoked,
             profile,
             cert_profile,
+            challenge,
+            dns_unclean,
         } = self;
         RecordRef {
             schema_version: *schema_version,
@@ -134,6 +144,8 @@ impl Serialize for Record {
             revoked: revoked.as_ref(),
             profile: profile.as_deref(),
             cert_profile: cert_profile.as_deref(),
+            challenge: *challenge,
+            dns_unclean,
         }
         .serialize(serializer)
     }
@@ -190,6 +202,8 @@ impl TryFrom<RecordRepr> for Record {
             revoked: r.revoked,
             profile: r.profile,
             cert_profile: r.cert_profile,
+            challenge: r.challenge,
+            dns_unclean: r.dns_unclean,
         })
     }
 }

@@ -275,13 +275,13 @@ pub struct Env {
     pub data_dir: PathBuf,
     procs: Vec<Proc>,
     pebble_env: Vec<(String, String)>,
-    dns_port: u16,
+    pub dns_port: u16,
     hap_env: Vec<(String, String)>,
     /// Certificates a previous pebble process issued (a restarted pebble forgets them).
     archived: Vec<Issued>,
     pebble_starts: u32,
     /// pebble-challtestsrv's management API (its DNS answers for pebble).
-    chall_port: u16,
+    pub chall_port: u16,
 }
 
 /// How the harness starts its CA.
