@@ -2,13 +2,13 @@
 //! drive an order to a stored certificate, ask for renewal information, install, run the deploy
 //! hook. Each records its outcome as an event; none decides what comes next (`state::plan` does).
 
-use async_trait::async_trait;
 use haproxy_acme_state::dump::rfc3339;
-use haproxy_acme_state::{Challenge, ChallengeType, Event, FailureKind, KeyType, Record, Step};
+use haproxy_acme_state::{Event, FailureKind, Record, Step};
 
 use super::execute::With;
+use super::order_hooks::Hooks;
 use super::Reconciler;
-use crate::acme::{AcmeError, OrderHooks};
+use crate::acme::AcmeError;
 use crate::health::Part;
 use crate::installer::InstallError;
 use crate::store::StoreError;
@@ -345,164 +345,7 @@ impl Reconciler {
     }
 }
 
-/// The durable points inside an order, wired to the store.
-struct Hooks<'a> {
-    reconciler: &'a Reconciler,
-    id: &'a str,
-    key_generated: bool,
-    key_type: KeyType,
-    challenge: ChallengeType,
-}
-
-#[async_trait]
-impl OrderHooks for Hooks<'_> {
-    fn challenge_type(&self) -> ChallengeType {
-        self.challenge
-    }
-
-    /// Records the challenges first (durable intent: a crash from here on leaves DNS records
-    /// the next start cleans up), then, for DNS-01, runs DNS_HOOK once per record; the CA is
-    /// told to validate only if every run succeeded.
-    async fn publish(&self, challenges: Vec<Challenge>) -> Result<(), AcmeError> {
-        let dns: Vec<Challenge> = challenges.iter().filter(|c| c.is_dns()).cloned().collect();
-        self.reconciler
-            .record(self.id, Event::ChallengesPublished { challenges })
-            .await
-            .map_err(|e| store_failure(Step::Validation, e))?;
-        if dns.is_empty() {
-            return Ok(());
-        }
-        let config = &self.reconciler.config;
-        let Some(command) = &config.dns_hook else {
-            return Err(AcmeError::new(
-                Step::Validation,
-                FailureKind::Permanent,
-                "the certificate has challenge=dns-01 but DNS_HOOK is no longer set: set it \
-                 (and restart) to publish the TXT records",
-            ));
-        };
-        for i in 0..dns.len() {
-            let out = crate::dns_hook::run(
-                crate::dns_hook::Stage::Auth,
-                command,
-                self.id,
-                &dns,
-                i,
-                "",
-                config.dns_hook_timeout,
-            )
-            .await;
-            if let Some(e) = out.error {
-                return Err(AcmeError::new(
-                    Step::Validation,
-                    FailureKind::Retryable,
-                    format!(
-                        "DNS_HOOK failed for {} (the CA was not asked to validate): {e}",
-                        crate::dns_hook::record_name(&dns[i])
-                    ),
-                ));
-            }
-            self.reconciler
-                .dns_auth_output
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(dns[i].token.clone(), out.stdout.trim_end().to_string());
-        }
-        Ok(())
-    }
-
-    async fn key_pem(&self) -> Result<String, AcmeError> {
-        let store_err = |e| store_failure(Step::Finalize, e);
-        if self.key_generated {
-            if let Some(k) = self
-                .reconciler
-                .store
-                .pending_key(self.id)
-                .await
-                .map_err(store_err)?
-            {
-                return Ok(k);
-            }
-            // The order is `ready`: no CSR was accepted yet, so a new key loses nothing.
-            tracing::warn!(
-                cert = self.id,
-                "the stored key of the order is missing from the store; finalizing with a new key"
-            );
-        }
-        let kt = self.key_type;
-        // A key generation failure is not a store failure: say what it is.
-        let keygen_err = |m: String| AcmeError::new(Step::Finalize, FailureKind::Retryable, m);
-        // An ECDSA key takes microseconds; an RSA key up to seconds, off the async workers.
-        let key = match kt {
-            KeyType::EcdsaP256 | KeyType::EcdsaP384 => crate::pki::generate_key(kt),
-            KeyType::Rsa2048 | KeyType::Rsa4096 => {
-                tokio::task::spawn_blocking(move || crate::pki::generate_key(kt))
-                    .await
-                    .map_err(|e| keygen_err(format!("key generation task failed: {e}")))?
-            }
-        }
-        .map_err(|e| keygen_err(e.to_string()))?;
-        self.reconciler
-            .commit(self.id, Event::KeyStored, With::PendingKey(key.clone()))
-            .await
-            .map_err(store_err)?;
-        Ok(key)
-    }
-}
-
-fn store_failure(step: Step, e: StoreError) -> AcmeError {
-    AcmeError::new(step, FailureKind::Retryable, e.to_string())
-}
-
 impl Reconciler {
-    /// Runs DNS_CLEANUP_HOOK once for each DNS record of `id` published and not cleaned up
-    /// (the order's, and those of orders dropped or finished), then records them cleaned, so
-    /// each is removed once. Without DNS_CLEANUP_HOOK they are only recorded (nothing can
-    /// remove them). A failing cleanup is logged: the certificate does not wait for it.
-    pub(super) async fn clean_dns(&self, id: &str) -> Result<(), StoreError> {
-        let Some(r) = self.store.get(id).await? else {
-            return Ok(());
-        };
-        let owed: Vec<Challenge> = r.dns_to_clean().into_iter().cloned().collect();
-        if owed.is_empty() {
-            return Ok(());
-        }
-        match &self.config.dns_cleanup_hook {
-            None => tracing::info!(
-                cert = id,
-                records = owed.len(),
-                "no DNS_CLEANUP_HOOK: the TXT records DNS_HOOK published are left in place"
-            ),
-            Some(command) => {
-                for i in 0..owed.len() {
-                    let auth_output = self
-                        .dns_auth_output
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .remove(&owed[i].token)
-                        .unwrap_or_default();
-                    let out = crate::dns_hook::run(
-                        crate::dns_hook::Stage::Cleanup,
-                        command,
-                        id,
-                        &owed,
-                        i,
-                        &auth_output,
-                        self.config.dns_hook_timeout,
-                    )
-                    .await;
-                    if let Some(e) = out.error {
-                        tracing::error!(cert = id, record = %crate::dns_hook::record_name(&owed[i]), error = %e, "DNS_CLEANUP_HOOK failed: the TXT record may stay published; remove it by hand");
-                    }
-                }
-            }
-        }
-        let tokens = owed.into_iter().map(|c| c.token).collect();
-        self.record(id, Event::DnsCleaned { tokens })
-            .await
-            .map(drop)
-    }
-
     /// Keeps a downloaded chain the store could not take, for the next try of the same order.
     fn keep_downloaded(&self, id: &str, url: &str, chain: String) {
         self.downloaded

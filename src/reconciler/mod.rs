@@ -8,7 +8,8 @@
 //! - [`wanted`]: the wanted set brought into the store (start-up, reloads) and pruning;
 //! - [`execute`]: one certificate's task (`Tick → plan → action → apply` until it waits), and
 //!   the record updates every action goes through;
-//! - [`actions`]: one function per action of the core; [`alert`]: the alert step;
+//! - [`actions`]: one function per action of the core; [`order_hooks`]: the durable points
+//!   inside an order and the DNS records owed a cleanup; [`alert`]: the alert step;
 //! - [`watchdog`]: every `WATCHDOG_INTERVAL`, what HAProxy serves compared with the store, a
 //!   drift recorded and installed again.
 //! - [`waits`]: certificates waiting for the store or the certificate directory, looked at
@@ -20,6 +21,7 @@
 mod actions;
 mod alert;
 mod execute;
+mod order_hooks;
 pub mod schedule;
 mod tokens;
 mod waits;
