@@ -78,6 +78,14 @@ pub struct CertView {
     /// change of profile re-issues; `null`: the CA's default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_profile: Option<Option<String>>,
+    /// How the CA validates its names (`challenge=`); left out for `http-01`, the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<&'static str>,
+    /// DNS-01 TXT records published and not removed yet (`_acme-challenge.<name>`): the
+    /// cleanup hook still owes them (an order in flight, or one a crash or a change left);
+    /// left out when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_records_to_clean: Vec<String>,
 }
 
 /// A revocation of one of the record's certificates.
@@ -208,6 +216,12 @@ impl CertView {
             profile: r.profile.clone(),
             issued_profile: (r.cert.is_some() && r.cert_profile != r.profile)
                 .then(|| r.cert_profile.clone()),
+            challenge: (!r.challenge.is_http01()).then(|| r.challenge.as_str()),
+            dns_records_to_clean: r
+                .dns_to_clean()
+                .iter()
+                .map(|c| format!("_acme-challenge.{}", c.domain.as_deref().unwrap_or("?")))
+                .collect(),
         }
     }
 }
@@ -457,6 +471,52 @@ mod tests {
   ],
   "waiting_for": []
 }"#;
+
+    #[test]
+    fn the_dump_shows_the_challenge_and_the_dns_records_owed_a_cleanup() {
+        let view = |r: &Record| serde_json::to_value(CertView::from_record(r, 2000)).unwrap();
+        let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, 0);
+        assert!(view(&r).get("challenge").is_none(), "http-01 is left out");
+        let r = apply(
+            &r,
+            Event::ChallengeChosen {
+                challenge: crate::ChallengeType::Dns01,
+            },
+            1,
+        );
+        let r = apply(&r, Event::OrderCreated { url: "u".into() }, 2);
+        let txt = crate::Challenge {
+            token: "t".into(),
+            key_authorization: "t.k".into(),
+            kind: crate::ChallengeType::Dns01,
+            domain: Some("a.test".into()),
+        };
+        let r = apply(
+            &r,
+            Event::ChallengesPublished {
+                challenges: vec![txt],
+            },
+            3,
+        );
+        let v = view(&r);
+        assert_eq!(v["challenge"], "dns-01");
+        assert_eq!(
+            v["dns_records_to_clean"],
+            serde_json::json!(["_acme-challenge.a.test"])
+        );
+        let r = apply(
+            &r,
+            Event::DnsCleaned {
+                tokens: vec!["t".into()],
+            },
+            4,
+        );
+        assert!(
+            view(&r).get("dns_records_to_clean").is_none(),
+            "{}",
+            view(&r)
+        );
+    }
 
     #[test]
     fn the_dump_shows_the_profile_and_the_one_the_certificate_was_issued_under() {
