@@ -6,7 +6,7 @@
 #   haproxy:3.2                Debian's haproxy 3.2 (from sid) on trixie, laid out like docker-library's
 #                              haproxy:3.2
 #   nginx:stable               Debian's nginx, serving its default page on :80 (the compose "app")
-#   haproxy-acme-test/pebble   Debian's pebble (ENTRYPOINT /usr/bin/pebble; mount a config)
+#   haproxy-acme-test/pebble   Debian sid's pebble 2.10 (ENTRYPOINT /usr/bin/pebble; mount a config)
 #
 # Each image is built only when it is missing or its recipe changed: the label
 # org.haproxy-acme.recipe holds a hash of this script's text and of the image's inputs (the base
@@ -21,8 +21,9 @@
 # HAPROXY_ACME_IMAGES_APT_MAX_AGE minutes); dpkg installs those files in a chroot of a copy of
 # the rootfs; the result is `docker import`ed (one layer per image, config by --change, and
 # STOPSIGNAL, which this engine's import refuses, by a build of FROM + STOPSIGNAL). Two bases:
-# bookworm (debian:bookworm-slim, nginx, pebble) and trixie (haproxy:3.2, as upstream's 3.2 is
-# built on trixie-slim), each updated from its -updates and -security like the official images.
+# bookworm (debian:bookworm-slim, nginx) and trixie (haproxy:3.2, as upstream's 3.2 is
+# built on trixie-slim; pebble 2.10 from sid), each updated from its -updates and -security like
+# the official images.
 #
 # Needs root (re-runs itself with sudo), a running Docker engine, and Debian's mirror from the
 # host (the host's own mirror for bookworm is used; DEBIAN_MIRROR / DEBIAN_SECURITY_MIRROR
@@ -514,8 +515,10 @@ nginx_finish() {
   in_chroot "$root" nginx -t -q
 }
 
-# haproxy-acme-test/pebble: Debian's pebble 2.4 (and pebble-challtestsrv, same package), nothing
-# else, no configuration or certificate baked in: mount a config and pass -config.
+# haproxy-acme-test/pebble: Debian unstable's pebble 2.10 (and pebble-challtestsrv, same
+# package), the CA the rest of the suite runs (renewal information, profiles), on trixie: Go
+# binaries needing only libc. Nothing else, no configuration or certificate baked in: mount a
+# config and pass -config.
 pebble_finish() { in_chroot "$1" test -x /usr/bin/pebble; }
 
 USED_DEBS=()
@@ -534,11 +537,11 @@ else
 fi
 build nginx:stable nginx : nginx_finish \
   'EXPOSE 80' 'STOPSIGNAL SIGQUIT' 'CMD ["nginx", "-g", "daemon off;"]'
-build haproxy-acme-test/pebble pebble : pebble_finish \
-  'EXPOSE 14000 15000' 'ENTRYPOINT ["/usr/bin/pebble"]'
 
 use_suite trixie sid
 ensure_base
+build haproxy-acme-test/pebble pebble/sid : pebble_finish \
+  'EXPOSE 14000 15000' 'ENTRYPOINT ["/usr/bin/pebble"]'
 build haproxy:3.2 "haproxy/sid ca-certificates" haproxy_prepare haproxy_finish \
   'STOPSIGNAL SIGUSR1' 'ENTRYPOINT ["docker-entrypoint.sh"]' 'USER haproxy' \
   'WORKDIR /var/lib/haproxy' 'CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
