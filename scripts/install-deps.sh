@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local demo run, from Debian's packages, when missing:
 # pebble (+ pebble-challtestsrv), haproxy, openssl, curl, socat, systemd (systemd-analyze),
-# dig (dnsutils: tests/dns_hook.rs asks pebble's DNS for TXT records), certbot (the `import certbot` test imports what a real certbot run produced), prometheus (its
+# dig and nsupdate (dnsutils: tests/dns_hook.rs asks pebble's DNS for TXT records), BIND 9's
+# named (bind9: tests/dns_rfc2136.rs starts its own on a loopback port), certbot (the `import certbot` test imports what a real certbot run produced), prometheus (its
 # promtool checks and unit-tests deploy/prometheus-rules.yml), Docker's engine and docker-compose
 # (tests/compose.rs runs deploy/docker-compose.yml), debootstrap (scripts/docker-images.sh builds
 # the images from Debian's packages). Needs root (or sudo) for apt-get.
-# The Debian haproxy and prometheus packages' own system services are never used; if the install
+# The Debian haproxy, prometheus and bind9 packages' own system services are never used; if the install
 # started them, they are stopped so that they hold no ports.
 # Then HAProxy 3.2 and pebble 2.10 from Debian's newer suites into LAB_DIR
 # [/var/cache/haproxy-acme-lab] (scripts/lab.sh: private apt configuration, nothing installed;
@@ -22,6 +23,8 @@ need=()
 for pair in dig:dnsutils pebble:pebble pebble-challtestsrv:pebble haproxy:haproxy openssl:openssl curl:curl socat:socat systemd-analyze:systemd certbot:certbot promtool:prometheus docker:docker.io docker-compose:docker-compose debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# named is in /usr/sbin, often not on a user's PATH.
+[ -x /usr/sbin/named ] || command -v named >/dev/null 2>&1 || need+=(bind9)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 start_docker() {
@@ -43,7 +46,7 @@ echo "installing from Debian: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q >&2
 $sudo apt-get install -y -q --no-install-recommends "${need[@]}" >&2
-for service in haproxy prometheus; do
+for service in haproxy prometheus named; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
     $sudo systemctl disable --now "$service" >&2 || true
   fi

@@ -214,6 +214,31 @@ pub struct RawSettings {
     /// e.g. 120s, 10m [default: 5m].
     #[arg(long, env = "DNS_HOOK_TIMEOUT", global = true)]
     pub dns_hook_timeout: Option<String>,
+    /// host:port of the DNS server (the zone's primary) that takes RFC 2136 dynamic updates for
+    /// the DNS-01 TXT records of certificates with `challenge=dns-01` (port 53 if not given).
+    /// With it set, DNS_HOOK is not used.
+    #[arg(long, env = "DNS_UPDATE_SERVER", global = true)]
+    pub dns_update_server: Option<String>,
+    /// Name of the TSIG key the updates are signed with.
+    #[arg(long, env = "DNS_TSIG_KEY_NAME", global = true)]
+    pub dns_tsig_key_name: Option<String>,
+    /// TSIG algorithm: hmac-sha256 (default) or hmac-sha512.
+    #[arg(long, env = "DNS_TSIG_ALGORITHM", global = true)]
+    pub dns_tsig_algorithm: Option<String>,
+    /// The TSIG key's secret (base64, as tsig-keygen prints it). Never printed;
+    /// DNS_TSIG_SECRET_FILE keeps it out of the environment.
+    #[arg(long, env = "DNS_TSIG_SECRET", global = true, hide_env_values = true)]
+    pub dns_tsig_secret: Option<crate::config::eab::SecretString>,
+    /// A file holding the TSIG key's secret (a container secret).
+    #[arg(long, env = "DNS_TSIG_SECRET_FILE", global = true)]
+    pub dns_tsig_secret_file: Option<PathBuf>,
+    /// How long every authoritative server of the zone has to answer a published TXT record
+    /// before the CA is told to validate, e.g. 60s, 5m [default: 60s].
+    #[arg(long, env = "DNS_PROPAGATION_TIMEOUT", global = true)]
+    pub dns_propagation_timeout: Option<String>,
+    /// The port the zone's authoritative servers (its NS records) are asked on [default: 53].
+    #[arg(long, env = "DNS_AUTHORITATIVE_PORT", global = true)]
+    pub dns_authoritative_port: Option<String>,
     /// How often HAProxy is asked which certificate it serves for each one (and each file read);
     /// one that is not the stored one is installed again and counted. A duration, e.g. 5m
     /// [default: 5m, with up to 10 % jitter]; `off` never checks.

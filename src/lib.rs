@@ -42,6 +42,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod dns_hook;
+pub mod dns_update;
 pub mod haproxy_snippet;
 pub mod health;
 pub mod hook;

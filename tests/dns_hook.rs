@@ -190,7 +190,10 @@ fn a_wildcard_needs_a_dns_challenge_and_dns_01_needs_dns_hook() {
     let (code, out) = run("example.test,*.example.test challenge=dns-01", &[]);
     assert_eq!(code, Some(2), "{out}");
     assert!(
-        out.contains("certificate \"example.test\" has challenge=dns-01 but DNS_HOOK is not set"),
+        out.contains(
+            "certificate \"example.test\" has challenge=dns-01 but neither \
+             DNS_UPDATE_SERVER nor DNS_HOOK is set"
+        ),
         "{out}"
     );
     assert_eq!(env.pebble_new_orders(), 0, "nothing was ordered");

@@ -38,6 +38,10 @@ impl fmt::Debug for SecretString {
 pub struct HmacKey(Vec<u8>);
 
 impl HmacKey {
+    pub(super) fn new(bytes: Vec<u8>) -> Self {
+        HmacKey(bytes)
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }
@@ -144,7 +148,7 @@ pub fn from_settings(
 
 /// Decodes an HMAC key as CAs hand it out (base64url without padding); padded and standard
 /// base64 are accepted too. The error never quotes the key.
-fn decode(text: &str) -> Result<Vec<u8>, &'static str> {
+pub(super) fn decode(text: &str) -> Result<Vec<u8>, &'static str> {
     let url: String = text
         .trim_end_matches('=')
         .chars()

@@ -10,10 +10,13 @@
 //!   Encrypt's 25-name limit).
 //! - [`eab`]: External Account Binding (`EAB_KID`, `EAB_HMAC_KEY`, `EAB_HMAC_KEY_FILE`); the
 //!   HMAC key never prints.
+//! - [`dns_update`]: DNS-01 by RFC 2136 (`DNS_UPDATE_SERVER`, the TSIG key settings); the
+//!   secret never prints.
 //! - [`names`]: name normalization (`idna`) and the types only it builds: [`CertId`], [`Names`].
 //!
 //! [`Config::from_raw`] returns both the settings and the wanted set.
 
+pub mod dns_update;
 pub mod eab;
 pub mod names;
 mod options;

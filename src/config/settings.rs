@@ -70,6 +70,8 @@ pub struct Config {
     pub dns_cleanup_hook: Option<String>,
     #[serde(serialize_with = "serialize_secs")]
     pub dns_hook_timeout: Duration,
+    /// `DNS_UPDATE_SERVER` and its TSIG key: DNS-01 by RFC 2136 (wins over `dns_hook`).
+    pub dns_update: Option<super::dns_update::DnsUpdate>,
     /// `WATCHDOG_INTERVAL`: how often HAProxy is asked which certificate it serves (`None`:
     /// never).
     #[serde(serialize_with = "serialize_opt_secs")]
@@ -133,10 +135,18 @@ impl Config {
                 .map(String::from)
         };
         let dns_hook = hook_setting(&raw.dns_hook);
+        let dns_update = super::dns_update::from_raw(raw).unwrap_or_else(|mut e| {
+            errors.append(&mut e);
+            None
+        });
         let mut wanted = WantedSet::new(
             raw.domains.as_deref().unwrap_or_default(),
             domains_file.clone(),
-            dns_hook.is_some(),
+            dns_hook.is_some()
+                || raw
+                    .dns_update_server
+                    .as_deref()
+                    .is_some_and(|s| !s.trim().is_empty()),
         );
         if need == Need::Daemon {
             if let Err(mut e) = wanted.read_initial() {
@@ -391,6 +401,7 @@ impl Config {
             dns_hook,
             dns_cleanup_hook,
             dns_hook_timeout,
+            dns_update,
             rate_limits,
             domains_file,
             prune: raw.prune,

@@ -178,9 +178,11 @@ impl WantedSet {
 fn dns_hook_missing(spec: &CertSpec) -> Option<String> {
     spec.challenge().is_dns().then(|| {
         format!(
-            "certificate {:?} has challenge={} but DNS_HOOK is not set: set DNS_HOOK to the \
-             command that publishes a TXT record (certbot's manual auth hook; README: \
-             \"Wildcards and DNS-01\"), or remove the option to validate over HTTP-01",
+            "certificate {:?} has challenge={} but neither DNS_UPDATE_SERVER nor DNS_HOOK is \
+             set: set DNS_UPDATE_SERVER (and its TSIG key) to publish the TXT records by RFC \
+             2136 dynamic update, or DNS_HOOK to the command that publishes one (certbot's \
+             manual auth hook; README: \"Wildcards and DNS-01\"), or remove the option to \
+             validate over HTTP-01",
             spec.id(),
             spec.challenge().as_str()
         )

@@ -1,6 +1,6 @@
 //! The durable points inside an order ([`Hooks`], the [`OrderHooks`] the ACME client calls:
-//! challenges recorded before DNS_HOOK runs and before the CA is told to validate, the
-//! certificate key stored before finalize) and the DNS records owed a cleanup
+//! challenges recorded before DNS_HOOK or the RFC 2136 update runs and before the CA is told
+//! to validate, the certificate key stored before finalize) and the DNS records owed a cleanup
 //! (`Reconciler::clean_dns`). Split from `actions.rs`.
 
 use async_trait::async_trait;
@@ -39,12 +39,15 @@ impl OrderHooks for Hooks<'_> {
             return Ok(());
         }
         let config = &self.reconciler.config;
+        if let Some(update) = &config.dns_update {
+            return publish_by_update(update, &dns).await;
+        }
         let Some(command) = &config.dns_hook else {
             return Err(AcmeError::new(
                 Step::Validation,
                 FailureKind::Permanent,
-                "the certificate has challenge=dns-01 but DNS_HOOK is no longer set: set it \
-                 (and restart) to publish the TXT records",
+                "the certificate has challenge=dns-01 but neither DNS_UPDATE_SERVER nor DNS_HOOK \
+                 is set any more: set one (and restart) to publish the TXT records",
             ));
         };
         for i in 0..dns.len() {
@@ -116,15 +119,47 @@ impl OrderHooks for Hooks<'_> {
     }
 }
 
+/// DNS-01 by RFC 2136: each record added at its target (CNAMEs followed), then the wait until
+/// every authoritative server of each zone answers every value; only then is the CA told.
+async fn publish_by_update(
+    update: &crate::config::dns_update::DnsUpdate,
+    dns: &[Challenge],
+) -> Result<(), AcmeError> {
+    use crate::dns_update as du;
+    let fail = |e: du::UpdateError| {
+        let kind = if e.permanent {
+            FailureKind::Permanent
+        } else {
+            FailureKind::Retryable
+        };
+        AcmeError::new(
+            Step::Validation,
+            kind,
+            format!("DNS-01 by RFC 2136 (the CA was not asked to validate): {e}"),
+        )
+    };
+    let records: Vec<(&str, String)> = dns
+        .iter()
+        .map(|c| {
+            (
+                c.domain.as_deref().unwrap_or_default(),
+                crate::dns_hook::validation(&c.key_authorization),
+            )
+        })
+        .collect();
+    du::publish(update, &records).await.map_err(fail)
+}
+
 fn store_failure(step: Step, e: StoreError) -> AcmeError {
     AcmeError::new(step, FailureKind::Retryable, e.to_string())
 }
 
 impl Reconciler {
-    /// Runs DNS_CLEANUP_HOOK once for each DNS record of `id` published and not cleaned up
-    /// (the order's, and those of orders dropped or finished), then records them cleaned, so
-    /// each is removed once. Without DNS_CLEANUP_HOOK they are only recorded (nothing can
-    /// remove them). A failing cleanup is logged: the certificate does not wait for it.
+    /// Removes each DNS record of `id` published and not cleaned up (the order's, and those of
+    /// orders dropped or finished): by RFC 2136 delete when DNS_UPDATE_SERVER is set, else with
+    /// DNS_CLEANUP_HOOK; then records them cleaned, so each is removed once. With neither they
+    /// are only recorded (nothing can remove them). A failing cleanup is logged: the
+    /// certificate does not wait for it.
     pub(super) async fn clean_dns(&self, id: &str) -> Result<(), StoreError> {
         let Some(r) = self.store.get(id).await? else {
             return Ok(());
@@ -132,6 +167,20 @@ impl Reconciler {
         let owed: Vec<Challenge> = r.dns_to_clean().into_iter().cloned().collect();
         if owed.is_empty() {
             return Ok(());
+        }
+        if let Some(update) = &self.config.dns_update {
+            for c in &owed {
+                let domain = c.domain.as_deref().unwrap_or_default();
+                let value = crate::dns_hook::validation(&c.key_authorization);
+                if let Err(e) = crate::dns_update::remove(update, domain, &value).await {
+                    tracing::error!(cert = id, record = %crate::dns_hook::record_name(c), error = %e, "removing the TXT record by RFC 2136 failed: it may stay published; remove it by hand");
+                }
+            }
+            let tokens = owed.into_iter().map(|c| c.token).collect();
+            return self
+                .record(id, Event::DnsCleaned { tokens })
+                .await
+                .map(drop);
         }
         match &self.config.dns_cleanup_hook {
             None => tracing::info!(

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod bind;
 pub mod ca_proxy;
 pub mod tmpfs;
 
