@@ -377,7 +377,13 @@ fn status_check_warns_when_a_third_of_the_lifetime_is_left_and_the_renewal_is_ov
     });
     let root = env.issuer_root();
     let domains = "s.example.test";
-    let mut daemon = env.start_daemon(domains);
+    // The lifetime rule decides the renewal time (half of 40 s): a CA without renewal windows
+    // (pebble 2.10's window for so short a certificate is its whole lifetime, and a time drawn
+    // near its end leaves no moment between "a third left" and expiry).
+    let proxy = common::ca_proxy::CaProxy::start(&env);
+    proxy.strip_renewal_info(true);
+    let directory = proxy.directory_url();
+    let mut daemon = env.start_daemon_with(domains, &[("ACME_DIRECTORY", directory.as_str())]);
     wait_until("served", Duration::from_secs(30), || {
         daemon.assert_running();
         env.served_and_valid("s.example.test", &root).is_some()
@@ -387,6 +393,7 @@ fn status_check_warns_when_a_third_of_the_lifetime_is_left_and_the_renewal_is_ov
     assert!(daemon.terminate().success());
     let d = dump(&env, domains);
     let c = cert(&d, "s.example.test");
+    assert_eq!(c["renew_at_source"], "lifetime", "{c}");
     let (not_before, not_after, renew_at) = (
         unix(&c["not_before"]),
         unix(&c["not_after"]),
