@@ -2,7 +2,7 @@
 //! `plan(record, now)` says what the shell must do next for it, or when to look again.
 
 use crate::attention::same_serial;
-use crate::timing::{ari_next_check, ari_renewal_time, backoff_secs, renewal_time};
+use crate::timing::{ari_next_check, ari_renewal_time_for, backoff_secs, renewal_time};
 use crate::{
     Alerted, CertMeta, Challenge, ChallengeType, Condition, Drift, Failure, FailureKind,
     HookOutcome, KeyType, OrderProgress, Record, RevocationReason, Revoked, Stage, Step, UnixTime,
@@ -278,10 +278,15 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
             retry_after,
             jitter_permille,
         } => {
-            if r.cert.is_some() {
+            if let Some(c) = &r.cert {
                 if r.ari_window != Some(window) {
+                    r.renew_at = Some(ari_renewal_time_for(
+                        window,
+                        jitter_permille,
+                        c.not_before,
+                        c.not_after,
+                    ));
                     r.ari_window = Some(window);
-                    r.renew_at = Some(ari_renewal_time(window, jitter_permille));
                 }
                 r.ari_check_at = Some(ari_next_check(now, retry_after));
             }

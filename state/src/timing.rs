@@ -37,6 +37,21 @@ pub fn ari_renewal_time(window: (UnixTime, UnixTime), jitter_permille: u16) -> U
     start + span * i64::from(jitter_permille.min(1000)) / 1000
 }
 
+/// The renewal time inside a suggested window for a certificate valid from `not_before` to
+/// `not_after`: [`ari_renewal_time`], but never in the last tenth of the lifetime unless the
+/// window starts there. A window that ends at expiry (pebble's for a certificate under two days,
+/// a CA's clamp) would otherwise let the draw fall at the very end, leaving no time for a
+/// failed attempt; a real window (Let's Encrypt's: two days around two thirds) is unchanged.
+pub fn ari_renewal_time_for(
+    window: (UnixTime, UnixTime),
+    jitter_permille: u16,
+    not_before: UnixTime,
+    not_after: UnixTime,
+) -> UnixTime {
+    let latest = not_after - (not_after - not_before).max(0) / 10;
+    ari_renewal_time(window, jitter_permille).min(latest.max(window.0))
+}
+
 /// When to ask for renewal information again: the CA's `Retry-After`, bounded to between an
 /// hour and a day; twelve hours without one.
 pub fn ari_next_check(now: UnixTime, retry_after: Option<UnixTime>) -> UnixTime {
@@ -61,6 +76,19 @@ pub fn backoff_secs(attempts: u32, jitter_permille: u16) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_ending_at_expiry_never_puts_the_renewal_in_the_last_tenth() {
+        // A 20-second certificate whose window is its whole lifetime (pebble 2.10).
+        assert_eq!(ari_renewal_time_for((100, 120), 1000, 100, 120), 118);
+        assert_eq!(ari_renewal_time_for((100, 120), 500, 100, 120), 110);
+        // A window that starts in the last tenth keeps its start.
+        assert_eq!(ari_renewal_time_for((119, 120), 1000, 100, 120), 119);
+        // Let's Encrypt's window (two days around two thirds of 90 days) is unchanged.
+        let day = 86_400;
+        let w = (59 * day, 61 * day);
+        assert_eq!(ari_renewal_time_for(w, 1000, 0, 90 * day), 61 * day);
+    }
 
     #[test]
     fn renewal_at_two_thirds_or_half() {
