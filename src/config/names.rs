@@ -74,26 +74,7 @@ impl Names {
     /// Normalizes each of `raw`, in order. Every problem is reported (a name that cannot be
     /// used, quoted with why; a name given twice); an empty list is refused.
     pub fn parse<S: AsRef<str>>(raw: impl IntoIterator<Item = S>) -> Result<Names, Vec<String>> {
-        let mut errors = Vec::new();
-        let mut names: Vec<String> = Vec::new();
-        for raw in raw {
-            let raw = raw.as_ref();
-            match normalize_name(raw) {
-                Err(why) => errors.push(format!("{raw:?} {why}")),
-                Ok(name) if names.contains(&name) => {
-                    errors.push(format!("{name:?} is listed twice in the same certificate"))
-                }
-                Ok(name) => names.push(name),
-            }
-        }
-        if names.is_empty() && errors.is_empty() {
-            errors.push("no names: a certificate needs at least one".into());
-        }
-        if errors.is_empty() {
-            Ok(Names(names))
-        } else {
-            Err(errors)
-        }
+        Names::collect(raw, |_, raw| normalize_name(raw))
     }
 
     /// Like [`Names::parse`], also taking wildcard names (`*.` and a host name, kept as
@@ -103,11 +84,8 @@ impl Names {
     pub fn parse_allowing_wildcards<S: AsRef<str>>(
         raw: impl IntoIterator<Item = S>,
     ) -> Result<Names, Vec<String>> {
-        let mut errors = Vec::new();
-        let mut names: Vec<String> = Vec::new();
-        for (i, raw) in raw.into_iter().enumerate() {
-            let raw = raw.as_ref();
-            let normalized = if raw.contains('*') {
+        Names::collect(raw, |i, raw| {
+            if raw.contains('*') {
                 normalize_wildcard(raw).and_then(|w| {
                     if i == 0 {
                         Err(
@@ -121,8 +99,22 @@ impl Names {
                 })
             } else {
                 normalize_name(raw)
-            };
-            match normalized {
+            }
+        })
+    }
+
+    /// Normalizes each of `raw` with `normalize` (given its position), reporting every problem
+    /// (a name that cannot be used, quoted with why; a name given twice); an empty list is
+    /// refused.
+    fn collect<S: AsRef<str>>(
+        raw: impl IntoIterator<Item = S>,
+        normalize: impl Fn(usize, &str) -> Result<String, String>,
+    ) -> Result<Names, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for (i, raw) in raw.into_iter().enumerate() {
+            let raw = raw.as_ref();
+            match normalize(i, raw) {
                 Err(why) => errors.push(format!("{raw:?} {why}")),
                 Ok(name) if names.contains(&name) => {
                     errors.push(format!("{name:?} is listed twice in the same certificate"))
