@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{wait_until, Env, BIN};
+use common::{wait_until, Env};
 
 /// The TXT values challtestsrv (pebble's DNS) answers for `_acme-challenge.<domain>`.
 fn txt(env: &Env, domain: &str) -> Vec<String> {
@@ -89,12 +89,6 @@ fn lines(log: &Path, prefix: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The subjectAltName HAProxy serves for `sni`, when it is our certificate for `id`.
-fn served_sans(env: &Env, sni: &str) -> String {
-    env.served_x509(sni, "-ext subjectAltName -issuer")
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_wildcard_and_its_apex_are_issued_over_the_dns_hook_and_every_record_is_removed() {
     let env = Env::start();
@@ -109,11 +103,12 @@ fn a_wildcard_and_its_apex_are_issued_over_the_dns_hook_and_every_record_is_remo
         Duration::from_secs(90),
         || {
             daemon.assert_running();
-            served_sans(&env, "foo.example.test").contains("DNS:*.example.test")
+            env.served_sans("foo.example.test")
+                .contains("DNS:*.example.test")
         },
     );
     for sni in ["foo.example.test", "example.test", "bar.example.test"] {
-        let sans = served_sans(&env, sni);
+        let sans = env.served_sans(sni);
         assert!(
             sans.contains("DNS:example.test, DNS:*.example.test")
                 || sans.contains("DNS:*.example.test, DNS:example.test"),
@@ -165,19 +160,7 @@ fn a_wildcard_and_its_apex_are_issued_over_the_dns_hook_and_every_record_is_remo
 #[test]
 fn a_wildcard_needs_a_dns_challenge_and_dns_01_needs_dns_hook() {
     let env = Env::start();
-    let run = |domains: &str, extra: &[(&str, &str)]| {
-        let out = Command::new("timeout")
-            .arg("60")
-            .arg(BIN)
-            .arg("run")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env.daemon_env(domains))
-            .envs(extra.iter().copied())
-            .output()
-            .unwrap();
-        (out.status.code(), common::text(&out))
-    };
+    let run = |domains: &str, extra: &[(&str, &str)]| env.run_to_exit(domains, extra);
     let (code, out) = run("example.test,*.example.test", &[]);
     assert_eq!(code, Some(2), "{out}");
     assert!(
@@ -256,7 +239,8 @@ fn a_kill_while_a_record_is_published_leaves_none_after_the_restart_and_issues_o
     let mut daemon = env.start_daemon_with(domains, &hooks_env);
     wait_until("the certificate is served", Duration::from_secs(90), || {
         daemon.assert_running();
-        served_sans(&env, "www.crash.test").contains("DNS:*.crash.test")
+        env.served_sans("www.crash.test")
+            .contains("DNS:*.crash.test")
     });
     // At the start, before the order went on: a cleanup for each record the crashed run had
     // recorded (its output unknown after the restart), the published one among them.

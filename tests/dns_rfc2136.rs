@@ -60,11 +60,6 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-fn served_sans(env: &Env, sni: &str) -> String {
-    env.served_x509(sni, "-ext subjectAltName -issuer")
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_wildcard_and_a_cname_delegated_name_are_issued_over_rfc_2136_and_every_record_is_deleted() {
     let (bind, env) = start();
@@ -77,12 +72,15 @@ fn a_wildcard_and_a_cname_delegated_name_are_issued_over_rfc_2136_and_every_reco
         Duration::from_secs(120),
         || {
             daemon.assert_running();
-            served_sans(&env, "foo.example.test").contains("DNS:*.example.test")
-                && served_sans(&env, "cname.example.test").contains("DNS:cname.example.test")
+            env.served_sans("foo.example.test")
+                .contains("DNS:*.example.test")
+                && env
+                    .served_sans("cname.example.test")
+                    .contains("DNS:cname.example.test")
         },
     );
     for sni in ["foo.example.test", "example.test", "bar.example.test"] {
-        let sans = served_sans(&env, sni);
+        let sans = env.served_sans(sni);
         assert!(
             sans.contains("DNS:example.test, DNS:*.example.test")
                 || sans.contains("DNS:*.example.test, DNS:example.test"),
@@ -90,7 +88,7 @@ fn a_wildcard_and_a_cname_delegated_name_are_issued_over_rfc_2136_and_every_reco
         );
         assert!(sans.to_lowercase().contains("pebble"), "{sans}");
     }
-    assert!(!served_sans(&env, "cname.example.test").contains('*'));
+    assert!(!env.served_sans("cname.example.test").contains('*'));
     // What BIND did, from its log: the apex and the wildcard share one name (two values), the
     // CNAME-delegated name went to the name the CNAME points to, in its own zone; each added
     // record was deleted (by value) afterwards.
@@ -247,7 +245,7 @@ fn a_kill_while_a_record_is_published_leaves_none_after_the_restart() {
         Duration::from_secs(120),
         || {
             daemon.assert_running();
-            served_sans(&env, "slow.test").contains("DNS:slow.test")
+            env.served_sans("slow.test").contains("DNS:slow.test")
         },
     );
     let text = daemon.log_text();

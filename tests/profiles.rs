@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Env, Options, BIN};
+use common::{wait_until, Env, Options};
 
 /// pebble 2.10 (profiles came after 2.4, Debian's): the lab's, unless PEBBLE_BIN says otherwise.
 fn pebble_with_profiles() {
@@ -39,21 +39,6 @@ fn start(profiles: &[(&str, u64)]) -> Env {
         );
     }
     env
-}
-
-/// `haproxy-acme run` to its exit (bounded): status code and output.
-fn run_to_exit(env: &Env, domains: &str, overrides: &[(&str, &str)]) -> (Option<i32>, String) {
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg(BIN)
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.daemon_env(domains))
-        .envs(overrides.iter().copied())
-        .output()
-        .unwrap();
-    (out.status.code(), common::text(&out))
 }
 
 /// The dump's view of certificate `id`.
@@ -104,7 +89,7 @@ const DAY: i64 = 86_400;
 fn a_profile_the_ca_does_not_offer_stops_the_start_naming_the_offered_ones() {
     let env = start(&[("shortlived", 60)]);
     // The default profile.
-    let (code, out) = run_to_exit(&env, "u.example.test", &[("ACME_PROFILE", "nine-days")]);
+    let (code, out) = env.run_to_exit("u.example.test", &[("ACME_PROFILE", "nine-days")]);
     assert_eq!(code, Some(2), "{out}");
     assert!(
         out.contains(
@@ -114,14 +99,14 @@ fn a_profile_the_ca_does_not_offer_stops_the_start_naming_the_offered_ones() {
         "{out}"
     );
     // A certificate's own.
-    let (code, out) = run_to_exit(&env, "u.example.test profile=tlsserver;v.example.test", &[]);
+    let (code, out) = env.run_to_exit("u.example.test profile=tlsserver;v.example.test", &[]);
     assert_eq!(code, Some(2), "{out}");
     assert!(
         out.contains("profile \"tlsserver\" (certificate \"u.example.test\") is not offered"),
         "{out}"
     );
     // A bad option is a configuration error before the CA is asked.
-    let (code, out) = run_to_exit(&env, "u.example.test lifetime=short", &[]);
+    let (code, out) = env.run_to_exit("u.example.test lifetime=short", &[]);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("unknown option \"lifetime\""), "{out}");
     assert_eq!(env.pebble_new_orders(), 0, "nothing was ordered");

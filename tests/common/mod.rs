@@ -974,6 +974,29 @@ impl Env {
         }
     }
 
+    /// `haproxy-acme run` for `domains` to its exit (bounded: 60 s), with some variables of
+    /// `daemon_env` overridden: its status code and output (start-up refusals).
+    pub fn run_to_exit(&self, domains: &str, overrides: &[(&str, &str)]) -> (Option<i32>, String) {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(BIN)
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.daemon_env(domains))
+            .envs(overrides.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    }
+
+    /// The subjectAltName (and issuer) of the certificate HAProxy serves for `sni`; empty when
+    /// none answers.
+    pub fn served_sans(&self, sni: &str) -> String {
+        self.served_x509(sni, "-ext subjectAltName -issuer")
+            .unwrap_or_default()
+    }
+
     /// Runs a CLI command of the daemon's binary with the daemon's environment.
     pub fn cli(&self, domains: &str, args: &[&str]) -> Output {
         self.cli_with(domains, &[], args)
