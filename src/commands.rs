@@ -51,10 +51,10 @@ pub async fn operate(config: Config, wanted: WantedSet, op: Op) -> anyhow::Resul
             lineages_json: serde_json::to_vec(found).expect("lineages serialize"),
         },
     };
-    if let Some(a) = ask_daemon(&client, &ask).await? {
-        return print_answer(a);
-    }
-    let store = open_offline(&config.data_dir)?;
+    let store = match reach(&client, &ask, &config.data_dir).await? {
+        Reached::Daemon(a) => return print_answer(a),
+        Reached::Store(store) => store,
+    };
     let store = store.as_ref();
     let now = unix_now();
     let wanted = Arc::new(wanted);
@@ -96,14 +96,13 @@ pub async fn revoke(
         id: id.to_string(),
         reason: reason.as_str(),
     };
-    match ask_daemon(&client, &ask).await? {
-        Some(a) if a.outcome == Outcome::Done => {
+    match reach(&client, &ask, &config.data_dir).await? {
+        Reached::Daemon(a) if a.outcome == Outcome::Done => {
             print!("{}", a.body);
             wait_replaced(&client, id, timeout).await
         }
-        Some(a) => print_answer(a),
-        None => {
-            let store = open_offline(&config.data_dir)?;
+        Reached::Daemon(a) => print_answer(a),
+        Reached::Store(store) => {
             let acme = crate::acme::LazyAcme::new(Arc::new(config), store.clone());
             match crate::revoke::revoke(store.as_ref(), &acme, id, reason, unix_now()).await {
                 Ok(done) => {
@@ -190,10 +189,10 @@ pub async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()>
         .map_err(|e| Exit(2, format!("not a certificate id: {e}")))?;
     let id = id.as_deref();
     let client = Client::new(&config.data_dir);
-    if let Some(a) = ask_daemon(&client, &Ask::State(id.map(String::from))).await? {
-        return print_answer(a);
-    }
-    let store = open_offline(&config.data_dir)?;
+    let store = match reach(&client, &Ask::State(id.map(String::from)), &config.data_dir).await? {
+        Reached::Daemon(a) => return print_answer(a),
+        Reached::Store(store) => store,
+    };
     let text = crate::admin::dump_json(store.as_ref(), id, &[], unix_now())
         .await?
         .ok_or_else(|| Exit(3, format!("no certificate {:?}", id.unwrap_or_default())))?;
@@ -205,10 +204,10 @@ pub async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()>
 pub async fn status(config: &Config) -> anyhow::Result<()> {
     let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let client = Client::new(&config.data_dir);
-    if let Some(a) = ask_daemon(&client, &Ask::Status { color }).await? {
-        return print_answer(a);
-    }
-    let store = open_offline(&config.data_dir)?;
+    let store = match reach(&client, &Ask::Status { color }, &config.data_dir).await? {
+        Reached::Daemon(a) => return print_answer(a),
+        Reached::Store(store) => store,
+    };
     print!(
         "{}",
         crate::admin::status_text(store.as_ref(), &[], color, unix_now()).await?
@@ -229,30 +228,30 @@ pub async fn status_check(config: &Config) -> anyhow::Result<()> {
         Err(Exit(3, why).into())
     };
     let client = Client::new(&config.data_dir);
-    let report = match ask_daemon(&client, &Ask::Check).await {
-        Ok(Some(Answer {
-            outcome: Outcome::Done,
-            body,
-        })) => body,
-        Ok(Some(a)) => return unknown(format!("the daemon answered: {}", a.body.trim())),
-        Err(e) => return unknown(format!("{e:#}")),
-        Ok(None) if !SledStore::exists(&config.data_dir) => {
+    if !SledStore::exists(&config.data_dir) {
+        if let Ok(None) = ask_daemon(&client, &Ask::Check).await {
             return unknown(format!(
                 "no daemon answers on {} and DATA_DIR {} holds no store",
                 client.socket().display(),
                 config.data_dir.display()
-            ))
+            ));
         }
-        Ok(None) => {
-            let read = async {
-                let store = open_offline(&config.data_dir)?;
-                anyhow::Ok(crate::admin::check_text(store.as_ref(), &[], unix_now()).await?)
-            };
-            match read.await {
+    }
+    let report = match reach(&client, &Ask::Check, &config.data_dir).await {
+        Ok(Reached::Daemon(Answer {
+            outcome: Outcome::Done,
+            body,
+        })) => body,
+        Ok(Reached::Daemon(a)) => {
+            return unknown(format!("the daemon answered: {}", a.body.trim()))
+        }
+        Ok(Reached::Store(store)) => {
+            match crate::admin::check_text(store.as_ref(), &[], unix_now()).await {
                 Ok(report) => report,
                 Err(e) => return unknown(format!("{e:#}")),
             }
         }
+        Err(e) => return unknown(format!("{e:#}")),
     };
     print!("{report}");
     match check_exit_code(&report) {
@@ -303,18 +302,42 @@ fn print_answer(a: Answer) -> anyhow::Result<()> {
     }
 }
 
-/// The store, opened by the CLI because no daemon answers.
-fn open_offline(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
-    match SledStore::open(data_dir) {
-        Ok(store) => Ok(Arc::new(store)),
-        Err(e @ StoreError::Damaged { .. }) => {
-            Err(Exit(crate::recovery::EXIT_DAMAGED, e.to_string()).into())
+/// What a command reached: the running daemon's answer, or the store itself when no daemon runs.
+enum Reached {
+    Daemon(Answer),
+    Store(Arc<dyn Store>),
+}
+
+/// How long a command waits for a daemon that holds the store but does not answer (yet): a
+/// starting daemon locks the store a moment before it binds the admin socket (longer with a
+/// large store), and a stopping one removes the socket a moment before it lets the store go.
+/// Without the wait, `haproxy-acme renew` right after `systemctl start` failed.
+const UNANSWERED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Asks the daemon; with no daemon answering, opens the store (the CLI's own way in). A store
+/// held by a daemon that does not answer is tried again until [`UNANSWERED_LOCK_WAIT`]: `ask`
+/// is sent again only because it never reached a daemon.
+async fn reach(client: &Client, ask: &Ask, data_dir: &std::path::Path) -> anyhow::Result<Reached> {
+    let deadline = tokio::time::Instant::now() + UNANSWERED_LOCK_WAIT;
+    loop {
+        if let Some(a) = ask_daemon(client, ask).await? {
+            return Ok(Reached::Daemon(a));
         }
-        Err(StoreError::Locked(dir)) => anyhow::bail!(
-            "the store in {} is held by a running daemon whose admin socket {} does not answer",
-            dir.display(),
-            crate::admin::socket_path(&dir).display()
-        ),
-        Err(e) => Err(e.into()),
+        match SledStore::open(data_dir) {
+            Ok(store) => return Ok(Reached::Store(Arc::new(store))),
+            Err(StoreError::Locked(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e @ StoreError::Damaged { .. }) => {
+                return Err(Exit(crate::recovery::EXIT_DAMAGED, e.to_string()).into())
+            }
+            Err(StoreError::Locked(dir)) => anyhow::bail!(
+                "the store in {} is held by a running daemon whose admin socket {} has not answered for {} s: is the daemon hung? (stop it, then run the command again)",
+                dir.display(),
+                crate::admin::socket_path(&dir).display(),
+                UNANSWERED_LOCK_WAIT.as_secs()
+            ),
+            Err(e) => return Err(e.into()),
+        }
     }
 }

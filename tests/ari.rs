@@ -208,6 +208,40 @@ fn a_ca_that_does_not_echo_replaces_gets_one_order_per_renewal() {
 }
 
 #[test]
+fn a_ca_that_fails_orders_carrying_replaces_gets_the_renewal_ordered_without_it() {
+    // pebble 2.10 answers 500 to a `replaces` whose serial starts with a byte >= 0x80 (half its
+    // certificates; letsencrypt/pebble#550), ZeroSSL 401 to some: a renewal must not wait on
+    // that forever (it did: the CI run of 2026-11-26 retried one for 90 s).
+    let env = Env::start();
+    let proxy = CaProxy::start(&env);
+    proxy.refuse_replaces(true);
+    let dir = proxy.directory_url();
+    let via: [(&str, &str); 1] = [("ACME_DIRECTORY", dir.as_str())];
+    let mut daemon = env.start_daemon_with(ID, &via);
+    let first = served_other_than(&env, &via, None, &mut daemon);
+    window_received(&env, &via);
+
+    move_window_into_the_past(&env, &via);
+    served_other_than(&env, &via, Some(&first), &mut daemon);
+    assert_eq!(proxy.refused(), 1, "one request with `replaces`, refused");
+    assert_eq!(
+        orders(&env),
+        (2, 0),
+        "the refused request created nothing; the renewal was ordered at once without it"
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("the CA refused `replaces`: ordering without it")
+            && log.contains("serverInternal"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("CA refused: could not find"),
+        "no failed step: {log}"
+    );
+}
+
+#[test]
 fn a_directory_that_stops_offering_renewal_info_falls_back_to_the_lifetime_rule() {
     let env = Env::start();
     let proxy = CaProxy::start(&env);

@@ -22,7 +22,7 @@ const IDS: [&str; 3] = ["d1.example.test", "d2.example.test", "d3.example.test"]
 /// holds the store before its admin socket answers.
 fn try_dump(env: &Env, domains: &str) -> Option<Vec<serde_json::Value>> {
     let out = env.cli(domains, &["state", "dump"]);
-    if !out.status.success() && text(&out).contains("does not answer") {
+    if !out.status.success() && text(&out).contains("has not answered") {
         return None;
     }
     assert!(out.status.success(), "{}", text(&out));

@@ -381,3 +381,30 @@ fn import_certbot_adopts_its_certificates_without_a_new_issuance() {
     assert_eq!(env.pebble_finalizes(), 2, "no new issuance");
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn a_command_waits_for_a_daemon_that_holds_the_store_before_it_answers() {
+    // A starting daemon locks the store a moment before it binds its admin socket; a command in
+    // that moment (`renew` right after `systemctl start`) used to fail at once with "held by a
+    // running daemon whose admin socket does not answer".
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let held = haproxy_acme::store::sled::SledStore::open(&data).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(held);
+    });
+    let out = Command::new(common::BIN)
+        .args(["state", "dump"])
+        .env_clear()
+        .env("DATA_DIR", &data)
+        .env("CERTS_DIR", dir.path().join("certs"))
+        .env("DOMAINS", DOMAINS)
+        .env("EMAIL", "op@example.test")
+        .output()
+        .unwrap();
+    release.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["certificates"], serde_json::json!([]), "{v}");
+}

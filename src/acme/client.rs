@@ -112,9 +112,9 @@ impl AcmeClient {
 
     /// Creates an order for `names` and returns its URL (to be persisted before anything else).
     /// `replaces`: the PEM chain of the certificate this order renews, when the CA offers
-    /// renewal information (RFC 9773 §5); a CA that refuses it (`alreadyReplaced`, or
-    /// `malformed`: a certificate it does not know, as after a restart) gets the order again
-    /// without it. `profile`: the ACME profile asked for (`None`: the CA's default).
+    /// renewal information (RFC 9773 §5); a CA that refuses it (`alreadyReplaced`, a
+    /// certificate it does not know or cannot find: see `problem::refuses_replaces`) gets the
+    /// order again without it. `profile`: the ACME profile asked for (`None`: the CA's default).
     pub async fn new_order(
         &self,
         names: &[String],

@@ -62,13 +62,20 @@ pub(super) fn is_bad_nonce_problem(p: &instant_acme::Problem) -> bool {
     problem_kind(p) == "badNonce"
 }
 
-/// The CA refused an order's `replaces` (RFC 9773), which the same order without it does not
-/// need: `alreadyReplaced`, or `malformed` (a certificate the CA does not know: pebble 2.10 after
-/// a restart, "parsing ARI CertID failed: no known issuer matches the provided Authority Key
-/// Identifier"; boulder's "could not find certificate"). A `malformed` for another reason fails
-/// the order without `replaces` again, and that failure is the one reported.
+/// Whether a new-order request that carried `replaces` (RFC 9773) is worth sending once more
+/// without it: `replaces` is optional (a renewal without it is still a renewal, only not
+/// exempt from rate limits), and CAs refuse it in ways no RFC names: `alreadyReplaced`;
+/// `malformed` for a certificate the CA does not know (pebble 2.10 after a restart: "parsing
+/// ARI CertID failed: no known issuer matches the provided Authority Key Identifier";
+/// boulder's "could not find certificate"); `serverInternal` when the serial's first byte is
+/// 0x80 or more (pebble 2.10, letsencrypt/pebble#550: it looks up the RFC's DER serial, with
+/// its 0x00 sign byte, among serials stored without it); `unauthorized` "does not identify a
+/// certificate that belongs to this ACME account" (ZeroSSL). Not worth it: a rate limit (the
+/// order without `replaces` is limited too, and more so), a nonce (retried as it is), an
+/// account the CA no longer knows (registered again first). When the second request fails
+/// too, that failure is the one reported.
 pub(super) fn refuses_replaces(p: &instant_acme::Problem) -> bool {
-    matches!(problem_kind(p), "alreadyReplaced" | "malformed")
+    !matches!(problem_kind(p), "rateLimited" | "badNonce") && !is_account_gone(p)
 }
 
 /// The CA no longer knows the account that signed the request (`accountDoesNotExist`: it was
@@ -202,18 +209,26 @@ mod tests {
 
     #[test]
     fn a_refused_replaces_is_told_from_other_problems() {
-        let p = |t: &str| -> instant_acme::Problem {
-            serde_json::from_value(serde_json::json!({"type": t, "status": 400})).unwrap()
+        let p = |t: &str, detail: &str| -> instant_acme::Problem {
+            serde_json::from_value(serde_json::json!({"type": t, "status": 400, "detail": detail}))
+                .unwrap()
         };
-        assert!(refuses_replaces(&p(
-            "urn:ietf:params:acme:error:alreadyReplaced"
-        )));
-        assert!(refuses_replaces(&p("urn:ietf:params:acme:error:malformed")));
+        for refused in [
+            "alreadyReplaced",
+            "malformed",
+            "serverInternal",
+            "unauthorized",
+        ] {
+            let t = format!("urn:ietf:params:acme:error:{refused}");
+            assert!(refuses_replaces(&p(&t, "")), "{refused}");
+        }
+        for kept in ["rateLimited", "badNonce", "accountDoesNotExist"] {
+            let t = format!("urn:ietf:params:acme:error:{kept}");
+            assert!(!refuses_replaces(&p(&t, "")), "{kept}");
+        }
         assert!(!refuses_replaces(&p(
-            "urn:ietf:params:acme:error:rateLimited"
-        )));
-        assert!(!refuses_replaces(&p(
-            "urn:ietf:params:acme:error:accountDoesNotExist"
+            "urn:ietf:params:acme:error:unauthorized",
+            "Account has been deactivated"
         )));
     }
 

@@ -1,12 +1,13 @@
 //! A TLS proxy in front of pebble that changes what the CA says, for CA behaviours pebble has
-//! no knob for: a directory that (no longer) offers `renewalInfo`, and new-order answers that
-//! do not echo `replaces` (RFC 9773 §5 requires it; not every CA does it). Everything else is
+//! no knob for: a directory that (no longer) offers `renewalInfo`, new-order answers that do
+//! not echo `replaces` (RFC 9773 §5 requires it; not every CA does it), and a CA that answers a
+//! new order carrying `replaces` with an error no RFC names (pebble's own bug #550, ZeroSSL). Everything else is
 //! pebble's own answer: the proxy passes the client's `Host`, so pebble's URLs name the proxy
 //! and every later request goes through it too.
 
 use std::convert::Infallible;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
@@ -29,6 +30,8 @@ struct Shared {
     client: Upstream,
     strip_renewal_info: AtomicBool,
     strip_replaces: AtomicBool,
+    refuse_replaces: AtomicBool,
+    refused: AtomicUsize,
 }
 
 /// The proxy; stopped on drop.
@@ -85,6 +88,8 @@ impl CaProxy {
                 client: Client::builder(TokioExecutor::new()).build(connector),
                 strip_renewal_info: AtomicBool::new(false),
                 strip_replaces: AtomicBool::new(false),
+                refuse_replaces: AtomicBool::new(false),
+                refused: AtomicUsize::new(0),
             })
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
@@ -131,6 +136,64 @@ impl CaProxy {
     pub fn strip_replaces(&self, on: bool) {
         self.shared.strip_replaces.store(on, Ordering::SeqCst);
     }
+
+    /// From now on a new-order request carrying `replaces` is not passed on: it is answered
+    /// with pebble 2.10's own answer when the serial's first byte is >= 0x80
+    /// (letsencrypt/pebble#550), a 500 `serverInternal`.
+    pub fn refuse_replaces(&self, on: bool) {
+        self.shared.refuse_replaces.store(on, Ordering::SeqCst);
+    }
+
+    /// How many new-order requests were refused so.
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether a JWS-signed request body's payload has `field` (base64url JSON).
+fn payload_has(body: &[u8], field: &str) -> bool {
+    use base64::Engine as _;
+    let Ok(jws) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let Some(payload) = jws["payload"].as_str() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+        .is_some_and(|p| p.get(field).is_some())
+}
+
+/// pebble's 500 for a `replaces` it cannot find, with a fresh nonce from pebble (the request's
+/// nonce was not used: pebble never saw it).
+async fn refuse_replaces(shared: &Shared) -> Response<Full<Bytes>> {
+    shared.refused.fetch_add(1, Ordering::SeqCst);
+    let head = Request::head(format!(
+        "https://127.0.0.1:{}/nonce-plz",
+        shared.upstream_port
+    ))
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let nonce = match shared.client.request(head).await {
+        Ok(a) => a.headers().get("replay-nonce").cloned(),
+        Err(_) => None,
+    };
+    let mut answer = Response::builder()
+        .status(500)
+        .header("content-type", "application/problem+json");
+    if let Some(n) = nonce {
+        answer = answer.header("replay-nonce", n);
+    }
+    let problem = serde_json::json!({
+        "type": "urn:ietf:params:acme:error:serverInternal",
+        "detail": "could not find an order for the given certificate: could not find order resulting in the given certificate serial number",
+        "status": 500
+    });
+    answer
+        .body(Full::new(Bytes::from(problem.to_string())))
+        .unwrap()
 }
 
 /// Sends `req` to pebble and returns its answer, edited as configured.
@@ -142,6 +205,12 @@ async fn forward(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let path = parts.uri.path().to_string();
+    if path.starts_with("/order-plz")
+        && shared.refuse_replaces.load(Ordering::SeqCst)
+        && payload_has(&body, "replaces")
+    {
+        return refuse_replaces(shared).await;
+    }
     let target = format!(
         "https://127.0.0.1:{}{}",
         shared.upstream_port,
