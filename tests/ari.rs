@@ -51,6 +51,13 @@ fn orders(env: &Env) -> (usize, usize) {
     )
 }
 
+/// How many replacements pebble records for a renewal of the certificate `serial`: none when
+/// pebble 2.10 cannot find it (letsencrypt/pebble#550, one serial in 256) and the daemon orders
+/// without `replaces`.
+fn replacement_of(serial: &str) -> usize {
+    usize::from(!common::pebble_cannot_find(serial))
+}
+
 /// Waits until HAProxy serves the stored certificate of ID and it is not `old` (None: any);
 /// returns its serial.
 fn served_other_than(
@@ -125,9 +132,10 @@ fn a_window_the_ca_moves_renews_at_once_with_replaces_served_without_reload() {
 
     move_window_into_the_past(&env, &[]);
     let second = served_other_than(&env, &[], Some(&first), &mut daemon);
+    let r = replacement_of(&first);
     assert_eq!(
         orders(&env),
-        (2, 1),
+        (2, r),
         "one new order, which names the certificate it replaces"
     );
     assert_eq!(env.haproxy_reloads(), 0, "served through the runtime API");
@@ -137,7 +145,7 @@ fn a_window_the_ca_moves_renews_at_once_with_replaces_served_without_reload() {
         second.trim_start_matches('0')
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(orders(&env), (2, 1), "nothing ordered after the renewal");
+    assert_eq!(orders(&env), (2, r), "nothing ordered after the renewal");
 }
 
 #[test]
@@ -152,7 +160,8 @@ fn already_replaced_after_a_restore_orders_again_without_replaces() {
 
     move_window_into_the_past(&env, &[]);
     let second = served_other_than(&env, &[], Some(&first), &mut daemon);
-    assert_eq!(orders(&env), (2, 1));
+    let r = replacement_of(&first);
+    assert_eq!(orders(&env), (2, r));
 
     // The store goes back to the first certificate, which the CA knows as replaced.
     assert!(daemon.terminate().success());
@@ -174,12 +183,12 @@ fn already_replaced_after_a_restore_orders_again_without_replaces() {
     let log = daemon.log_text();
     assert!(
         log.contains("the CA refused `replaces`: ordering without it")
-            && log.contains("alreadyReplaced"),
+            && (log.contains("alreadyReplaced") || r == 0),
         "{log}"
     );
     assert_eq!(
         orders(&env),
-        (3, 1),
+        (3, r),
         "the refused request created nothing; the order after it has no `replaces`"
     );
 }
@@ -198,19 +207,23 @@ fn a_ca_that_does_not_echo_replaces_gets_one_order_per_renewal() {
     move_window_into_the_past(&env, &via);
     served_other_than(&env, &via, Some(&first), &mut daemon);
     std::thread::sleep(Duration::from_secs(3));
+    let r = replacement_of(&first);
     assert_eq!(
         orders(&env),
-        (2, 1),
+        (2, r),
         "the CA took `replaces`; its answer without it is kept, not ordered again"
     );
     let log = daemon.log_text();
-    assert!(log.contains("without echoing `replaces`"), "{log}");
+    assert!(
+        log.contains("without echoing `replaces`") || r == 0,
+        "{log}"
+    );
 }
 
 #[test]
 fn a_ca_that_fails_orders_carrying_replaces_gets_the_renewal_ordered_without_it() {
-    // pebble 2.10 answers 500 to a `replaces` whose serial starts with a byte >= 0x80 (half its
-    // certificates; letsencrypt/pebble#550), ZeroSSL 401 to some: a renewal must not wait on
+    // pebble 2.10 answers 500 to a `replaces` whose serial starts with a byte >= 0x80 (one in
+    // 256 of its serials; letsencrypt/pebble#550), ZeroSSL 401 to some: a renewal must not wait on
     // that forever (it did: the CI run of 2026-11-26 retried one for 90 s).
     let env = Env::start();
     let proxy = CaProxy::start(&env);

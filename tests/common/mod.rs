@@ -326,16 +326,31 @@ impl Issued {
     /// of slack for notBefore's one-second resolution). With renewal information (`ari`), `prev`
     /// issued by an earlier pebble process excuses a renewal without `replaces` at any time: the
     /// restarted pebble refuses to be told of a certificate it never issued, and the daemon's
-    /// window came from the old one.
+    /// window came from the old one. Nor can pebble 2.10 be told of a certificate whose serial
+    /// starts with a byte of 0x80 or more (one in 256 of its serials: 7 bytes, high bit set;
+    /// letsencrypt/pebble#550: it answers 500 and the daemon orders without `replaces`).
     pub fn renews(&self, prev: &Issued, validity_secs: i64, ari: bool) -> bool {
         match &self.replaces {
             Some(replaced) => *replaced == prev.serial,
             None => {
                 self.not_before - prev.not_before >= validity_secs / 2 - 2
                     || (ari && prev.pebble_run != self.pebble_run)
+                    || (ari && pebble_cannot_find(&prev.serial))
             }
         }
     }
+}
+
+/// Whether pebble 2.10 fails a `replaces` naming this serial (hex, as pebble writes it, without
+/// a sign byte): its DER form then has a 0x00 byte in front that pebble's lookup does not strip
+/// (letsencrypt/pebble#550).
+pub fn pebble_cannot_find(serial: &str) -> bool {
+    let hex = serial.trim_start_matches('0');
+    hex.len() % 2 == 0
+        && hex
+            .chars()
+            .next()
+            .is_some_and(|c| c.to_digit(16).unwrap_or(0) >= 8)
 }
 
 /// For each set of names, the certificates pebble issued in issuance order, checked with
