@@ -77,7 +77,8 @@ curl -fsS --cacert "$W/listener-ca.pem" -o "$W/issuer-root.pem" "https://127.0.0
 say "starting haproxy-acme (it writes the default certificate, then waits for HAProxy)"
 export DOMAINS EMAIL=demo@example.test ACME_DIRECTORY="https://127.0.0.1:$ACME_PORT/dir" \
   ACME_CA_BUNDLE="$W/listener-ca.pem" DATA_DIR="$W/data" CERTS_DIR="$W/certs" \
-  HAPROXY_RUNTIME_API="unix:$W/haproxy-admin.sock" RESPONDER_LISTEN="127.0.0.1:$RESPONDER_PORT"
+  HAPROXY_RUNTIME_API="unix:$W/haproxy-admin.sock" RESPONDER_LISTEN="127.0.0.1:$RESPONDER_PORT" \
+  PREFLIGHT_HTTP_ADDRESS="127.0.0.1:$HTTP_PORT"
 start=$(date +%s%N)
 "$BIN" run >"$W/logs/haproxy-acme.log" 2>&1 &
 pids+=($!)

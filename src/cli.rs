@@ -258,6 +258,16 @@ pub struct RawSettings {
     /// Checked at start against the profiles the CA's directory offers. Unset: the CA's default.
     #[arg(long, env = "ACME_PROFILE", global = true)]
     pub acme_profile: Option<String>,
+    /// `on` (default): before the CA is told a challenge is ready, it is fetched the CA's way
+    /// (HTTP-01: the token from the name's address through HAProxy); a failure is a retried
+    /// local failure that costs no CA request. `off` for networks that cannot reach their own
+    /// public address.
+    #[arg(long, env = "PREFLIGHT", global = true)]
+    pub preflight: Option<String>,
+    /// host:port where HTTP-01's preflight connects instead of each name's own address (port
+    /// 80 if not given), e.g. HAProxy's address as seen from this host.
+    #[arg(long, env = "PREFLIGHT_HTTP_ADDRESS", global = true)]
+    pub preflight_http_address: Option<String>,
 }
 
 /// Parses the command line. `options` is the content of the `OPTIONS` variable (the old stack's

@@ -51,6 +51,7 @@ pub mod installer;
 pub mod metrics;
 pub mod ops;
 pub mod pki;
+pub mod preflight;
 pub mod reconciler;
 pub mod recovery;
 pub mod responder;

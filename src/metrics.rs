@@ -38,6 +38,12 @@ struct InstallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChallengeLabel {
+    /// `http-01`, `dns-01`, ...
+    challenge: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     /// `success` or `failure`.
     result: String,
@@ -80,6 +86,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     hooks: Family<ResultLabel, Counter>,
     bad_nonces: Counter,
+    preflight_failures: Family<ChallengeLabel, Counter>,
     accounts_registered_again: Counter,
     alert_hooks: Family<ResultLabel, Counter>,
     watchdog_checks: Counter,
@@ -107,6 +114,7 @@ impl Default for Metrics {
             failures: Family::default(),
             hooks: Family::default(),
             bad_nonces: Counter::default(),
+            preflight_failures: Family::default(),
             accounts_registered_again: Counter::default(),
             alert_hooks: Family::default(),
             watchdog_checks: Counter::default(),
@@ -162,6 +170,15 @@ impl Metrics {
     /// The CA answered `badNonce` (the request is sent again at once with a fresh nonce).
     pub fn bad_nonce(&self) {
         self.bad_nonces.inc();
+    }
+
+    /// A challenge failed its preflight (the CA was not told to validate).
+    pub fn preflight_failed(&self, challenge: &str) {
+        self.preflight_failures
+            .get_or_create(&ChallengeLabel {
+                challenge: challenge.into(),
+            })
+            .inc();
     }
 
     /// The CA no longer knew our account, and it was registered again.
@@ -315,6 +332,11 @@ impl Metrics {
             "acme_bad_nonces",
             "badNonce answers from the CA, each sent again at once with a fresh nonce",
             self.bad_nonces.clone(),
+        );
+        reg.register(
+            "preflight_failures",
+            "Challenges that failed the preflight check, so the CA was not told to validate, by challenge type",
+            self.preflight_failures.clone(),
         );
         reg.register(
             "acme_accounts_registered_again",

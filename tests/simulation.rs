@@ -530,6 +530,8 @@ fn config(domains: &str, limits: bool) -> (Config, WantedSet) {
         } else {
             "off".into()
         }),
+        // The in-memory CA checks the responder map itself; there is no HAProxy to fetch from.
+        preflight: Some("off".into()),
         ..RawSettings::default()
     };
     Config::from_raw(&raw, Need::Daemon).expect("valid simulated configuration")

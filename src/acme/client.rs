@@ -243,6 +243,7 @@ impl AcmeClient {
                     // type the certificate wants.
                     let wanted = hooks.challenge_type();
                     let mut challenges = Vec::new();
+                    let mut checked = Vec::new();
                     let mut authzs = order.authorizations();
                     while let Some(a) = authzs.next().await {
                         let mut a = a.map_err(|e| AcmeError::from_acme(v, e))?;
@@ -264,15 +265,18 @@ impl AcmeClient {
                                 ),
                             )
                         })?;
-                        challenges.push(Challenge {
+                        let challenge = Challenge {
                             token: ch.token.clone(),
                             key_authorization: ch.key_authorization().as_str().to_string(),
                             kind: wanted,
-                            domain: wanted.is_dns().then_some(domain),
-                        });
+                            domain: wanted.is_dns().then(|| domain.clone()),
+                        };
+                        checked.push((domain, challenge.clone()));
+                        challenges.push(challenge);
                     }
                     hooks.publish(challenges).await?;
                     tracing::debug!(order = url, "challenges published");
+                    hooks.preflight(&checked).await?;
                     // Second pass: tell the CA.
                     let mut authzs = order.authorizations();
                     while let Some(a) = authzs.next().await {

@@ -95,6 +95,9 @@ pub trait OrderHooks: Send + Sync {
     /// Publish these challenges (store first, then the responder map or the DNS hook) before
     /// the CA is told to validate. An error (the DNS hook failed) means the CA must not be told.
     async fn publish(&self, challenges: Vec<Challenge>) -> Result<(), AcmeError>;
+    /// Checks the published challenges the way the CA will (`PREFLIGHT`); each comes with the
+    /// name it validates. An error means the CA must not be told.
+    async fn preflight(&self, challenges: &[(String, Challenge)]) -> Result<(), AcmeError>;
     /// The stored certificate key for this order, generating and storing one first if needed.
     async fn key_pem(&self) -> Result<String, AcmeError>;
 }

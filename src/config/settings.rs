@@ -80,6 +80,10 @@ pub struct Config {
     pub alert_hook: Option<String>,
     /// `ACME_PROFILE`: what orders ask for unless a certificate says (`None`: the CA's default).
     pub acme_profile: Option<String>,
+    /// `PREFLIGHT`: challenges are checked the CA's way before it is told (`crate::preflight`).
+    pub preflight: bool,
+    /// `PREFLIGHT_HTTP_ADDRESS`: where HTTP-01's preflight connects (`None`: the name's address).
+    pub preflight_http_address: Option<String>,
 }
 
 fn serialize_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -388,10 +392,21 @@ impl Config {
                     None
                 });
 
+        let (preflight, preflight_http_address) = parse_preflight(
+            raw.preflight.as_deref(),
+            raw.preflight_http_address.as_deref(),
+        )
+        .unwrap_or_else(|mut e| {
+            errors.append(&mut e);
+            (true, None)
+        });
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
         let config = Config {
+            preflight,
+            preflight_http_address,
             acme_profile,
             watchdog_interval,
             alert_hook,
@@ -451,7 +466,7 @@ mod values;
 use haproxy_acme_state::ledger::Limit;
 #[cfg(test)]
 use values::MAX_RATE_WINDOW_SECS;
-use values::{parse_rate_limits, parse_runtime_api, validate_email};
+use values::{parse_preflight, parse_rate_limits, parse_runtime_api, validate_email};
 
 #[cfg(test)]
 mod props;

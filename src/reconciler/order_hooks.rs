@@ -80,6 +80,39 @@ impl OrderHooks for Hooks<'_> {
         Ok(())
     }
 
+    /// HTTP-01: each token fetched through HAProxy the CA's way (`crate::preflight`). DNS-01
+    /// publishers check their own records (RFC 2136 waits for every authoritative server).
+    async fn preflight(&self, challenges: &[(String, Challenge)]) -> Result<(), AcmeError> {
+        let config = &self.reconciler.config;
+        if !config.preflight {
+            return Ok(());
+        }
+        let address = config.preflight_http_address.as_deref();
+        let mut checked = 0;
+        for (domain, c) in challenges {
+            if c.kind != ChallengeType::Http01 {
+                continue;
+            }
+            crate::preflight::http01(address, domain, &c.token, &c.key_authorization)
+                .await
+                .map_err(|e| {
+                    crate::metrics::global().preflight_failed(c.kind.as_str());
+                    AcmeError::new(
+                        Step::Validation,
+                        FailureKind::Retryable,
+                        format!(
+                            "preflight failed, the CA was not asked to validate (PREFLIGHT=off                              skips this check): {e}"
+                        ),
+                    )
+                })?;
+            checked += 1;
+        }
+        if checked > 0 {
+            tracing::debug!(cert = self.id, checked, "preflight passed");
+        }
+        Ok(())
+    }
+
     async fn key_pem(&self) -> Result<String, AcmeError> {
         let store_err = |e| store_failure(Step::Finalize, e);
         if self.key_generated {

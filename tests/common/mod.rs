@@ -958,6 +958,12 @@ impl Env {
                 "RESPONDER_LISTEN".into(),
                 format!("127.0.0.1:{}", self.responder_port),
             ),
+            // The test names resolve only in challtestsrv (pebble's DNS): the preflight fetches
+            // tokens where pebble does, HAProxy's HTTP port.
+            (
+                "PREFLIGHT_HTTP_ADDRESS".into(),
+                format!("127.0.0.1:{}", self.http_port),
+            ),
             ("RUST_LOG".into(), "info,haproxy_acme=debug".into()),
         ]
     }

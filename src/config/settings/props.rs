@@ -290,6 +290,8 @@ proptest! {
             watchdog_interval: Some(watchdog),
             alert_hook: Some(alert),
             acme_profile: Some(profile),
+            preflight: None,
+            preflight_http_address: None,
             eab_kid: Some(eab_kid),
             eab_hmac_key: Some(eab_key.parse().unwrap()),
             eab_hmac_key_file: eab_file,

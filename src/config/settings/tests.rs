@@ -410,3 +410,35 @@ fn watchdog_interval_and_alert_hook() {
         "{e}"
     );
 }
+
+#[test]
+fn preflight_is_on_unless_turned_off_and_its_address_gets_port_80() {
+    let (c, _) = Config::from_raw(&raw(), Need::Daemon).unwrap();
+    assert!(c.preflight);
+    assert_eq!(c.preflight_http_address, None);
+    let (c, _) = Config::from_raw(
+        &RawSettings {
+            preflight: Some("off".into()),
+            preflight_http_address: Some("lb.internal".into()),
+            ..raw()
+        },
+        Need::Daemon,
+    )
+    .unwrap();
+    assert!(!c.preflight);
+    assert_eq!(c.preflight_http_address.as_deref(), Some("lb.internal:80"));
+    let e = Config::from_raw(
+        &RawSettings {
+            preflight: Some("maybe".into()),
+            preflight_http_address: Some("127.0.0.1:0".into()),
+            ..raw()
+        },
+        Need::Daemon,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("PREFLIGHT \"maybe\"") && e.contains("PREFLIGHT_HTTP_ADDRESS"),
+        "{e}"
+    );
+}

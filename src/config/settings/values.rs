@@ -1,5 +1,5 @@
-//! Parsing of single setting values whose syntax is ours: `RATE_LIMITS`, `EMAIL` and
-//! `HAPROXY_RUNTIME_API` (split from `settings.rs`, which keeps the whole `Config`).
+//! Parsing of single setting values whose syntax is ours: `RATE_LIMITS`, `EMAIL`,
+//! `HAPROXY_RUNTIME_API`, `PREFLIGHT` and `PREFLIGHT_HTTP_ADDRESS` (split from `settings.rs`, which keeps the whole `Config`).
 
 use haproxy_acme_state::ledger::{Limit, Limits};
 
@@ -115,5 +115,57 @@ pub(super) fn parse_runtime_api(s: &str, lb: Option<&str>) -> Result<RuntimeApiA
             Ok(RuntimeApiAddr::Tcp(s.to_string()))
         }
         _ => Err("expected unix:/path/to/socket, host:port, or a port".into()),
+    }
+}
+
+/// `PREFLIGHT` (`on`, the default, or `off`) and `PREFLIGHT_HTTP_ADDRESS` (`host:port`, port 80
+/// if not given): whether challenges are checked before the CA is told, and where HTTP-01's is
+/// fetched (`None`: each name's own address).
+pub(super) fn parse_preflight(
+    enabled: Option<&str>,
+    address: Option<&str>,
+) -> Result<(bool, Option<String>), Vec<String>> {
+    let mut errors = Vec::new();
+    let on = match enabled.map(str::trim).unwrap_or("") {
+        "" | "on" | "true" | "1" => true,
+        "off" | "false" | "0" => false,
+        other => {
+            errors.push(format!("PREFLIGHT {other:?}: `on` (the default) or `off`"));
+            true
+        }
+    };
+    let address = match address.map(str::trim).filter(|a| !a.is_empty()) {
+        None => None,
+        Some(a) => {
+            let port = if a.starts_with('[') {
+                // `[v6]` or `[v6]:port`.
+                a.split_once("]:").map(|(_, p)| p)
+            } else {
+                a.rsplit_once(':').map(|(_, p)| p)
+            };
+            let with_port = match port {
+                None if !a.starts_with('[') || a.ends_with(']') => format!("{a}:80"),
+                Some(p) if a.starts_with('[') || a.matches(':').count() == 1 => {
+                    if p.parse::<u16>().map_or(true, |p| p == 0) {
+                        errors.push(format!(
+                            "PREFLIGHT_HTTP_ADDRESS {a:?}: the port must be 1-65535"
+                        ));
+                    }
+                    a.to_string()
+                }
+                _ => {
+                    errors.push(format!(
+                        "PREFLIGHT_HTTP_ADDRESS {a:?}: host:port, an IPv6 address in brackets \
+                         ([::1]:80)"
+                    ));
+                    a.to_string()
+                }
+            };
+            Some(with_port)
+        }
+    };
+    match errors.is_empty() {
+        true => Ok((on, address)),
+        false => Err(errors),
     }
 }
