@@ -101,7 +101,7 @@ impl OrderHooks for Hooks<'_> {
                         Step::Validation,
                         FailureKind::Retryable,
                         format!(
-                            "preflight failed, the CA was not asked to validate (PREFLIGHT=off                              skips this check): {e}"
+                            "preflight failed, the CA was not asked to validate (PREFLIGHT=off skips this check): {e}"
                         ),
                     )
                 })?;
