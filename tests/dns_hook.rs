@@ -3,7 +3,8 @@
 //! management API exactly as a user's DNS-provider script would (certbot's manual-hook
 //! variables), a wildcard plus apex certificate is issued and served, every published record
 //! is removed, a wildcard without a DNS challenge is refused at start, and a kill -9 while a
-//! record is published leaves none behind after the restart, with one certificate issued.
+//! record is published leaves none behind after the restart, with one certificate issued, and
+//! a failing cleanup hook is tried again and its record stays owed until a later run removes it.
 
 mod common;
 
@@ -268,5 +269,60 @@ fn a_kill_while_a_record_is_published_leaves_none_after_the_restart_and_issues_o
     assert_eq!(env.pebble_new_orders(), 1);
     let issued = env.issued();
     assert_eq!(issued.len(), 1, "{issued:?}");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn a_failing_cleanup_is_tried_again_and_stays_owed_until_it_succeeds() {
+    let env = Env::start();
+    let (auth, cleanup, log, _) = hooks(&env);
+    let fail = env.dir.path().join("fail-cleanup");
+    std::fs::write(&fail, "").unwrap();
+    // The provider's API refuses deletions while `fail` exists.
+    let failing = format!(
+        "echo cleanup-attempt >> {}; test ! -e {} && {cleanup}",
+        log.display(),
+        fail.display()
+    );
+    let domains = "owed.test challenge=dns-01";
+    let hooks_env = [("DNS_HOOK", auth.as_str()), ("DNS_CLEANUP_HOOK", &failing)];
+    let mut daemon = env.start_daemon_with(domains, &hooks_env);
+    let dump = |env: &Env| {
+        let out = env.cli(domains, &["state", "dump", "owed.test"]);
+        assert!(out.status.success(), "{}", common::text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["certificates"][0].clone()
+    };
+    wait_until("three removal attempts", Duration::from_secs(90), || {
+        daemon.assert_running();
+        lines(&log, "cleanup-attempt").len() >= 3
+    });
+    wait_until("the failure recorded", Duration::from_secs(10), || {
+        daemon.log_text().contains("it stays published and owed")
+    });
+    let c = dump(&env);
+    assert_eq!(c["phase"], "issued", "the certificate did not wait: {c}");
+    assert_eq!(
+        c["dns_records_to_clean"],
+        serde_json::json!(["_acme-challenge.owed.test"]),
+        "{c}"
+    );
+    assert_eq!(txt(&env, "owed.test").len(), 1, "still published");
+    assert_eq!(lines(&log, "cleanup-attempt").len(), 3, "no more tries");
+    assert!(daemon.terminate().success());
+
+    // The API works again: the next start removes what is owed.
+    std::fs::remove_file(&fail).unwrap();
+    let mut daemon = env.start_daemon_with(domains, &hooks_env);
+    wait_until("the record removed", Duration::from_secs(30), || {
+        daemon.assert_running();
+        lines(&log, "cleanup ").len() == 1
+    });
+    // The dump leaves the list out when nothing is owed.
+    wait_until("nothing owed", Duration::from_secs(10), || {
+        dump(&env)["dns_records_to_clean"].is_null()
+    });
+    assert_eq!(txt(&env, "owed.test"), Vec::<String>::new());
+    assert_eq!(env.issued().len(), 1, "no new certificate");
     assert!(daemon.terminate().success());
 }

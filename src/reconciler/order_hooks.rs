@@ -187,67 +187,117 @@ fn store_failure(step: Step, e: StoreError) -> AcmeError {
     AcmeError::new(step, FailureKind::Retryable, e.to_string())
 }
 
+/// How many times a failed DNS record removal is tried within one cleanup, and the pause
+/// between tries (a DNS server restarting, a provider's API answering 5xx for a moment).
+const CLEANUP_TRIES: u32 = 3;
+const CLEANUP_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Reconciler {
     /// Removes each DNS record of `id` published and not cleaned up (the order's, and those of
     /// orders dropped or finished): by RFC 2136 delete when DNS_UPDATE_SERVER is set, else with
-    /// DNS_CLEANUP_HOOK; then records them cleaned, so each is removed once. With neither they
-    /// are only recorded (nothing can remove them). A failing cleanup is logged: the
-    /// certificate does not wait for it.
+    /// DNS_CLEANUP_HOOK; then records the removed ones cleaned, so each is removed once. With
+    /// neither they are only recorded (nothing can remove them). A removal that still fails
+    /// after [`CLEANUP_TRIES`] is logged and stays owed (`dns_records_to_clean` in the dump):
+    /// tried again after the certificate's next order and at the next start. The certificate
+    /// does not wait for it.
     pub(super) async fn clean_dns(&self, id: &str) -> Result<(), StoreError> {
         let Some(r) = self.store.get(id).await? else {
             return Ok(());
         };
-        let owed: Vec<Challenge> = r.dns_to_clean().into_iter().cloned().collect();
+        let mut owed: Vec<Challenge> = r.dns_to_clean().into_iter().cloned().collect();
         if owed.is_empty() {
             return Ok(());
         }
-        if let Some(update) = &self.config.dns_update {
-            for c in &owed {
-                let domain = c.domain.as_deref().unwrap_or_default();
-                let value = crate::dns_hook::validation(&c.key_authorization);
-                if let Err(e) = crate::dns_update::remove(update, domain, &value).await {
-                    tracing::error!(cert = id, record = %crate::dns_hook::record_name(c), error = %e, "removing the TXT record by RFC 2136 failed: it may stay published; remove it by hand");
-                }
-            }
+        if self.config.dns_update.is_none() && self.config.dns_cleanup_hook.is_none() {
+            tracing::info!(
+                cert = id,
+                records = owed.len(),
+                "no DNS_CLEANUP_HOOK: the TXT records DNS_HOOK published are left in place"
+            );
             let tokens = owed.into_iter().map(|c| c.token).collect();
             return self
                 .record(id, Event::DnsCleaned { tokens })
                 .await
                 .map(drop);
         }
-        match &self.config.dns_cleanup_hook {
-            None => tracing::info!(
-                cert = id,
-                records = owed.len(),
-                "no DNS_CLEANUP_HOOK: the TXT records DNS_HOOK published are left in place"
-            ),
-            Some(command) => {
-                for i in 0..owed.len() {
-                    let auth_output = self
-                        .dns_auth_output
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .remove(&owed[i].token)
-                        .unwrap_or_default();
-                    let out = crate::dns_hook::run(
-                        crate::dns_hook::Stage::Cleanup,
-                        command,
-                        id,
-                        &owed,
-                        i,
-                        &auth_output,
-                        self.config.dns_hook_timeout,
-                    )
-                    .await;
-                    if let Some(e) = out.error {
-                        tracing::error!(cert = id, record = %crate::dns_hook::record_name(&owed[i]), error = %e, "DNS_CLEANUP_HOOK failed: the TXT record may stay published; remove it by hand");
+        let mut cleaned = Vec::new();
+        for attempt in 1..=CLEANUP_TRIES {
+            if attempt > 1 {
+                tokio::time::sleep(CLEANUP_PAUSE).await;
+            }
+            let last = attempt == CLEANUP_TRIES;
+            let mut failed = Vec::new();
+            for (i, c) in owed.iter().enumerate() {
+                match self.remove_dns_record(id, &owed, i).await {
+                    Ok(()) => cleaned.push(c.token.clone()),
+                    Err(e) if last => {
+                        tracing::error!(cert = id, record = %crate::dns_hook::record_name(c), error = %e, attempts = CLEANUP_TRIES, "removing the TXT record failed: it stays published and owed (`dns_records_to_clean`), tried again after the next order and at the next start");
+                        failed.push(c.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(cert = id, record = %crate::dns_hook::record_name(c), error = %e, attempt, "removing the TXT record failed; trying again");
+                        failed.push(c.clone());
                     }
                 }
             }
+            owed = failed;
+            if owed.is_empty() {
+                break;
+            }
         }
-        let tokens = owed.into_iter().map(|c| c.token).collect();
-        self.record(id, Event::DnsCleaned { tokens })
+        if cleaned.is_empty() {
+            return Ok(());
+        }
+        self.record(id, Event::DnsCleaned { tokens: cleaned })
             .await
             .map(drop)
+    }
+
+    /// Removes `owed[i]` by RFC 2136 or DNS_CLEANUP_HOOK (with the rest of `owed` as the hook's
+    /// remaining challenges).
+    async fn remove_dns_record(
+        &self,
+        id: &str,
+        owed: &[Challenge],
+        i: usize,
+    ) -> Result<(), String> {
+        let c = &owed[i];
+        if let Some(update) = &self.config.dns_update {
+            let domain = c.domain.as_deref().unwrap_or_default();
+            let value = crate::dns_hook::validation(&c.key_authorization);
+            return crate::dns_update::remove(update, domain, &value)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let Some(command) = &self.config.dns_cleanup_hook else {
+            return Ok(());
+        };
+        let auth_output = self
+            .dns_auth_output
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&c.token)
+            .cloned()
+            .unwrap_or_default();
+        let out = crate::dns_hook::run(
+            crate::dns_hook::Stage::Cleanup,
+            command,
+            id,
+            owed,
+            i,
+            &auth_output,
+            self.config.dns_hook_timeout,
+        )
+        .await;
+        match out.error {
+            Some(e) => Err(format!("DNS_CLEANUP_HOOK: {e}")),
+            None => {
+                self.dns_auth_output
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&c.token);
+                Ok(())
+            }
+        }
     }
 }
