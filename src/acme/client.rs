@@ -271,7 +271,12 @@ impl AcmeClient {
                             domain: wanted.validates_wildcards().then_some(domain),
                         });
                     }
+                    let persist = !challenges.is_empty()
+                        && wanted == haproxy_acme_state::ChallengeType::DnsPersist01;
                     hooks.publish(challenges).await?;
+                    if persist {
+                        hooks.check_persist(self.account.id(), names).await?;
+                    }
                     tracing::debug!(order = url, "challenges published");
                     // Second pass: tell the CA.
                     let mut authzs = order.authorizations();

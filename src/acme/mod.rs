@@ -95,6 +95,12 @@ pub trait OrderHooks: Send + Sync {
     /// Publish these challenges (store first, then the responder map or the DNS hook) before
     /// the CA is told to validate. An error (the DNS hook failed) means the CA must not be told.
     async fn publish(&self, challenges: Vec<Challenge>) -> Result<(), AcmeError>;
+    /// dns-persist-01: checks the standing records of `names` authorize `account` (the account
+    /// URL) before the CA is told to validate; an error means it must not be told. Other
+    /// challenge types have nothing to check.
+    async fn check_persist(&self, _account: &str, _names: &[String]) -> Result<(), AcmeError> {
+        Ok(())
+    }
     /// The stored certificate key for this order, generating and storing one first if needed.
     async fn key_pem(&self) -> Result<String, AcmeError>;
 }
