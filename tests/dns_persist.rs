@@ -4,8 +4,9 @@
 //! one `haproxy-acme dns-persist-record` prints, added to BIND's zone by `nsupdate` as the
 //! operator would; the daemon itself never writes to DNS. A wildcard plus apex certificate is
 //! issued with a persistUntil 20 days away (warned about: log, metric, `status`); a missing
-//! record fails before the CA is told to validate (no challenge request in pebble's log), its
-//! message showing the record, and the certificate is issued once the record exists.
+//! record, then a wrong one (no `policy=wildcard`), fail before the CA is told to validate (no
+//! challenge request in pebble's log), the message showing the record, and the certificate is
+//! issued once the right record exists.
 
 mod common;
 
@@ -57,6 +58,24 @@ fn printed(env: &Env, vars: &[(&'static str, String)], args: &[&str]) -> String 
 fn account_of(line: &str) -> String {
     let start = line.find("accounturi=").expect("an accounturi") + "accounturi=".len();
     line[start..].split([';', '"']).next().unwrap().to_string()
+}
+
+/// Waits for the recorded failure of example.test whose message contains `containing`.
+fn recorded_failure(env: &Env, daemon: &mut common::Daemon, containing: &str) -> Value {
+    let mut failure = Value::Null;
+    wait_until("the failure is recorded", Duration::from_secs(60), || {
+        daemon.assert_running();
+        let out = env.cli(DOMAINS, &["state", "dump"]);
+        if !out.status.success() {
+            return false; // starting: the admin socket is not up yet
+        }
+        let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+        failure = d["certificates"][0]["last_error"].clone();
+        failure["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(containing))
+    });
+    failure
 }
 
 fn challenge_requests(env: &Env) -> usize {
@@ -167,17 +186,7 @@ fn a_missing_record_fails_before_the_ca_is_asked_and_its_message_shows_the_recor
     let (bind, env) = start();
     let vars = settings(&bind);
     let mut daemon = env.start_daemon_with(DOMAINS, &refs(&vars));
-    let mut failure = Value::Null;
-    wait_until("the failure is recorded", Duration::from_secs(60), || {
-        daemon.assert_running();
-        let out = env.cli(DOMAINS, &["state", "dump"]);
-        if !out.status.success() {
-            return false; // starting: the admin socket is not up yet
-        }
-        let d: Value = serde_json::from_slice(&out.stdout).unwrap();
-        failure = d["certificates"][0]["last_error"].clone();
-        !failure.is_null()
-    });
+    let failure = recorded_failure(&env, &mut daemon, "");
     let message = failure["message"].as_str().unwrap_or_default();
     eprintln!("failure message: {message}");
     assert_eq!(failure["kind"], "retryable", "{failure}");
@@ -203,6 +212,18 @@ fn a_missing_record_fails_before_the_ca_is_asked_and_its_message_shows_the_recor
         1,
         "the order was placed, not validated"
     );
+    // A wrong record (no policy=wildcard, which the wildcard needs) is refused the same way.
+    let wrong = line.replace("; policy=wildcard", "");
+    bind.nsupdate(&format!("update add {wrong}"));
+    let out = env.cli(DOMAINS, &["retry", "example.test"]);
+    assert!(out.status.success(), "retry: {}", common::text(&out));
+    let failure = recorded_failure(&env, &mut daemon, "policy=wildcard, which");
+    let message = failure["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("answers 1 TXT value(s)") && message.contains(line),
+        "{message}"
+    );
+    assert_eq!(challenge_requests(&env), 0, "still no challenge request");
     // The operator creates it; `retry` tries at once, and the certificate is issued.
     bind.nsupdate(&format!("update add {line}"));
     let out = env.cli(DOMAINS, &["retry", "example.test"]);

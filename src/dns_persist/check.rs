@@ -126,7 +126,9 @@ pub async fn check(
                     continue;
                 }
             };
-        let mut until: Option<Option<i64>> = None;
+        // The record's persistUntil as the least lasting server has it (`i64::MAX`: none),
+        // each server's best value counted.
+        let mut until: Option<i64> = None;
         for (ns, addr) in &servers {
             match crate::dns_update::txt_values(*addr, &fqdn).await {
                 Err(e) => problems.push(format!(
@@ -138,8 +140,13 @@ pub async fn check(
                         .iter()
                         .map(|v| authorizes(v, issuers, account, w, now))
                         .collect();
-                    if let Some(t) = judged.iter().filter_map(|j| j.clone().ok()).max() {
-                        until = Some(until.flatten().max(t).or(t));
+                    let best = judged
+                        .iter()
+                        .filter_map(|j| j.clone().ok())
+                        .map(|t| t.unwrap_or(i64::MAX))
+                        .max();
+                    if let Some(t) = best {
+                        until = Some(until.map_or(t, |u| u.min(t)));
                         continue;
                     }
                     let why: Vec<String> = judged
@@ -160,7 +167,8 @@ pub async fn check(
             }
         }
         if let Some(t) = until.filter(|_| problems.is_empty()) {
-            found.push(Found { name, until: t });
+            let until = (t != i64::MAX).then_some(t);
+            found.push(Found { name, until });
         }
     }
     if problems.is_empty() {
