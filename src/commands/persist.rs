@@ -34,45 +34,45 @@ pub async fn dns_persist_record(
         .into_iter()
         .find(|s| s.id().as_str() == id)
         .map(|s| (s.names().to_vec(), s.challenge()));
-    let (account, stored) = match reach(&client, &Ask::Account, &config.data_dir).await? {
-        Reached::Daemon(a) if a.outcome == Outcome::Done => {
-            let stored = match configured {
-                Some(_) => None,
-                None => ask_daemon(&client, &Ask::State(Some(id.to_string())))
-                    .await?
-                    .filter(|a| a.outcome == Outcome::Done)
-                    .and_then(|a| serde_json::from_str::<serde_json::Value>(&a.body).ok())
-                    .and_then(|d| {
-                        let c = &d["certificates"][0];
-                        let names = c["names"].as_array()?;
-                        let names = names.iter().filter_map(|n| n.as_str().map(String::from));
-                        let challenge = c["challenge"].as_str().unwrap_or("http-01");
-                        Some((
-                            names.collect(),
-                            haproxy_acme_state::ChallengeType::parse(challenge)?,
-                        ))
-                    }),
-            };
-            (a.body.trim().to_string(), stored)
+    // The certificate is found before the account is asked for: a typo registers nothing.
+    let reached = reach(&client, &Ask::State(Some(id.to_string())), &config.data_dir).await?;
+    let stored = match (&configured, &reached) {
+        (Some(_), _) => None,
+        (None, Reached::Daemon(a)) if a.outcome == Outcome::Done => {
+            serde_json::from_str::<serde_json::Value>(&a.body)
+                .ok()
+                .and_then(|d| {
+                    let c = &d["certificates"][0];
+                    let names = c["names"].as_array()?;
+                    let names = names.iter().filter_map(|n| n.as_str().map(String::from));
+                    let challenge = c["challenge"].as_str().unwrap_or("http-01");
+                    Some((
+                        names.collect(),
+                        haproxy_acme_state::ChallengeType::parse(challenge)?,
+                    ))
+                })
         }
-        Reached::Daemon(a) => {
-            anyhow::bail!("the daemon could not give the account: {}", a.body.trim())
-        }
-        Reached::Store(store) => {
-            let stored = match configured {
-                Some(_) => None,
-                None => store.get(id).await?.map(|r| (r.names.clone(), r.challenge)),
-            };
-            let acme = crate::acme::LazyAcme::new(config.clone(), store);
-            let url = acme.account_url().await.map_err(|e| {
-                anyhow::anyhow!("the ACME account could not be loaded or registered: {e}")
-            })?;
-            (url, stored)
+        (None, Reached::Daemon(_)) => None,
+        (None, Reached::Store(store)) => {
+            store.get(id).await?.map(|r| (r.names.clone(), r.challenge))
         }
     };
     let (names, challenge) = configured
         .or(stored)
         .ok_or_else(|| Exit(3, format!("no certificate {id:?} is configured or stored")))?;
+    let account = match reached {
+        Reached::Daemon(_) => match ask_daemon(&client, &Ask::Account).await? {
+            Some(a) if a.outcome == Outcome::Done => a.body.trim().to_string(),
+            Some(a) => anyhow::bail!("the daemon could not give the account: {}", a.body.trim()),
+            None => anyhow::bail!("the daemon stopped answering"),
+        },
+        Reached::Store(store) => crate::acme::LazyAcme::new(config.clone(), store)
+            .account_url()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("the ACME account could not be loaded or registered: {e}")
+            })?,
+    };
     if challenge != haproxy_acme_state::ChallengeType::DnsPersist01 {
         eprintln!(
             "note: certificate {id} has challenge={}; add challenge=dns-persist-01 to its entry for \
