@@ -89,6 +89,20 @@ pub enum Command {
     /// With the daemon stopped: replace the store with the snapshot in FILE (checked whole
     /// first); the current store is moved aside into DATA_DIR, never deleted.
     Restore { file: PathBuf },
+    /// Print the standing TXT record(s) certificate ID (with `challenge=dns-persist-01`) needs
+    /// for the configured CA and account (draft-ietf-acme-dns-persist): a zone-file line per
+    /// name, `policy=wildcard` when the certificate has a wildcard. Registers the account if
+    /// there is none yet. Create them once; they are never published or removed by us.
+    DnsPersistRecord {
+        id: String,
+        /// The record's persistUntil: a date (2027-06-01 or 2027-06-01T00:00:00Z) or a
+        /// duration from now (e.g. 365d); the CA refuses the record after it.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print JSON: [{"name", "value", "zone_line"}].
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +253,15 @@ pub struct RawSettings {
     /// The port the zone's authoritative servers (its NS records) are asked on [default: 53].
     #[arg(long, env = "DNS_AUTHORITATIVE_PORT", global = true)]
     pub dns_authoritative_port: Option<String>,
+    /// host:port of the resolver asked for the zone and NS servers of a dns-persist-01 record
+    /// before it is read at each authoritative server [default: DNS_UPDATE_SERVER, else the
+    /// first nameserver of /etc/resolv.conf].
+    #[arg(long, env = "DNS_RESOLVER", global = true)]
+    pub dns_resolver: Option<String>,
+    /// The issuer-domain-name dns-persist-01 records name [default: the first of the CA
+    /// directory's meta.caaIdentities, e.g. letsencrypt.org, or pebble.letsencrypt.org].
+    #[arg(long, env = "DNS_PERSIST_ISSUER", global = true)]
+    pub dns_persist_issuer: Option<String>,
     /// How often HAProxy is asked which certificate it serves for each one (and each file read);
     /// one that is not the stored one is installed again and counted. A duration, e.g. 5m
     /// [default: 5m, with up to 10 % jitter]; `off` never checks.

@@ -31,6 +31,8 @@
 //! - [`budget`]: the local rate-limit budget (ledger in the store, registered domains by psl).
 //! - [`signals`]: SIGTERM/SIGINT (shutdown) and SIGHUP (reload).
 //! - [`watch`]: DOMAINS_FILE changes (notify).
+//! - [`dns_persist`]: dns-persist-01: the standing `_validation-persist` record (printed by
+//!   `dns-persist-record`, read at the zone's authoritative servers before the CA is told).
 //! - [`haproxy_snippet`]: the HAProxy configuration printed by `haproxy-config`.
 
 pub mod acme;
@@ -42,6 +44,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod dns_hook;
+pub mod dns_persist;
 pub mod dns_update;
 pub mod haproxy_snippet;
 pub mod health;

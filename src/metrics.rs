@@ -69,6 +69,13 @@ struct AttentionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PersistLabels {
+    name: String,
+    /// The record's name, `_validation-persist.<domain>`.
+    record: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
     name: String,
     /// `True` or `False`, as cert-manager's `certificate_ready_status`.
@@ -93,6 +100,9 @@ pub struct Metrics {
     drifts: Counter,
     /// When the watchdog last completed a check (0: never; then the gauge is not exported).
     watchdog_last_check: std::sync::atomic::AtomicI64,
+    /// The persistUntil of each dns-persist-01 record last checked, by (certificate id,
+    /// record name) (`None`: the record has none). In memory: filled by the checks of this run.
+    dns_persist: std::sync::Mutex<std::collections::BTreeMap<(String, String), Option<i64>>>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -120,6 +130,7 @@ impl Default for Metrics {
             watchdog_checks: Counter::default(),
             drifts: Counter::default(),
             watchdog_last_check: std::sync::atomic::AtomicI64::new(0),
+            dns_persist: Default::default(),
         }
     }
 }
@@ -218,6 +229,33 @@ impl Metrics {
         self.drifts.inc();
     }
 
+    /// A dns-persist-01 record of certificate `id` checked: its persistUntil (`None`: none).
+    pub fn dns_persist_until(&self, id: &str, record: &str, until: Option<i64>) {
+        self.persist_map()
+            .insert((id.to_string(), record.to_string()), until);
+    }
+
+    /// The dns-persist-01 records checked whose persistUntil is within 30 days of `now` (or
+    /// passed): (certificate id, record name, persistUntil), for `status`.
+    pub fn dns_persist_expiring(&self, now: UnixTime) -> Vec<(String, String, i64)> {
+        self.persist_map()
+            .iter()
+            .filter_map(|((id, record), until)| {
+                let t = (*until)?;
+                (t - now < crate::dns_persist::EXPIRING_WITHIN)
+                    .then(|| (id.clone(), record.clone(), t))
+            })
+            .collect()
+    }
+
+    fn persist_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, String), Option<i64>>> {
+        self.dns_persist
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The OpenMetrics text of the counters and of a gauge set for `records` at `now`.
     /// `ready`: start-up done; `last_pass`: when the reconciler last completed a pass.
     pub fn render(
@@ -297,6 +335,31 @@ impl Metrics {
             "1 for each condition that needs an operator (failing, expiring, not-served): what \
              `status --check` reports; absent when none",
             attention,
+        );
+        let persist_until = Family::<PersistLabels, Gauge>::default();
+        let persist_expiring = Family::<PersistLabels, Gauge>::default();
+        for ((id, record), until) in self.persist_map().iter() {
+            let labels = PersistLabels {
+                name: id.clone(),
+                record: record.clone(),
+            };
+            if let Some(t) = until {
+                persist_until.get_or_create(&labels).set(*t);
+            }
+            let soon = until.is_some_and(|t| t - now < crate::dns_persist::EXPIRING_WITHIN);
+            persist_expiring.get_or_create(&labels).set(i64::from(soon));
+        }
+        reg.register(
+            "dns_persist_until_timestamp_seconds",
+            "The persistUntil of a certificate's dns-persist-01 record, as last checked (Unix \
+             seconds; absent when it has none)",
+            persist_until,
+        );
+        reg.register(
+            "dns_persist_expiring",
+            "1 when a certificate's dns-persist-01 record's persistUntil is within 30 days (the \
+             CA refuses the record after it), else 0",
+            persist_expiring,
         );
         reg.register(
             "http_acme_client_request",

@@ -269,12 +269,17 @@ impl AcmeClient {
                             token: ch.token.clone(),
                             key_authorization: ch.key_authorization().as_str().to_string(),
                             kind: wanted,
-                            domain: wanted.is_dns().then(|| domain.clone()),
+                            domain: wanted.validates_wildcards().then(|| domain.clone()),
                         };
                         checked.push((domain, challenge.clone()));
                         challenges.push(challenge);
                     }
+                    let persist = !challenges.is_empty()
+                        && wanted == haproxy_acme_state::ChallengeType::DnsPersist01;
                     hooks.publish(challenges).await?;
+                    if persist {
+                        hooks.check_persist(self.account.id(), names).await?;
+                    }
                     tracing::debug!(order = url, "challenges published");
                     hooks.preflight(&checked).await?;
                     // Second pass: tell the CA.
@@ -392,11 +397,15 @@ fn certificate_identifier(chain_pem: &str) -> Result<CertificateIdentifier<'stat
     CertificateIdentifier::try_from(&leaf).map(CertificateIdentifier::into_owned)
 }
 
-/// instant-acme's name of a challenge type.
+/// instant-acme's name of a challenge type (0.8 has no dns-persist-01: its `Unknown` carries
+/// the type string, and matches the CA's challenge of that type).
 fn acme_type(c: haproxy_acme_state::ChallengeType) -> ChallengeType {
     match c {
         haproxy_acme_state::ChallengeType::Http01 => ChallengeType::Http01,
         haproxy_acme_state::ChallengeType::Dns01 => ChallengeType::Dns01,
+        haproxy_acme_state::ChallengeType::DnsPersist01 => {
+            ChallengeType::Unknown(c.as_str().to_string())
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The CA's directory read on its own at start-up, for the profiles it offers (`meta.profiles`,
-//! draft-aaron-acme-profiles): the configured ones are checked before anything is ordered.
+//! draft-aaron-acme-profiles): the configured ones are checked before anything is ordered; and
+//! for the names the CA calls itself (`meta.caaIdentities`, RFC 8555 §7.1.1): the
+//! issuer-domain-name of a dns-persist-01 record.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +18,31 @@ const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The profiles the directory at ACME_DIRECTORY offers (name → description); `None` when it
 /// offers none. The error says why the directory could not be read.
 pub async fn offered_profiles(config: &Config) -> Result<Option<BTreeMap<String, String>>, String> {
+    profiles_of(&fetch(config).await?)
+}
+
+/// `meta.caaIdentities` of the directory at ACME_DIRECTORY (empty when it lists none): the
+/// domain names the CA recognizes as itself, which pebble (its `caaIdentities` setting, by
+/// default `pebble.letsencrypt.org`) also offers as a dns-persist-01 challenge's
+/// `issuer-domain-names`; Let's Encrypt lists `letsencrypt.org`.
+pub async fn caa_identities(config: &Config) -> Result<Vec<String>, String> {
+    #[derive(serde::Deserialize)]
+    struct Directory {
+        #[serde(default)]
+        meta: Option<Meta>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(default, rename = "caaIdentities")]
+        caa_identities: Vec<String>,
+    }
+    let d: Directory = serde_json::from_slice(&fetch(config).await?)
+        .map_err(|e| format!("not an ACME directory: {e}"))?;
+    Ok(d.meta.map(|m| m.caa_identities).unwrap_or_default())
+}
+
+/// The directory document's bytes (GET ACME_DIRECTORY, 10 s at most).
+async fn fetch(config: &Config) -> Result<Vec<u8>, String> {
     let client = http_client(config.acme_ca_bundle.as_deref()).map_err(|e| e.message)?;
     let request = hyper::Request::builder()
         .method(hyper::Method::GET)
@@ -34,7 +61,7 @@ pub async fn offered_profiles(config: &Config) -> Result<Option<BTreeMap<String,
         if !status.is_success() {
             return Err(format!("HTTP {status}"));
         }
-        profiles_of(&body)
+        Ok(body.to_vec())
     };
     tokio::time::timeout(DIRECTORY_TIMEOUT, fetch)
         .await

@@ -32,6 +32,12 @@ impl LazyAcme {
         }
     }
 
+    /// The account URL (registering the account first when there is none): what a
+    /// dns-persist-01 record's `accounturi=` names.
+    pub async fn account_url(&self) -> Result<String, AcmeError> {
+        Ok(self.client().await?.id().to_string())
+    }
+
     async fn client(&self) -> Result<Arc<AcmeClient>, AcmeError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = &*slot {

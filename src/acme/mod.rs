@@ -98,6 +98,12 @@ pub trait OrderHooks: Send + Sync {
     /// Checks the published challenges the way the CA will (`PREFLIGHT`); each comes with the
     /// name it validates. An error means the CA must not be told.
     async fn preflight(&self, challenges: &[(String, Challenge)]) -> Result<(), AcmeError>;
+    /// dns-persist-01: checks the standing records of `names` authorize `account` (the account
+    /// URL) before the CA is told to validate; an error means it must not be told. Other
+    /// challenge types have nothing to check.
+    async fn check_persist(&self, _account: &str, _names: &[String]) -> Result<(), AcmeError> {
+        Ok(())
+    }
     /// The stored certificate key for this order, generating and storing one first if needed.
     async fn key_pem(&self) -> Result<String, AcmeError>;
 }

@@ -48,6 +48,8 @@ pub enum Ask {
     },
     /// `backup FILE`: a snapshot of the store (keys included; unix socket only).
     Backup,
+    /// The ACME account URL (`dns-persist-record`).
+    Account,
 }
 
 impl Ask {
@@ -85,6 +87,7 @@ impl Ask {
                 (Method::POST, "/import".into(), lineages_json.clone())
             }
             Ask::Backup => (Method::GET, "/backup".into(), Vec::new()),
+            Ask::Account => (Method::GET, "/account".into(), Vec::new()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The admin endpoint: HTTP/1.1 on a unix socket in DATA_DIR (`admin.sock`, mode 0600), off the
 //! public path, and read-only on a loopback TCP address when ADMIN_LISTEN is set (for
-//! Prometheus). Routes: GET /state[/ID], /status, /check (`status --check`), /healthz, /metrics; POST
+//! Prometheus). Routes: GET /state[/ID], /status, /check (`status --check`), /healthz, /metrics, /account
+//! (the ACME account URL, registered first if needed); POST
 //! /certificates/ID/renew[?force=1], /certificates/ID/retry, /certificates/ID/revoke?reason=R, /domains (body: the names),
 //! /import (body: JSON lineages); DELETE /domains/ID; GET /backup (a store snapshot, keys
 //! included: unix socket only). While the daemon runs it holds sled's
@@ -85,7 +86,9 @@ pub async fn status_text(
         Err(e) if !waiting.is_empty() => format!("the certificates cannot be read now: {e}\n"),
         Err(e) => return Err(e),
     };
-    Ok(table + &haproxy_acme_state::dump::waiting_text(waiting, now, color))
+    let persist =
+        crate::dns_persist::status_text(&crate::metrics::global().dns_persist_expiring(now), now);
+    Ok(table + &haproxy_acme_state::dump::waiting_text(waiting, now, color) + &persist)
 }
 
 /// The `status --check` report of every record in `store`.
@@ -221,6 +224,13 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
                 Err(e) => store_error(e),
             }
         }
+        (&Method::GET, ["account"]) => match admin.acme.account_url().await {
+            Ok(url) => text(StatusCode::OK, format!("{url}\n")),
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the ACME account is not available: {e}\n"),
+            ),
+        },
         (&Method::GET, ["check"]) => match check_text(store, &waiting, now).await {
             Ok(t) => text(StatusCode::OK, t),
             Err(e) => store_error(e),

@@ -12,10 +12,13 @@
 //!   HMAC key never prints.
 //! - [`dns_update`]: DNS-01 by RFC 2136 (`DNS_UPDATE_SERVER`, the TSIG key settings); the
 //!   secret never prints.
+//! - [`dns_persist`]: the read-only check of dns-persist-01 records (`DNS_RESOLVER`,
+//!   `DNS_PERSIST_ISSUER`).
 //! - [`names`]: name normalization (`idna`) and the types only it builds: [`CertId`], [`Names`].
 //!
 //! [`Config::from_raw`] returns both the settings and the wanted set.
 
+pub mod dns_persist;
 pub mod dns_update;
 pub mod eab;
 pub mod names;

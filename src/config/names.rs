@@ -198,7 +198,7 @@ impl CertSpec {
     /// One error per wildcard name the certificate's challenge cannot validate (only DNS-based
     /// challenges validate wildcards, RFC 8555 §7.1.3), saying what to add.
     pub fn wildcard_errors(&self) -> Vec<String> {
-        if self.challenge.is_dns() {
+        if self.challenge.validates_wildcards() {
             return Vec::new();
         }
         self.names
@@ -207,7 +207,7 @@ impl CertSpec {
             .map(|n| {
                 format!(
                     "{n:?} is a wildcard: {} cannot validate wildcards; add challenge=dns-01 to \
-                     its certificate (and set DNS_HOOK), e.g. \"{},{n} challenge=dns-01\"",
+                     its certificate (and set DNS_HOOK) or challenge=dns-persist-01, e.g. \"{},{n} challenge=dns-01\"",
                     self.challenge.as_str().to_uppercase(),
                     self.id
                 )

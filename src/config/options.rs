@@ -33,12 +33,12 @@ pub(super) fn split_entry(entry: &str) -> (Vec<String>, Vec<&str>) {
 pub(super) struct EntryOptions {
     /// `profile=NAME`: the ACME profile its orders ask for (overrides ACME_PROFILE).
     pub profile: Option<String>,
-    /// `challenge=http-01|dns-01`: how the CA validates its names (`None`: HTTP-01).
+    /// `challenge=http-01|dns-01|dns-persist-01`: how the CA validates its names (`None`: HTTP-01).
     pub challenge: Option<ChallengeType>,
 }
 
 /// The option keys a certificate entry takes, for error messages.
-const OPTION_KEYS: &str = "profile=NAME and challenge=http-01|dns-01";
+const OPTION_KEYS: &str = "profile=NAME and challenge=http-01|dns-01|dns-persist-01";
 
 /// Parses `key=value` option tokens; every problem is reported (an unknown key, an empty or
 /// bad value, a key given twice).
@@ -60,7 +60,7 @@ pub(super) fn parse_options(tokens: &[&str]) -> Result<EntryOptions, Vec<String>
             "challenge" => match ChallengeType::parse(value) {
                 None => errors.push(format!(
                     "option {token:?}: unknown challenge type {value:?} (this version answers \
-                     http-01 and dns-01)"
+                     http-01, dns-01 and dns-persist-01)"
                 )),
                 Some(_) if options.challenge.is_some() => {
                     errors.push(format!("option {token:?}: challenge is given twice"))
@@ -141,10 +141,17 @@ mod tests {
             ["example.test", "*.example.test", "challenge=dns-01"]
         );
         assert_eq!(parse_domains(&tokens.join(",")).unwrap()[0], w[0]);
+        // dns-persist-01 takes wildcards too, and is kept as a token.
+        let p = parse_domains("p.test,*.p.test challenge=dns-persist-01").unwrap();
+        assert_eq!(p[0].challenge(), ChallengeType::DnsPersist01);
+        assert_eq!(
+            p[0].entry_tokens(),
+            ["p.test", "*.p.test", "challenge=dns-persist-01"]
+        );
         // http-01 is the default: an entry that names it reads back the same without it.
         assert_eq!(w[1].entry_tokens(), ["b.test"]);
         let table: &[(&str, &str)] = &[
-            ("a.com color=blue", "unknown option \"color\" (in \"color=blue\"): a certificate entry takes profile=NAME and challenge=http-01|dns-01"),
+            ("a.com color=blue", "unknown option \"color\" (in \"color=blue\"): a certificate entry takes profile=NAME and challenge=http-01|dns-01|dns-persist-01"),
             ("a.com challenge=tls-alpn-01", "option \"challenge=tls-alpn-01\": unknown challenge type \"tls-alpn-01\""),
             ("a.com challenge=dns-01 challenge=http-01", "challenge is given twice"),
             ("a.com,*.a.com challenge=http-01", "\"*.a.com\" is a wildcard: HTTP-01 cannot validate wildcards; add challenge=dns-01 to its certificate"),

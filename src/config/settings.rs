@@ -72,6 +72,9 @@ pub struct Config {
     pub dns_hook_timeout: Duration,
     /// `DNS_UPDATE_SERVER` and its TSIG key: DNS-01 by RFC 2136 (wins over `dns_hook`).
     pub dns_update: Option<super::dns_update::DnsUpdate>,
+    /// `DNS_RESOLVER`, `DNS_AUTHORITATIVE_PORT`, `DNS_PERSIST_ISSUER`: how dns-persist-01
+    /// records are checked before the CA is told.
+    pub dns_persist: super::dns_persist::PersistCheck,
     /// `WATCHDOG_INTERVAL`: how often HAProxy is asked which certificate it serves (`None`:
     /// never).
     #[serde(serialize_with = "serialize_opt_secs")]
@@ -142,6 +145,14 @@ impl Config {
         let dns_update = super::dns_update::from_raw(raw).unwrap_or_else(|mut e| {
             errors.append(&mut e);
             None
+        });
+        let dns_persist = super::dns_persist::from_raw(raw).unwrap_or_else(|mut e| {
+            errors.append(&mut e);
+            super::dns_persist::PersistCheck {
+                resolver: None,
+                authoritative_port: 53,
+                issuer: None,
+            }
         });
         let mut wanted = WantedSet::new(
             raw.domains.as_deref().unwrap_or_default(),
@@ -417,6 +428,7 @@ impl Config {
             dns_cleanup_hook,
             dns_hook_timeout,
             dns_update,
+            dns_persist,
             rate_limits,
             domains_file,
             prune: raw.prune,

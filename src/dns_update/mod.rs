@@ -23,7 +23,7 @@ use crate::config::dns_update::{DnsUpdate, TsigAlg};
 
 mod propagation;
 
-pub use propagation::{authoritative_servers, wait_propagated};
+pub use propagation::{authoritative_servers, servers_of_zone, txt_values, wait_propagated};
 
 /// The TTL of the TXT records we add.
 pub const TTL: u32 = 60;
@@ -118,11 +118,22 @@ async fn exchange_bytes(server: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec
 
 /// A non-recursive query for `name`/`rtype` at `server`.
 async fn query(server: SocketAddr, name: &Name, rtype: RecordType) -> Result<Message, String> {
+    query_rd(server, name, rtype, false).await
+}
+
+/// A query for `name`/`rtype` at `server`, asking it to recurse when `recurse` (a resolver
+/// rather than an authoritative server: the dns-persist-01 check's DNS_RESOLVER).
+pub(crate) async fn query_rd(
+    server: SocketAddr,
+    name: &Name,
+    rtype: RecordType,
+    recurse: bool,
+) -> Result<Message, String> {
     let mut msg = Message::new();
     msg.set_id(rand::random())
         .set_message_type(MessageType::Query)
         .set_op_code(OpCode::Query)
-        .set_recursion_desired(false)
+        .set_recursion_desired(recurse)
         .add_query(Query::query(name.clone(), rtype));
     let bytes = msg.to_vec().map_err(|e| e.to_string())?;
     let resp = exchange_bytes(server, &bytes)
@@ -170,28 +181,41 @@ pub async fn target(cfg: &DnsUpdate, domain: &str) -> Result<Target, UpdateError
             None => break,
         }
     }
+    match zone_of(server, &name, false)
+        .await
+        .map_err(|(q, e)| unreachable(&q, e))?
+    {
+        Some(zone) => Ok(Target { name, zone }),
+        None => Err(UpdateError::permanent(format!(
+            "DNS_UPDATE_SERVER {} is authoritative for no zone holding {name}: it must be the \
+             primary server of that name's zone",
+            cfg.server
+        ))),
+    }
+}
+
+/// The zone holding `name`: SOA queries at `server`, label by label up (`None`: no zone
+/// found). The error names the query that was not answered.
+pub(crate) async fn zone_of(
+    server: SocketAddr,
+    name: &Name,
+    recurse: bool,
+) -> Result<Option<Name>, (String, String)> {
     let mut candidate = name.clone();
     loop {
-        let resp = query(server, &candidate, RecordType::SOA)
+        let resp = query_rd(server, &candidate, RecordType::SOA, recurse)
             .await
-            .map_err(|e| unreachable(&format!("SOA {candidate}"), e))?;
+            .map_err(|e| (format!("SOA {candidate}"), e))?;
         let is_zone = resp.response_code() == ResponseCode::NoError
             && resp
                 .answers()
                 .iter()
                 .any(|r| r.record_type() == RecordType::SOA && r.name() == &candidate);
         if is_zone {
-            return Ok(Target {
-                name,
-                zone: candidate,
-            });
+            return Ok(Some(candidate));
         }
         if candidate.num_labels() <= 1 {
-            return Err(UpdateError::permanent(format!(
-                "DNS_UPDATE_SERVER {} is authoritative for no zone holding {name}: it must be the \
-                 primary server of that name's zone",
-                cfg.server
-            )));
+            return Ok(None);
         }
         candidate = candidate.base_name();
     }

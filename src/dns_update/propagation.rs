@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, RecordType};
 
-use super::{query, server, UpdateError};
+use super::{query, query_rd, server, UpdateError};
 use crate::config::dns_update::DnsUpdate;
 
 /// The servers that must answer the value: the zone's NS records, as the update server knows
@@ -18,12 +18,27 @@ pub async fn authoritative_servers(
     zone: &Name,
 ) -> Result<Vec<(Name, SocketAddr)>, UpdateError> {
     let server = server(cfg).await?;
-    let resp = query(server, zone, RecordType::NS).await.map_err(|e| {
-        UpdateError::retryable(format!(
-            "DNS_UPDATE_SERVER {} did not answer the NS query for zone {zone}: {e}",
-            cfg.server
-        ))
-    })?;
+    let label = format!("DNS_UPDATE_SERVER {}", cfg.server);
+    servers_of_zone(server, &label, zone, cfg.authoritative_port, false).await
+}
+
+/// The NS records of `zone` as `server` (named `label` in messages) answers them, each
+/// resolved (`server`'s A/AAAA answer first, then the system's resolver) on `port`.
+/// `recurse`: `server` is a resolver, not the zone's primary.
+pub async fn servers_of_zone(
+    server: SocketAddr,
+    label: &str,
+    zone: &Name,
+    port: u16,
+    recurse: bool,
+) -> Result<Vec<(Name, SocketAddr)>, UpdateError> {
+    let resp = query_rd(server, zone, RecordType::NS, recurse)
+        .await
+        .map_err(|e| {
+            UpdateError::retryable(format!(
+                "{label} did not answer the NS query for zone {zone}: {e}"
+            ))
+        })?;
     let names: Vec<Name> = resp
         .answers()
         .iter()
@@ -34,33 +49,23 @@ pub async fn authoritative_servers(
         .collect();
     if names.is_empty() {
         return Err(UpdateError::retryable(format!(
-            "zone {zone} has no NS records at DNS_UPDATE_SERVER {}: cannot tell which servers \
-             must answer",
-            cfg.server
+            "zone {zone} has no NS records at {label}: cannot tell which servers must answer"
         )));
     }
     let mut out = Vec::new();
     for ns in names {
         let mut addrs = Vec::new();
         for rtype in [RecordType::A, RecordType::AAAA] {
-            if let Ok(resp) = query(server, &ns, rtype).await {
+            if let Ok(resp) = query_rd(server, &ns, rtype, recurse).await {
                 addrs.extend(resp.answers().iter().filter_map(|r| match r.data() {
-                    RData::A(a) if r.name() == &ns => {
-                        Some(SocketAddr::new(a.0.into(), cfg.authoritative_port))
-                    }
-                    RData::AAAA(a) if r.name() == &ns => {
-                        Some(SocketAddr::new(a.0.into(), cfg.authoritative_port))
-                    }
+                    RData::A(a) if r.name() == &ns => Some(SocketAddr::new(a.0.into(), port)),
+                    RData::AAAA(a) if r.name() == &ns => Some(SocketAddr::new(a.0.into(), port)),
                     _ => None,
                 }));
             }
         }
         if addrs.is_empty() {
-            let host = format!(
-                "{}:{}",
-                ns.to_ascii().trim_end_matches('.'),
-                cfg.authoritative_port
-            );
+            let host = format!("{}:{port}", ns.to_ascii().trim_end_matches('.'));
             let found = tokio::net::lookup_host(host).await;
             match found {
                 Ok(found) => addrs.extend(found),
@@ -76,8 +81,9 @@ pub async fn authoritative_servers(
     Ok(out)
 }
 
-/// The TXT values `server` answers for `name` (non-recursive).
-async fn txt_values(server: SocketAddr, name: &Name) -> Result<Vec<String>, String> {
+/// The TXT values `server` answers for `name` (non-recursive; one value per record, its
+/// strings joined).
+pub async fn txt_values(server: SocketAddr, name: &Name) -> Result<Vec<String>, String> {
     let resp = query(server, name, RecordType::TXT).await?;
     match resp.response_code() {
         ResponseCode::NoError | ResponseCode::NXDomain => {}

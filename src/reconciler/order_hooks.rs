@@ -113,6 +113,32 @@ impl OrderHooks for Hooks<'_> {
         Ok(())
     }
 
+    /// Reads the standing `_validation-persist` records at their zones' authoritative servers;
+    /// a persistUntil within 30 days is warned about (log, metric, `status`).
+    async fn check_persist(&self, account: &str, names: &[String]) -> Result<(), AcmeError> {
+        let fail = |m: String| AcmeError::new(Step::Validation, FailureKind::Retryable, m);
+        let config = &self.reconciler.config;
+        let issuers = crate::dns_persist::issuers(config).await.map_err(fail)?;
+        let wanted = crate::dns_persist::wanted(names);
+        let now = self.reconciler.clock.now();
+        let found = crate::dns_persist::check(config, &issuers, account, &wanted, now)
+            .await
+            .map_err(fail)?;
+        for f in &found {
+            let left = f.until.map(|t| t - now);
+            if let Some(left) = left.filter(|l| *l < crate::dns_persist::EXPIRING_WITHIN) {
+                tracing::warn!(cert = self.id, record = %f.name, persist_until = f.until, days_left = left / 86_400, "the dns-persist-01 record's persistUntil is within 30 days: after it the CA refuses the record; create it again with a later persistUntil (`haproxy-acme dns-persist-record {} --until ...`)", self.id);
+            }
+            crate::metrics::global().dns_persist_until(self.id, &f.name, f.until);
+        }
+        tracing::debug!(
+            cert = self.id,
+            records = found.len(),
+            "dns-persist-01 records checked"
+        );
+        Ok(())
+    }
+
     async fn key_pem(&self) -> Result<String, AcmeError> {
         let store_err = |e| store_failure(Step::Finalize, e);
         if self.key_generated {

@@ -13,7 +13,7 @@ pub fn sync_tokens(tokens: &Tokens, old: Option<&Record>, new: Option<&Record>) 
             .map(|o| {
                 o.challenges
                     .iter()
-                    .filter(|c| !c.is_dns())
+                    .filter(|c| c.kind.is_http01())
                     .cloned()
                     .collect()
             })

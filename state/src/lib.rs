@@ -127,18 +127,28 @@ pub enum ChallengeType {
     #[default]
     #[serde(rename = "http-01")]
     Http01,
-    /// A TXT record at `_acme-challenge.<name>` (RFC 8555 §8.4); the only one for wildcards.
+    /// A TXT record at `_acme-challenge.<name>` (RFC 8555 §8.4), published for each order.
     #[serde(rename = "dns-01")]
     Dns01,
+    /// A standing TXT record at `_validation-persist.<name>` naming the CA and the account
+    /// (draft-ietf-acme-dns-persist): created once by the operator, never published nor
+    /// removed by us; validates wildcards too.
+    #[serde(rename = "dns-persist-01")]
+    DnsPersist01,
 }
 
 impl ChallengeType {
-    pub const ALL: [ChallengeType; 2] = [ChallengeType::Http01, ChallengeType::Dns01];
+    pub const ALL: [ChallengeType; 3] = [
+        ChallengeType::Http01,
+        ChallengeType::Dns01,
+        ChallengeType::DnsPersist01,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ChallengeType::Http01 => "http-01",
             ChallengeType::Dns01 => "dns-01",
+            ChallengeType::DnsPersist01 => "dns-persist-01",
         }
     }
 
@@ -150,9 +160,15 @@ impl ChallengeType {
         *self == ChallengeType::Http01
     }
 
-    /// Whether the challenge is validated through DNS (wildcards need one that is).
+    /// Whether each order's challenge is a DNS record we publish (and owe a cleanup): DNS-01.
     pub fn is_dns(&self) -> bool {
         matches!(self, ChallengeType::Dns01)
+    }
+
+    /// Whether the CA validates through DNS, so wildcards are allowed: DNS-01 and
+    /// dns-persist-01.
+    pub fn validates_wildcards(&self) -> bool {
+        matches!(self, ChallengeType::Dns01 | ChallengeType::DnsPersist01)
     }
 }
 

@@ -211,7 +211,7 @@ impl TryFrom<RecordRepr> for Record {
 #[cfg(test)]
 mod tests {
     use crate::fixtures;
-    use crate::{Phase, Record, Stage};
+    use crate::{Challenge, ChallengeType, Phase, Record, Stage};
     use serde_json::{json, Value};
 
     /// The fixture records as stored, as JSON values to edit.
@@ -365,6 +365,26 @@ mod tests {
             (&v["profile"], &v["cert_profile"]),
             (&json!("shortlived"), &json!("classic"))
         );
+        assert_eq!(decode(&v).unwrap(), r);
+    }
+
+    #[test]
+    fn dns_persist_01_persists_by_its_name_and_other_records_keep_their_bytes() {
+        let mut r = fixtures::records()[1].clone();
+        let plain = serde_json::to_string(&r).unwrap();
+        assert!(!plain.contains("\"challenge\""), "HTTP-01 is left out");
+        r.challenge = ChallengeType::DnsPersist01;
+        if let Stage::Validating(o) = &mut r.stage {
+            o.challenges = vec![Challenge {
+                token: String::new(),
+                key_authorization: ".thumb".into(),
+                kind: ChallengeType::DnsPersist01,
+                domain: Some("b-validating.test".into()),
+            }];
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["challenge"], json!("dns-persist-01"));
+        assert_eq!(v["order"]["challenges"][0]["kind"], json!("dns-persist-01"));
         assert_eq!(decode(&v).unwrap(), r);
     }
 }

@@ -230,6 +230,12 @@ proptest! {
     }
 
     #[test]
+    fn dns_persist_settings(v in prop_oneof![host(), text()]) {
+        refused_only_naming(&with(|r| r.dns_resolver = Some(v.clone())), "DNS_RESOLVER")?;
+        refused_only_naming(&with(|r| r.dns_persist_issuer = Some(v)), "DNS_PERSIST_ISSUER")?;
+    }
+
+    #[test]
     fn watchdog_interval(v in duration()) {
         refused_only_naming(&with(|r| r.watchdog_interval = Some(v)), "WATCHDOG_INTERVAL")?;
     }
@@ -286,6 +292,8 @@ proptest! {
             dns_tsig_secret_file: None,
             dns_propagation_timeout: None,
             dns_authoritative_port: None,
+            dns_resolver: None,
+            dns_persist_issuer: None,
             responder_listen: Some(listen),
             watchdog_interval: Some(watchdog),
             alert_hook: Some(alert),
