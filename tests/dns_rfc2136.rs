@@ -272,3 +272,74 @@ fn a_kill_while_a_record_is_published_leaves_none_after_the_restart() {
     assert_eq!(env.issued().len(), 1);
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn a_dns_hook_record_is_awaited_at_every_authoritative_server_before_the_ca_is_told() {
+    let (bind, env) = start();
+    // A user's hook for a provider: here nsupdate into BIND, without any wait of its own.
+    let hook = env.dir.path().join("nsupdate-hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nprintf 'server 127.0.0.1 {port}\\nupdate add _acme-challenge.%s. 60 TXT \"%s\"\\nsend\\n' \
+             \"$CERTBOT_DOMAIN\" \"$CERTBOT_VALIDATION\" | nsupdate -y {alg}:{key}:{secret}\n",
+            port = bind.port,
+            alg = bind::ALGORITHM,
+            key = bind::KEY_NAME,
+            secret = bind::SECRET
+        ),
+    )
+    .unwrap();
+    let hook = format!("sh {}", hook.display());
+    let resolver = format!("127.0.0.1:{}", bind.port);
+    let port = bind.port.to_string();
+    let vars = [
+        ("DNS_HOOK", hook.as_str()),
+        ("DNS_RESOLVER", resolver.as_str()),
+        ("DNS_AUTHORITATIVE_PORT", port.as_str()),
+        ("DNS_PROPAGATION_TIMEOUT", "2s"),
+    ];
+    let domains = "slow.test,*.slow.test challenge=dns-01";
+    let mut daemon = env.start_daemon_with(domains, &vars);
+    // ns2.slow.test (127.0.0.2) does not answer: the hook's exit 0 is not enough.
+    let mut failure = Value::Null;
+    wait_until("the preflight failure", Duration::from_secs(60), || {
+        daemon.assert_running();
+        failure = dump(&env, domains)["certificates"][0]["last_error"].clone();
+        failure["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("preflight failed"))
+    });
+    let message = failure["message"].as_str().unwrap();
+    assert!(
+        message.contains("DNS_HOOK exited 0")
+            && message.contains("ns2.slow.test")
+            && message.contains("127.0.0.2"),
+        "{failure}"
+    );
+    assert_eq!(failure["kind"], "retryable", "{failure}");
+    assert_eq!(
+        env.pebble_log().matches("POST /chalZ/").count(),
+        0,
+        "the CA was not told"
+    );
+    // ns2 answers once it moves to 127.0.0.1: the same order is validated.
+    bind.nsupdate("update delete ns2.slow.test A\nupdate add ns2.slow.test 60 A 127.0.0.1");
+    let out = env.cli_with(domains, &vars, &["retry", "slow.test"]);
+    assert!(out.status.success(), "retry: {}", common::text(&out));
+    wait_until(
+        "the wildcard certificate is served",
+        Duration::from_secs(120),
+        || {
+            daemon.assert_running();
+            env.served_sans("www.slow.test").contains("DNS:*.slow.test")
+        },
+    );
+    assert!(daemon.log_text().contains("preflight passed"));
+    assert_eq!(
+        env.pebble_new_orders(),
+        1,
+        "one order, validated once fixed"
+    );
+    assert!(daemon.terminate().success());
+}

@@ -17,6 +17,14 @@ pub struct PersistCheck {
     /// `DNS_PERSIST_ISSUER`: the issuer-domain-name the record names (`None`: the CA
     /// directory's first `meta.caaIdentities`).
     pub issuer: Option<String>,
+    /// `DNS_PROPAGATION_TIMEOUT`: how long every authoritative server has to answer a TXT
+    /// record DNS_HOOK published (the RFC 2136 path keeps its own copy in `DnsUpdate`).
+    #[serde(serialize_with = "secs")]
+    pub propagation_timeout: std::time::Duration,
+}
+
+fn secs<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
 }
 
 /// Checks the raw settings; every problem is reported.
@@ -65,11 +73,27 @@ pub fn from_raw(raw: &crate::cli::RawSettings) -> Result<PersistCheck, Vec<Strin
             ));
         }
     }
+    let default_timeout = std::time::Duration::from_secs(60);
+    let propagation_timeout = match set(&raw.dns_propagation_timeout) {
+        None => default_timeout,
+        Some(t) => match super::parse_duration(&t) {
+            Ok(d) if !d.is_zero() => d,
+            // The RFC 2136 settings report it (with DNS_UPDATE_SERVER set); say it once.
+            _ if raw.dns_update_server.is_some() => default_timeout,
+            _ => {
+                errors.push(format!(
+                    "DNS_PROPAGATION_TIMEOUT {t:?}: a duration more than zero (e.g. 60s, 5m)"
+                ));
+                default_timeout
+            }
+        },
+    };
     if errors.is_empty() {
         Ok(PersistCheck {
             resolver,
             authoritative_port,
             issuer,
+            propagation_timeout,
         })
     } else {
         Err(errors)

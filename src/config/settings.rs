@@ -152,6 +152,7 @@ impl Config {
                 resolver: None,
                 authoritative_port: 53,
                 issuer: None,
+                propagation_timeout: Duration::from_secs(60),
             }
         });
         let mut wanted = WantedSet::new(

@@ -45,7 +45,7 @@ pub async fn issuers(config: &Config) -> Result<Vec<String>, String> {
 
 /// The resolver asked for zones and NS servers: DNS_RESOLVER, else DNS_UPDATE_SERVER, else the
 /// first `nameserver` of /etc/resolv.conf (port 53).
-async fn resolver(config: &Config) -> Result<(SocketAddr, String), String> {
+pub async fn resolver(config: &Config) -> Result<(SocketAddr, String), String> {
     let given = config
         .dns_persist
         .resolver

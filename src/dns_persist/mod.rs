@@ -7,7 +7,7 @@
 
 pub mod check;
 
-pub use check::{check, issuers, Found};
+pub use check::{check, issuers, resolver, Found};
 
 /// The label in front of the domain.
 pub const LABEL: &str = "_validation-persist";

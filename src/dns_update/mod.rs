@@ -23,7 +23,9 @@ use crate::config::dns_update::{DnsUpdate, TsigAlg};
 
 mod propagation;
 
-pub use propagation::{authoritative_servers, servers_of_zone, txt_values, wait_propagated};
+pub use propagation::{
+    authoritative_servers, servers_of_zone, txt_values, wait_propagated, wait_published_elsewhere,
+};
 
 /// The TTL of the TXT records we add.
 pub const TTL: u32 = 60;

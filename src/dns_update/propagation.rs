@@ -1,5 +1,5 @@
-//! The wait before the CA is told (RFC 2136 publishing): the zone's authoritative servers (its
-//! NS records, resolved) and the poll until each answers every value.
+//! The wait before the CA is told (RFC 2136 publishing, and DNS_HOOK's records): the zone's
+//! authoritative servers (its NS records, resolved) and the poll until each answers every value.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -132,6 +132,55 @@ pub async fn wait_propagated(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+    Ok(())
+}
+
+/// DNS_HOOK's records: for each (`domain`, value), `_acme-challenge.<domain>` with its CNAMEs
+/// followed and its zone found at `resolver` (named `label`; recursion desired), then the wait
+/// until every authoritative server of that zone (asked on `port`) answers the value.
+pub async fn wait_published_elsewhere(
+    resolver: SocketAddr,
+    label: &str,
+    port: u16,
+    records: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), UpdateError> {
+    let deadline = Instant::now() + timeout;
+    for (domain, value) in records {
+        let mut name = super::acme_name(domain)?;
+        for _ in 0..super::MAX_CNAMES {
+            let resp = query_rd(resolver, &name, RecordType::CNAME, true)
+                .await
+                .map_err(|e| {
+                    UpdateError::retryable(format!(
+                        "{label} did not answer the CNAME query for {name}: {e}"
+                    ))
+                })?;
+            match resp.answers().iter().find_map(|r| match r.data() {
+                RData::CNAME(c) if r.name() == &name => Some(c.0.clone()),
+                _ => None,
+            }) {
+                Some(next) => name = next,
+                None => break,
+            }
+        }
+        let zone = match super::zone_of(resolver, &name, true).await {
+            Ok(Some(z)) => z,
+            Ok(None) => {
+                return Err(UpdateError::retryable(format!(
+                    "{label} knows no zone holding {name}: is the name delegated (or DNS_RESOLVER \
+                     a resolver that sees it)?"
+                )))
+            }
+            Err((q, e)) => {
+                return Err(UpdateError::retryable(format!(
+                    "{label} did not answer the {q} query: {e}"
+                )))
+            }
+        };
+        let servers = servers_of_zone(resolver, label, &zone, port, true).await?;
+        wait_propagated(&servers, &[(name, value.clone())], deadline, timeout).await?;
     }
     Ok(())
 }

@@ -81,31 +81,61 @@ impl OrderHooks for Hooks<'_> {
     }
 
     /// HTTP-01: each token fetched through HAProxy the CA's way (`crate::preflight`). DNS-01
-    /// publishers check their own records (RFC 2136 waits for every authoritative server).
+    /// by DNS_HOOK: every authoritative server of each record's zone must answer it (RFC 2136
+    /// waits for the same in `publish`; dns-persist-01 has `check_persist`).
     async fn preflight(&self, challenges: &[(String, Challenge)]) -> Result<(), AcmeError> {
         let config = &self.reconciler.config;
         if !config.preflight {
             return Ok(());
         }
+        let failed = |kind: ChallengeType, e: String| {
+            crate::metrics::global().preflight_failed(kind.as_str());
+            AcmeError::new(
+                Step::Validation,
+                FailureKind::Retryable,
+                format!(
+                    "preflight failed, the CA was not asked to validate (PREFLIGHT=off skips this \
+                     check): {e}"
+                ),
+            )
+        };
         let address = config.preflight_http_address.as_deref();
         let mut checked = 0;
+        let mut hooked = Vec::new();
         for (domain, c) in challenges {
-            if c.kind != ChallengeType::Http01 {
-                continue;
+            match c.kind {
+                ChallengeType::Http01 => {
+                    crate::preflight::http01(address, domain, &c.token, &c.key_authorization)
+                        .await
+                        .map_err(|e| failed(c.kind, e.to_string()))?;
+                    checked += 1;
+                }
+                ChallengeType::Dns01 if config.dns_update.is_none() => hooked.push((
+                    domain.clone(),
+                    crate::dns_hook::validation(&c.key_authorization),
+                )),
+                _ => {}
             }
-            crate::preflight::http01(address, domain, &c.token, &c.key_authorization)
+        }
+        if !hooked.is_empty() {
+            let (resolver, label) = crate::dns_persist::resolver(config)
                 .await
-                .map_err(|e| {
-                    crate::metrics::global().preflight_failed(c.kind.as_str());
-                    AcmeError::new(
-                        Step::Validation,
-                        FailureKind::Retryable,
-                        format!(
-                            "preflight failed, the CA was not asked to validate (PREFLIGHT=off skips this check): {e}"
-                        ),
-                    )
-                })?;
-            checked += 1;
+                .map_err(|e| failed(ChallengeType::Dns01, e))?;
+            crate::dns_update::wait_published_elsewhere(
+                resolver,
+                &label,
+                config.dns_persist.authoritative_port,
+                &hooked,
+                config.dns_persist.propagation_timeout,
+            )
+            .await
+            .map_err(|e| {
+                failed(
+                    ChallengeType::Dns01,
+                    format!("DNS_HOOK exited 0, but {}", e.message),
+                )
+            })?;
+            checked += hooked.len();
         }
         if checked > 0 {
             tracing::debug!(cert = self.id, checked, "preflight passed");

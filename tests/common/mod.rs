@@ -964,6 +964,12 @@ impl Env {
                 "PREFLIGHT_HTTP_ADDRESS".into(),
                 format!("127.0.0.1:{}", self.http_port),
             ),
+            // Zones and NS servers are looked up at pebble's DNS (challtestsrv, or the test's
+            // BIND), never at this machine's resolver: no query leaves 127.0.0.0/8.
+            (
+                "DNS_RESOLVER".into(),
+                format!("127.0.0.1:{}", self.dns_port),
+            ),
             ("RUST_LOG".into(), "info,haproxy_acme=debug".into()),
         ]
     }
