@@ -291,6 +291,10 @@ pub struct RawSettings {
     /// 80 if not given), e.g. HAProxy's address as seen from this host.
     #[arg(long, env = "PREFLIGHT_HTTP_ADDRESS", global = true)]
     pub preflight_http_address: Option<String>,
+    /// host:port where TLS-ALPN-01's preflight handshakes instead of each name's own address
+    /// (port 443 if not given).
+    #[arg(long, env = "PREFLIGHT_TLS_ADDRESS", global = true)]
+    pub preflight_tls_address: Option<String>,
 }
 
 /// Parses the command line. `options` is the content of the `OPTIONS` variable (the old stack's

@@ -180,4 +180,237 @@ mod tests {
         let e = judge(&a, "a.test", (301, Vec::new()), ka).unwrap_err();
         assert!(e.contains("redirect"), "{e}");
     }
+
+    fn acme_certificate(names: &[&str], key_authorization: &str, critical: bool) -> Vec<u8> {
+        use sha2::{Digest, Sha256};
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let digest: [u8; 32] = Sha256::digest(key_authorization.as_bytes()).into();
+        let mut ext = rcgen::CustomExtension::new_acme_identifier(&digest);
+        ext.set_criticality(critical);
+        params.custom_extensions = vec![ext];
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn acme_tls_certificates_are_judged_as_rfc_8737_says() {
+        let good = acme_certificate(&["a.test"], "tok.thumb", true);
+        assert_eq!(judge_acme_certificate(&good, "a.test", "tok.thumb"), Ok(()));
+        let e = judge_acme_certificate(&good, "a.test", "other.thumb").unwrap_err();
+        assert!(e.contains("not this challenge's"), "{e}");
+        let e = judge_acme_certificate(&good, "b.test", "tok.thumb").unwrap_err();
+        assert!(e.contains("not only"), "{e}");
+        let two = acme_certificate(&["a.test", "b.test"], "tok.thumb", true);
+        assert!(judge_acme_certificate(&two, "a.test", "tok.thumb").is_err());
+        let not_critical = acme_certificate(&["a.test"], "tok.thumb", false);
+        assert!(judge_acme_certificate(&not_critical, "a.test", "tok.thumb").is_err());
+    }
+}
+
+/// Checks that a TLS handshake with ALPN `acme-tls/1` and SNI `domain` at `address`
+/// (`PREFLIGHT_TLS_ADDRESS`; `None`: `domain` resolved, port 443, as for HTTP-01) negotiates
+/// `acme-tls/1` and presents a certificate for `domain` with the critical acmeIdentifier
+/// extension holding SHA-256(`key_authorization`) (RFC 8737 §3).
+pub async fn tls_alpn01(
+    address: Option<&str>,
+    domain: &str,
+    key_authorization: &str,
+) -> Result<(), PreflightError> {
+    let fail = |m: String| PreflightError(m);
+    let (what, mut addrs) = match address {
+        Some(a) => (
+            a.to_string(),
+            resolve(a)
+                .await
+                .map_err(|e| fail(format!("PREFLIGHT_TLS_ADDRESS {a:?} does not resolve: {e}")))?,
+        ),
+        None => (
+            format!("{domain}:443"),
+            resolve(&format!("{domain}:443")).await.map_err(|e| {
+                fail(format!(
+                    "{domain} does not resolve here ({e}): set PREFLIGHT_TLS_ADDRESS to HAProxy's \
+                     TLS address, or PREFLIGHT=off"
+                ))
+            })?,
+        ),
+    };
+    addrs.sort_by_key(|a| !a.is_ipv6());
+    let mut refused = Vec::new();
+    for addr in addrs {
+        let stream = match tokio::time::timeout(FETCH_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                refused.push(format!("{addr}: {e}"));
+                continue;
+            }
+            Err(_) => {
+                refused.push(format!("{addr}: no connection within {FETCH_TIMEOUT:?}"));
+                continue;
+            }
+        };
+        let at = format!("HAProxy at {addr} ({what})");
+        let stream = stream.into_std().map_err(|e| fail(format!("{at}: {e}")))?;
+        let host = domain.to_string();
+        let (alpn, der) = tokio::task::spawn_blocking(move || acme_tls_handshake(stream, &host))
+            .await
+            .map_err(|e| fail(format!("{at}: {e}")))?
+            .map_err(|e| {
+                fail(format!(
+                    "{at}: the TLS handshake with ALPN acme-tls/1 for {domain} failed ({e}): is \
+                     acme-tls/1 routed to us?"
+                ))
+            })?;
+        if alpn.as_deref() != Some(b"acme-tls/1".as_slice()) {
+            return Err(fail(format!(
+                "{at} did not negotiate ALPN acme-tls/1 for {domain} (the normal TLS frontend \
+                 answered?): does HAProxy's TLS port route `req.ssl_alpn acme-tls/1` to us?"
+            )));
+        }
+        return judge_acme_certificate(&der, domain, key_authorization)
+            .map_err(|e| fail(format!("{at}, {domain}: {e}")));
+    }
+    Err(fail(format!(
+        "no connection to {what} for the TLS-ALPN-01 check of {domain} ({}): is HAProxy \
+         listening there, and reachable from this host?",
+        refused.join("; ")
+    )))
+}
+
+/// A handshake offering only `acme-tls/1`, accepting any certificate (a TLS-ALPN-01 one is
+/// self-signed by design): the negotiated protocol and the leaf's DER.
+fn acme_tls_handshake(
+    stream: std::net::TcpStream,
+    domain: &str,
+) -> Result<(Option<Vec<u8>>, Vec<u8>), String> {
+    use std::io::Write;
+    stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(FETCH_TIMEOUT)))
+        .and_then(|()| stream.set_write_timeout(Some(FETCH_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let name =
+        rustls::pki_types::ServerName::try_from(domain.to_string()).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| e.to_string())?;
+    }
+    let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
+    let der = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or("no certificate presented")?;
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    Ok((alpn, der))
+}
+
+/// Accepts whatever certificate is presented (its content is judged after the handshake);
+/// signatures are still checked with the provider's algorithms.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// RFC 8737 §3: exactly one SAN, `domain`, and the critical acmeIdentifier extension
+/// (1.3.6.1.5.5.7.1.31) whose value is the DER OCTET STRING of SHA-256(`key_authorization`).
+fn judge_acme_certificate(der: &[u8], domain: &str, key_authorization: &str) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    GeneralName::DNSName(d) => d.to_ascii_lowercase(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if sans != [domain.to_ascii_lowercase()] {
+        return Err(format!(
+            "the acme-tls/1 certificate names {sans:?}, not only {domain:?}: another challenge \
+             responder answered?"
+        ));
+    }
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+        .ok_or("the acme-tls/1 certificate has no acmeIdentifier extension")?;
+    let mut want = vec![0x04, 0x20];
+    want.extend_from_slice(&Sha256::digest(key_authorization.as_bytes()));
+    if !ext.critical || ext.value != want.as_slice() {
+        return Err(
+            "the acme-tls/1 certificate's acmeIdentifier is not this challenge's (a stale or \
+             another account's responder answered?)"
+                .into(),
+        );
+    }
+    Ok(())
 }

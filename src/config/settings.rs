@@ -87,6 +87,8 @@ pub struct Config {
     pub preflight: bool,
     /// `PREFLIGHT_HTTP_ADDRESS`: where HTTP-01's preflight connects (`None`: the name's address).
     pub preflight_http_address: Option<String>,
+    /// `PREFLIGHT_TLS_ADDRESS`: where TLS-ALPN-01's preflight connects (`None`: the name's).
+    pub preflight_tls_address: Option<String>,
 }
 
 fn serialize_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -404,13 +406,14 @@ impl Config {
                     None
                 });
 
-        let (preflight, preflight_http_address) = parse_preflight(
+        let (preflight, preflight_http_address, preflight_tls_address) = parse_preflight(
             raw.preflight.as_deref(),
             raw.preflight_http_address.as_deref(),
+            raw.preflight_tls_address.as_deref(),
         )
         .unwrap_or_else(|mut e| {
             errors.append(&mut e);
-            (true, None)
+            (true, None, None)
         });
 
         if !errors.is_empty() {
@@ -419,6 +422,7 @@ impl Config {
         let config = Config {
             preflight,
             preflight_http_address,
+            preflight_tls_address,
             acme_profile,
             watchdog_interval,
             alert_hook,

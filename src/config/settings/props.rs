@@ -300,6 +300,7 @@ proptest! {
             acme_profile: Some(profile),
             preflight: None,
             preflight_http_address: None,
+            preflight_tls_address: None,
             eab_kid: Some(eab_kid),
             eab_hmac_key: Some(eab_key.parse().unwrap()),
             eab_hmac_key_file: eab_file,

@@ -118,13 +118,15 @@ pub(super) fn parse_runtime_api(s: &str, lb: Option<&str>) -> Result<RuntimeApiA
     }
 }
 
-/// `PREFLIGHT` (`on`, the default, or `off`) and `PREFLIGHT_HTTP_ADDRESS` (`host:port`, port 80
-/// if not given): whether challenges are checked before the CA is told, and where HTTP-01's is
-/// fetched (`None`: each name's own address).
+/// `PREFLIGHT` (`on`, the default, or `off`), `PREFLIGHT_HTTP_ADDRESS` and
+/// `PREFLIGHT_TLS_ADDRESS` (`host:port`, port 80 and 443 if not given): whether challenges are
+/// checked before the CA is told, and where HTTP-01's and TLS-ALPN-01's are fetched (`None`:
+/// each name's own address).
 pub(super) fn parse_preflight(
     enabled: Option<&str>,
-    address: Option<&str>,
-) -> Result<(bool, Option<String>), Vec<String>> {
+    http: Option<&str>,
+    tls: Option<&str>,
+) -> Result<(bool, Option<String>, Option<String>), Vec<String>> {
     let mut errors = Vec::new();
     let on = match enabled.map(str::trim).unwrap_or("") {
         "" | "on" | "true" | "1" => true,
@@ -134,38 +136,42 @@ pub(super) fn parse_preflight(
             true
         }
     };
-    let address = match address.map(str::trim).filter(|a| !a.is_empty()) {
-        None => None,
-        Some(a) => {
-            let port = if a.starts_with('[') {
-                // `[v6]` or `[v6]:port`.
-                a.split_once("]:").map(|(_, p)| p)
-            } else {
-                a.rsplit_once(':').map(|(_, p)| p)
-            };
-            let with_port = match port {
-                None if !a.starts_with('[') || a.ends_with(']') => format!("{a}:80"),
-                Some(p) if a.starts_with('[') || a.matches(':').count() == 1 => {
-                    if p.parse::<u16>().map_or(true, |p| p == 0) {
-                        errors.push(format!(
-                            "PREFLIGHT_HTTP_ADDRESS {a:?}: the port must be 1-65535"
-                        ));
-                    }
-                    a.to_string()
-                }
-                _ => {
-                    errors.push(format!(
-                        "PREFLIGHT_HTTP_ADDRESS {a:?}: host:port, an IPv6 address in brackets \
-                         ([::1]:80)"
-                    ));
-                    a.to_string()
-                }
-            };
-            Some(with_port)
-        }
-    };
+    let http = host_port("PREFLIGHT_HTTP_ADDRESS", http, 80, &mut errors);
+    let tls = host_port("PREFLIGHT_TLS_ADDRESS", tls, 443, &mut errors);
     match errors.is_empty() {
-        true => Ok((on, address)),
+        true => Ok((on, http, tls)),
         false => Err(errors),
     }
+}
+
+/// `host:port`, `[v6]:port`, or a host / `[v6]` given `default_port`; a problem is pushed to
+/// `errors` naming `setting`.
+fn host_port(
+    setting: &str,
+    value: Option<&str>,
+    default_port: u16,
+    errors: &mut Vec<String>,
+) -> Option<String> {
+    let a = value.map(str::trim).filter(|a| !a.is_empty())?;
+    let port = if a.starts_with('[') {
+        // `[v6]` or `[v6]:port`.
+        a.split_once("]:").map(|(_, p)| p)
+    } else {
+        a.rsplit_once(':').map(|(_, p)| p)
+    };
+    Some(match port {
+        None if !a.starts_with('[') || a.ends_with(']') => format!("{a}:{default_port}"),
+        Some(p) if a.starts_with('[') || a.matches(':').count() == 1 => {
+            if p.parse::<u16>().map_or(true, |p| p == 0) {
+                errors.push(format!("{setting} {a:?}: the port must be 1-65535"));
+            }
+            a.to_string()
+        }
+        _ => {
+            errors.push(format!(
+                "{setting} {a:?}: host:port, an IPv6 address in brackets ([::1]:{default_port})"
+            ));
+            a.to_string()
+        }
+    })
 }
