@@ -268,7 +268,7 @@ impl AcmeClient {
                             token: ch.token.clone(),
                             key_authorization: ch.key_authorization().as_str().to_string(),
                             kind: wanted,
-                            domain: wanted.is_dns().then_some(domain),
+                            domain: (!wanted.is_http01()).then_some(domain),
                         });
                     }
                     hooks.publish(challenges).await?;
@@ -393,6 +393,7 @@ fn acme_type(c: haproxy_acme_state::ChallengeType) -> ChallengeType {
     match c {
         haproxy_acme_state::ChallengeType::Http01 => ChallengeType::Http01,
         haproxy_acme_state::ChallengeType::Dns01 => ChallengeType::Dns01,
+        haproxy_acme_state::ChallengeType::TlsAlpn01 => ChallengeType::TlsAlpn01,
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Config {
     pub haproxy_runtime_api: Option<RuntimeApiAddr>,
     pub load_balancer_service_name: Option<String>,
     pub responder_listen: SocketAddr,
+    /// `TLS_ALPN_LISTEN`: the TLS-ALPN-01 responder (`None`: off).
+    pub tls_alpn_listen: Option<SocketAddr>,
     /// The local rate-limit budget (`None`: off).
     pub rate_limits: Option<Limits>,
     /// The read-only admin endpoint on TCP (`ADMIN_LISTEN`), if any.
@@ -142,11 +144,16 @@ impl Config {
         let mut wanted = WantedSet::new(
             raw.domains.as_deref().unwrap_or_default(),
             domains_file.clone(),
-            dns_hook.is_some()
-                || raw
-                    .dns_update_server
+            [
+                dns_hook.is_some()
+                    || raw
+                        .dns_update_server
+                        .as_deref()
+                        .is_some_and(|s| !s.trim().is_empty()),
+                raw.tls_alpn_listen
                     .as_deref()
                     .is_some_and(|s| !s.trim().is_empty()),
+            ],
         );
         if need == Need::Daemon {
             if let Err(mut e) = wanted.read_initial() {
@@ -285,6 +292,18 @@ impl Config {
             SocketAddr::from(([0, 0, 0, 0], 80))
         });
 
+        let tls_alpn_listen = match raw.tls_alpn_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => a
+                .parse::<SocketAddr>()
+                .map_err(|_| {
+                    errors.push(format!(
+                "TLS_ALPN_LISTEN {a:?}: expected an address and port such as 127.0.0.1:8403"
+            ))
+                })
+                .ok(),
+        };
+
         let rate_limits = parse_rate_limits(raw.rate_limits.as_deref(), &acme_directory)
             .unwrap_or_else(|e| {
                 errors.push(format!("RATE_LIMITS: {e}"));
@@ -416,6 +435,7 @@ impl Config {
             haproxy_runtime_api,
             load_balancer_service_name,
             responder_listen,
+            tls_alpn_listen,
         };
         Ok((config, wanted))
     }
