@@ -233,6 +233,16 @@ fn compose_daemon_environment_is_a_valid_configuration() {
         responder.rsplit(':').next(),
         c["responder_listen"].as_str().unwrap().rsplit(':').next()
     );
+    // And the TLS-ALPN-01 handshakes to the port its TLS-ALPN-01 responder listens on.
+    let tls_alpn = compose_env("haproxy")
+        .into_iter()
+        .find(|(k, _)| k == "ACME_TLS_ALPN_RESPONDER")
+        .unwrap()
+        .1;
+    assert_eq!(
+        tls_alpn.rsplit(':').next(),
+        c["tls_alpn_listen"].as_str().unwrap().rsplit(':').next()
+    );
 }
 
 #[test]
