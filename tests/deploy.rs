@@ -164,7 +164,7 @@ fn compose_haproxy_environment_makes_the_shipped_config_valid() {
             // The shared runtime-API volume's mount point.
             "HAPROXY_RUNTIME_SOCKET" => *v = dir.path().join("admin.sock").display().to_string(),
             // Service names resolve only on the compose network.
-            "ACME_RESPONDER" | "APP_BACKEND" => {
+            "ACME_RESPONDER" | "ACME_TLS_ALPN_RESPONDER" | "APP_BACKEND" => {
                 let port = v.rsplit(':').next().unwrap().to_string();
                 *v = format!("127.0.0.1:{port}");
             }
