@@ -276,6 +276,11 @@ pub struct RawSettings {
     /// Address of the HTTP-01 challenge responder [default: 0.0.0.0:80].
     #[arg(long, env = "RESPONDER_LISTEN", global = true)]
     pub responder_listen: Option<String>,
+    /// Address of the TLS-ALPN-01 responder (RFC 8737), which HAProxy's :443 sends handshakes
+    /// offering ALPN `acme-tls/1` to, e.g. 127.0.0.1:8403. Unset: off (certificates with
+    /// `challenge=tls-alpn-01` are refused).
+    #[arg(long, env = "TLS_ALPN_LISTEN", global = true)]
+    pub tls_alpn_listen: Option<String>,
     /// The ACME profile orders ask for (e.g. Let's Encrypt's `classic`, `tlsserver`,
     /// `shortlived`), unless a certificate names its own (`profile=NAME` in its DOMAINS entry).
     /// Checked at start against the profiles the CA's directory offers. Unset: the CA's default.

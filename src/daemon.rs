@@ -1,5 +1,5 @@
 //! The daemon's start-up and shutdown (`haproxy-acme run`): which part starts when, and what
-//! each is handed. Start order: responder bound and serving → store opened → default
+//! each is handed. Start order: responders (HTTP-01, and TLS-ALPN-01 when set) bound and serving → store opened → default
 //! certificate → admin socket (and `ADMIN_LISTEN`) → wanted set brought into the store → healthy
 //! → wait for HAProxy's runtime API → reconciler. Shutdown: the reconciler lets in-flight steps
 //! reach a durable point, then the servers stop and the admin socket is removed.
@@ -74,6 +74,20 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let tokens = Tokens::default();
     let responder_task = tokio::spawn(responder::serve(listener, tokens.clone(), shutdown.clone()));
     tracing::info!(listen = %config.responder_listen, "challenge responder listening");
+    let tls_alpn_task = match config.tls_alpn_listen {
+        None => None,
+        Some(addr) => {
+            let l = responder::tls_alpn::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on TLS_ALPN_LISTEN {addr}"))?;
+            // Built here so a bad configuration stops the start, not the task.
+            responder::tls_alpn::server_config(tokens.clone())
+                .context("the TLS-ALPN-01 responder's TLS configuration")?;
+            tracing::info!(listen = %addr, "TLS-ALPN-01 responder listening (acme-tls/1)");
+            let serving = responder::tls_alpn::serve(l, tokens.clone(), shutdown.clone());
+            Some(tokio::spawn(serving))
+        }
+    };
 
     let health = Arc::new(Health::default());
     let clock = Arc::new(SystemClock);
@@ -176,6 +190,9 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
         reconciler.run(started, shutdown, reload_rx, inbox).await;
     }
     let _ = tokio::join!(responder_task, admin_task);
+    if let Some(t) = tls_alpn_task {
+        let _ = t.await;
+    }
     let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
     tracing::info!("stopped");
     Ok(())

@@ -22,6 +22,13 @@ pub fn snippet(c: &Config) -> String {
         None => "    # HAPROXY_RUNTIME_API is unset: files-only mode, HAProxy must be reloaded to see new files\n".into(),
     };
     let certs = c.haproxy_certs_dir.display().to_string();
+    // The TLS-ALPN-01 responder: its address as HAProxy reaches it, or deploy/haproxy.cfg's
+    // default while TLS_ALPN_LISTEN is unset (then no certificate may use tls-alpn-01).
+    let tls_alpn = match c.tls_alpn_listen {
+        Some(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+        Some(a) => a.to_string(),
+        None => "127.0.0.1:8403    # TLS_ALPN_LISTEN is unset: for challenge=tls-alpn-01, set it to this".into(),
+    };
     format!(
         "# haproxy-acme: add to haproxy.cfg (deploy/haproxy.cfg is a complete example)\n\
          global\n{socket}\n\
@@ -30,8 +37,24 @@ pub fn snippet(c: &Config) -> String {
          \x20   acl is_acme path_beg /.well-known/acme-challenge/\n\
          \x20   http-request redirect scheme https code 301 unless is_acme\n\
          \x20   use_backend be_acme if is_acme\n\n\
+         # :443 routes a ClientHello offering acme-tls/1 (TLS-ALPN-01) to haproxy-acme, the\n\
+         # rest to fe_https with the client's address in a PROXY v2 header\n\
+         frontend fe_tls\n\
+         \x20   mode tcp\n\
+         \x20   option tcplog\n\
+         \x20   bind :443\n\
+         \x20   tcp-request inspect-delay 5s\n\
+         \x20   tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
+         \x20   use_backend be_acme_tls if {{ req.ssl_alpn -m str acme-tls/1 }}\n\
+         \x20   default_backend be_tls_hop\n\n\
          frontend fe_https\n\
-         \x20   bind :443 ssl crt {certs}/\n\n\
+         \x20   bind abns@haproxy-acme-tls accept-proxy ssl crt {certs}/\n\n\
+         backend be_tls_hop\n\
+         \x20   mode tcp\n\
+         \x20   server fe_https abns@haproxy-acme-tls send-proxy-v2\n\n\
+         backend be_acme_tls\n\
+         \x20   mode tcp\n\
+         \x20   server acme_tls {tls_alpn}\n\n\
          backend be_acme\n\
          \x20   server acme {responder}\n",
         certs = certs.trim_end_matches('/'),
@@ -56,9 +79,13 @@ mod tests {
         };
         let s = snippet(&Config::from_raw(&raw, Need::Daemon).unwrap().0);
         assert!(
-            s.contains("bind :443 ssl crt /usr/local/etc/haproxy/certs/\n"),
+            s.contains(
+                "bind abns@haproxy-acme-tls accept-proxy ssl crt /usr/local/etc/haproxy/certs/\n"
+            ),
             "{s}"
         );
+        assert!(s.contains("use_backend be_acme_tls if { req.ssl_alpn -m str acme-tls/1 }"));
+        assert!(s.contains("server acme_tls 127.0.0.1:8403    # TLS_ALPN_LISTEN is unset"));
         assert!(s.contains("stats socket /run/haproxy/admin.sock mode 600 level admin"));
         assert!(s.contains("server acme 127.0.0.1:8402"));
         assert!(s.contains("use_backend be_acme if is_acme"));

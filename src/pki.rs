@@ -72,6 +72,27 @@ pub fn self_signed_default() -> Result<String, PkiError> {
     Ok(format!("{}{}", cert.pem(), kp.serialize_pem()))
 }
 
+/// The TLS-ALPN-01 certificate for `name` (RFC 8737 §3): self-signed, that one name, and the
+/// critical acmeIdentifier extension holding SHA-256(`key_authorization`). Returned as (the
+/// certificate, its PKCS#8 key), both DER: made in memory for a handshake, never written.
+pub fn tls_alpn_certificate(
+    name: &str,
+    key_authorization: &str,
+) -> Result<(Vec<u8>, Vec<u8>), PkiError> {
+    let kp = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| PkiError::KeyGeneration("ecdsa-p256", e.to_string()))?;
+    let mut params =
+        CertificateParams::new(vec![name.to_string()]).map_err(|e| PkiError::Csr(e.to_string()))?;
+    let digest = Sha256::digest(key_authorization.as_bytes());
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::new_acme_identifier(&digest));
+    let cert = params
+        .self_signed(&kp)
+        .map_err(|e| PkiError::Csr(e.to_string()))?;
+    Ok((cert.der().to_vec(), kp.serialize_der()))
+}
+
 const CERTIFICATE: &str = "CERTIFICATE";
 
 /// The PEM blocks of `text`, in order (text outside blocks is ignored); at least one.

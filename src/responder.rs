@@ -25,6 +25,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
+pub mod tls_alpn;
+
 const PREFIX: &str = "/.well-known/acme-challenge/";
 /// A client that has not sent its request headers within this time is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,32 +42,56 @@ const MAX_BUFFER: usize = 16 * 1024;
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
                       retry-after: 1\r\ncontent-length: 0\r\n\r\n";
 
-/// Token -> key authorization of every challenge currently published.
+/// Token -> key authorization of every HTTP-01 challenge currently published, and name ->
+/// key authorization of every TLS-ALPN-01 one ([`tls_alpn`]).
 #[derive(Clone, Default)]
-pub struct Tokens(Arc<RwLock<HashMap<String, String>>>);
+pub struct Tokens {
+    http: Arc<RwLock<HashMap<String, String>>>,
+    alpn: Arc<RwLock<HashMap<String, String>>>,
+}
 
 impl Tokens {
     pub fn insert(&self, token: String, key_authorization: String) {
-        self.0
+        self.http
             .write()
             .expect("tokens lock")
             .insert(token, key_authorization);
     }
 
     pub fn remove(&self, token: &str) {
-        self.0.write().expect("tokens lock").remove(token);
+        self.http.write().expect("tokens lock").remove(token);
     }
 
     pub fn get(&self, token: &str) -> Option<String> {
-        self.0.read().expect("tokens lock").get(token).cloned()
+        self.http.read().expect("tokens lock").get(token).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.0.read().expect("tokens lock").len()
+        self.http.read().expect("tokens lock").len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Answers TLS-ALPN-01 for `name` with `key_authorization`.
+    pub fn insert_alpn(&self, name: String, key_authorization: String) {
+        let mut m = self.alpn.write().expect("tokens lock");
+        m.insert(name, key_authorization);
+    }
+
+    /// Stops answering TLS-ALPN-01 for `name`, unless it was published again since with
+    /// another key authorization (another order for the same name).
+    pub fn remove_alpn(&self, name: &str, key_authorization: &str) {
+        let mut m = self.alpn.write().expect("tokens lock");
+        if m.get(name).is_some_and(|k| k == key_authorization) {
+            m.remove(name);
+        }
+    }
+
+    /// The key authorization TLS-ALPN-01 answers for `name`.
+    pub fn get_alpn(&self, name: &str) -> Option<String> {
+        self.alpn.read().expect("tokens lock").get(name).cloned()
     }
 }
 

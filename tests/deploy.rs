@@ -164,7 +164,7 @@ fn compose_haproxy_environment_makes_the_shipped_config_valid() {
             // The shared runtime-API volume's mount point.
             "HAPROXY_RUNTIME_SOCKET" => *v = dir.path().join("admin.sock").display().to_string(),
             // Service names resolve only on the compose network.
-            "ACME_RESPONDER" | "APP_BACKEND" => {
+            "ACME_RESPONDER" | "ACME_TLS_ALPN_RESPONDER" | "APP_BACKEND" => {
                 let port = v.rsplit(':').next().unwrap().to_string();
                 *v = format!("127.0.0.1:{port}");
             }
@@ -232,6 +232,16 @@ fn compose_daemon_environment_is_a_valid_configuration() {
     assert_eq!(
         responder.rsplit(':').next(),
         c["responder_listen"].as_str().unwrap().rsplit(':').next()
+    );
+    // And the TLS-ALPN-01 handshakes to the port its TLS-ALPN-01 responder listens on.
+    let tls_alpn = compose_env("haproxy")
+        .into_iter()
+        .find(|(k, _)| k == "ACME_TLS_ALPN_RESPONDER")
+        .unwrap()
+        .1;
+    assert_eq!(
+        tls_alpn.rsplit(':').next(),
+        c["tls_alpn_listen"].as_str().unwrap().rsplit(':').next()
     );
 }
 

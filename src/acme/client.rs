@@ -269,7 +269,7 @@ impl AcmeClient {
                             token: ch.token.clone(),
                             key_authorization: ch.key_authorization().as_str().to_string(),
                             kind: wanted,
-                            domain: wanted.validates_wildcards().then(|| domain.clone()),
+                            domain: (!wanted.is_http01()).then(|| domain.clone()),
                         };
                         checked.push((domain, challenge.clone()));
                         challenges.push(challenge);
@@ -406,6 +406,7 @@ fn acme_type(c: haproxy_acme_state::ChallengeType) -> ChallengeType {
         haproxy_acme_state::ChallengeType::DnsPersist01 => {
             ChallengeType::Unknown(c.as_str().to_string())
         }
+        haproxy_acme_state::ChallengeType::TlsAlpn01 => ChallengeType::TlsAlpn01,
     }
 }
 

@@ -4,6 +4,8 @@
 
 use haproxy_acme_state::ChallengeType;
 
+use super::names::CertSpec;
+
 /// Splits one certificate entry into its names and its option tokens. A token holding `=` is an
 /// option (`=` is in no DNS name, so entries without one keep their meaning); options stand
 /// apart from the names by whitespace or a comma (`a.com,www.a.com profile=shortlived`, and
@@ -33,12 +35,13 @@ pub(super) fn split_entry(entry: &str) -> (Vec<String>, Vec<&str>) {
 pub(super) struct EntryOptions {
     /// `profile=NAME`: the ACME profile its orders ask for (overrides ACME_PROFILE).
     pub profile: Option<String>,
-    /// `challenge=http-01|dns-01|dns-persist-01`: how the CA validates its names (`None`: HTTP-01).
+    /// `challenge=http-01|dns-01|dns-persist-01|tls-alpn-01`: how the CA validates its names
+    /// (`None`: HTTP-01).
     pub challenge: Option<ChallengeType>,
 }
 
 /// The option keys a certificate entry takes, for error messages.
-const OPTION_KEYS: &str = "profile=NAME and challenge=http-01|dns-01|dns-persist-01";
+const OPTION_KEYS: &str = "profile=NAME and challenge=http-01|dns-01|dns-persist-01|tls-alpn-01";
 
 /// Parses `key=value` option tokens; every problem is reported (an unknown key, an empty or
 /// bad value, a key given twice).
@@ -60,7 +63,7 @@ pub(super) fn parse_options(tokens: &[&str]) -> Result<EntryOptions, Vec<String>
             "challenge" => match ChallengeType::parse(value) {
                 None => errors.push(format!(
                     "option {token:?}: unknown challenge type {value:?} (this version answers \
-                     http-01, dns-01 and dns-persist-01)"
+                     http-01, dns-01, dns-persist-01 and tls-alpn-01)"
                 )),
                 Some(_) if options.challenge.is_some() => {
                     errors.push(format!("option {token:?}: challenge is given twice"))
@@ -77,6 +80,33 @@ pub(super) fn parse_options(tokens: &[&str]) -> Result<EntryOptions, Vec<String>
     } else {
         Err(errors)
     }
+}
+
+/// The error for a certificate with `challenge=dns-01` while DNS_HOOK is not set.
+pub(super) fn dns_hook_missing(spec: &CertSpec) -> Option<String> {
+    spec.challenge().is_dns().then(|| {
+        format!(
+            "certificate {:?} has challenge={} but neither DNS_UPDATE_SERVER nor DNS_HOOK is \
+             set: set DNS_UPDATE_SERVER (and its TSIG key) to publish the TXT records by RFC \
+             2136 dynamic update, or DNS_HOOK to the command that publishes one (certbot's \
+             manual auth hook; README: \"Wildcards and DNS-01\"), or remove the option to \
+             validate over HTTP-01",
+            spec.id(),
+            spec.challenge().as_str()
+        )
+    })
+}
+
+/// The error for a certificate with `challenge=tls-alpn-01` while TLS_ALPN_LISTEN is not set.
+pub(super) fn tls_alpn_missing(spec: &CertSpec) -> Option<String> {
+    (spec.challenge() == ChallengeType::TlsAlpn01).then(|| {
+        format!(
+            "certificate {:?} has challenge=tls-alpn-01 but TLS_ALPN_LISTEN is not set: set it \
+             to the address HAProxy sends `acme-tls/1` handshakes to (deploy/haproxy.cfg's \
+             ACME_TLS_ALPN_RESPONDER, 127.0.0.1:8403 by default), or remove the option",
+            spec.id()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -148,11 +178,18 @@ mod tests {
             p[0].entry_tokens(),
             ["p.test", "*.p.test", "challenge=dns-persist-01"]
         );
+        // tls-alpn-01 is kept as a token too.
+        let t = parse_domains("t.test,www.t.test challenge=tls-alpn-01").unwrap();
+        assert_eq!(t[0].challenge(), ChallengeType::TlsAlpn01);
+        let tokens = t[0].entry_tokens();
+        assert_eq!(tokens, ["t.test", "www.t.test", "challenge=tls-alpn-01"]);
+        assert_eq!(parse_domains(&tokens.join(",")).unwrap()[0], t[0]);
         // http-01 is the default: an entry that names it reads back the same without it.
         assert_eq!(w[1].entry_tokens(), ["b.test"]);
         let table: &[(&str, &str)] = &[
-            ("a.com color=blue", "unknown option \"color\" (in \"color=blue\"): a certificate entry takes profile=NAME and challenge=http-01|dns-01|dns-persist-01"),
-            ("a.com challenge=tls-alpn-01", "option \"challenge=tls-alpn-01\": unknown challenge type \"tls-alpn-01\""),
+            ("a.com color=blue", "unknown option \"color\" (in \"color=blue\"): a certificate entry takes profile=NAME and challenge=http-01|dns-01|dns-persist-01|tls-alpn-01"),
+            ("a.com challenge=tls-alpn-02", "option \"challenge=tls-alpn-02\": unknown challenge type \"tls-alpn-02\""),
+            ("a.com,*.a.com challenge=tls-alpn-01", "\"*.a.com\" is a wildcard: TLS-ALPN-01 cannot validate wildcards; add challenge=dns-01"),
             ("a.com challenge=dns-01 challenge=http-01", "challenge is given twice"),
             ("a.com,*.a.com challenge=http-01", "\"*.a.com\" is a wildcard: HTTP-01 cannot validate wildcards; add challenge=dns-01 to its certificate"),
             ("a.com,*.a.com", "\"*.a.com\" is a wildcard: HTTP-01 cannot validate wildcards"),

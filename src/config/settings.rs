@@ -56,6 +56,8 @@ pub struct Config {
     pub haproxy_runtime_api: Option<RuntimeApiAddr>,
     pub load_balancer_service_name: Option<String>,
     pub responder_listen: SocketAddr,
+    /// `TLS_ALPN_LISTEN`: the TLS-ALPN-01 responder (`None`: off).
+    pub tls_alpn_listen: Option<SocketAddr>,
     /// The local rate-limit budget (`None`: off).
     pub rate_limits: Option<Limits>,
     /// The read-only admin endpoint on TCP (`ADMIN_LISTEN`), if any.
@@ -160,11 +162,16 @@ impl Config {
         let mut wanted = WantedSet::new(
             raw.domains.as_deref().unwrap_or_default(),
             domains_file.clone(),
-            dns_hook.is_some()
-                || raw
-                    .dns_update_server
+            [
+                dns_hook.is_some()
+                    || raw
+                        .dns_update_server
+                        .as_deref()
+                        .is_some_and(|s| !s.trim().is_empty()),
+                raw.tls_alpn_listen
                     .as_deref()
                     .is_some_and(|s| !s.trim().is_empty()),
+            ],
         );
         if need == Need::Daemon {
             if let Err(mut e) = wanted.read_initial() {
@@ -303,6 +310,18 @@ impl Config {
             SocketAddr::from(([0, 0, 0, 0], 80))
         });
 
+        let tls_alpn_listen = match raw.tls_alpn_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => a
+                .parse::<SocketAddr>()
+                .map_err(|_| {
+                    errors.push(format!(
+                "TLS_ALPN_LISTEN {a:?}: expected an address and port such as 127.0.0.1:8403"
+            ))
+                })
+                .ok(),
+        };
+
         let rate_limits = parse_rate_limits(raw.rate_limits.as_deref(), &acme_directory)
             .unwrap_or_else(|e| {
                 errors.push(format!("RATE_LIMITS: {e}"));
@@ -336,36 +355,20 @@ impl Config {
             .map(str::trim)
             .filter(|h| !h.is_empty())
             .map(String::from);
-        let deploy_hook_timeout = match raw.deploy_hook_timeout.as_deref().map(str::trim) {
-            None | Some("") => DEFAULT_DEPLOY_HOOK_TIMEOUT,
-            Some(t) => match parse_duration(t) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    errors.push(format!("DEPLOY_HOOK_TIMEOUT {t:?}: must be more than zero"));
-                    DEFAULT_DEPLOY_HOOK_TIMEOUT
-                }
-                Err(e) => {
-                    errors.push(format!("DEPLOY_HOOK_TIMEOUT: {e}"));
-                    DEFAULT_DEPLOY_HOOK_TIMEOUT
-                }
-            },
-        };
+        let deploy_hook_timeout = timeout_setting(
+            "DEPLOY_HOOK_TIMEOUT",
+            raw.deploy_hook_timeout.as_deref(),
+            DEFAULT_DEPLOY_HOOK_TIMEOUT,
+            &mut errors,
+        );
 
         let dns_cleanup_hook = hook_setting(&raw.dns_cleanup_hook);
-        let dns_hook_timeout = match raw.dns_hook_timeout.as_deref().map(str::trim) {
-            None | Some("") => DEFAULT_DNS_HOOK_TIMEOUT,
-            Some(t) => match parse_duration(t) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    errors.push(format!("DNS_HOOK_TIMEOUT {t:?}: must be more than zero"));
-                    DEFAULT_DNS_HOOK_TIMEOUT
-                }
-                Err(e) => {
-                    errors.push(format!("DNS_HOOK_TIMEOUT: {e}"));
-                    DEFAULT_DNS_HOOK_TIMEOUT
-                }
-            },
-        };
+        let dns_hook_timeout = timeout_setting(
+            "DNS_HOOK_TIMEOUT",
+            raw.dns_hook_timeout.as_deref(),
+            DEFAULT_DNS_HOOK_TIMEOUT,
+            &mut errors,
+        );
         if dns_cleanup_hook.is_some() && dns_hook.is_none() {
             errors.push(
                 "DNS_CLEANUP_HOOK is set without DNS_HOOK: set DNS_HOOK to the command that \
@@ -448,6 +451,7 @@ impl Config {
             haproxy_runtime_api,
             load_balancer_service_name,
             responder_listen,
+            tls_alpn_listen,
         };
         Ok((config, wanted))
     }
@@ -483,7 +487,9 @@ mod values;
 use haproxy_acme_state::ledger::Limit;
 #[cfg(test)]
 use values::MAX_RATE_WINDOW_SECS;
-use values::{parse_preflight, parse_rate_limits, parse_runtime_api, validate_email};
+use values::{
+    parse_preflight, parse_rate_limits, parse_runtime_api, timeout_setting, validate_email,
+};
 
 #[cfg(test)]
 mod props;

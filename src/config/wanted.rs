@@ -8,6 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use super::names::{CertId, CertSpec, Names};
+use super::options::{dns_hook_missing, tls_alpn_missing};
 use super::settings::ConfigError;
 
 /// The sources of the wanted certificates, validated at start-up (see `Config::from_raw`).
@@ -21,16 +22,20 @@ pub struct WantedSet {
     initial: Vec<CertSpec>,
     /// DNS_HOOK is set: certificates with `challenge=dns-01` can be validated.
     dns_hook: bool,
+    /// TLS_ALPN_LISTEN is set: certificates with `challenge=tls-alpn-01` can be validated.
+    tls_alpn: bool,
 }
 
 impl WantedSet {
     /// DOMAINS parsed; nothing read yet.
-    pub(super) fn new(domains: &str, domains_file: Option<PathBuf>, dns_hook: bool) -> WantedSet {
+    pub(super) fn new(domains: &str, domains_file: Option<PathBuf>, hooks: [bool; 2]) -> WantedSet {
+        let [dns_hook, tls_alpn] = hooks;
         WantedSet {
             domains: parse_domains(domains),
             domains_file,
             initial: Vec::new(),
             dns_hook,
+            tls_alpn,
         }
     }
 
@@ -166,27 +171,15 @@ impl WantedSet {
         if !self.dns_hook {
             errors.extend(specs.iter().filter_map(dns_hook_missing));
         }
+        if !self.tls_alpn {
+            errors.extend(specs.iter().filter_map(tls_alpn_missing));
+        }
         if errors.is_empty() {
             Ok(specs)
         } else {
             Err(errors)
         }
     }
-}
-
-/// The error for a certificate with `challenge=dns-01` while DNS_HOOK is not set.
-fn dns_hook_missing(spec: &CertSpec) -> Option<String> {
-    spec.challenge().is_dns().then(|| {
-        format!(
-            "certificate {:?} has challenge={} but neither DNS_UPDATE_SERVER nor DNS_HOOK is \
-             set: set DNS_UPDATE_SERVER (and its TSIG key) to publish the TXT records by RFC \
-             2136 dynamic update, or DNS_HOOK to the command that publishes one (certbot's \
-             manual auth hook; README: \"Wildcards and DNS-01\"), or remove the option to \
-             validate over HTTP-01",
-            spec.id(),
-            spec.challenge().as_str()
-        )
-    })
 }
 
 /// name -> id of the certificate that lists it.

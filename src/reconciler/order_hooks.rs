@@ -80,7 +80,8 @@ impl OrderHooks for Hooks<'_> {
         Ok(())
     }
 
-    /// HTTP-01: each token fetched through HAProxy the CA's way (`crate::preflight`). DNS-01
+    /// HTTP-01: each token fetched through HAProxy the CA's way (`crate::preflight`); TLS-ALPN-01:
+    /// an `acme-tls/1` handshake through HAProxy's TLS port, its certificate judged. DNS-01
     /// by DNS_HOOK: every authoritative server of each record's zone must answer it (RFC 2136
     /// waits for the same in `publish`; dns-persist-01 has `check_persist`).
     async fn preflight(&self, challenges: &[(String, Challenge)]) -> Result<(), AcmeError> {
@@ -106,6 +107,13 @@ impl OrderHooks for Hooks<'_> {
             match c.kind {
                 ChallengeType::Http01 => {
                     crate::preflight::http01(address, domain, &c.token, &c.key_authorization)
+                        .await
+                        .map_err(|e| failed(c.kind, e.to_string()))?;
+                    checked += 1;
+                }
+                ChallengeType::TlsAlpn01 => {
+                    let address = config.preflight_tls_address.as_deref();
+                    crate::preflight::tls_alpn01(address, domain, &c.key_authorization)
                         .await
                         .map_err(|e| failed(c.kind, e.to_string()))?;
                     checked += 1;

@@ -98,6 +98,8 @@ impl Phase {
 
 /// One challenge we answer. HTTP-01 (the default): HAProxy forwards
 /// `/.well-known/acme-challenge/{token}` to the responder, which returns `key_authorization`.
+/// TLS-ALPN-01: HAProxy forwards a ClientHello offering `acme-tls/1` to the TLS-ALPN responder,
+/// which presents a certificate for `domain` carrying SHA-256(`key_authorization`).
 /// DNS-01: the DNS hook publishes a TXT record at `_acme-challenge.{domain}` holding
 /// base64url(SHA-256(`key_authorization`)), and the cleanup hook removes it. No value is secret
 /// (the CA fetches them over plain HTTP or DNS).
@@ -108,7 +110,8 @@ pub struct Challenge {
     /// The challenge type (records stored before DNS-01 existed read as HTTP-01).
     #[serde(default, skip_serializing_if = "ChallengeType::is_http01")]
     pub kind: ChallengeType,
-    /// DNS-01: the name validated, without any `*.` (certbot's `CERTBOT_DOMAIN`).
+    /// DNS-01: the name validated, without any `*.` (certbot's `CERTBOT_DOMAIN`); TLS-ALPN-01:
+    /// the name the CA sends as SNI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
 }
@@ -135,13 +138,18 @@ pub enum ChallengeType {
     /// removed by us; validates wildcards too.
     #[serde(rename = "dns-persist-01")]
     DnsPersist01,
+    /// A self-signed certificate with the key authorization's digest, presented to a TLS
+    /// handshake with ALPN `acme-tls/1` on port 443 (RFC 8737).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 impl ChallengeType {
-    pub const ALL: [ChallengeType; 3] = [
+    pub const ALL: [ChallengeType; 4] = [
         ChallengeType::Http01,
         ChallengeType::Dns01,
         ChallengeType::DnsPersist01,
+        ChallengeType::TlsAlpn01,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -149,6 +157,7 @@ impl ChallengeType {
             ChallengeType::Http01 => "http-01",
             ChallengeType::Dns01 => "dns-01",
             ChallengeType::DnsPersist01 => "dns-persist-01",
+            ChallengeType::TlsAlpn01 => "tls-alpn-01",
         }
     }
 
@@ -700,5 +709,31 @@ mod tests {
         for (line, r) in RECORDS_JSON.lines().zip(fixtures::records()) {
             assert_eq!(serde_json::from_str::<Record>(line).unwrap(), r);
         }
+    }
+
+    /// TLS-ALPN-01 adds a value, not a field: the pinned records keep their bytes, and a
+    /// challenge of the new kind is spelled as RFC 8737 names it.
+    #[test]
+    fn tls_alpn_challenges_are_stored_under_their_rfc_name() {
+        let c = Challenge {
+            token: "tok".into(),
+            key_authorization: "tok.thumb".into(),
+            kind: ChallengeType::TlsAlpn01,
+            domain: Some("a.test".into()),
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(
+            json,
+            r#"{"token":"tok","key_authorization":"tok.thumb","kind":"tls-alpn-01","domain":"a.test"}"#
+        );
+        assert_eq!(serde_json::from_str::<Challenge>(&json).unwrap(), c);
+        assert_eq!(
+            ChallengeType::parse("tls-alpn-01"),
+            Some(ChallengeType::TlsAlpn01)
+        );
+        assert!(
+            !ChallengeType::TlsAlpn01.is_dns(),
+            "no wildcard over TLS-ALPN-01"
+        );
     }
 }

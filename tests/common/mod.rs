@@ -269,6 +269,8 @@ pub struct Env {
     pub http_port: u16,
     pub https_port: u16,
     pub responder_port: u16,
+    /// The daemon's TLS-ALPN-01 responder (`TLS_ALPN_LISTEN`), HAProxy's `be_acme_tls`.
+    pub tls_alpn_port: u16,
     pub listener_ca: PathBuf,
     pub certs_dir: PathBuf,
     pub runtime_sock: PathBuf,
@@ -302,6 +304,8 @@ pub struct Options {
     pub eab_required: bool,
     /// pebble's `externalAccountMACKeys`: key id → HMAC key (base64url without padding).
     pub eab_keys: Vec<(String, String)>,
+    /// HAProxy's APP_BACKEND port on 127.0.0.1 (none: port 9, where nothing listens).
+    pub app_port: Option<u16>,
 }
 
 /// One certificate pebble issued: its serial (hex, as pebble logs it), sorted DNS names, notBefore.
@@ -422,6 +426,7 @@ impl Env {
         let (acme_port, mgmt_port, http_port, https_port) =
             (free_port(), free_port(), free_port(), free_port());
         let (responder_port, dns_port, chall_port) = (free_port(), free_port(), free_port());
+        let tls_alpn_port = free_port();
         let certs_dir = d.join("certs");
         let data_dir = d.join("data");
         std::fs::create_dir_all(&certs_dir).unwrap();
@@ -464,14 +469,13 @@ impl Env {
     "certificate": "{cert}",
     "privateKey": "{key}",
     "httpPort": {http_port},
-    "tlsPort": {tls_port},
+    "tlsPort": {https_port},
     "ocspResponderURL": "",
     "externalAccountBindingRequired": {eab_required},
     "externalAccountMACKeys": {eab_keys}{validity}
 }}}}"#,
                 cert = d.join("pebble-cert.pem").display(),
                 key = d.join("pebble-key.pem").display(),
-                tls_port = free_port(),
                 eab_required = opts.eab_required,
                 eab_keys = serde_json::Value::Object(
                     opts.eab_keys
@@ -523,9 +527,8 @@ impl Env {
         let master_sock = d.join("haproxy-master.sock");
         let cfg = repo_root().join("deploy/haproxy.cfg");
         let hap_env = haproxy_env(
-            http_port,
-            https_port,
-            responder_port,
+            [http_port, https_port, responder_port, tls_alpn_port],
+            opts.app_port,
             &certs_dir,
             &runtime_sock,
         );
@@ -548,6 +551,7 @@ impl Env {
             http_port,
             https_port,
             responder_port,
+            tls_alpn_port,
             listener_ca,
             certs_dir,
             runtime_sock,
@@ -964,11 +968,19 @@ impl Env {
                 "PREFLIGHT_HTTP_ADDRESS".into(),
                 format!("127.0.0.1:{}", self.http_port),
             ),
+            (
+                "PREFLIGHT_TLS_ADDRESS".into(),
+                format!("127.0.0.1:{}", self.https_port),
+            ),
             // Zones and NS servers are looked up at pebble's DNS (challtestsrv, or the test's
             // BIND), never at this machine's resolver: no query leaves 127.0.0.0/8.
             (
                 "DNS_RESOLVER".into(),
                 format!("127.0.0.1:{}", self.dns_port),
+            ),
+            (
+                "TLS_ALPN_LISTEN".into(),
+                format!("127.0.0.1:{}", self.tls_alpn_port),
             ),
             ("RUST_LOG".into(), "info,haproxy_acme=debug".into()),
         ]
@@ -1132,21 +1144,35 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
+/// deploy/haproxy.cfg's environment: ports of HTTP, HTTPS, the HTTP-01 and TLS-ALPN-01
+/// responders; the application's port.
 fn haproxy_env(
-    http: u16,
-    https: u16,
-    responder: u16,
+    [http, https, responder, tls_alpn]: [u16; 4],
+    app: Option<u16>,
     certs: &Path,
     sock: &Path,
 ) -> Vec<(String, String)> {
     vec![
+        // The :443 → fe_https hop: an abstract socket of its own per HAProxy (the shipped
+        // default's kind of address), unique by the HTTPS port.
+        (
+            "HAPROXY_TLS_HOP".into(),
+            format!("abns@haproxy-acme-tls-{https}"),
+        ),
+        (
+            "ACME_TLS_ALPN_RESPONDER".into(),
+            format!("127.0.0.1:{tls_alpn}"),
+        ),
         ("HAPROXY_HTTP_BIND".into(), format!("127.0.0.1:{http}")),
         ("HAPROXY_HTTPS_BIND".into(), format!("127.0.0.1:{https}")),
         ("CERTS_DIR".into(), certs.display().to_string()),
         ("HAPROXY_RUNTIME_SOCKET".into(), sock.display().to_string()),
         ("ACME_RESPONDER".into(), format!("127.0.0.1:{responder}")),
-        // Nothing listens there: the tests only look at TLS.
-        ("APP_BACKEND".into(), "127.0.0.1:9".into()),
+        // Port 9: nothing listens there (most tests only look at TLS).
+        (
+            "APP_BACKEND".into(),
+            format!("127.0.0.1:{}", app.unwrap_or(9)),
+        ),
     ]
 }
 

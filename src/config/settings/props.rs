@@ -226,7 +226,8 @@ proptest! {
     #[test]
     fn listen_addresses(v in prop_oneof![host(), (host(), "[0-9]{0,6}").prop_map(|(h, p)| format!("{h}:{p}"))]) {
         refused_only_naming(&with(|r| r.responder_listen = Some(v.clone())), "RESPONDER_LISTEN")?;
-        refused_only_naming(&with(|r| r.admin_listen = Some(v)), "ADMIN_LISTEN")?;
+        refused_only_naming(&with(|r| r.admin_listen = Some(v.clone())), "ADMIN_LISTEN")?;
+        refused_only_naming(&with(|r| r.tls_alpn_listen = Some(v)), "TLS_ALPN_LISTEN")?;
     }
 
     #[test]
@@ -256,7 +257,7 @@ proptest! {
         (domains, rate, email, dir, key, lb, api) in
             (names(), rate_limits(), text(), url(), text(), host(), host()),
         (timeout, listen, admin, hook) in (duration(), host(), host(), text()),
-        (watchdog, alert, profile) in (duration(), text(), text()),
+        (watchdog, alert, profile, alpn) in (duration(), text(), text(), host()),
         (data, certs, hcerts, bundle, file) in (path(), path(), path(), path(), path()),
         (staging, prune, non_loopback) in (any::<bool>(), any::<bool>(), any::<bool>()),
         (eab_kid, eab_key, eab_file) in
@@ -295,6 +296,7 @@ proptest! {
             dns_resolver: None,
             dns_persist_issuer: None,
             responder_listen: Some(listen),
+            tls_alpn_listen: Some(alpn),
             watchdog_interval: Some(watchdog),
             alert_hook: Some(alert),
             acme_profile: Some(profile),
@@ -309,11 +311,12 @@ proptest! {
         // `eab::tests::the_key_never_prints`).
         let secret = eab_key.trim();
         let secret = (secret.len() >= 12).then_some(secret);
-        const SETTINGS: [&str; 18] = [
+        const SETTINGS: [&str; 19] = [
             "DOMAINS", "RATE_LIMITS", "EMAIL", "ACME_DIRECTORY", "ACME_CA_BUNDLE",
             "KEY_TYPE", "DATA_DIR", "CERTS_DIR", "LOAD_BALANCER_SERVICE_NAME",
             "HAPROXY_RUNTIME_API", "ADMIN_LISTEN", "DEPLOY_HOOK_TIMEOUT", "RESPONDER_LISTEN",
             "--staging", "DOMAINS_FILE", "WATCHDOG_INTERVAL", "ACME_PROFILE", "EAB_",
+            "TLS_ALPN_LISTEN",
         ];
         for need in [Need::Daemon, Need::StoreOnly] {
             let result = Config::from_raw(&raw, need);

@@ -175,3 +175,27 @@ fn host_port(
         }
     })
 }
+
+/// A timeout setting (`DEPLOY_HOOK_TIMEOUT`, `DNS_HOOK_TIMEOUT`): a duration more than zero,
+/// `default` when unset; a problem is pushed to `errors` naming `setting`.
+pub(super) fn timeout_setting(
+    setting: &str,
+    value: Option<&str>,
+    default: std::time::Duration,
+    errors: &mut Vec<String>,
+) -> std::time::Duration {
+    match value.map(str::trim) {
+        None | Some("") => default,
+        Some(t) => match parse_duration(t) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                errors.push(format!("{setting} {t:?}: must be more than zero"));
+                default
+            }
+            Err(e) => {
+                errors.push(format!("{setting}: {e}"));
+                default
+            }
+        },
+    }
+}
