@@ -1,7 +1,7 @@
 //! The preflight check against real pebble 2.10 and HAProxy: a mis-routed HTTP-01 challenge
 //! (HAProxy forwards the token to a port nothing listens on) fails preflight as a recorded,
 //! retried local failure with zero requests to pebble's challenge endpoint, and the same order
-//! is validated once the routing is fixed.
+//! is validated once the routing is fixed; the same for a mis-routed TLS-ALPN-01 challenge.
 
 mod common;
 
@@ -97,4 +97,37 @@ fn a_mis_routed_challenge_fails_preflight_without_asking_the_ca_and_is_validated
         "the order of the failed preflight was used: {order}"
     );
     assert!(daemon.log_text().contains("preflight passed"));
+}
+
+#[test]
+fn a_mis_routed_tls_alpn_challenge_fails_preflight_without_asking_the_ca() {
+    let env = Env::start();
+    let domains = "alpn-pre.example.test challenge=tls-alpn-01";
+    // HAProxy sends acme-tls/1 handshakes to the harness's TLS_ALPN_LISTEN; the daemon
+    // listens elsewhere.
+    let elsewhere = format!("127.0.0.1:{}", free_port());
+    let mut daemon = env.start_daemon_with(domains, &[("TLS_ALPN_LISTEN", elsewhere.as_str())]);
+    let id = "alpn-pre.example.test";
+    let mut c = Value::Null;
+    wait_until(
+        "a preflight failure recorded",
+        Duration::from_secs(60),
+        || {
+            daemon.assert_running();
+            let out = env.cli(domains, &["state", "dump", id]);
+            c = serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()["certificates"][0]
+                .clone();
+            c["last_error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("preflight failed"))
+        },
+    );
+    let message = c["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("HAProxy at 127.0.0.1:{}", env.https_port))
+            && message.contains("is acme-tls/1 routed to us?"),
+        "{c}"
+    );
+    assert_eq!(challenge_requests(&env), 0, "the CA was never told");
+    assert!(daemon.terminate().success());
 }

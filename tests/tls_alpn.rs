@@ -107,13 +107,28 @@ fn tls_alpn_01_validates_through_haproxy_and_https_keeps_working_on_the_same_por
 
     let mut daemon = env.start_daemon(domains);
     let root = env.issuer_root();
-    wait_until("the three names served", Duration::from_secs(60), || {
-        daemon.assert_running();
+    let served = || {
         ["alpn.test", "www.alpn.test", "plain.test"]
             .iter()
             .all(|n| env.served_and_valid(n, &root).is_some())
-    });
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !served() {
+        daemon.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the three names not served after 60 s; daemon log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
+    assert!(
+        daemon
+            .log_text()
+            .contains("preflight passed cert=\"alpn.test\" checked=2"),
+        "both names handshaken through HAProxy before the CA was told"
+    );
     // pebble validated alpn.test's names over TLS-ALPN-01 (it logs no HTTP attempt for them,
     // and its validations from 3 perspectives reached the daemon's responder through
     // HAProxy's TLS port, the only way to its tlsPort), plain.test's over HTTP-01.

@@ -13,7 +13,7 @@ pub fn sync_tokens(tokens: &Tokens, old: Option<&Record>, new: Option<&Record>) 
             .map(|o| {
                 o.challenges
                     .iter()
-                    .filter(|c| c.kind.is_http01())
+                    .filter(|c| matches!(c.kind, ChallengeType::Http01 | ChallengeType::TlsAlpn01))
                     .cloned()
                     .collect()
             })
