@@ -575,8 +575,9 @@ pub(crate) fn human(secs: i64) -> String {
     }
 }
 
-/// The `status` screen: one line per certificate (id, names, phase, expires in, renews in, last
-/// error), sorted by id, with a header. `color` adds ANSI colours for a terminal.
+/// The `status` screen: one line per certificate (id, names, phase, how it is validated (the
+/// challenge, and the ACME profile when one is asked for), expires in, renews in, last error),
+/// sorted by id, with a header. `color` adds ANSI colours for a terminal.
 pub fn status_table<'a>(
     records: impl IntoIterator<Item = &'a Record>,
     now: UnixTime,
@@ -584,7 +585,7 @@ pub fn status_table<'a>(
 ) -> String {
     let mut records: Vec<&Record> = records.into_iter().collect();
     records.sort_by(|a, b| a.id.cmp(&b.id));
-    let rows: Vec<[String; 6]> = records
+    let rows: Vec<[String; 7]> = records
         .iter()
         .map(|r| {
             let expires = r.cert.as_ref().map_or("-".into(), |c| {
@@ -627,10 +628,15 @@ pub fn status_table<'a>(
             } else {
                 String::new()
             };
+            let via = match &r.profile {
+                Some(p) => format!("{}/{p}", r.challenge.as_str()),
+                None => r.challenge.as_str().to_string(),
+            };
             [
                 r.id.clone(),
                 names,
                 r.phase().as_str().into(),
+                via,
                 expires,
                 renews,
                 error,
@@ -641,12 +647,13 @@ pub fn status_table<'a>(
         "ID",
         "MORE",
         "PHASE",
+        "VIA",
         "EXPIRES IN",
         "RENEWS IN",
         "LAST ERROR",
     ]
     .map(String::from);
-    let widths: Vec<usize> = (0..5)
+    let widths: Vec<usize> = (0..6)
         .map(|i| {
             rows.iter()
                 .map(|r| r[i].len())
@@ -658,16 +665,16 @@ pub fn status_table<'a>(
     let mut out = String::new();
     for (n, row) in std::iter::once(&header).chain(rows.iter()).enumerate() {
         let mut line = String::new();
-        for (i, cell) in row.iter().enumerate().take(5) {
+        for (i, cell) in row.iter().enumerate().take(6) {
             line.push_str(&format!("{:w$}  ", cell, w = widths[i]));
         }
-        line.push_str(&row[5]);
+        line.push_str(&row[6]);
         let line = line.trim_end().to_string();
         let paint = |code: &str| format!("\x1b[{code}m{line}\x1b[0m");
         let line = match (color, n) {
             (false, _) => line,
             (true, 0) => paint("1"),
-            (true, _) if !row[5].is_empty() => paint("31"),
+            (true, _) if !row[6].is_empty() => paint("31"),
             (true, _) if row[2] != "issued" => paint("33"),
             (true, _) => line,
         };
@@ -723,6 +730,17 @@ mod status_tests {
             "expires in 89 days, renews in 59: {t}"
         );
         assert!(lines[2].starts_with("b.test") && lines[2].contains("pending"));
+        assert!(
+            lines[0].contains("VIA") && lines[1].contains("http-01"),
+            "{t}"
+        );
+        let mut p = b.clone();
+        p.challenge = crate::ChallengeType::Dns01;
+        p.profile = Some("shortlived".into());
+        assert!(
+            status_table([&p], day, false).contains("dns-01/shortlived"),
+            "the challenge and the profile"
+        );
         assert!(!t.contains('\x1b'), "no colour when not on a terminal");
         assert!(status_table([&b], day, true).contains('\x1b'));
         assert_eq!(human(-3 * day), "3d ago");
