@@ -26,19 +26,7 @@ pub async fn offered_profiles(config: &Config) -> Result<Option<BTreeMap<String,
 /// default `pebble.letsencrypt.org`) also offers as a dns-persist-01 challenge's
 /// `issuer-domain-names`; Let's Encrypt lists `letsencrypt.org`.
 pub async fn caa_identities(config: &Config) -> Result<Vec<String>, String> {
-    #[derive(serde::Deserialize)]
-    struct Directory {
-        #[serde(default)]
-        meta: Option<Meta>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Meta {
-        #[serde(default, rename = "caaIdentities")]
-        caa_identities: Vec<String>,
-    }
-    let d: Directory = serde_json::from_slice(&fetch(config).await?)
-        .map_err(|e| format!("not an ACME directory: {e}"))?;
-    Ok(d.meta.map(|m| m.caa_identities).unwrap_or_default())
+    Ok(meta_of(&fetch(config).await?)?.caa_identities)
 }
 
 /// The directory document's bytes (GET ACME_DIRECTORY, 10 s at most).
@@ -68,21 +56,29 @@ async fn fetch(config: &Config) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("no answer within {}s", DIRECTORY_TIMEOUT.as_secs()))?
 }
 
-/// `meta.profiles` of a directory document.
-fn profiles_of(directory: &[u8]) -> Result<Option<BTreeMap<String, String>>, String> {
+/// The `meta` fields of a directory document we read (all empty when it has none).
+#[derive(Default, serde::Deserialize)]
+struct Meta {
+    #[serde(default)]
+    profiles: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "caaIdentities")]
+    caa_identities: Vec<String>,
+}
+
+fn meta_of(directory: &[u8]) -> Result<Meta, String> {
     #[derive(serde::Deserialize)]
     struct Directory {
         #[serde(default)]
         meta: Option<Meta>,
     }
-    #[derive(serde::Deserialize)]
-    struct Meta {
-        #[serde(default)]
-        profiles: Option<BTreeMap<String, String>>,
-    }
     let d: Directory =
         serde_json::from_slice(directory).map_err(|e| format!("not an ACME directory: {e}"))?;
-    Ok(d.meta.and_then(|m| m.profiles).filter(|p| !p.is_empty()))
+    Ok(d.meta.unwrap_or_default())
+}
+
+/// `meta.profiles` of a directory document.
+fn profiles_of(directory: &[u8]) -> Result<Option<BTreeMap<String, String>>, String> {
+    Ok(meta_of(directory)?.profiles.filter(|p| !p.is_empty()))
 }
 
 /// The start-up check of the configured profiles (ACME_PROFILE and each certificate's own)
