@@ -193,19 +193,34 @@ fn already_replaced_after_a_restore_orders_again_without_replaces() {
     );
 }
 
+/// The daemon started against the CA behind `proxy`, its first certificate served and the CA's
+/// window stored: the daemon and that certificate's serial.
+fn issued_behind(env: &Env, proxy: &CaProxy) -> (common::Daemon, String) {
+    let dir = proxy.directory_url();
+    let via: [(&str, &str); 1] = [("ACME_DIRECTORY", dir.as_str())];
+    let mut daemon = env.start_daemon_with(ID, &via);
+    let first = served_other_than(env, &via, None, &mut daemon);
+    window_received(env, &via);
+    (daemon, first)
+}
+
+/// `issued_behind`, then the CA's window moved into the past and the renewal served: the
+/// daemon and the first certificate's serial.
+fn renewed_behind(env: &Env, proxy: &CaProxy) -> (common::Daemon, String) {
+    let (mut daemon, first) = issued_behind(env, proxy);
+    let dir = proxy.directory_url();
+    let via: [(&str, &str); 1] = [("ACME_DIRECTORY", dir.as_str())];
+    move_window_into_the_past(env, &via);
+    served_other_than(env, &via, Some(&first), &mut daemon);
+    (daemon, first)
+}
+
 #[test]
 fn a_ca_that_does_not_echo_replaces_gets_one_order_per_renewal() {
     let env = Env::start();
     let proxy = CaProxy::start(&env);
     proxy.strip_replaces(true);
-    let dir = proxy.directory_url();
-    let via: [(&str, &str); 1] = [("ACME_DIRECTORY", dir.as_str())];
-    let mut daemon = env.start_daemon_with(ID, &via);
-    let first = served_other_than(&env, &via, None, &mut daemon);
-    window_received(&env, &via);
-
-    move_window_into_the_past(&env, &via);
-    served_other_than(&env, &via, Some(&first), &mut daemon);
+    let (daemon, first) = renewed_behind(&env, &proxy);
     std::thread::sleep(Duration::from_secs(3));
     let r = replacement_of(&first);
     assert_eq!(
@@ -228,14 +243,7 @@ fn a_ca_that_fails_orders_carrying_replaces_gets_the_renewal_ordered_without_it(
     let env = Env::start();
     let proxy = CaProxy::start(&env);
     proxy.refuse_replaces(true);
-    let dir = proxy.directory_url();
-    let via: [(&str, &str); 1] = [("ACME_DIRECTORY", dir.as_str())];
-    let mut daemon = env.start_daemon_with(ID, &via);
-    let first = served_other_than(&env, &via, None, &mut daemon);
-    window_received(&env, &via);
-
-    move_window_into_the_past(&env, &via);
-    served_other_than(&env, &via, Some(&first), &mut daemon);
+    let (daemon, _) = renewed_behind(&env, &proxy);
     assert_eq!(proxy.refused(), 1, "one request with `replaces`, refused");
     assert_eq!(
         orders(&env),
@@ -258,11 +266,9 @@ fn a_ca_that_fails_orders_carrying_replaces_gets_the_renewal_ordered_without_it(
 fn a_directory_that_stops_offering_renewal_info_falls_back_to_the_lifetime_rule() {
     let env = Env::start();
     let proxy = CaProxy::start(&env);
+    let (mut daemon, first) = issued_behind(&env, &proxy);
     let dir = proxy.directory_url();
     let via: [(&str, &str); 1] = [("ACME_DIRECTORY", dir.as_str())];
-    let mut daemon = env.start_daemon_with(ID, &via);
-    let first = served_other_than(&env, &via, None, &mut daemon);
-    window_received(&env, &via);
 
     // The CA drops renewal information; the daemon reads the directory when it connects.
     proxy.strip_renewal_info(true);

@@ -20,13 +20,31 @@ fn challenge_requests(env: &Env) -> usize {
         .count()
 }
 
+/// The dump of certificate `id` of `domains` (`Null` while it cannot be read).
+fn cert_of(env: &Env, domains: &str, id: &str) -> Value {
+    let out = env.cli(domains, &["state", "dump", id]);
+    serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()["certificates"][0].clone()
+}
+
 fn cert(env: &Env) -> Value {
-    let out = env.cli(ID, &["state", "dump", ID]);
-    if !out.status.success() {
-        return Value::Null;
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["certificates"][0].clone()
+    cert_of(env, ID, ID)
+}
+
+/// Waits until certificate `id` records a failed preflight; returns its dump.
+fn preflight_failure(env: &Env, domains: &str, id: &str, daemon: &mut common::Daemon) -> Value {
+    let mut c = Value::Null;
+    wait_until(
+        "a preflight failure recorded",
+        Duration::from_secs(60),
+        || {
+            daemon.assert_running();
+            c = cert_of(env, domains, id);
+            c["last_error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("preflight failed"))
+        },
+    );
+    c
 }
 
 #[test]
@@ -36,18 +54,7 @@ fn a_mis_routed_challenge_fails_preflight_without_asking_the_ca_and_is_validated
     // elsewhere, so HAProxy answers 503 for every token.
     let elsewhere = format!("127.0.0.1:{}", free_port());
     let mut daemon = env.start_daemon_with(ID, &[("RESPONDER_LISTEN", elsewhere.as_str())]);
-    let mut c = Value::Null;
-    wait_until(
-        "a preflight failure recorded",
-        Duration::from_secs(60),
-        || {
-            daemon.assert_running();
-            c = cert(&env);
-            c["last_error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("preflight failed"))
-        },
-    );
+    let c = preflight_failure(&env, ID, ID, &mut daemon);
     let e = &c["last_error"];
     let message = e["message"].as_str().unwrap();
     let haproxy = format!("HAProxy at 127.0.0.1:{} answered 503", env.http_port);
@@ -107,21 +114,7 @@ fn a_mis_routed_tls_alpn_challenge_fails_preflight_without_asking_the_ca() {
     // listens elsewhere.
     let elsewhere = format!("127.0.0.1:{}", free_port());
     let mut daemon = env.start_daemon_with(domains, &[("TLS_ALPN_LISTEN", elsewhere.as_str())]);
-    let id = "alpn-pre.example.test";
-    let mut c = Value::Null;
-    wait_until(
-        "a preflight failure recorded",
-        Duration::from_secs(60),
-        || {
-            daemon.assert_running();
-            let out = env.cli(domains, &["state", "dump", id]);
-            c = serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()["certificates"][0]
-                .clone();
-            c["last_error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("preflight failed"))
-        },
-    );
+    let c = preflight_failure(&env, domains, "alpn-pre.example.test", &mut daemon);
     let message = c["last_error"]["message"].as_str().unwrap();
     assert!(
         message.contains(&format!("HAProxy at 127.0.0.1:{}", env.https_port))

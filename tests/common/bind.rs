@@ -145,43 +145,26 @@ zone "." {{ type primary; file "{d}/root.zone"; }};
         std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
     }
 
-    /// `dig @127.0.0.1 -p PORT +norec TYPE NAME` (full answer).
-    pub fn dig(&self, rtype: &str, name: &str) -> String {
+    /// `dig @127.0.0.1 -p PORT +norec +tcp +tries=2 ARGS...`: its standard output.
+    fn run_dig(&self, args: &[&str]) -> String {
+        let port = self.port.to_string();
         let out = Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "+norec",
-                "+tcp",
-                "+tries=2",
-                "+time=2",
-                rtype,
-                name,
-            ])
+            .args(["@127.0.0.1", "-p", &port, "+norec", "+tcp", "+tries=2"])
+            .args(args)
             .output()
             .expect("dig (Debian's dnsutils) runs");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `dig @127.0.0.1 -p PORT +norec TYPE NAME` (full answer).
+    pub fn dig(&self, rtype: &str, name: &str) -> String {
+        self.run_dig(&["+time=2", rtype, name])
+    }
+
     /// The TXT values BIND answers at `name` (no CNAME followed: +short of TXT lists the CNAME
     /// target first, left out).
     pub fn txt(&self, name: &str) -> Vec<String> {
-        let out = Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "+norec",
-                "+tcp",
-                "+short",
-                "+tries=2",
-                "TXT",
-                name,
-            ])
-            .output()
-            .expect("dig (Debian's dnsutils) runs");
-        String::from_utf8_lossy(&out.stdout)
+        self.run_dig(&["+short", "TXT", name])
             .lines()
             .filter(|l| l.starts_with('"'))
             .map(|l| l.trim().trim_matches('"').to_string())

@@ -1036,6 +1036,23 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// Asserts that HAProxy serves, for each of `snis`, one certificate from pebble for `apex`
+    /// and `*.apex` (the two names side by side, in either order).
+    pub fn assert_serves_apex_and_wildcard(&self, apex: &str, snis: &[&str]) {
+        let (a, w) = (format!("DNS:{apex}"), format!("DNS:*.{apex}"));
+        for sni in snis {
+            let sans = self.served_sans(sni);
+            assert!(
+                sans.contains(&format!("{a}, {w}")) || sans.contains(&format!("{w}, {a}")),
+                "{sni}: {sans}"
+            );
+            assert!(
+                sans.to_lowercase().contains("pebble"),
+                "issued by pebble: {sans}"
+            );
+        }
+    }
+
     /// Runs a CLI command of the daemon's binary with the daemon's environment.
     pub fn cli(&self, domains: &str, args: &[&str]) -> Output {
         self.cli_with(domains, &[], args)
