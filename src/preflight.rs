@@ -39,61 +39,88 @@ pub async fn http01(
     key_authorization: &str,
 ) -> Result<(), PreflightError> {
     let fail = |m: String| PreflightError(m);
-    let (what, addrs) = match address {
-        Some(a) => (
-            a.to_string(),
-            resolve(a).await.map_err(|e| {
-                fail(format!(
-                    "PREFLIGHT_HTTP_ADDRESS {a:?} does not resolve: {e}"
-                ))
-            })?,
-        ),
-        None => {
-            let mut addrs = resolve(&format!("{domain}:80")).await.map_err(|e| {
-                fail(format!(
-                    "{domain} does not resolve here ({e}): the CA could not reach it either, or \
-                     this host uses another DNS view (set PREFLIGHT_HTTP_ADDRESS to HAProxy's \
-                     HTTP address, or PREFLIGHT=off)"
-                ))
-            })?;
-            addrs.sort_by_key(|a| !a.is_ipv6());
-            (format!("{domain}:80"), addrs)
-        }
+    let to = Target {
+        setting: "PREFLIGHT_HTTP_ADDRESS",
+        port: 80,
+        what: "HTTP",
+        check: "the token",
     };
+    let (stream, addr, named) = to.connect(address, domain).await?;
     let path = format!("/.well-known/acme-challenge/{token}");
-    let mut refused = Vec::new();
-    for addr in &addrs {
-        let stream = match tokio::time::timeout(FETCH_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                refused.push(format!("{addr}: {e}"));
-                continue;
-            }
-            Err(_) => {
-                refused.push(format!("{addr}: no connection within {FETCH_TIMEOUT:?}"));
-                continue;
+    let answer = tokio::time::timeout(FETCH_TIMEOUT, fetch(stream, domain, &path))
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "HAProxy at {addr} ({named}) did not answer the token of {domain} within \
+                 {FETCH_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|e| {
+            fail(format!(
+                "HAProxy at {addr} ({named}), token of {domain}: {e}"
+            ))
+        })?;
+    judge(&addr, domain, answer, key_authorization).map_err(fail)
+}
+
+/// What a check connects to and how its messages name it.
+struct Target {
+    /// The setting that names an address instead of the name's own (`PREFLIGHT_HTTP_ADDRESS`).
+    setting: &'static str,
+    /// The port of the name's own addresses (80, 443).
+    port: u16,
+    /// HAProxy's port, as the messages call it (`HTTP`, `TLS`).
+    what: &'static str,
+    /// What is checked, as the messages call it (`the token`).
+    check: &'static str,
+}
+
+impl Target {
+    /// A connection for the check of `domain`: to `address` (the setting), else to `domain`'s
+    /// own addresses on the port, IPv6 first, the next address tried only when one does not
+    /// connect (as Let's Encrypt does). Also the address connected to and how it was named.
+    async fn connect(
+        &self,
+        address: Option<&str>,
+        domain: &str,
+    ) -> Result<(TcpStream, SocketAddr, String), PreflightError> {
+        let fail = |m: String| PreflightError(m);
+        let (named, addrs) = match address {
+            Some(a) => (
+                a.to_string(),
+                resolve(a)
+                    .await
+                    .map_err(|e| fail(format!("{} {a:?} does not resolve: {e}", self.setting)))?,
+            ),
+            None => {
+                let named = format!("{domain}:{}", self.port);
+                let mut addrs = resolve(&named).await.map_err(|e| {
+                    fail(format!(
+                        "{domain} does not resolve here ({e}): the CA could not reach it \
+                         either, or this host uses another DNS view (set {} to HAProxy's {} \
+                         address, or PREFLIGHT=off)",
+                        self.setting, self.what
+                    ))
+                })?;
+                addrs.sort_by_key(|a| !a.is_ipv6());
+                (named, addrs)
             }
         };
-        let answer = tokio::time::timeout(FETCH_TIMEOUT, fetch(stream, domain, &path))
-            .await
-            .map_err(|_| {
-                fail(format!(
-                    "HAProxy at {addr} ({what}) did not answer the token of {domain} within \
-                     {FETCH_TIMEOUT:?}"
-                ))
-            })?
-            .map_err(|e| {
-                fail(format!(
-                    "HAProxy at {addr} ({what}), token of {domain}: {e}"
-                ))
-            })?;
-        return judge(addr, domain, answer, key_authorization).map_err(fail);
+        let mut refused = Vec::new();
+        for addr in addrs {
+            match tokio::time::timeout(FETCH_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => return Ok((s, addr, named)),
+                Ok(Err(e)) => refused.push(format!("{addr}: {e}")),
+                Err(_) => refused.push(format!("{addr}: no connection within {FETCH_TIMEOUT:?}")),
+            }
+        }
+        Err(fail(format!(
+            "no connection to {named} for {} of {domain} ({}): is HAProxy listening there, and \
+             reachable from this host?",
+            self.check,
+            refused.join("; ")
+        )))
     }
-    Err(fail(format!(
-        "no connection to {what} for the token of {domain} ({}): is HAProxy listening there, \
-         and reachable from this host?",
-        refused.join("; ")
-    )))
 }
 
 async fn resolve(host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
@@ -158,57 +185,6 @@ fn judge(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_are_judged_with_what_to_fix() {
-        let a: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        let ka = "tok.thumb";
-        assert_eq!(
-            judge(&a, "a.test", (200, b"tok.thumb\n".to_vec()), ka),
-            Ok(())
-        );
-        let e = judge(&a, "a.test", (404, Vec::new()), ka).unwrap_err();
-        assert!(
-            e.contains("127.0.0.1:80 answered 404") && e.contains("routed to us"),
-            "{e}"
-        );
-        let e = judge(&a, "a.test", (200, b"other".to_vec()), ka).unwrap_err();
-        assert!(e.contains("not with its key authorization"), "{e}");
-        let e = judge(&a, "a.test", (301, Vec::new()), ka).unwrap_err();
-        assert!(e.contains("redirect"), "{e}");
-    }
-
-    fn acme_certificate(names: &[&str], key_authorization: &str, critical: bool) -> Vec<u8> {
-        use sha2::{Digest, Sha256};
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let digest: [u8; 32] = Sha256::digest(key_authorization.as_bytes()).into();
-        let mut ext = rcgen::CustomExtension::new_acme_identifier(&digest);
-        ext.set_criticality(critical);
-        params.custom_extensions = vec![ext];
-        let key = rcgen::KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().der().to_vec()
-    }
-
-    #[test]
-    fn acme_tls_certificates_are_judged_as_rfc_8737_says() {
-        let good = acme_certificate(&["a.test"], "tok.thumb", true);
-        assert_eq!(judge_acme_certificate(&good, "a.test", "tok.thumb"), Ok(()));
-        let e = judge_acme_certificate(&good, "a.test", "other.thumb").unwrap_err();
-        assert!(e.contains("not this challenge's"), "{e}");
-        let e = judge_acme_certificate(&good, "b.test", "tok.thumb").unwrap_err();
-        assert!(e.contains("not only"), "{e}");
-        let two = acme_certificate(&["a.test", "b.test"], "tok.thumb", true);
-        assert!(judge_acme_certificate(&two, "a.test", "tok.thumb").is_err());
-        let not_critical = acme_certificate(&["a.test"], "tok.thumb", false);
-        assert!(judge_acme_certificate(&not_critical, "a.test", "tok.thumb").is_err());
-    }
-}
-
 /// Checks that a TLS handshake with ALPN `acme-tls/1` and SNI `domain` at `address`
 /// (`PREFLIGHT_TLS_ADDRESS`; `None`: `domain` resolved, port 443, as for HTTP-01) negotiates
 /// `acme-tls/1` and presents a certificate for `domain` with the critical acmeIdentifier
@@ -219,63 +195,33 @@ pub async fn tls_alpn01(
     key_authorization: &str,
 ) -> Result<(), PreflightError> {
     let fail = |m: String| PreflightError(m);
-    let (what, mut addrs) = match address {
-        Some(a) => (
-            a.to_string(),
-            resolve(a)
-                .await
-                .map_err(|e| fail(format!("PREFLIGHT_TLS_ADDRESS {a:?} does not resolve: {e}")))?,
-        ),
-        None => (
-            format!("{domain}:443"),
-            resolve(&format!("{domain}:443")).await.map_err(|e| {
-                fail(format!(
-                    "{domain} does not resolve here ({e}): set PREFLIGHT_TLS_ADDRESS to HAProxy's \
-                     TLS address, or PREFLIGHT=off"
-                ))
-            })?,
-        ),
+    let to = Target {
+        setting: "PREFLIGHT_TLS_ADDRESS",
+        port: 443,
+        what: "TLS",
+        check: "the TLS-ALPN-01 check",
     };
-    addrs.sort_by_key(|a| !a.is_ipv6());
-    let mut refused = Vec::new();
-    for addr in addrs {
-        let stream = match tokio::time::timeout(FETCH_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                refused.push(format!("{addr}: {e}"));
-                continue;
-            }
-            Err(_) => {
-                refused.push(format!("{addr}: no connection within {FETCH_TIMEOUT:?}"));
-                continue;
-            }
-        };
-        let at = format!("HAProxy at {addr} ({what})");
-        let stream = stream.into_std().map_err(|e| fail(format!("{at}: {e}")))?;
-        let host = domain.to_string();
-        let (alpn, der) = tokio::task::spawn_blocking(move || acme_tls_handshake(stream, &host))
-            .await
-            .map_err(|e| fail(format!("{at}: {e}")))?
-            .map_err(|e| {
-                fail(format!(
-                    "{at}: the TLS handshake with ALPN acme-tls/1 for {domain} failed ({e}): is \
-                     acme-tls/1 routed to us?"
-                ))
-            })?;
-        if alpn.as_deref() != Some(b"acme-tls/1".as_slice()) {
-            return Err(fail(format!(
-                "{at} did not negotiate ALPN acme-tls/1 for {domain} (the normal TLS frontend \
-                 answered?): does HAProxy's TLS port route `req.ssl_alpn acme-tls/1` to us?"
-            )));
-        }
-        return judge_acme_certificate(&der, domain, key_authorization)
-            .map_err(|e| fail(format!("{at}, {domain}: {e}")));
+    let (stream, addr, named) = to.connect(address, domain).await?;
+    let at = format!("HAProxy at {addr} ({named})");
+    let stream = stream.into_std().map_err(|e| fail(format!("{at}: {e}")))?;
+    let host = domain.to_string();
+    let (alpn, der) = tokio::task::spawn_blocking(move || acme_tls_handshake(stream, &host))
+        .await
+        .map_err(|e| fail(format!("{at}: {e}")))?
+        .map_err(|e| {
+            fail(format!(
+                "{at}: the TLS handshake with ALPN acme-tls/1 for {domain} failed ({e}): is \
+                 acme-tls/1 routed to us?"
+            ))
+        })?;
+    if alpn.as_deref() != Some(b"acme-tls/1".as_slice()) {
+        return Err(fail(format!(
+            "{at} did not negotiate ALPN acme-tls/1 for {domain} (the normal TLS frontend \
+             answered?): does HAProxy's TLS port route `req.ssl_alpn acme-tls/1` to us?"
+        )));
     }
-    Err(fail(format!(
-        "no connection to {what} for the TLS-ALPN-01 check of {domain} ({}): is HAProxy \
-         listening there, and reachable from this host?",
-        refused.join("; ")
-    )))
+    judge_acme_certificate(&der, domain, key_authorization)
+        .map_err(|e| fail(format!("{at}, {domain}: {e}")))
 }
 
 /// A handshake offering only `acme-tls/1`, accepting any certificate (a TLS-ALPN-01 one is
@@ -405,4 +351,55 @@ fn judge_acme_certificate(der: &[u8], domain: &str, key_authorization: &str) -> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_judged_with_what_to_fix() {
+        let a: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let ka = "tok.thumb";
+        assert_eq!(
+            judge(&a, "a.test", (200, b"tok.thumb\n".to_vec()), ka),
+            Ok(())
+        );
+        let e = judge(&a, "a.test", (404, Vec::new()), ka).unwrap_err();
+        assert!(
+            e.contains("127.0.0.1:80 answered 404") && e.contains("routed to us"),
+            "{e}"
+        );
+        let e = judge(&a, "a.test", (200, b"other".to_vec()), ka).unwrap_err();
+        assert!(e.contains("not with its key authorization"), "{e}");
+        let e = judge(&a, "a.test", (301, Vec::new()), ka).unwrap_err();
+        assert!(e.contains("redirect"), "{e}");
+    }
+
+    fn acme_certificate(names: &[&str], key_authorization: &str, critical: bool) -> Vec<u8> {
+        use sha2::{Digest, Sha256};
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let digest: [u8; 32] = Sha256::digest(key_authorization.as_bytes()).into();
+        let mut ext = rcgen::CustomExtension::new_acme_identifier(&digest);
+        ext.set_criticality(critical);
+        params.custom_extensions = vec![ext];
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn acme_tls_certificates_are_judged_as_rfc_8737_says() {
+        let good = acme_certificate(&["a.test"], "tok.thumb", true);
+        assert_eq!(judge_acme_certificate(&good, "a.test", "tok.thumb"), Ok(()));
+        let e = judge_acme_certificate(&good, "a.test", "other.thumb").unwrap_err();
+        assert!(e.contains("not this challenge's"), "{e}");
+        let e = judge_acme_certificate(&good, "b.test", "tok.thumb").unwrap_err();
+        assert!(e.contains("not only"), "{e}");
+        let two = acme_certificate(&["a.test", "b.test"], "tok.thumb", true);
+        assert!(judge_acme_certificate(&two, "a.test", "tok.thumb").is_err());
+        let not_critical = acme_certificate(&["a.test"], "tok.thumb", false);
+        assert!(judge_acme_certificate(&not_critical, "a.test", "tok.thumb").is_err());
+    }
 }
