@@ -107,12 +107,46 @@ fn require_programs() {
     );
 }
 
+/// A loopback port nobody listens on, for a program the test starts later.
+///
+/// Picked below the kernel's ephemeral range (`ip_local_port_range`): a port the kernel handed
+/// out for `127.0.0.1:0` was free only at that instant, and any outgoing connection (to pebble, to
+/// HAProxy) could take it as its source port before the program bound it (CI once saw the
+/// daemon's RESPONDER_LISTEN taken that way). Each test process starts at its own offset and
+/// hands every port out once; a port something already holds (TCP or UDP) is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static RANGE: OnceLock<(u32, u32, u32)> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, span, start) = *RANGE.get_or_init(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        let low = if ephemeral_low >= 12_000 {
+            10_000
+        } else {
+            1024
+        };
+        let span = ephemeral_low.saturating_sub(low).max(1000);
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+        (low, span, seed.wrapping_mul(2_654_435_761) % span)
+    });
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(low + (start + n) % span).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{}", low + span)
 }
 
 fn repo_root() -> PathBuf {
