@@ -262,6 +262,23 @@ pub struct RawSettings {
     /// directory's meta.caaIdentities, e.g. letsencrypt.org, or pebble.letsencrypt.org].
     #[arg(long, env = "DNS_PERSIST_ISSUER", global = true)]
     pub dns_persist_issuer: Option<String>,
+    /// A fleet: the PostgreSQL store every instance (one beside each HAProxy node) shares,
+    /// e.g. `postgres://haproxy_acme:PASSWORD@db.internal/haproxy_acme` (or libpq's key=value
+    /// form). Unset: the sled store in DATA_DIR (one machine). Its password is never printed.
+    #[arg(long, env = "POSTGRES_URL", global = true, hide_env_values = true)]
+    pub postgres_url: Option<crate::config::eab::SecretString>,
+    /// The file with the key (32 bytes: 64 hex digits, base64 or raw) that encrypts the private
+    /// keys in the PostgreSQL store; the same file on every instance (`openssl rand -hex 32`).
+    #[arg(long, env = "STORE_KEY_FILE", global = true)]
+    pub store_key_file: Option<PathBuf>,
+    /// This instance's name in a fleet (the lease holder, each node's installed certificates)
+    /// [default: the host name].
+    #[arg(long, env = "NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+    /// How long the leader's lease lasts without renewal: a follower takes over this long after
+    /// the leader stops (renewed every third of it) [default: 15s].
+    #[arg(long, env = "LEASE_TIME", global = true)]
+    pub lease_time: Option<String>,
     /// How often HAProxy is asked which certificate it serves for each one (and each file read);
     /// one that is not the stored one is installed again and counted. A duration, e.g. 5m
     /// [default: 5m, with up to 10 % jitter]; `off` never checks.

@@ -10,14 +10,19 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::acme::Ca;
 use crate::acme::LazyAcme;
 use crate::admin::{self, Admin};
 use crate::clock::{Dice, SystemClock};
 use crate::config::{Config, WantedSet};
+use crate::fleet::mirror::Mirror;
+use crate::fleet::Leader;
 use crate::health::Health;
 use crate::installer::Installer;
 use crate::reconciler::{Parts, Reconciler, StartError, Tuning};
 use crate::responder::{self, Tokens};
+use crate::store::postgres::seal::SealKey;
+use crate::store::postgres::PgStore;
 use crate::store::sled::SledStore;
 use crate::store::watched::Watched;
 use crate::store::{Store, StoreError};
@@ -91,16 +96,26 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
 
     let health = Arc::new(Health::default());
     let clock = Arc::new(SystemClock);
-    let sled = Arc::new(open_store_waiting(&config.data_dir).await?);
-    if sled.unmarked() {
-        // A store with no marker to judge it by (new, restored, or DATA_DIR wiped): refused if
-        // it lacks certificates CERTS_DIR holds, before anything is ordered again.
-        let now = crate::clock::unix_now();
-        crate::recovery::check_certs_dir(sled.as_ref(), &config, wanted.initial(), now).await?;
-        sled.seal().await?;
-    }
+    let (backend, pg): (Arc<dyn Store>, Option<PgStore>) = match &config.fleet {
+        Some(fleet) => {
+            let pg = connect_waiting(fleet, shutdown.clone()).await?;
+            (Arc::new(pg.clone()), Some(pg))
+        }
+        None => {
+            let sled = Arc::new(open_store_waiting(&config.data_dir).await?);
+            if sled.unmarked() {
+                // A store with no marker to judge it by (new, restored, or DATA_DIR wiped):
+                // refused if it lacks certificates CERTS_DIR holds, before anything is ordered.
+                let now = crate::clock::unix_now();
+                crate::recovery::check_certs_dir(sled.as_ref(), &config, wanted.initial(), now)
+                    .await?;
+                sled.seal().await?;
+            }
+            (sled, None)
+        }
+    };
     // Its write failures and recoveries go to the health registry (`status`, the dump).
-    let store: Arc<dyn Store> = Arc::new(Watched::new(sled, health.clone(), clock.clone()));
+    let store: Arc<dyn Store> = Arc::new(Watched::new(backend, health.clone(), clock.clone()));
     let installer = Installer::new(
         config.certs_dir.clone(),
         config.haproxy_certs_dir.clone(),
@@ -137,27 +152,53 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let config = Arc::new(config);
     let installer = Arc::new(installer);
     let acme = Arc::new(LazyAcme::new(config.clone(), store.clone()));
-    let (reconciler, control, inbox) = Reconciler::new(
-        Parts {
+    let parts = {
+        let (config, wanted, installer) = (config.clone(), wanted.clone(), installer.clone());
+        let (clock, tokens, health) = (clock.clone(), tokens.clone(), health.clone());
+        move |store: Arc<dyn Store>, ca: Arc<dyn Ca>| Parts {
             config: config.clone(),
             wanted: wanted.clone(),
-            store: store.clone(),
-            ca: acme.clone(),
+            store,
+            ca,
             haproxy: installer.clone(),
             clock: clock.clone(),
             dice: Dice::from_os(),
-            tokens,
+            tokens: tokens.clone(),
             health: health.clone(),
-        },
-        Tuning::default(),
-    );
-    let started = match reconciler.start().await {
-        Ok(s) => s,
-        Err(StartError::Config(e)) => return Err(DaemonError::Config(e)),
-        Err(StartError::Store(e)) => return Err(e.into()),
+        }
+    };
+    let (control, inbox) = crate::reconciler::channel();
+    // One machine: the reconciler, started now (an invalid wanted set stops the start). A
+    // fleet: the lease decides when this instance runs it (`fleet`).
+    let single = match &pg {
+        Some(_) => None,
+        None => {
+            let reconciler = Reconciler::new_with(
+                parts(store.clone(), acme.clone()),
+                Tuning::default(),
+                control.clone(),
+            );
+            let started = match reconciler.start().await {
+                Ok(s) => s,
+                Err(StartError::Config(e)) => return Err(DaemonError::Config(e)),
+                Err(StartError::Store(e)) => return Err(e.into()),
+            };
+            tracing::info!(certificates = started.wanted(), directory = %config.acme_directory, "store in line with the configuration");
+            Some((reconciler, started))
+        }
     };
     health.set_ready();
-    tracing::info!(certificates = started.wanted(), directory = %config.acme_directory, "store in line with the configuration");
+    let lease_given_up = Arc::new(tokio::sync::Notify::new());
+    let mirror_task = pg.as_ref().map(|pg| {
+        let mirror = Mirror::new(
+            pg.clone(),
+            tokens.clone(),
+            installer.clone(),
+            control.clone(),
+            lease_given_up.clone(),
+        );
+        tokio::spawn(mirror.run(shutdown.clone()))
+    });
     // Held for the daemon's lifetime: dropping it stops the watch.
     let _watcher = match &config.domains_file {
         Some(file) => Some(
@@ -173,9 +214,9 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
             store,
             config: config.clone(),
             wanted,
-            control,
+            control: control.clone(),
             health: health.clone(),
-            clock,
+            clock: clock.clone(),
             acme,
         }),
         shutdown.clone(),
@@ -187,7 +228,34 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
         .wait_for_runtime_api(&mut waiting, health.conditions())
         .await
     {
-        reconciler.run(started, shutdown, reload_rx, inbox).await;
+        match (single, pg) {
+            (Some((reconciler, started)), _) => {
+                reconciler.run(started, shutdown, reload_rx, inbox).await;
+            }
+            (None, Some(pg)) => {
+                let fleet = config
+                    .fleet
+                    .as_ref()
+                    .expect("a PostgreSQL store is a fleet's");
+                let leader = Leader {
+                    pg,
+                    parts: Box::new(parts),
+                    config: config.clone(),
+                    health: health.clone(),
+                    clock: clock.clone(),
+                    control: control.clone(),
+                    reload: reload.clone(),
+                    lease_time: fleet.lease_time,
+                    lease_given_up,
+                    leading: watch::channel(None).0,
+                };
+                leader.run(inbox, shutdown).await;
+            }
+            (None, None) => unreachable!("either one machine or a fleet"),
+        }
+    }
+    if let Some(t) = mirror_task {
+        let _ = t.await;
     }
     let _ = tokio::join!(responder_task, admin_task);
     if let Some(t) = tls_alpn_task {
@@ -196,6 +264,35 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects to a fleet's PostgreSQL store, waiting while it does not answer (the database may
+/// start after us); a wrong key or a store of a newer version stops the start.
+async fn connect_waiting(
+    fleet: &crate::config::fleet::Fleet,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<PgStore, DaemonError> {
+    let mut logged = false;
+    loop {
+        let key = SealKey::from_file(&fleet.store_key_file).map_err(anyhow::Error::msg)?;
+        match PgStore::connect(fleet.postgres_url.expose(), key, &fleet.node_name).await {
+            Ok(pg) => {
+                tracing::info!(store = %fleet.postgres_url.redacted(), node = %fleet.node_name, "fleet store: PostgreSQL");
+                return Ok(pg);
+            }
+            Err(e @ StoreError::Database(_)) => {
+                if !logged {
+                    tracing::warn!(store = %fleet.postgres_url.redacted(), error = %e, "waiting for PostgreSQL");
+                    logged = true;
+                }
+            }
+            Err(e) => return Err(DaemonError::Other(e.into())),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return Err(DaemonError::Other(anyhow::anyhow!("stopped while waiting for PostgreSQL"))),
+        }
+    }
 }
 
 /// Opens the store for the daemon. A CLI command that found no daemon (`state dump` during a

@@ -10,7 +10,10 @@
 //! - [`config`]: validation of the raw settings into one typed [`config::Config`] and the wanted
 //!   set ([`config::WantedSet`]: DOMAINS, DOMAINS_FILE, runtime additions); certificate names.
 //! - [`store`]: the `Store` trait (records, chains, keys, account, ledger, runtime additions;
-//!   one `update` per record change) and its backends (sled; in-memory for the simulation).
+//!   one `update` per record change) and its backends (sled; PostgreSQL for a fleet, with the
+//!   lease; in-memory for the simulation).
+//! - [`fleet`]: one instance per HAProxy node on a shared PostgreSQL store: the lease holder
+//!   runs the reconciler (fenced), every instance answers challenges and installs certificates.
 //! - [`responder`]: the HTTP-01 challenge server.
 //! - [`acme`]: the `Ca` trait and its instant-acme implementation.
 //! - [`pki`]: keys, CSRs, certificate parsing, every PEM text (rcgen, x509-parser, pem).
@@ -46,6 +49,7 @@ pub mod daemon;
 pub mod dns_hook;
 pub mod dns_persist;
 pub mod dns_update;
+pub mod fleet;
 pub mod haproxy_snippet;
 pub mod health;
 pub mod hook;

@@ -14,6 +14,8 @@
 //!   secret never prints.
 //! - [`dns_persist`]: the read-only check of dns-persist-01 records (`DNS_RESOLVER`,
 //!   `DNS_PERSIST_ISSUER`).
+//! - [`fleet`]: a fleet sharing a PostgreSQL store (`POSTGRES_URL`, `STORE_KEY_FILE`,
+//!   `NODE_NAME`, `LEASE_TIME`); the URL's password never prints.
 //! - [`names`]: name normalization (`idna`) and the types only it builds: [`CertId`], [`Names`].
 //!
 //! [`Config::from_raw`] returns both the settings and the wanted set.
@@ -21,6 +23,7 @@
 pub mod dns_persist;
 pub mod dns_update;
 pub mod eab;
+pub mod fleet;
 pub mod names;
 mod options;
 pub mod profiles;

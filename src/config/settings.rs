@@ -45,6 +45,8 @@ pub struct Config {
     pub email: Option<String>,
     /// EAB_KID + EAB_HMAC_KEY (or EAB_HMAC_KEY_FILE): sent with the new-account request only.
     pub eab: Option<super::eab::Eab>,
+    /// A fleet sharing a PostgreSQL store (`POSTGRES_URL` ...); `None`: sled in DATA_DIR.
+    pub fleet: Option<super::fleet::Fleet>,
     pub acme_directory: String,
     pub acme_ca_bundle: Option<PathBuf>,
     pub key_type: KeyType,
@@ -64,13 +66,13 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// `DEPLOY_HOOK`: run with `sh -c` after each new certificate is installed.
     pub deploy_hook: Option<String>,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "values::serialize_secs")]
     pub deploy_hook_timeout: Duration,
     /// `DNS_HOOK`: run with `sh -c` to publish each DNS-01 TXT record (certbot's auth hook).
     pub dns_hook: Option<String>,
     /// `DNS_CLEANUP_HOOK`: run with `sh -c` to remove each one (certbot's cleanup hook).
     pub dns_cleanup_hook: Option<String>,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "values::serialize_secs")]
     pub dns_hook_timeout: Duration,
     /// `DNS_UPDATE_SERVER` and its TSIG key: DNS-01 by RFC 2136 (wins over `dns_hook`).
     pub dns_update: Option<super::dns_update::DnsUpdate>,
@@ -79,7 +81,7 @@ pub struct Config {
     pub dns_persist: super::dns_persist::PersistCheck,
     /// `WATCHDOG_INTERVAL`: how often HAProxy is asked which certificate it serves (`None`:
     /// never).
-    #[serde(serialize_with = "serialize_opt_secs")]
+    #[serde(serialize_with = "values::serialize_opt_secs")]
     pub watchdog_interval: Option<Duration>,
     /// `ALERT_HOOK`: run with `sh -c` when a certificate starts or stops needing attention.
     pub alert_hook: Option<String>,
@@ -91,17 +93,6 @@ pub struct Config {
     pub preflight_http_address: Option<String>,
     /// `PREFLIGHT_TLS_ADDRESS`: where TLS-ALPN-01's preflight connects (`None`: the name's).
     pub preflight_tls_address: Option<String>,
-}
-
-fn serialize_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_some(&d.as_secs()),
-        None => s.serialize_none(),
-    }
-}
-
-fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_secs())
 }
 
 /// Everything wrong with the settings, one human-readable line each.
@@ -195,6 +186,7 @@ impl Config {
             },
         };
 
+        let fleet = super::fleet::from_raw(raw, &mut errors);
         let eab = super::eab::from_raw(raw).unwrap_or_else(|mut e| {
             errors.append(&mut e);
             None
@@ -442,6 +434,7 @@ impl Config {
             prune: raw.prune,
             email,
             eab,
+            fleet,
             acme_directory,
             acme_ca_bundle,
             key_type,

@@ -23,7 +23,7 @@ mod alert;
 mod execute;
 mod order_hooks;
 pub mod schedule;
-mod tokens;
+pub mod tokens;
 mod waits;
 mod wanted;
 mod watchdog;
@@ -140,10 +140,28 @@ impl Control {
     }
 }
 
+/// A [`Control`] and the [`Inbox`] it sends to.
+pub fn channel() -> (Control, Inbox) {
+    let (wake, woken) = mpsc::unbounded_channel();
+    let reload = Arc::new(Notify::new());
+    let control = Control {
+        wake,
+        reload: reload.clone(),
+    };
+    (control, Inbox { woken, reload })
+}
+
 /// The receiving end of a [`Control`].
 pub struct Inbox {
     woken: mpsc::UnboundedReceiver<String>,
     reload: Arc<Notify>,
+}
+
+impl Inbox {
+    /// Forgets the certificates asked for so far (a fleet's follower: they are the leader's).
+    pub fn drain(&mut self) {
+        while self.woken.try_recv().is_ok() {}
+    }
 }
 
 /// The wanted set as brought into the store at start-up, for [`Reconciler::run`].
@@ -182,12 +200,17 @@ pub enum StartError {
 
 impl Reconciler {
     pub fn new(parts: Parts, tuning: Tuning) -> (Arc<Reconciler>, Control, Inbox) {
-        let (wake, woken) = mpsc::unbounded_channel();
-        let reload = Arc::new(Notify::new());
-        let control = Control {
-            wake,
-            reload: reload.clone(),
-        };
+        let (control, inbox) = channel();
+        (
+            Reconciler::new_with(parts, tuning, control.clone()),
+            control,
+            inbox,
+        )
+    }
+
+    /// A reconciler whose watchdog wakes certificates through `control` (a fleet's leader: one
+    /// [`Control`] for the admin socket across its terms as leader).
+    pub fn new_with(parts: Parts, tuning: Tuning, control: Control) -> Arc<Reconciler> {
         let budget = Budget::new(
             parts.store.clone(),
             parts.config.acme_directory.clone(),
@@ -210,9 +233,9 @@ impl Reconciler {
             downloaded: std::sync::Mutex::new(HashMap::new()),
             alerts_unrecorded: std::sync::Mutex::new(HashMap::new()),
             dns_auth_output: std::sync::Mutex::new(HashMap::new()),
-            control: control.clone(),
+            control,
         };
-        (Arc::new(r), control, Inbox { woken, reload })
+        Arc::new(r)
     }
 
     /// Brings the store in line with the wanted set (DOMAINS, DOMAINS_FILE and the certificates
@@ -241,7 +264,8 @@ impl Reconciler {
         })
     }
 
-    /// Runs until `shutdown` turns true, then lets in-flight steps finish (bounded) and returns.
+    /// Runs until `shutdown` turns true, then lets in-flight steps finish (bounded) and returns
+    /// the inbox (a fleet's next term as leader reads it again).
     /// A change of `reload` (SIGHUP, DOMAINS_FILE edited) re-reads the wanted certificates after a
     /// short settle delay; [`Control`] asks through `inbox`.
     pub async fn run(
@@ -250,7 +274,7 @@ impl Reconciler {
         mut shutdown: watch::Receiver<bool>,
         mut reload: watch::Receiver<u64>,
         mut inbox: Inbox,
-    ) {
+    ) -> Inbox {
         let shared = self;
         // A JoinSet aborts its task when dropped: the watchdog ends with this future, however
         // it ends (a simulated crash drops it wherever it waits).
@@ -402,5 +426,6 @@ impl Reconciler {
                 "in-flight steps did not finish in time; they resume from the store at next start"
             );
         }
+        inbox
     }
 }

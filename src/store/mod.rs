@@ -15,6 +15,8 @@
 //! - blocking work (sled's fsync) never runs on the async runtime's worker threads.
 
 pub mod memory;
+pub mod migrate;
+pub mod postgres;
 pub mod sled;
 pub mod watched;
 
@@ -55,6 +57,19 @@ pub enum StoreError {
     Damaged { path: PathBuf, detail: String },
     #[error("this store backend cannot make {0}")]
     Unsupported(&'static str),
+    /// The shared PostgreSQL store did not answer or refused (a restart, the network): nothing
+    /// was written, the step is tried again.
+    #[error(
+        "the PostgreSQL store failed: {0}; nothing was lost, the step will be retried once it \
+         answers"
+    )]
+    Database(String),
+    /// A write of a former leader, refused because another instance took the lease over.
+    #[error(
+        "write refused: this instance's lease (epoch {epoch}) was taken over by another \
+         instance, which leads now; this one steps down"
+    )]
+    Fenced { epoch: i64 },
 }
 
 /// What one [`Store::update`] writes, atomically, for the record it was given.

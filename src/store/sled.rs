@@ -438,6 +438,30 @@ impl Inner {
 
 /// Ledger keys sort by directory, then time, then a unique id. Times are offset so that the
 /// big-endian bytes of negative and positive times sort as the numbers do.
+impl Inner {
+    /// Every ACME directory the store knows: of an account, an account key or ledger entries.
+    fn directories(&self) -> Result<Vec<String>, StoreError> {
+        let read = |e: sled::Error| StoreError::Open {
+            path: self.data_dir.clone(),
+            detail: e.to_string(),
+        };
+        let mut all = std::collections::BTreeSet::new();
+        for kv in self.accounts.iter() {
+            all.insert(String::from_utf8_lossy(&kv.map_err(read)?.0).into_owned());
+        }
+        for kv in self.keys.scan_prefix("account/") {
+            let k = kv.map_err(read)?.0;
+            all.insert(String::from_utf8_lossy(&k["account/".len()..]).into_owned());
+        }
+        for kv in self.ledger.iter() {
+            let k = kv.map_err(read)?.0;
+            let end = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            all.insert(String::from_utf8_lossy(&k[..end]).into_owned());
+        }
+        Ok(all.into_iter().collect())
+    }
+}
+
 fn ledger_key(directory: &str, at: UnixTime, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(directory.len() + 17);
     k.extend_from_slice(directory.as_bytes());
@@ -460,7 +484,7 @@ fn account_key(directory: &str) -> String {
 }
 
 mod blocking;
-mod codec;
+pub(crate) mod codec;
 use codec::{decode, encode};
 pub mod marker;
 pub mod snapshot;

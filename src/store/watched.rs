@@ -41,7 +41,7 @@ impl Watched {
     fn saw<T>(&self, r: Result<T, StoreError>, wrote: bool) -> Result<T, StoreError> {
         let conditions = self.health.conditions();
         match &r {
-            Err(e @ StoreError::Write(_)) => {
+            Err(e @ (StoreError::Write(_) | StoreError::Database(_))) => {
                 conditions.set(Part::Store, self.clock.now(), e.to_string());
             }
             Ok(_) if wrote => {

@@ -4,6 +4,7 @@
 use haproxy_acme_state::ledger::{Limit, Limits};
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::{checks, parse_duration, RuntimeApiAddr};
 use crate::config::profiles;
@@ -198,4 +199,18 @@ pub(super) fn timeout_setting(
             }
         },
     }
+}
+
+pub(super) fn serialize_opt_secs<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs()),
+        None => s.serialize_none(),
+    }
+}
+
+pub(super) fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
 }

@@ -101,6 +101,11 @@ impl SledStore {
             .expect("the store is open"))
     }
 
+    /// Every ACME directory the store knows (of an account, its key or ledger entries).
+    pub async fn directories(&self) -> Result<Vec<String>, StoreError> {
+        self.blocking(Access::Read, |s| s.directories()).await
+    }
+
     /// Writes the marker of an unmarked store (on the blocking pool: it fsyncs).
     pub async fn seal(&self) -> Result<(), StoreError> {
         self.blocking(Access::Write, |s| s.seal()).await

@@ -5,11 +5,11 @@ use haproxy_acme_state::{Record, RECORD_SCHEMA_VERSION};
 
 use crate::store::StoreError;
 
-pub(super) fn encode(r: &Record) -> Vec<u8> {
+pub(crate) fn encode(r: &Record) -> Vec<u8> {
     serde_json::to_vec(r).expect("a record always serializes")
 }
 
-pub(super) fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
+pub(crate) fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         id: id.into(),
         detail,

@@ -1,0 +1,187 @@
+//! What every instance of a fleet does, leader or not: keeps its responders' challenges and its
+//! own HAProxy in step with the shared store. A record another instance changed arrives as a
+//! notification; a full pass at start, every [`CATCH_UP`], and after the notification
+//! connection was lost catches up what a notification did not bring. Each installed serial is
+//! noted in the store per node (`status` shows a node that lags).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haproxy_acme_state::Record;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::installer::Haproxy;
+use crate::reconciler::tokens::sync_tokens;
+use crate::reconciler::Control;
+use crate::responder::Tokens;
+use crate::store::postgres::listen::Notice;
+use crate::store::postgres::PgStore;
+use crate::store::Store;
+
+/// A full pass at least this often, even with no notification.
+pub const CATCH_UP: Duration = Duration::from_secs(30);
+/// After an install failed (HAProxy down), the next pass comes this soon.
+const RETRY: Duration = Duration::from_secs(2);
+
+pub struct Mirror {
+    pub pg: PgStore,
+    pub tokens: Tokens,
+    pub haproxy: Arc<dyn Haproxy>,
+    /// The leader's reconciler, told of records and additions other instances changed.
+    pub control: Control,
+    pub lease_given_up: Arc<Notify>,
+    /// The record last seen of each id (the challenges it published).
+    seen: HashMap<String, Record>,
+    /// The serial this node's HAProxy serves for each id, as last installed or observed.
+    installed: HashMap<String, String>,
+    /// An install failed: pass again soon.
+    behind: bool,
+}
+
+impl Mirror {
+    pub fn new(
+        pg: PgStore,
+        tokens: Tokens,
+        haproxy: Arc<dyn Haproxy>,
+        control: Control,
+        lease_given_up: Arc<Notify>,
+    ) -> Mirror {
+        Mirror {
+            pg,
+            tokens,
+            haproxy,
+            control,
+            lease_given_up,
+            seen: HashMap::new(),
+            installed: HashMap::new(),
+            behind: false,
+        }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut notices: mpsc::UnboundedReceiver<Notice> = self.pg.listen();
+        self.catch_up().await;
+        loop {
+            let pause = if self.behind { RETRY } else { CATCH_UP };
+            tokio::select! {
+                n = notices.recv() => match n {
+                    Some(Notice::Record(id)) => {
+                        self.control.wake(id.clone());
+                        match self.pg.get(&id).await {
+                            Ok(r) => self.sync(&id, r).await,
+                            Err(e) => {
+                                tracing::warn!(cert = %id, error = %e, "cannot read a changed record");
+                                self.behind = true;
+                            }
+                        }
+                    }
+                    Some(Notice::Added) => self.control.reload(),
+                    Some(Notice::Lease) => self.lease_given_up.notify_one(),
+                    Some(Notice::CatchUp) => {
+                        self.control.reload();
+                        self.catch_up().await;
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep(pause) => self.catch_up().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Reads every record and brings the responders and this node's HAProxy in line.
+    async fn catch_up(&mut self) {
+        self.behind = false;
+        let records = match (&self.pg as &dyn Store).records().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store to catch up");
+                self.behind = true;
+                return;
+            }
+        };
+        let gone: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|id| !records.iter().any(|r| &r.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.sync(&id, None).await;
+        }
+        // What HAProxy serves for the certificates not known to be in line, in one batch.
+        let unknown: Vec<&Record> = records
+            .iter()
+            .filter(|r| {
+                r.cert
+                    .as_ref()
+                    .is_some_and(|m| self.installed.get(&r.id) != Some(&m.serial))
+            })
+            .collect();
+        if !unknown.is_empty() {
+            let ids: Vec<&str> = unknown.iter().map(|r| r.id.as_str()).collect();
+            if let Ok(observed) = self.haproxy.observe(&ids).await {
+                for (r, o) in unknown.iter().zip(observed) {
+                    let serial = &r.cert.as_ref().expect("filtered").serial;
+                    if o.served.as_ref() == Some(serial) && o.file.as_ref() == Some(serial) {
+                        self.installed.insert(r.id.clone(), serial.clone());
+                    }
+                }
+            }
+        }
+        for r in records {
+            let id = r.id.clone();
+            self.sync(&id, Some(r)).await;
+        }
+    }
+
+    /// Brings the challenges and the installed certificate of `id` in line with `record`.
+    async fn sync(&mut self, id: &str, record: Option<Record>) {
+        sync_tokens(&self.tokens, self.seen.get(id), record.as_ref());
+        let Some(record) = record else {
+            self.seen.remove(id);
+            if self.installed.remove(id).is_some() {
+                // Pruned by the leader: off this node's HAProxy too.
+                if let Err(e) = self.haproxy.remove(id).await {
+                    tracing::warn!(cert = %id, error = %e, "cannot remove a pruned certificate");
+                }
+            }
+            return;
+        };
+        if let Some(meta) = record.cert.clone() {
+            if self.installed.get(id) != Some(&meta.serial) {
+                match self.install(id, &meta).await {
+                    Ok(()) => {
+                        tracing::info!(cert = %id, serial = %meta.serial, "installed on this node");
+                        self.installed.insert(id.to_string(), meta.serial.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(cert = %id, error = %e, "cannot install on this node; trying again");
+                        self.behind = true;
+                    }
+                }
+            }
+            if self.installed.get(id) == Some(&meta.serial) {
+                if let Err(e) = self.pg.note_installed(id, &meta.serial).await {
+                    tracing::debug!(cert = %id, error = %e, "cannot note the installed serial");
+                }
+            }
+        }
+        self.seen.insert(id.to_string(), record);
+    }
+
+    async fn install(&self, id: &str, meta: &haproxy_acme_state::CertMeta) -> Result<(), String> {
+        let (chain, key) = match self.pg.certificate(id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err("the store has no certificate for it".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        self.haproxy
+            .install(id, &chain, &key, meta)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,672 @@
+//! The shared store backend for a fleet (`POSTGRES_URL`): the same [`Store`] on PostgreSQL, so
+//! every instance beside an HAProxy node reads the same records, tokens and certificates.
+//!
+//! - Every read-modify-write runs in one transaction under an advisory lock on the record's id
+//!   (a shared lock on the whole set beside it; `update_all` takes that one exclusively).
+//! - A handle made by [`PgStore::fenced`] carries the leader's fencing token: each of its writes
+//!   first reads the lease row `FOR SHARE` and is refused ([`StoreError::Fenced`]) unless this
+//!   node still holds it at that epoch. A new holder's `UPDATE` of that row waits for such a
+//!   transaction to end, so no write of a former leader commits after a takeover.
+//! - Keys and account credentials are sealed ([`seal`]) with `STORE_KEY_FILE`'s key.
+//! - Every record change sends `NOTIFY haproxy_acme` with the id (delivered at commit), for the
+//!   other instances' responders and installers ([`listen`]).
+
+pub mod lease;
+pub mod listen;
+mod schema;
+pub mod seal;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Client, Pool, Transaction};
+use haproxy_acme_state::ledger::Entry;
+use haproxy_acme_state::{Record, UnixTime};
+
+use super::sled::codec::{decode, encode};
+use super::{AddedFn, Change, Store, StoreError, SweepFn, UpdateFn};
+use seal::SealKey;
+
+/// The channel of record-change notifications: payload `<instance>\t<id>`, `<instance>\t*` (many
+/// records: catch up), `<instance>\tadded` (runtime additions), `<instance>\tlease`.
+pub const NOTIFY_CHANNEL: &str = "haproxy_acme";
+/// Advisory-lock keys (any constants: only this program takes them).
+const ALL_RECORDS_LOCK: i64 = 7_205_385_952;
+const ADDED_LOCK: i64 = 7_205_385_953;
+
+/// A PostgreSQL error as a store error, without the URL (it may hold a password).
+pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+struct Shared {
+    pool: Pool,
+    key: SealKey,
+    /// NODE_NAME: the lease holder's name and the `installed` rows' node.
+    node: String,
+    /// This process: notifications it sent itself are told apart by it.
+    instance: String,
+    /// The URL, for the notification listener's own connection.
+    url: String,
+}
+
+/// The PostgreSQL store. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct PgStore {
+    shared: Arc<Shared>,
+    /// The fencing token every write of this handle is checked against, when set.
+    fence: Option<i64>,
+}
+
+impl PgStore {
+    /// Connects, lays out the tables when they are missing and checks `key` against the store's.
+    pub async fn connect(url: &str, key: SealKey, node: &str) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+            path: "POSTGRES_URL".into(),
+            detail: format!("it is not a PostgreSQL URL or key=value string: {e}"),
+        })?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(8)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .map_err(|e| StoreError::Open {
+                path: "POSTGRES_URL".into(),
+                detail: e.to_string(),
+            })?;
+        let instance = format!("{node}/{}/{}", std::process::id(), crate::clock::unix_now());
+        let store = PgStore {
+            shared: Arc::new(Shared {
+                pool,
+                key,
+                node: node.to_string(),
+                instance,
+                url: url.to_string(),
+            }),
+            fence: None,
+        };
+        let mut client = store.client().await?;
+        schema::prepare(&mut client, &store.shared.key).await?;
+        Ok(store)
+    }
+
+    /// This store with every write checked against fencing token `epoch`.
+    pub fn fenced(&self, epoch: i64) -> PgStore {
+        PgStore {
+            shared: self.shared.clone(),
+            fence: Some(epoch),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    async fn client(&self) -> Result<Client, StoreError> {
+        self.shared.pool.get().await.map_err(db_err)
+    }
+
+    /// A transaction with the fencing check done, when this handle has a token.
+    async fn begin<'a>(&self, client: &'a mut Client) -> Result<Transaction<'a>, StoreError> {
+        let tx = client.transaction().await.map_err(db_err)?;
+        if let Some(epoch) = self.fence {
+            let held = tx
+                .query_opt(
+                    "SELECT 1 FROM haproxy_acme.lease WHERE one AND holder = $1 AND epoch = $2 \
+                     FOR SHARE",
+                    &[&self.shared.node, &epoch],
+                )
+                .await
+                .map_err(db_err)?;
+            if held.is_none() {
+                return Err(StoreError::Fenced { epoch });
+            }
+        }
+        Ok(tx)
+    }
+
+    async fn notify(&self, tx: &Transaction<'_>, what: &str) -> Result<(), StoreError> {
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[
+                &NOTIFY_CHANNEL,
+                &format!("{}\t{what}", self.shared.instance),
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn seal_key(&self, id: &str, pem: &str) -> Vec<u8> {
+        self.shared.key.seal(&format!("key/{id}"), pem.as_bytes())
+    }
+
+    fn open_key(&self, id: &str, sealed: &[u8]) -> Result<String, StoreError> {
+        self.shared
+            .key
+            .open(&format!("key/{id}"), sealed)
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| StoreError::Corrupt {
+                id: id.into(),
+                detail: "its key does not decrypt with STORE_KEY_FILE's key (damaged, or moved \
+                         from another row)"
+                    .into(),
+            })
+    }
+
+    fn open_secret(&self, aad: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.shared
+            .key
+            .open(aad, sealed)
+            .ok_or_else(|| StoreError::Corrupt {
+                id: aad.into(),
+                detail: "it does not decrypt with STORE_KEY_FILE's key".into(),
+            })
+    }
+
+    /// What `change` writes for `id`, in `tx`.
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        id: &str,
+        change: Change,
+    ) -> Result<(), StoreError> {
+        debug_assert!(super::change_id_matches(id, &change));
+        let put = |r: Record| async move {
+            let body = String::from_utf8(encode(&r)).expect("JSON is UTF-8");
+            tx.execute(
+                "INSERT INTO haproxy_acme.records (id, body) VALUES ($1, $2) ON CONFLICT (id) \
+                 DO UPDATE SET body = EXCLUDED.body, updated_at = now()",
+                &[&id, &body],
+            )
+            .await
+            .map_err(db_err)
+        };
+        match change {
+            Change::Keep => return Ok(()),
+            Change::Put(r) => {
+                put(r).await?;
+            }
+            Change::PutWithPendingKey(r, key) => {
+                tx.execute(
+                    "INSERT INTO haproxy_acme.pending_keys (id, key_sealed) VALUES ($1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET key_sealed = EXCLUDED.key_sealed",
+                    &[&id, &self.seal_key(id, &key)],
+                )
+                .await
+                .map_err(db_err)?;
+                put(r).await?;
+            }
+            Change::PutCertificate(r, chain) => {
+                let moved = tx
+                    .execute(
+                        "INSERT INTO haproxy_acme.certificates (id, chain, key_sealed) \
+                         SELECT id, $2, key_sealed FROM haproxy_acme.pending_keys WHERE id = $1 \
+                         ON CONFLICT (id) DO UPDATE SET chain = EXCLUDED.chain, \
+                         key_sealed = EXCLUDED.key_sealed",
+                        &[&id, &chain],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                if moved == 0 {
+                    return Err(StoreError::Write(format!(
+                        "no stored key for the order of {id:?}: refusing to store a certificate \
+                         without its key"
+                    )));
+                }
+                tx.execute(
+                    "DELETE FROM haproxy_acme.pending_keys WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(db_err)?;
+                put(r).await?;
+            }
+            Change::PutAdopted {
+                record,
+                chain_pem,
+                key_pem,
+            } => {
+                tx.execute(
+                    "DELETE FROM haproxy_acme.pending_keys WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(db_err)?;
+                tx.execute(
+                    "INSERT INTO haproxy_acme.certificates (id, chain, key_sealed) \
+                     VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET chain = EXCLUDED.chain, \
+                     key_sealed = EXCLUDED.key_sealed",
+                    &[&id, &chain_pem, &self.seal_key(id, &key_pem)],
+                )
+                .await
+                .map_err(db_err)?;
+                put(record).await?;
+            }
+            Change::Delete => {
+                for table in ["records", "certificates", "pending_keys"] {
+                    tx.execute(
+                        &format!("DELETE FROM haproxy_acme.{table} WHERE id = $1"),
+                        &[&id],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                }
+            }
+        }
+        self.notify(tx, id).await
+    }
+
+    async fn record_in(
+        &self,
+        tx: &Transaction<'_>,
+        id: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let row = tx
+            .query_opt(
+                "SELECT body FROM haproxy_acme.records WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.map(|r| decode(id, r.get::<_, &str>(0).as_bytes()))
+            .transpose()
+    }
+
+    /// Notes what this node's HAProxy serves for `id` (`status` shows a node that lags).
+    pub async fn note_installed(&self, id: &str, serial: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO haproxy_acme.installed (node, id, serial, installed_at) \
+                 VALUES ($1, $2, $3, now()) ON CONFLICT (node, id) DO UPDATE SET \
+                 serial = EXCLUDED.serial, installed_at = now()",
+                &[&self.shared.node, &id, &serial],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Every node's installed serial per certificate: (node, id, serial), by node then id.
+    pub async fn installed(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT node, id, serial FROM haproxy_acme.installed ORDER BY node, id",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// The nodes and when each was last seen (its store probe), by name.
+    pub async fn nodes(&self) -> Result<Vec<(String, UnixTime)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT node, extract(epoch from seen_at)::bigint FROM haproxy_acme.nodes \
+                 ORDER BY node",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The account directories stored (for a copy of the whole store).
+    pub async fn account_directories(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT directory FROM haproxy_acme.account_keys UNION \
+                 SELECT directory FROM haproxy_acme.accounts ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Whether the store holds no record, key or account yet (a migration's target).
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM haproxy_acme.records) + \
+                 (SELECT count(*) FROM haproxy_acme.certificates) + \
+                 (SELECT count(*) FROM haproxy_acme.accounts) + \
+                 (SELECT count(*) FROM haproxy_acme.account_keys)",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.get::<_, i64>(0) == 0)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT body FROM haproxy_acme.records WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.map(|r| decode(id, r.get::<_, &str>(0).as_bytes()))
+            .transpose()
+    }
+
+    async fn scan(&self, mut visit: Box<dyn FnMut(Record) + Send>) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        let client = self.client().await?;
+        let rows = client
+            .query_raw(
+                "SELECT id, body FROM haproxy_acme.records ORDER BY id",
+                std::iter::empty::<&str>(),
+            )
+            .await
+            .map_err(db_err)?;
+        futures_util::pin_mut!(rows);
+        while let Some(row) = rows.try_next().await.map_err(db_err)? {
+            let id: &str = row.get(0);
+            visit(decode(id, row.get::<_, &str>(1).as_bytes())?);
+        }
+        Ok(())
+    }
+
+    async fn update_boxed(&self, id: &str, f: UpdateFn) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = self.begin(&mut client).await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock(hashtextextended($2, 0))",
+            &[&ALL_RECORDS_LOCK, &id],
+        )
+        .await
+        .map_err(db_err)?;
+        let change = f(self.record_in(&tx, id).await?);
+        if change == Change::Keep {
+            return Ok(());
+        }
+        self.apply(&tx, id, change).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn update_all(
+        &self,
+        mut sweep: SweepFn,
+        more: Box<dyn FnOnce() -> Vec<Record> + Send>,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = self.begin(&mut client).await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ALL_RECORDS_LOCK])
+            .await
+            .map_err(db_err)?;
+        let rows = tx
+            .query("SELECT id, body FROM haproxy_acme.records ORDER BY id", &[])
+            .await
+            .map_err(db_err)?;
+        let mut changed = Vec::new();
+        for row in &rows {
+            let id: &str = row.get(0);
+            if let Some(r) = sweep(&decode(id, row.get::<_, &str>(1).as_bytes())?) {
+                changed.push(r);
+            }
+        }
+        changed.extend(more());
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let statement = tx
+            .prepare(
+                "INSERT INTO haproxy_acme.records (id, body) VALUES ($1, $2) ON CONFLICT (id) \
+                 DO UPDATE SET body = EXCLUDED.body, updated_at = now()",
+            )
+            .await
+            .map_err(db_err)?;
+        for r in &changed {
+            let body = String::from_utf8(encode(r)).expect("JSON is UTF-8");
+            tx.execute(&statement, &[&r.id, &body])
+                .await
+                .map_err(db_err)?;
+        }
+        self.notify(&tx, "*").await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT key_sealed FROM haproxy_acme.pending_keys WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.map(|r| self.open_key(id, r.get(0))).transpose()
+    }
+
+    async fn certificate(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT chain, key_sealed FROM haproxy_acme.certificates WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.map(|r| Ok((r.get(0), self.open_key(id, r.get(1))?)))
+            .transpose()
+    }
+
+    async fn added(&self) -> Result<Vec<Vec<String>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT value FROM haproxy_acme.settings WHERE key = 'added-domains'",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        parse_added(row.map(|r| r.get::<_, Vec<u8>>(0)))
+    }
+
+    async fn update_added(
+        &self,
+        f: AddedFn,
+    ) -> Result<Result<Vec<Vec<String>>, String>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = self.begin(&mut client).await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADDED_LOCK])
+            .await
+            .map_err(db_err)?;
+        let row = tx
+            .query_opt(
+                "SELECT value FROM haproxy_acme.settings WHERE key = 'added-domains'",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        let old = parse_added(row.map(|r| r.get::<_, Vec<u8>>(0)))?;
+        let mut new_list = None;
+        let answer = super::change_added(&old, f, |new| {
+            new_list = Some(serde_json::to_vec(new).expect("lists of names serialize"));
+            Ok(())
+        })?;
+        if let Some(bytes) = new_list {
+            tx.execute(
+                "INSERT INTO haproxy_acme.settings (key, value) VALUES ('added-domains', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&bytes],
+            )
+            .await
+            .map_err(db_err)?;
+            self.notify(&tx, "added").await?;
+            tx.commit().await.map_err(db_err)?;
+        }
+        Ok(answer)
+    }
+
+    async fn ledger_append(
+        &self,
+        directory: &str,
+        entry: &Entry,
+        keep_since: UnixTime,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = self.begin(&mut client).await?;
+        let json = serde_json::to_string(entry).expect("ledger entries serialize");
+        tx.execute(
+            "INSERT INTO haproxy_acme.ledger (directory, at, entry) VALUES ($1, $2, $3)",
+            &[&directory, &entry.at(), &json],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.execute(
+            "DELETE FROM haproxy_acme.ledger WHERE directory = $1 AND at < $2",
+            &[&directory, &keep_since],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn ledger_since(
+        &self,
+        directory: &str,
+        since: UnixTime,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT entry FROM haproxy_acme.ledger WHERE directory = $1 AND at >= $2 \
+                 ORDER BY at, seq",
+                &[&directory, &since],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r.get(0)).map_err(|e| StoreError::Corrupt {
+                    id: format!("ledger of {directory}"),
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT credentials_sealed FROM haproxy_acme.accounts WHERE directory = $1",
+                &[&directory],
+            )
+            .await
+            .map_err(db_err)?;
+        row.map(|r| self.open_secret(&format!("account/{directory}"), r.get(0)))
+            .transpose()
+    }
+
+    async fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = self.begin(&mut client).await?;
+        let sealed = self
+            .shared
+            .key
+            .seal(&format!("account/{directory}"), credentials);
+        tx.execute(
+            "INSERT INTO haproxy_acme.accounts (directory, credentials_sealed) VALUES ($1, $2) \
+             ON CONFLICT (directory) DO UPDATE SET credentials_sealed = EXCLUDED.credentials_sealed",
+            &[&directory, &sealed],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn account_key(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT key_sealed FROM haproxy_acme.account_keys WHERE directory = $1",
+                &[&directory],
+            )
+            .await
+            .map_err(db_err)?;
+        row.map(|r| self.open_secret(&format!("account-key/{directory}"), r.get(0)))
+            .transpose()
+    }
+
+    async fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = self.begin(&mut client).await?;
+        let sealed = self
+            .shared
+            .key
+            .seal(&format!("account-key/{directory}"), pkcs8_der);
+        tx.execute(
+            "INSERT INTO haproxy_acme.account_keys (directory, key_sealed) VALUES ($1, $2) \
+             ON CONFLICT (directory) DO UPDATE SET key_sealed = EXCLUDED.key_sealed",
+            &[&directory, &sealed],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn probe_write(&self, _now: UnixTime) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO haproxy_acme.nodes (node, seen_at) VALUES ($1, now()) \
+                 ON CONFLICT (node) DO UPDATE SET seen_at = now()",
+                &[&self.shared.node],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn snapshot(&self, _now: UnixTime) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::Unsupported(
+            "snapshots of a PostgreSQL store: back it up with pg_dump (its keys stay encrypted)",
+        ))
+    }
+}
+
+fn parse_added(bytes: Option<Vec<u8>>) -> Result<Vec<Vec<String>>, StoreError> {
+    bytes
+        .map(|b| {
+            serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
+                id: "added-domains".into(),
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
