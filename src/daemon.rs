@@ -4,6 +4,7 @@
 //! → wait for HAProxy's runtime API → reconciler. Shutdown: the reconciler lets in-flight steps
 //! reach a durable point, then the servers stop and the admin socket is removed.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,9 +17,9 @@ use crate::admin::{self, Admin};
 use crate::clock::{Dice, SystemClock};
 use crate::config::{Config, WantedSet};
 use crate::fleet::mirror::Mirror;
-use crate::fleet::Leader;
+use crate::fleet::{Leader, NotingHaproxy};
 use crate::health::Health;
-use crate::installer::Installer;
+use crate::installer::{Haproxy, Installer};
 use crate::reconciler::{Parts, Reconciler, StartError, Tuning};
 use crate::responder::{self, Tokens};
 use crate::store::postgres::seal::SealKey;
@@ -98,7 +99,14 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let clock = Arc::new(SystemClock);
     let (backend, pg): (Arc<dyn Store>, Option<PgStore>) = match &config.fleet {
         Some(fleet) => {
+            // DATA_DIR holds only the admin socket here; private like sled's.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&config.data_dir)
+                .with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
             let pg = connect_waiting(fleet, shutdown.clone()).await?;
+            tokens.set_fallback(Arc::new(pg.clone()));
             (Arc::new(pg.clone()), Some(pg))
         }
         None => {
@@ -151,16 +159,21 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let wanted = Arc::new(wanted);
     let config = Arc::new(config);
     let installer = Arc::new(installer);
+    // A fleet notes each install per node (`status` shows a node that lags).
+    let haproxy: Arc<dyn Haproxy> = match &pg {
+        Some(pg) => Arc::new(NotingHaproxy::new(installer.clone(), pg.clone())),
+        None => installer.clone(),
+    };
     let acme = Arc::new(LazyAcme::new(config.clone(), store.clone()));
     let parts = {
-        let (config, wanted, installer) = (config.clone(), wanted.clone(), installer.clone());
+        let (config, wanted, haproxy) = (config.clone(), wanted.clone(), haproxy.clone());
         let (clock, tokens, health) = (clock.clone(), tokens.clone(), health.clone());
         move |store: Arc<dyn Store>, ca: Arc<dyn Ca>| Parts {
             config: config.clone(),
             wanted: wanted.clone(),
             store,
             ca,
-            haproxy: installer.clone(),
+            haproxy: haproxy.clone(),
             clock: clock.clone(),
             dice: Dice::from_os(),
             tokens: tokens.clone(),
@@ -193,7 +206,7 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
         let mirror = Mirror::new(
             pg.clone(),
             tokens.clone(),
-            installer.clone(),
+            haproxy.clone(),
             control.clone(),
             lease_given_up.clone(),
         );

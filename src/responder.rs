@@ -48,9 +48,23 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
 pub struct Tokens {
     http: Arc<RwLock<HashMap<String, String>>>,
     alpn: Arc<RwLock<HashMap<String, String>>>,
+    /// Asked for a token the map does not hold (a fleet: the shared store, in case this node
+    /// has not yet seen the notification of the record that published it).
+    fallback: Arc<std::sync::OnceLock<Arc<dyn TokenSource>>>,
+}
+
+/// Where a token the map does not hold may be found.
+#[async_trait::async_trait]
+pub trait TokenSource: Send + Sync + 'static {
+    async fn key_authorization(&self, token: &str) -> Option<String>;
 }
 
 impl Tokens {
+    /// Sets where tokens missing from the map are looked for (once).
+    pub fn set_fallback(&self, source: Arc<dyn TokenSource>) {
+        let _ = self.fallback.set(source);
+    }
+
     pub fn insert(&self, token: String, key_authorization: String) {
         self.http
             .write()
@@ -236,7 +250,13 @@ async fn connection(
             service_fn(move |req| {
                 waiting.lock().expect("responder waiting").remove(id);
                 let tokens = tokens.clone();
-                async move { Ok::<_, Infallible>(answer(&tokens, &req)) }
+                async move {
+                    let found = answer(&tokens, &req);
+                    if found.status() != StatusCode::NOT_FOUND {
+                        return Ok::<_, Infallible>(found);
+                    }
+                    Ok(ask_fallback(&tokens, &req).await.unwrap_or(found))
+                }
             })
         };
         let conn = http1::Builder::new()
@@ -276,6 +296,21 @@ fn shed(stream: TcpStream) {
     let _ = stream.try_write(BUSY);
 }
 
+/// The answer for a token the map does not hold, when the fallback has it.
+async fn ask_fallback(tokens: &Tokens, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let source = tokens.fallback.get()?;
+    let token = req
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .filter(|t| is_token(t))?;
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    let key_auth = source.key_authorization(token).await?;
+    Some(found(req.method(), key_auth))
+}
+
 /// The response for one request: pure, so it is tested without sockets.
 fn answer(tokens: &Tokens, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     respond(tokens, req.method(), req.uri().path())
@@ -294,23 +329,25 @@ fn respond(tokens: &Tokens, method: &Method, path: &str) -> Response<Full<Bytes>
     }
     match tokens.get(token) {
         None => plain(StatusCode::NOT_FOUND, "unknown token\n"),
-        Some(key_auth) => {
-            let len = key_auth.len();
-            let body = if method == Method::HEAD {
-                Bytes::new()
-            } else {
-                Bytes::from(key_auth)
-            };
-            let mut r = Response::new(Full::new(body));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            r.headers_mut()
-                .insert(CONTENT_LENGTH, HeaderValue::from(len));
-            r
-        }
+        Some(key_auth) => found(method, key_auth),
     }
+}
+
+fn found(method: &Method, key_auth: String) -> Response<Full<Bytes>> {
+    let len = key_auth.len();
+    let body = if method == Method::HEAD {
+        Bytes::new()
+    } else {
+        Bytes::from(key_auth)
+    };
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    r
 }
 
 /// ACME tokens are base64url (RFC 8555 §8.3); anything else cannot be one of ours.

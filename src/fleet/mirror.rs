@@ -127,6 +127,9 @@ impl Mirror {
                     let serial = &r.cert.as_ref().expect("filtered").serial;
                     if o.served.as_ref() == Some(serial) && o.file.as_ref() == Some(serial) {
                         self.installed.insert(r.id.clone(), serial.clone());
+                        if let Err(e) = self.pg.note_installed(&r.id, serial).await {
+                            tracing::debug!(cert = %r.id, error = %e, "cannot note the installed serial");
+                        }
                     }
                 }
             }
@@ -156,16 +159,12 @@ impl Mirror {
                     Ok(()) => {
                         tracing::info!(cert = %id, serial = %meta.serial, "installed on this node");
                         self.installed.insert(id.to_string(), meta.serial.clone());
+                        // (Noted in the store by the installer, a `NotingHaproxy`.)
                     }
                     Err(e) => {
                         tracing::warn!(cert = %id, error = %e, "cannot install on this node; trying again");
                         self.behind = true;
                     }
-                }
-            }
-            if self.installed.get(id) == Some(&meta.serial) {
-                if let Err(e) = self.pg.note_installed(id, &meta.serial).await {
-                    tracing::debug!(cert = %id, error = %e, "cannot note the installed serial");
                 }
             }
         }

@@ -17,15 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use haproxy_acme_state::{FailureKind, Step};
+use haproxy_acme_state::{CertMeta, FailureKind, Step};
 use tokio::sync::{watch, Notify};
 
 use crate::acme::{AcmeError, Ca, OrderHooks, RenewalInfo};
+use crate::installer::{Haproxy, InstallError, Method};
 use crate::reconciler::{Control, Inbox, Parts, Reconciler, StartError, Tuning};
 use crate::store::postgres::lease::Held;
 use crate::store::postgres::PgStore;
 use crate::store::watched::Watched;
 use crate::store::Store;
+use crate::watchdog::Observed;
 
 /// The lease this instance holds in its current term, shared with its [`FencedCa`].
 #[derive(Clone)]
@@ -99,6 +101,47 @@ impl Ca for FencedCa {
 
     async fn renewal_info(&self, chain_pem: &str) -> Result<Option<RenewalInfo>, AcmeError> {
         self.inner.renewal_info(chain_pem).await
+    }
+}
+
+/// An [`Haproxy`] that notes each certificate it installed in the store, for this node.
+pub struct NotingHaproxy {
+    inner: Arc<dyn Haproxy>,
+    pg: PgStore,
+}
+
+impl NotingHaproxy {
+    pub fn new(inner: Arc<dyn Haproxy>, pg: PgStore) -> NotingHaproxy {
+        NotingHaproxy { inner, pg }
+    }
+}
+
+#[async_trait]
+impl Haproxy for NotingHaproxy {
+    async fn install(
+        &self,
+        id: &str,
+        chain_pem: &str,
+        key_pem: &str,
+        meta: &CertMeta,
+    ) -> Result<Method, InstallError> {
+        let method = self.inner.install(id, chain_pem, key_pem, meta).await?;
+        if let Err(e) = self.pg.note_installed(id, &meta.serial).await {
+            tracing::debug!(cert = %id, error = %e, "cannot note the installed serial");
+        }
+        Ok(method)
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), InstallError> {
+        self.inner.remove(id).await
+    }
+
+    async fn observe(&self, ids: &[&str]) -> Result<Vec<Observed>, InstallError> {
+        self.inner.observe(ids).await
+    }
+
+    async fn reachable(&self) -> Result<(), InstallError> {
+        self.inner.reachable().await
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod bind;
 pub mod ca_proxy;
+pub mod fleet;
 pub mod pg;
 pub mod tmpfs;
 

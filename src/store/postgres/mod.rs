@@ -189,16 +189,7 @@ impl PgStore {
         change: Change,
     ) -> Result<(), StoreError> {
         debug_assert!(super::change_id_matches(id, &change));
-        let put = |r: Record| async move {
-            let body = String::from_utf8(encode(&r)).expect("JSON is UTF-8");
-            tx.execute(
-                "INSERT INTO haproxy_acme.records (id, body) VALUES ($1, $2) ON CONFLICT (id) \
-                 DO UPDATE SET body = EXCLUDED.body, updated_at = now()",
-                &[&id, &body],
-            )
-            .await
-            .map_err(db_err)
-        };
+        let put = |r: Record| async move { put_record(tx, &r).await };
         match change {
             Change::Keep => return Ok(()),
             Change::Put(r) => {
@@ -261,7 +252,7 @@ impl PgStore {
                 put(record).await?;
             }
             Change::Delete => {
-                for table in ["records", "certificates", "pending_keys"] {
+                for table in ["records", "certificates", "pending_keys", "challenges"] {
                     tx.execute(
                         &format!("DELETE FROM haproxy_acme.{table} WHERE id = $1"),
                         &[&id],
@@ -441,18 +432,8 @@ impl Store for PgStore {
         if changed.is_empty() {
             return Ok(());
         }
-        let statement = tx
-            .prepare(
-                "INSERT INTO haproxy_acme.records (id, body) VALUES ($1, $2) ON CONFLICT (id) \
-                 DO UPDATE SET body = EXCLUDED.body, updated_at = now()",
-            )
-            .await
-            .map_err(db_err)?;
         for r in &changed {
-            let body = String::from_utf8(encode(r)).expect("JSON is UTF-8");
-            tx.execute(&statement, &[&r.id, &body])
-                .await
-                .map_err(db_err)?;
+            put_record(&tx, r).await?;
         }
         self.notify(&tx, "*").await?;
         tx.commit().await.map_err(db_err)
@@ -656,6 +637,53 @@ impl Store for PgStore {
         Err(StoreError::Unsupported(
             "snapshots of a PostgreSQL store: back it up with pg_dump (its keys stay encrypted)",
         ))
+    }
+}
+
+/// Writes record `r` and the HTTP-01 challenges its order publishes (by token, for the
+/// responders of nodes that have not seen its notification yet).
+async fn put_record(tx: &Transaction<'_>, r: &Record) -> Result<(), StoreError> {
+    let body = String::from_utf8(encode(r)).expect("JSON is UTF-8");
+    tx.execute(
+        "INSERT INTO haproxy_acme.records (id, body) VALUES ($1, $2) ON CONFLICT (id) \
+         DO UPDATE SET body = EXCLUDED.body, updated_at = now()",
+        &[&r.id, &body],
+    )
+    .await
+    .map_err(db_err)?;
+    tx.execute(
+        "DELETE FROM haproxy_acme.challenges WHERE id = $1",
+        &[&r.id],
+    )
+    .await
+    .map_err(db_err)?;
+    for c in r.order().iter().flat_map(|o| &o.challenges) {
+        if c.kind == haproxy_acme_state::ChallengeType::Http01 {
+            tx.execute(
+                "INSERT INTO haproxy_acme.challenges (token, id, key_authorization) \
+                 VALUES ($1, $2, $3) ON CONFLICT (token) DO UPDATE SET id = EXCLUDED.id, \
+                 key_authorization = EXCLUDED.key_authorization",
+                &[&c.token, &r.id, &c.key_authorization],
+            )
+            .await
+            .map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl crate::responder::TokenSource for PgStore {
+    async fn key_authorization(&self, token: &str) -> Option<String> {
+        let client = self.client().await.ok()?;
+        let row = client
+            .query_opt(
+                "SELECT key_authorization FROM haproxy_acme.challenges WHERE token = $1",
+                &[&token],
+            )
+            .await
+            .ok()?;
+        row.map(|r| r.get(0))
     }
 }
 

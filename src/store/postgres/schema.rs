@@ -63,6 +63,14 @@ CREATE TABLE IF NOT EXISTS haproxy_acme.lease (
     expires_at timestamptz
 );
 INSERT INTO haproxy_acme.lease (one) VALUES (true) ON CONFLICT DO NOTHING;
+-- the HTTP-01 challenges the records publish, by token: a node's responder asks here for a
+-- token whose record's notification it has not seen yet
+CREATE TABLE IF NOT EXISTS haproxy_acme.challenges (
+    token text PRIMARY KEY,
+    id text NOT NULL,
+    key_authorization text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS challenges_by_id ON haproxy_acme.challenges (id);
 -- each instance: last seen (its store probe), and what its HAProxy serves per certificate
 CREATE TABLE IF NOT EXISTS haproxy_acme.nodes (
     node text PRIMARY KEY,
@@ -81,6 +89,10 @@ CREATE TABLE IF NOT EXISTS haproxy_acme.installed (
 pub async fn prepare(client: &mut Client, key: &SealKey) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(db_err)?;
     // Any constant: only instances of this program take it.
+    // `IF NOT EXISTS` notices ("already exists, skipping") are not news.
+    tx.batch_execute("SET LOCAL client_min_messages TO warning")
+        .await
+        .map_err(db_err)?;
     tx.execute("SELECT pg_advisory_xact_lock(7205385951)", &[])
         .await
         .map_err(db_err)?;
