@@ -76,3 +76,230 @@ fn three_nodes_serve_every_certificate_whichever_node_the_ca_validates_on() {
     });
     assert_eq!(f.env.issued().len(), 3, "no certificate ordered again");
 }
+
+/// Certificates of the failover test: valid 30 s, so renewals run all along.
+const VALIDITY_SECS: i64 = 30;
+
+#[test]
+fn kill_9_of_the_leader_at_random_instants_hands_over_within_the_lease_and_never_issues_twice() {
+    use rand::{Rng, SeedableRng};
+    let kills = common::env_u64("FLEET_KILLS", || 50) as usize;
+    let seed = common::env_u64("FLEET_SEED", common::clock_seed);
+    eprintln!("FLEET: seed {seed} (FLEET_SEED={seed} reproduces it), {kills} kills of the leader");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let lease = Duration::from_secs(2);
+    let mut f = Fleet::start(
+        3,
+        Options {
+            validity_secs: Some(VALIDITY_SECS as u64),
+            ..Options::default()
+        },
+        lease,
+    );
+    let ids: Vec<String> = (0..6).map(|i| format!("k{i}.fleet.test")).collect();
+    let domains = ids.join(";");
+    for (n, id) in ids.iter().enumerate() {
+        // Validations land on every node in turn.
+        f.dns_a(id, &[&format!("127.0.0.{}", 2 + n % 3)]);
+    }
+    for i in 0..3 {
+        f.start_daemon(i, &domains);
+    }
+    let mut handovers = Vec::new();
+    for _ in 0..kills {
+        f.wait_leader(Duration::from_secs(20));
+        // Most kills in the first 1.5 s of a term (orders, validations, finalizes, installs of
+        // the first issuance or a renewal), some later.
+        let after = if rng.random_bool(0.7) {
+            rng.random_range(0..1500)
+        } else {
+            rng.random_range(1500..5000)
+        };
+        std::thread::sleep(Duration::from_millis(after));
+        let leader = f.wait_leader(Duration::from_secs(20));
+        f.kill_daemon(leader);
+        let killed = Instant::now();
+        let next = f.wait_leader(lease * 4);
+        handovers.push(killed.elapsed());
+        assert_ne!(next, leader, "the killed instance cannot lead");
+        f.start_daemon(leader, &domains);
+    }
+    let ids_ref: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_until(
+        "every node serves every certificate after the kills",
+        Duration::from_secs(120),
+        || f.all_served(&ids_ref),
+    );
+    handovers.sort();
+    let median = handovers[handovers.len() / 2];
+    let max = *handovers.last().unwrap();
+    let issued = f.env.issued();
+    eprintln!(
+        "FLEET: {kills} kill -9 of the leader, lease {lease:?}: handover median {:.2} s, max {:.2} s; \
+         pebble issued {} certificates, {} orders",
+        median.as_secs_f64(),
+        max.as_secs_f64(),
+        issued.len(),
+        f.env.pebble_new_orders()
+    );
+    // A follower takes over within the lease (plus a third of it: how often followers ask).
+    assert!(
+        max <= lease + lease / 3 + Duration::from_millis(1500),
+        "a handover took {max:?} with a {lease:?} lease"
+    );
+    let duplicates =
+        common::duplicate_issuances(&issued, VALIDITY_SECS, f.env.offers_renewal_info());
+    assert!(
+        duplicates.is_empty(),
+        "duplicate issuance:\n{}",
+        duplicates.join("\n")
+    );
+    for id in &ids {
+        assert!(
+            issued.iter().any(|c| c.names == vec![id.clone()]),
+            "{id} was never issued"
+        );
+    }
+}
+
+#[test]
+fn a_frozen_leader_is_fenced_when_it_wakes_and_orders_nothing() {
+    let lease = Duration::from_secs(2);
+    let mut f = Fleet::start(3, Options::default(), lease);
+    let ids = ["x.fleet.test", "y.fleet.test"];
+    let domains = ids.join(";");
+    for id in ids {
+        f.dns_a(id, &["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    }
+    for i in 0..3 {
+        f.start_daemon(i, &domains);
+    }
+    wait_until("both served everywhere", Duration::from_secs(60), || {
+        f.all_served(&ids)
+    });
+    let frozen = f.wait_leader(Duration::from_secs(10));
+    let (_, epoch_before) = f.lease_holder();
+    // Validations go to the other nodes: an HAProxy whose own instance is frozen still sends
+    // them to it (see ARCHITECTURE.md, "A fleet": peers as backup servers would not).
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != frozen)
+        .map(|i| f.nodes[i].ip.clone())
+        .collect();
+    for id in ids {
+        f.dns_a(id, &others.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    f.freeze(frozen, true);
+    // Another instance takes over once the frozen one's lease runs out, and orders.
+    let leader = {
+        let deadline = Instant::now() + lease * 4;
+        loop {
+            let (holder, epoch) = f.lease_holder();
+            if epoch > epoch_before && holder.as_deref() != Some(&f.nodes[frozen].name) {
+                break f
+                    .nodes
+                    .iter()
+                    .position(|n| Some(&n.name) == holder.as_ref())
+                    .unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nobody took over from a frozen leader"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let old_y = f.stored_serial(ids[1]).unwrap();
+    let out = f.cli(leader, &domains, &["renew", "--force", ids[1]]);
+    assert!(
+        out.status.success(),
+        "renew --force: {}",
+        common::text(&out)
+    );
+    f.wait(
+        "y renewed and served everywhere",
+        Duration::from_secs(60),
+        |f| f.stored_serial(ids[1]).is_some_and(|s| s != old_y) && f.served_but(&ids, Some(frozen)),
+    );
+    // While still frozen, the old leader is asked (its admin socket queues the request) to
+    // renew x; then it wakes, past its lease.
+    let old_x = f.stored_serial(ids[0]).unwrap();
+    let asked = {
+        let env = f.daemon_env(frozen, &domains);
+        std::thread::spawn(move || {
+            std::process::Command::new(common::BIN)
+                .args(["renew", "--force", "x.fleet.test"])
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs(env)
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    f.freeze(frozen, false);
+    let out = asked.join().unwrap();
+    assert!(
+        out.status.success(),
+        "renew --force on the woken instance: {}",
+        common::text(&out)
+    );
+    // It steps down (its lease was taken over), sends nothing to the CA, and the leader does
+    // the renewal it was asked for.
+    let log = || {
+        std::fs::read_to_string(&f.nodes[frozen].daemon.as_ref().unwrap().log).unwrap_or_default()
+    };
+    wait_until(
+        "the woken instance steps down",
+        Duration::from_secs(10),
+        || log().contains("no longer leading"),
+    );
+    wait_until(
+        "x renewed by the leader and served everywhere",
+        Duration::from_secs(60),
+        || f.stored_serial(ids[0]).is_some_and(|s| s != old_x) && f.all_served(&ids),
+    );
+    let (holder, _) = f.lease_holder();
+    assert_eq!(holder.as_deref(), Some(f.nodes[leader].name.as_str()));
+    // 2 first issuances + 2 forced renewals: no second order for either.
+    assert_eq!(
+        f.env.pebble_new_orders(),
+        4,
+        "orders: one per issuance\n{}",
+        f.logs()
+    );
+    assert_eq!(f.env.issued().len(), 4);
+}
+
+#[test]
+fn postgresql_restarted_mid_issuance_every_certificate_still_served_once() {
+    let mut f = Fleet::start(3, Options::default(), Duration::from_secs(2));
+    let ids: Vec<String> = (0..5).map(|i| format!("p{i}.fleet.test")).collect();
+    let domains = ids.join(";");
+    for id in &ids {
+        f.dns_a(id, &["127.0.0.3"]);
+    }
+    for i in 0..3 {
+        f.start_daemon(i, &domains);
+    }
+    f.wait_leader(Duration::from_secs(20));
+    // Mid-issuance: the first orders are on their way.
+    std::thread::sleep(Duration::from_millis(300));
+    f.pg.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    f.pg.start_again();
+    let ids_ref: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_until(
+        "every node serves every certificate after PostgreSQL came back",
+        Duration::from_secs(90),
+        || f.all_served(&ids_ref),
+    );
+    for n in &mut f.nodes {
+        n.daemon.as_mut().unwrap().assert_running();
+    }
+    let issued = f.env.issued();
+    assert_eq!(
+        issued.len(),
+        ids.len(),
+        "one certificate per id: {issued:?}"
+    );
+}

@@ -4,9 +4,9 @@
 //! connection was lost catches up what a notification did not bring. Each installed serial is
 //! noted in the store per node (`status` shows a node that lags).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use haproxy_acme_state::Record;
 use tokio::sync::{mpsc, watch, Notify};
@@ -19,8 +19,13 @@ use crate::store::postgres::listen::Notice;
 use crate::store::postgres::PgStore;
 use crate::store::Store;
 
-/// A full pass at least this often, even with no notification.
+/// A pass over the records changed since the last one at least this often, even with no
+/// notification; a pass over every record (which also finds those deleted) every
+/// [`FULL_PASS`], at start and after the notification connection was lost.
 pub const CATCH_UP: Duration = Duration::from_secs(30);
+pub const FULL_PASS: Duration = Duration::from_secs(6 * 3600);
+/// How far back (ms, PostgreSQL's clock) each pass reads again what the last one read.
+const WATERMARK_SLACK_MS: i64 = 5_000;
 /// After an install failed (HAProxy down), the next pass comes this soon.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -31,8 +36,10 @@ pub struct Mirror {
     /// The leader's reconciler, told of records and additions other instances changed.
     pub control: Control,
     pub lease_given_up: Arc<Notify>,
-    /// The record last seen of each id (the challenges it published).
+    /// The record last seen of each id with an order in flight (the challenges it published).
     seen: HashMap<String, Record>,
+    /// PostgreSQL's time of the last pass, less a slack.
+    watermark: Option<i64>,
     /// The serial this node's HAProxy serves for each id, as last installed or observed.
     installed: HashMap<String, String>,
     /// An install failed: pass again soon.
@@ -55,6 +62,7 @@ impl Mirror {
             lease_given_up,
             seen: HashMap::new(),
             installed: HashMap::new(),
+            watermark: None,
             behind: false,
         }
     }
@@ -62,7 +70,8 @@ impl Mirror {
     /// Runs until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut notices: mpsc::UnboundedReceiver<Notice> = self.pg.listen();
-        self.catch_up().await;
+        self.catch_up(true).await;
+        let mut last_full = Instant::now();
         loop {
             let pause = if self.behind { RETRY } else { CATCH_UP };
             tokio::select! {
@@ -81,20 +90,29 @@ impl Mirror {
                     Some(Notice::Lease) => self.lease_given_up.notify_one(),
                     Some(Notice::CatchUp) => {
                         self.control.reload();
-                        self.catch_up().await;
+                        self.catch_up(true).await;
+                        last_full = Instant::now();
                     }
                     None => return,
                 },
-                _ = tokio::time::sleep(pause) => self.catch_up().await,
+                _ = tokio::time::sleep(pause) => {
+                    let full = last_full.elapsed() >= FULL_PASS;
+                    self.catch_up(full).await;
+                    if full {
+                        last_full = Instant::now();
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }
     }
 
-    /// Reads every record and brings the responders and this node's HAProxy in line.
-    async fn catch_up(&mut self) {
+    /// Reads the records changed since the last pass (`full`: every record, and forgets those
+    /// gone) and brings the responders and this node's HAProxy in line.
+    async fn catch_up(&mut self, full: bool) {
         self.behind = false;
-        let records = match (&self.pg as &dyn Store).records().await {
+        let since = if full { None } else { self.watermark };
+        let (records, db_now) = match self.pg.changed_since(since).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the store to catch up");
@@ -102,14 +120,20 @@ impl Mirror {
                 return;
             }
         };
-        let gone: Vec<String> = self
-            .seen
-            .keys()
-            .filter(|id| !records.iter().any(|r| &r.id == *id))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.sync(&id, None).await;
+        if full {
+            let present: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+            let gone: Vec<String> = self
+                .seen
+                .keys()
+                .chain(self.installed.keys())
+                .filter(|id| !present.contains(id.as_str()))
+                .cloned()
+                .collect::<HashSet<String>>()
+                .into_iter()
+                .collect();
+            for id in gone {
+                self.sync(&id, None).await;
+            }
         }
         // What HAProxy serves for the certificates not known to be in line, in one batch.
         let unknown: Vec<&Record> = records
@@ -138,6 +162,8 @@ impl Mirror {
             let id = r.id.clone();
             self.sync(&id, Some(r)).await;
         }
+        // A change committed just before this read may carry an earlier time: read it again.
+        self.watermark = Some(db_now - WATERMARK_SLACK_MS);
     }
 
     /// Brings the challenges and the installed certificate of `id` in line with `record`.
@@ -168,7 +194,11 @@ impl Mirror {
                 }
             }
         }
-        self.seen.insert(id.to_string(), record);
+        if record.order().is_some() {
+            self.seen.insert(id.to_string(), record);
+        } else {
+            self.seen.remove(id);
+        }
     }
 
     async fn install(&self, id: &str, meta: &haproxy_acme_state::CertMeta) -> Result<(), String> {

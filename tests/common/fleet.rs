@@ -228,6 +228,32 @@ impl Fleet {
             .kill();
     }
 
+    /// `haproxy-acme ARGS` with node `i`'s environment (its admin socket: its instance).
+    pub fn cli(&self, i: usize, domains: &str, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.daemon_env(i, domains))
+            .output()
+            .unwrap()
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) to node `i`'s instance.
+    pub fn freeze(&self, i: usize, frozen: bool) {
+        let pid = self.nodes[i]
+            .daemon
+            .as_ref()
+            .expect("instance running")
+            .pid();
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        let st = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig} {pid}");
+    }
+
     /// Makes pebble's DNS answer `ips` for `host` (in this order: pebble validates at the first).
     pub fn dns_a(&self, host: &str, ips: &[&str]) {
         let body = serde_json::json!({ "host": format!("{host}."), "addresses": ips });
@@ -274,12 +300,17 @@ impl Fleet {
 
     /// Whether every running node's HAProxy serves the stored certificate of every id.
     pub fn all_served(&self, ids: &[&str]) -> bool {
+        self.served_but(ids, None)
+    }
+
+    /// [`all_served`](Self::all_served) on every node but `skip` (one whose instance is frozen).
+    pub fn served_but(&self, ids: &[&str], skip: Option<usize>) -> bool {
         ids.iter().all(|id| {
             let Some(stored) = self.stored_serial(id) else {
                 return false;
             };
             (0..self.nodes.len())
-                .filter(|i| self.nodes[*i].haproxy.is_some())
+                .filter(|i| self.nodes[*i].haproxy.is_some() && Some(*i) != skip)
                 .all(|i| self.served_serial(i, id).as_ref() == Some(&stored))
         })
     }
@@ -330,6 +361,19 @@ impl Fleet {
         line.split_whitespace().nth(2).unwrap().parse().unwrap()
     }
 
+    /// Waits until `ok`, up to `timeout`; the instances' logs in the panic message otherwise.
+    pub fn wait(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Fleet) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !ok(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not so after {timeout:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The ends of every instance's logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -344,7 +388,7 @@ impl Fleet {
             logs.sort();
             for l in logs {
                 let text = std::fs::read_to_string(&l).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(25).collect();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 s.push_str(&format!("--- {} ---\n", l.display()));
                 for line in tail.into_iter().rev() {
                     s.push_str(line);

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod listen;
 mod schema;
 pub mod seal;
+mod views;
 
 use std::sync::Arc;
 
@@ -73,7 +74,7 @@ impl PgStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(8)
+            .max_size(4)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(std::time::Duration::from_secs(10)))
             .create_timeout(Some(std::time::Duration::from_secs(10)))

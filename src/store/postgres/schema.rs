@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS haproxy_acme.records (
     body text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX IF NOT EXISTS records_by_update ON haproxy_acme.records (updated_at);
 -- the stored certificate of an id and its key (sealed), written together
 CREATE TABLE IF NOT EXISTS haproxy_acme.certificates (
     id text PRIMARY KEY,
