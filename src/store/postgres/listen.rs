@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{PgStore, NOTIFY_CHANNEL};
+use super::{error_chain, PgStore, NOTIFY_CHANNEL};
 
 /// What another instance changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ async fn listen_once(
 ) -> Result<(), String> {
     let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -70,7 +70,7 @@ async fn listen_once(
                     }
                 }
                 Ok(_) => {}
-                Err(e) => return e.to_string(),
+                Err(e) => return error_chain(&e),
             }
         }
         "connection closed".to_string()
@@ -78,7 +78,7 @@ async fn listen_once(
     client
         .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     if !first && tx.send(Notice::CatchUp).is_err() {
         return Ok(());
     }

@@ -35,8 +35,24 @@ const ALL_RECORDS_LOCK: i64 = 7_205_385_952;
 const ADDED_LOCK: i64 = 7_205_385_953;
 
 /// A PostgreSQL error as a store error, without the URL (it may hold a password).
-pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
+pub(crate) fn db_err(e: impl std::error::Error) -> StoreError {
+    StoreError::Database(error_chain(&e))
+}
+
+/// An error with its causes: tokio-postgres prints only the kind ("db error", "error
+/// connecting to server") and keeps what the server or the system said in the source.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 struct Shared {
