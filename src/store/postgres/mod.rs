@@ -365,15 +365,19 @@ impl PgStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Whether the store holds no record, key or account yet (a migration's target).
+    /// Whether the store holds nothing a migration copies yet: no record, key, account, ledger
+    /// entry or runtime addition (a migration's target; a second copy would double the ledger).
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_one(
                 "SELECT (SELECT count(*) FROM haproxy_acme.records) + \
                  (SELECT count(*) FROM haproxy_acme.certificates) + \
+                 (SELECT count(*) FROM haproxy_acme.pending_keys) + \
                  (SELECT count(*) FROM haproxy_acme.accounts) + \
-                 (SELECT count(*) FROM haproxy_acme.account_keys)",
+                 (SELECT count(*) FROM haproxy_acme.account_keys) + \
+                 (SELECT count(*) FROM haproxy_acme.ledger) + \
+                 (SELECT count(*) FROM haproxy_acme.settings WHERE key = 'added-domains')",
                 &[],
             )
             .await
