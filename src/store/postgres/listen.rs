@@ -57,7 +57,9 @@ async fn listen_once(
     me: &str,
     tx: &mpsc::UnboundedSender<Notice>,
 ) -> Result<(), String> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let config = super::pg_config(url).map_err(|e| error_chain(&e))?;
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| error_chain(&e))?;
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
