@@ -642,6 +642,41 @@ async fn a_former_leader_is_fenced_off_after_a_takeover() {
     println!("fencing: {:?}", t.elapsed());
 }
 
+/// A role that may only read and write the tables (the schema laid out by its owner, as a
+/// database administrator sets it up) runs an instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_rights_uses_a_laid_out_store() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "store.key", 7);
+    let owner = connect(&pg, &key, "owner").await.unwrap();
+    put(&owner as &dyn Store, Change::Put(record("a.test")))
+        .await
+        .unwrap();
+    pg.psql(
+        "CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA haproxy_acme TO app; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA haproxy_acme TO app; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA haproxy_acme TO app",
+    );
+    let url = format!("postgres://app@127.0.0.1:{}/postgres", pg.port());
+    let app = PgStore::connect(&url, SealKey::from_file(&key).unwrap(), "app")
+        .await
+        .unwrap();
+    let app: &dyn Store = &app;
+    assert_eq!(app.get("a.test").await.unwrap(), Some(record("a.test")));
+    put(app, Change::Put(record("b.test"))).await.unwrap();
+    app.ledger_append(DIRECTORY, &Entry::Order { at: NOW }, 0)
+        .await
+        .unwrap();
+    // A wrong key is still refused for it.
+    let wrong = key_file(dir.path(), "wrong.key", 8);
+    let e = PgStore::connect(&url, SealKey::from_file(&wrong).unwrap(), "app")
+        .await
+        .err()
+        .expect("a wrong key");
+    assert!(e.to_string().contains("STORE_KEY_FILE"), "{e}");
+}
+
 /// The fencing check holds the lease row (`FOR SHARE`) until the write commits: a takeover
 /// waits for a write of the former leader already in flight, so none commits after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
