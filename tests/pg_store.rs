@@ -744,9 +744,17 @@ async fn notifications_reach_the_other_instance_across_a_server_crash() {
     let b = connect(&pg, &key, "node-b").await.unwrap();
     let (sa, sb): (&dyn Store, &dyn Store) = (&a, &b);
     let mut rx = b.listen();
+    // Another instance of the same node name (in this process, this second) is another
+    // instance: B hears its writes.
+    let twin = connect(&pg, &key, "node-b").await.unwrap();
+    assert_ne!(twin.instance(), b.instance());
     // The first notice says the listener is in place: whatever was written before it is read
     // by a catch-up.
     assert_eq!(next(&mut rx, 10).await, Notice::CatchUp);
+    put(&twin as &dyn Store, Change::Put(record("twin.test")))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx, 10).await, Notice::Record("twin.test".into()));
 
     // B's own write is not announced to B; A's is.
     put(sb, Change::Put(record("own.test"))).await.unwrap();
@@ -812,7 +820,14 @@ async fn notifications_reach_the_other_instance_across_a_server_crash() {
             .iter()
             .map(|r| r.id.as_str())
             .collect::<Vec<_>>(),
-        vec!["after.test", "m1.test", "m2.test", "own.test", "own2.test"]
+        vec![
+            "after.test",
+            "m1.test",
+            "m2.test",
+            "own.test",
+            "own2.test",
+            "twin.test"
+        ]
     );
     assert!(a.try_lead(Duration::from_secs(2)).await.unwrap().is_some());
     println!("notifications: {:?}", t.elapsed());

@@ -125,7 +125,15 @@ impl PgStore {
                 path: "POSTGRES_URL".into(),
                 detail: e.to_string(),
             })?;
-        let instance = format!("{node}/{}/{}", std::process::id(), crate::clock::unix_now());
+        // The connection's number in this process too: two stores of one node connected in the
+        // same second (the tests' instances) would take each other's notices for their own.
+        static CONNECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let instance = format!(
+            "{node}/{}/{}/{}",
+            std::process::id(),
+            crate::clock::unix_now(),
+            CONNECTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let store = PgStore {
             shared: Arc::new(Shared {
                 pool,
