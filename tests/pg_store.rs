@@ -1,8 +1,8 @@
 //! The PostgreSQL store (issue 15) against a real, private PostgreSQL (tests/common/pg.rs),
 //! through the `Store` trait as the daemon uses it: records with their keys and certificates,
 //! the ledger, the runtime additions and accounts; concurrent updates from two instances; keys
-//! sealed at rest and a wrong STORE_KEY_FILE refused; the lease's fencing of a former leader
-//! (a takeover waits for its write in flight);
+//! sealed at rest and a wrong STORE_KEY_FILE refused; a role with table rights only; the
+//! lease's fencing of a former leader (a takeover waits for its write in flight);
 //! notifications between instances across a crash of the server; the sled-to-PostgreSQL
 //! migration, as a function and as the `migrate-store` command. Fails when PostgreSQL is not
 //! installed; never skips.

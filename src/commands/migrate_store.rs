@@ -65,7 +65,9 @@ pub async fn migrate_store(config: &Config) -> anyhow::Result<()> {
             format!(
                 "the PostgreSQL store {target} is not empty (it holds certificates, accounts or \
                  ledger entries already): migrate-store copies into an empty one only; nothing \
-                 was copied"
+                 was copied. If all it holds is a migration that did not finish and no instance \
+                 has used it, empty it (`DROP SCHEMA haproxy_acme CASCADE`) and run \
+                 migrate-store again"
             ),
         )
         .into());
