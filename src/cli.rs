@@ -89,6 +89,11 @@ pub enum Command {
     /// With the daemon stopped: replace the store with the snapshot in FILE (checked whole
     /// first); the current store is moved aside into DATA_DIR, never deleted.
     Restore { file: PathBuf },
+    /// With the daemon stopped: copy the store in DATA_DIR (records, certificates and keys,
+    /// accounts, the rate-limit ledger, runtime additions) into the empty PostgreSQL store of
+    /// POSTGRES_URL (keys sealed with STORE_KEY_FILE), then read both back and compare them.
+    /// Exit 2: refused (no POSTGRES_URL, the daemon holds the store, the target is not empty).
+    MigrateStore,
     /// Print the standing TXT record(s) certificate ID (with `challenge=dns-persist-01`) needs
     /// for the configured CA and account (draft-ietf-acme-dns-persist): a zone-file line per
     /// name, `policy=wildcard` when the certificate has a wildcard. Registers the account if

@@ -14,8 +14,10 @@ use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 use haproxy_acme_state::RevocationReason;
 
+mod migrate_store;
 mod persist;
 
+pub use migrate_store::migrate_store;
 pub use persist::dns_persist_record;
 
 /// An error with its own exit code: 2 refused or invalid, 3 no such certificate.

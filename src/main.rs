@@ -67,6 +67,7 @@ fn main() -> ExitCode {
         | Command::Import { .. }
         | Command::Backup { .. }
         | Command::Restore { .. }
+        | Command::MigrateStore
         | Command::DnsPersistRecord { .. } => Need::StoreOnly,
     };
     let (config, wanted) = match Config::from_raw(&cli.settings, need) {
@@ -151,6 +152,7 @@ fn main() -> ExitCode {
                 println!("{}", recovery::restore(&config, &file).await?);
                 Ok(())
             }),
+            Command::MigrateStore => block_on(commands::migrate_store(&config)),
         };
     match result {
         Ok(()) => ExitCode::SUCCESS,

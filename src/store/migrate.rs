@@ -26,8 +26,8 @@ pub async fn sled_to_postgres(from: &SledStore, to: &PgStore) -> Result<Copied, 
     let directories = &from.directories().await.map_err(e)?;
     if !to.is_empty().await.map_err(e)? {
         return Err(
-            "the PostgreSQL store already holds certificates or accounts: a migration \
-                    copies into an empty one only (nothing was written)"
+            "the PostgreSQL store already holds certificates, accounts or ledger entries: a \
+             migration copies into an empty one only (nothing was written)"
                 .into(),
         );
     }

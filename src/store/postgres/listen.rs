@@ -1,13 +1,16 @@
 //! The record-change notifications of the other instances (`LISTEN haproxy_acme`), on a
-//! connection of their own that is opened again after PostgreSQL restarts. What was missed
-//! while it was down is announced as [`Notice::CatchUp`]: the receiver then reads everything.
+//! connection of their own that is opened again after PostgreSQL restarts. Each time `LISTEN`
+//! is in effect (the first connection included) the listener sends [`Notice::CatchUp`]: the
+//! receiver then reads everything, so no change made before that notice goes unseen (neither
+//! one made while the connection was down, nor one made between `listen()` and the first
+//! `LISTEN`).
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{PgStore, NOTIFY_CHANNEL};
+use super::{error_chain, PgStore, NOTIFY_CHANNEL};
 
 /// What another instance changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,22 +29,21 @@ pub enum Notice {
 const RECONNECT: Duration = Duration::from_secs(1);
 
 impl PgStore {
-    /// Starts listening; notices of this very process's own writes are left out. Ends when the
-    /// receiver is dropped.
+    /// Starts listening; notices of this very process's own writes are left out. The first
+    /// notice is a [`Notice::CatchUp`] once `LISTEN` is in effect. Ends when the receiver is
+    /// dropped.
     pub fn listen(&self) -> mpsc::UnboundedReceiver<Notice> {
         let (tx, rx) = mpsc::unbounded_channel();
         let url = self.url().to_string();
         let me = self.instance().to_string();
         tokio::spawn(async move {
-            let mut first = true;
             while !tx.is_closed() {
-                match listen_once(&url, &me, &tx, first).await {
+                match listen_once(&url, &me, &tx).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "the PostgreSQL notification connection was lost; connecting again");
                     }
                 }
-                first = false;
                 tokio::time::sleep(RECONNECT).await;
             }
         });
@@ -54,11 +56,12 @@ async fn listen_once(
     url: &str,
     me: &str,
     tx: &mpsc::UnboundedSender<Notice>,
-    first: bool,
 ) -> Result<(), String> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let config = super::pg_config(url).map_err(|e| error_chain(&e))?;
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -70,7 +73,7 @@ async fn listen_once(
                     }
                 }
                 Ok(_) => {}
-                Err(e) => return e.to_string(),
+                Err(e) => return error_chain(&e),
             }
         }
         "connection closed".to_string()
@@ -78,11 +81,16 @@ async fn listen_once(
     client
         .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
         .await
-        .map_err(|e| e.to_string())?;
-    if !first && tx.send(Notice::CatchUp).is_err() {
+        .map_err(|e| error_chain(&e))?;
+    if tx.send(Notice::CatchUp).is_err() {
         return Ok(());
     }
-    while let Some(payload) = msg_rx.recv().await {
+    // Ends when the connection does, or at once when the receiver is dropped (not only at the
+    // next notification: the connection is not kept open for nobody).
+    while let Some(payload) = tokio::select! {
+        p = msg_rx.recv() => p,
+        _ = tx.closed() => return Ok(()),
+    } {
         let Some((from, what)) = payload.split_once('\t') else {
             continue;
         };

@@ -1,5 +1,6 @@
-//! The shared store backend for a fleet (`POSTGRES_URL`): the same [`Store`] on PostgreSQL, so
-//! every instance beside an HAProxy node reads the same records, tokens and certificates.
+//! The shared store backend for a fleet (`POSTGRES_URL`): the same [`Store`](super::Store) on
+//! PostgreSQL (implemented in `store.rs`), so every instance beside an HAProxy node reads the
+//! same records, tokens and certificates.
 //!
 //! - Every read-modify-write runs in one transaction under an advisory lock on the record's id
 //!   (a shared lock on the whole set beside it; `update_all` takes that one exclusively).
@@ -15,17 +16,16 @@ pub mod lease;
 pub mod listen;
 mod schema;
 pub mod seal;
+mod store;
 mod views;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use deadpool_postgres::{Client, Pool, Transaction};
-use haproxy_acme_state::ledger::Entry;
 use haproxy_acme_state::{Record, UnixTime};
 
 use super::sled::codec::{decode, encode};
-use super::{AddedFn, Change, Store, StoreError, SweepFn, UpdateFn};
+use super::{Change, StoreError};
 use seal::SealKey;
 
 /// The channel of record-change notifications: payload `<instance>\t<id>`, `<instance>\t*` (many
@@ -36,8 +36,51 @@ const ALL_RECORDS_LOCK: i64 = 7_205_385_952;
 const ADDED_LOCK: i64 = 7_205_385_953;
 
 /// A PostgreSQL error as a store error, without the URL (it may hold a password).
-pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
+pub(crate) fn db_err(e: impl std::error::Error) -> StoreError {
+    StoreError::Database(error_chain(&e))
+}
+
+/// An error with its causes: tokio-postgres prints only the kind ("db error", "error
+/// connecting to server") and keeps what the server or the system said in the source.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `url` parsed, with what a fleet needs where the URL says nothing: a connection attempt gives
+/// up after 10 s, and a connection whose server is gone without a word (a failover that moved
+/// the address, a cut network) is found dead in about a minute (keepalives after 30 s idle,
+/// every 10 s, 3 of them; data unacknowledged for 60 s) instead of the system's hours. Without
+/// it, the notification connection (idle by design) waited two hours to notice.
+pub(crate) fn pg_config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    use std::time::Duration;
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    // tokio-postgres's default idle time is the system's: two hours.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(30));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(60));
+    }
+    Ok(config)
 }
 
 struct Shared {
@@ -62,7 +105,7 @@ pub struct PgStore {
 impl PgStore {
     /// Connects, lays out the tables when they are missing and checks `key` against the store's.
     pub async fn connect(url: &str, key: SealKey, node: &str) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+        let config = pg_config(url).map_err(|e| StoreError::Open {
             path: "POSTGRES_URL".into(),
             detail: format!("it is not a PostgreSQL URL or key=value string: {e}"),
         })?;
@@ -83,7 +126,15 @@ impl PgStore {
                 path: "POSTGRES_URL".into(),
                 detail: e.to_string(),
             })?;
-        let instance = format!("{node}/{}/{}", std::process::id(), crate::clock::unix_now());
+        // The connection's number in this process too: two stores of one node connected in the
+        // same second (the tests' instances) would take each other's notices for their own.
+        static CONNECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let instance = format!(
+            "{node}/{}/{}/{}",
+            std::process::id(),
+            crate::clock::unix_now(),
+            CONNECTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let store = PgStore {
             shared: Arc::new(Shared {
                 pool,
@@ -341,15 +392,19 @@ impl PgStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Whether the store holds no record, key or account yet (a migration's target).
+    /// Whether the store holds nothing a migration copies yet: no record, key, account, ledger
+    /// entry or runtime addition (a migration's target; a second copy would double the ledger).
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_one(
                 "SELECT (SELECT count(*) FROM haproxy_acme.records) + \
                  (SELECT count(*) FROM haproxy_acme.certificates) + \
+                 (SELECT count(*) FROM haproxy_acme.pending_keys) + \
                  (SELECT count(*) FROM haproxy_acme.accounts) + \
-                 (SELECT count(*) FROM haproxy_acme.account_keys)",
+                 (SELECT count(*) FROM haproxy_acme.account_keys) + \
+                 (SELECT count(*) FROM haproxy_acme.ledger) + \
+                 (SELECT count(*) FROM haproxy_acme.settings WHERE key = 'added-domains')",
                 &[],
             )
             .await
@@ -358,292 +413,9 @@ impl PgStore {
     }
 }
 
-#[async_trait]
-impl Store for PgStore {
-    async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT body FROM haproxy_acme.records WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(db_err)?;
-        row.map(|r| decode(id, r.get::<_, &str>(0).as_bytes()))
-            .transpose()
-    }
-
-    async fn scan(&self, mut visit: Box<dyn FnMut(Record) + Send>) -> Result<(), StoreError> {
-        use futures_util::TryStreamExt;
-        let client = self.client().await?;
-        let rows = client
-            .query_raw(
-                "SELECT id, body FROM haproxy_acme.records ORDER BY id",
-                std::iter::empty::<&str>(),
-            )
-            .await
-            .map_err(db_err)?;
-        futures_util::pin_mut!(rows);
-        while let Some(row) = rows.try_next().await.map_err(db_err)? {
-            let id: &str = row.get(0);
-            visit(decode(id, row.get::<_, &str>(1).as_bytes())?);
-        }
-        Ok(())
-    }
-
-    async fn update_boxed(&self, id: &str, f: UpdateFn) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = self.begin(&mut client).await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock(hashtextextended($2, 0))",
-            &[&ALL_RECORDS_LOCK, &id],
-        )
-        .await
-        .map_err(db_err)?;
-        let change = f(self.record_in(&tx, id).await?);
-        if change == Change::Keep {
-            return Ok(());
-        }
-        self.apply(&tx, id, change).await?;
-        tx.commit().await.map_err(db_err)
-    }
-
-    async fn update_all(
-        &self,
-        mut sweep: SweepFn,
-        more: Box<dyn FnOnce() -> Vec<Record> + Send>,
-    ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = self.begin(&mut client).await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ALL_RECORDS_LOCK])
-            .await
-            .map_err(db_err)?;
-        let rows = tx
-            .query("SELECT id, body FROM haproxy_acme.records ORDER BY id", &[])
-            .await
-            .map_err(db_err)?;
-        let mut changed = Vec::new();
-        for row in &rows {
-            let id: &str = row.get(0);
-            if let Some(r) = sweep(&decode(id, row.get::<_, &str>(1).as_bytes())?) {
-                changed.push(r);
-            }
-        }
-        changed.extend(more());
-        if changed.is_empty() {
-            return Ok(());
-        }
-        for r in &changed {
-            put_record(&tx, r).await?;
-        }
-        self.notify(&tx, "*").await?;
-        tx.commit().await.map_err(db_err)
-    }
-
-    async fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT key_sealed FROM haproxy_acme.pending_keys WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(db_err)?;
-        row.map(|r| self.open_key(id, r.get(0))).transpose()
-    }
-
-    async fn certificate(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT chain, key_sealed FROM haproxy_acme.certificates WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(db_err)?;
-        row.map(|r| Ok((r.get(0), self.open_key(id, r.get(1))?)))
-            .transpose()
-    }
-
-    async fn added(&self) -> Result<Vec<Vec<String>>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT value FROM haproxy_acme.settings WHERE key = 'added-domains'",
-                &[],
-            )
-            .await
-            .map_err(db_err)?;
-        parse_added(row.map(|r| r.get::<_, Vec<u8>>(0)))
-    }
-
-    async fn update_added(
-        &self,
-        f: AddedFn,
-    ) -> Result<Result<Vec<Vec<String>>, String>, StoreError> {
-        let mut client = self.client().await?;
-        let tx = self.begin(&mut client).await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADDED_LOCK])
-            .await
-            .map_err(db_err)?;
-        let row = tx
-            .query_opt(
-                "SELECT value FROM haproxy_acme.settings WHERE key = 'added-domains'",
-                &[],
-            )
-            .await
-            .map_err(db_err)?;
-        let old = parse_added(row.map(|r| r.get::<_, Vec<u8>>(0)))?;
-        let mut new_list = None;
-        let answer = super::change_added(&old, f, |new| {
-            new_list = Some(serde_json::to_vec(new).expect("lists of names serialize"));
-            Ok(())
-        })?;
-        if let Some(bytes) = new_list {
-            tx.execute(
-                "INSERT INTO haproxy_acme.settings (key, value) VALUES ('added-domains', $1) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[&bytes],
-            )
-            .await
-            .map_err(db_err)?;
-            self.notify(&tx, "added").await?;
-            tx.commit().await.map_err(db_err)?;
-        }
-        Ok(answer)
-    }
-
-    async fn ledger_append(
-        &self,
-        directory: &str,
-        entry: &Entry,
-        keep_since: UnixTime,
-    ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = self.begin(&mut client).await?;
-        let json = serde_json::to_string(entry).expect("ledger entries serialize");
-        tx.execute(
-            "INSERT INTO haproxy_acme.ledger (directory, at, entry) VALUES ($1, $2, $3)",
-            &[&directory, &entry.at(), &json],
-        )
-        .await
-        .map_err(db_err)?;
-        tx.execute(
-            "DELETE FROM haproxy_acme.ledger WHERE directory = $1 AND at < $2",
-            &[&directory, &keep_since],
-        )
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
-    }
-
-    async fn ledger_since(
-        &self,
-        directory: &str,
-        since: UnixTime,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT entry FROM haproxy_acme.ledger WHERE directory = $1 AND at >= $2 \
-                 ORDER BY at, seq",
-                &[&directory, &since],
-            )
-            .await
-            .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                serde_json::from_str(r.get(0)).map_err(|e| StoreError::Corrupt {
-                    id: format!("ledger of {directory}"),
-                    detail: e.to_string(),
-                })
-            })
-            .collect()
-    }
-
-    async fn account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT credentials_sealed FROM haproxy_acme.accounts WHERE directory = $1",
-                &[&directory],
-            )
-            .await
-            .map_err(db_err)?;
-        row.map(|r| self.open_secret(&format!("account/{directory}"), r.get(0)))
-            .transpose()
-    }
-
-    async fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = self.begin(&mut client).await?;
-        let sealed = self
-            .shared
-            .key
-            .seal(&format!("account/{directory}"), credentials);
-        tx.execute(
-            "INSERT INTO haproxy_acme.accounts (directory, credentials_sealed) VALUES ($1, $2) \
-             ON CONFLICT (directory) DO UPDATE SET credentials_sealed = EXCLUDED.credentials_sealed",
-            &[&directory, &sealed],
-        )
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
-    }
-
-    async fn account_key(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT key_sealed FROM haproxy_acme.account_keys WHERE directory = $1",
-                &[&directory],
-            )
-            .await
-            .map_err(db_err)?;
-        row.map(|r| self.open_secret(&format!("account-key/{directory}"), r.get(0)))
-            .transpose()
-    }
-
-    async fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = self.begin(&mut client).await?;
-        let sealed = self
-            .shared
-            .key
-            .seal(&format!("account-key/{directory}"), pkcs8_der);
-        tx.execute(
-            "INSERT INTO haproxy_acme.account_keys (directory, key_sealed) VALUES ($1, $2) \
-             ON CONFLICT (directory) DO UPDATE SET key_sealed = EXCLUDED.key_sealed",
-            &[&directory, &sealed],
-        )
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
-    }
-
-    async fn probe_write(&self, _now: UnixTime) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO haproxy_acme.nodes (node, seen_at) VALUES ($1, now()) \
-                 ON CONFLICT (node) DO UPDATE SET seen_at = now()",
-                &[&self.shared.node],
-            )
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    async fn snapshot(&self, _now: UnixTime) -> Result<Vec<u8>, StoreError> {
-        Err(StoreError::Unsupported(
-            "snapshots of a PostgreSQL store: back it up with pg_dump (its keys stay encrypted)",
-        ))
-    }
-}
-
 /// Writes record `r` and the HTTP-01 challenges its order publishes (by token, for the
 /// responders of nodes that have not seen its notification yet).
-async fn put_record(tx: &Transaction<'_>, r: &Record) -> Result<(), StoreError> {
+pub(super) async fn put_record(tx: &Transaction<'_>, r: &Record) -> Result<(), StoreError> {
     let body = String::from_utf8(encode(r)).expect("JSON is UTF-8");
     tx.execute(
         "INSERT INTO haproxy_acme.records (id, body) VALUES ($1, $2) ON CONFLICT (id) \
@@ -673,7 +445,7 @@ async fn put_record(tx: &Transaction<'_>, r: &Record) -> Result<(), StoreError> 
     Ok(())
 }
 
-#[async_trait]
+#[async_trait::async_trait]
 impl crate::responder::TokenSource for PgStore {
     async fn key_authorization(&self, token: &str) -> Option<String> {
         let client = self.client().await.ok()?;
@@ -688,14 +460,27 @@ impl crate::responder::TokenSource for PgStore {
     }
 }
 
-fn parse_added(bytes: Option<Vec<u8>>) -> Result<Vec<Vec<String>>, StoreError> {
-    bytes
-        .map(|b| {
-            serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
-                id: "added-domains".into(),
-                detail: e.to_string(),
-            })
-        })
-        .transpose()
-        .map(Option::unwrap_or_default)
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn connections_give_up_and_find_a_dead_server_unless_the_url_says_otherwise() {
+        let c = super::pg_config("postgres://acme@db.example/acme").unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(10)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(10)));
+        assert_eq!(c.get_keepalives_retries(), Some(3));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
+        let c = super::pg_config(
+            "postgres://acme@db.example/acme?connect_timeout=3&keepalives_idle=5&tcp_user_timeout=7",
+        )
+        .unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+        let c = super::pg_config("host=db.example user=acme connect_timeout=4").unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(4)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(30));
+    }
 }

@@ -97,20 +97,33 @@ pub async fn prepare(client: &mut Client, key: &SealKey) -> Result<(), StoreErro
     tx.execute("SELECT pg_advisory_xact_lock(7205385951)", &[])
         .await
         .map_err(db_err)?;
-    tx.batch_execute(TABLES).await.map_err(db_err)?;
-    let version = tx
-        .query_opt(
-            "SELECT value FROM haproxy_acme.settings WHERE key = 'schema-version'",
+    // Laid out already at this version: nothing to create, so a role granted only the use of
+    // the tables (the schema made by its owner) starts too; CREATE ... IF NOT EXISTS checks the
+    // right to create before it looks whether the object exists.
+    let laid_out: bool = tx
+        .query_one(
+            "SELECT to_regclass('haproxy_acme.settings') IS NOT NULL",
             &[],
         )
         .await
         .map_err(db_err)?
-        .map(|row| {
-            let v: Vec<u8> = row.get(0);
-            String::from_utf8_lossy(&v)
-                .parse::<i64>()
-                .unwrap_or(i64::MAX)
-        });
+        .get(0);
+    let version = match laid_out {
+        false => None,
+        true => tx
+            .query_opt(
+                "SELECT value FROM haproxy_acme.settings WHERE key = 'schema-version'",
+                &[],
+            )
+            .await
+            .map_err(db_err)?
+            .map(|row| {
+                let v: Vec<u8> = row.get(0);
+                String::from_utf8_lossy(&v)
+                    .parse::<i64>()
+                    .unwrap_or(i64::MAX)
+            }),
+    };
     match version {
         Some(v) if v > SCHEMA_VERSION => {
             return Err(StoreError::Open {
@@ -121,8 +134,10 @@ pub async fn prepare(client: &mut Client, key: &SealKey) -> Result<(), StoreErro
                 ),
             })
         }
-        Some(_) => {}
+        Some(SCHEMA_VERSION) => {}
+        Some(_) => tx.batch_execute(TABLES).await.map_err(db_err)?,
         None => {
+            tx.batch_execute(TABLES).await.map_err(db_err)?;
             tx.execute(
                 "INSERT INTO haproxy_acme.settings (key, value) VALUES ('schema-version', $1)",
                 &[&SCHEMA_VERSION.to_string().into_bytes()],
