@@ -253,6 +253,12 @@ fn a_frozen_leader_is_fenced_when_it_wakes_and_orders_nothing() {
         Duration::from_secs(10),
         || log().contains("no longer leading"),
     );
+    // Its renewal found the epoch changed (its writes are refused, see tests/pg_store.rs).
+    assert!(
+        log().contains("taken over by another instance"),
+        "the woken instance did not see the takeover:\n{}",
+        log()
+    );
     wait_until(
         "x renewed by the leader and served everywhere",
         Duration::from_secs(60),
@@ -302,4 +308,64 @@ fn postgresql_restarted_mid_issuance_every_certificate_still_served_once() {
         ids.len(),
         "one certificate per id: {issued:?}"
     );
+}
+
+#[test]
+fn a_single_machine_moves_to_a_fleet_with_migrate_store_and_nothing_is_ordered_again() {
+    let mut f = Fleet::start(3, Options::default(), Duration::from_secs(2));
+    let ids = ["m1.fleet.test", "m2.fleet.test"];
+    let domains = ids.join(";");
+    // One machine first: the sled store in the Env's DATA_DIR, its own HAProxy.
+    let mut single = f.env.start_daemon(&domains);
+    let root = f.env.issuer_root();
+    wait_until("issued on one machine", Duration::from_secs(60), || {
+        ids.iter()
+            .all(|id| f.env.served_and_valid(id, &root).is_some())
+    });
+    let serials: Vec<String> = ids
+        .iter()
+        .map(|id| f.env.served_serial(id).unwrap())
+        .collect();
+    assert!(single.terminate().success());
+    let orders = f.env.pebble_new_orders();
+    let key_file = f.key_file.display().to_string();
+    let url = f.pg.url();
+    let fleet_settings = [
+        ("POSTGRES_URL", url.as_str()),
+        ("STORE_KEY_FILE", key_file.as_str()),
+        ("NODE_NAME", "migrator"),
+    ];
+    let out = f
+        .env
+        .cli_with(&domains, &fleet_settings, &["migrate-store"]);
+    assert!(
+        out.status.success(),
+        "migrate-store: {}",
+        common::text(&out)
+    );
+    assert!(
+        common::text(&out).contains("compared: equal"),
+        "{}",
+        common::text(&out)
+    );
+    // The fleet starts on the copy: the same certificates on every node, no order.
+    for i in 0..3 {
+        f.start_daemon(i, &domains);
+    }
+    f.wait(
+        "the migrated certificates served by every node",
+        Duration::from_secs(60),
+        |f| f.all_served(&ids),
+    );
+    for (id, serial) in ids.iter().zip(&serials) {
+        assert_eq!(
+            f.stored_serial(id).as_ref(),
+            Some(serial),
+            "{id} kept its certificate"
+        );
+        for i in 0..3 {
+            assert_eq!(f.served_serial(i, id).as_ref(), Some(serial));
+        }
+    }
+    assert_eq!(f.env.pebble_new_orders(), orders, "no order after the move");
 }
