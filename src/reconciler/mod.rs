@@ -118,6 +118,9 @@ pub struct Reconciler {
     alerts_unrecorded: std::sync::Mutex<HashMap<String, Vec<haproxy_acme_state::Condition>>>,
     /// Wakes a certificate (the watchdog's repairs).
     control: Control,
+    /// A hash of each wanted certificate's spec as last synced, by a hash of its id: a reload
+    /// writes only the records whose spec changed ([`wanted`]).
+    spec_digests: std::sync::Mutex<HashMap<u64, u64>>,
 }
 
 /// The handle operator commands use: look at a certificate now, or re-read the wanted set now
@@ -234,6 +237,7 @@ impl Reconciler {
             alerts_unrecorded: std::sync::Mutex::new(HashMap::new()),
             dns_auth_output: std::sync::Mutex::new(HashMap::new()),
             control,
+            spec_digests: std::sync::Mutex::new(HashMap::new()),
         };
         Arc::new(r)
     }
@@ -389,7 +393,7 @@ impl Reconciler {
                 continue;
             }
             let Some((sources, specs_digest, now_wanted, gone)) =
-                shared.reread(applied_sources, applied).await
+                shared.reread(applied_sources, applied, &wanted).await
             else {
                 continue;
             };

@@ -2,6 +2,7 @@
 //! certificates get a record, changed ones an event, those no longer listed are marked (or, with
 //! PRUNE, removed from HAProxy, the certificate directory and the store).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use haproxy_acme_state::{apply, Event, Record};
@@ -15,6 +16,16 @@ use crate::store::{Change, StoreError};
 /// What one re-read found: the digests of its sources and of the set, when each wanted
 /// certificate is due, and the stored ids no longer wanted.
 type Reread = (u64, u64, Vec<Wanted>, Vec<String>);
+
+/// Above this many changed or removed certificates a reload makes one pass over the store.
+const INCREMENTAL_MAX: usize = 1000;
+
+fn hash_of<T: std::hash::Hash + ?Sized>(v: &T) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
 
 pub fn digest(specs: &[CertSpec]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -37,7 +48,12 @@ impl Reconciler {
 
     /// Re-reads the wanted set after a reload trigger; `None` when nothing changed or the change
     /// is refused (logged; the running set stays).
-    pub(super) async fn reread(&self, applied_sources: u64, applied: u64) -> Option<Reread> {
+    pub(super) async fn reread(
+        &self,
+        applied_sources: u64,
+        applied: u64,
+        wanted: &HashSet<Arc<str>>,
+    ) -> Option<Reread> {
         let reread_at = std::time::Instant::now();
         let unchanged = |certificates: Option<usize>| {
             let ms = reread_at.elapsed().as_millis() as u64;
@@ -68,11 +84,21 @@ impl Reconciler {
             unchanged(Some(specs.len()));
             return Some((sources, applied, Vec::new(), Vec::new()));
         }
-        match self.sync_specs(specs).await {
+        let total = specs.len();
+        let (synced, pass) = match self.changes(&specs, wanted) {
+            Some((changed, removed)) => (
+                self.sync_changed(&specs, changed, removed).await,
+                "changed certificates",
+            ),
+            None => (self.sync_specs(specs).await, "whole store"),
+        };
+        match synced {
             Ok((now_wanted, gone, _)) => {
                 let ms = reread_at.elapsed().as_millis() as u64;
                 tracing::info!(
-                    certificates = now_wanted.len(),
+                    certificates = total,
+                    pass,
+                    looked_at = now_wanted.len() + gone.len(),
                     ms,
                     "configuration reloaded"
                 );
@@ -95,6 +121,10 @@ impl Reconciler {
         specs: Vec<CertSpec>,
     ) -> Result<(Vec<Wanted>, Vec<String>, Vec<String>), StoreError> {
         let now = self.clock.now();
+        let digests: HashMap<u64, u64> = specs
+            .iter()
+            .map(|s| (hash_of(s.id().as_str()), hash_of(s)))
+            .collect();
         // The specs are moved into the store's closures, not copied (100,000 certificates at
         // start-up); a stored record finds its spec by binary search over their positions in
         // id order.
@@ -116,62 +146,8 @@ impl Reconciler {
             dns_owed: Vec::new(),
         }));
         let configured = {
-            let config = self.config.clone();
-            let tokens = self.tokens.clone();
-            let watched = self.watched.clone();
-            // The record's schedule, and the record when it changed.
-            move |spec: &CertSpec, old: Option<&Record>| -> (Wanted, Option<Record>) {
-                let (id, names) = (spec.id().as_str(), spec.names().as_slice());
-                let event = Event::Configured {
-                    names: names.to_vec(),
-                    key_type: config.key_type,
-                    acme_directory: config.acme_directory.clone(),
-                    deploy_hook: config.deploy_hook.is_some(),
-                    profile: spec
-                        .profile_or(config.acme_profile.as_deref())
-                        .map(String::from),
-                };
-                // No copy of the stored record (one per certificate at start-up): only a new
-                // one is made.
-                let fresh;
-                let base = match old {
-                    Some(r) => r,
-                    None => {
-                        fresh = Record::new(names.to_vec(), config.key_type, now);
-                        &fresh
-                    }
-                };
-                let new = apply(base, event, now);
-                let new = apply(
-                    &new,
-                    Event::ChallengeChosen {
-                        challenge: spec.challenge(),
-                    },
-                    now,
-                );
-                sync_tokens(&tokens, None, Some(&new));
-                let due = Wanted::of(&new, now);
-                watched.note(|| due.id.clone(), &new);
-                if old == Some(&new) {
-                    return (due, None);
-                }
-                match old {
-                    None => tracing::info!(cert = %id, names = ?names, "new certificate wanted"),
-                    Some(old) => {
-                        if old.challenge != new.challenge {
-                            tracing::info!(cert = %id, challenge = new.challenge.as_str(), "challenge type changed: its next order answers it");
-                        }
-                        let other = Record {
-                            challenge: new.challenge,
-                            ..old.clone()
-                        };
-                        if other != new {
-                            tracing::info!(cert = %id, names = ?names, profile = ?new.profile, "certificate names, key type, CA or profile changed: re-issuing")
-                        }
-                    }
-                }
-                (due, Some(new))
-            }
+            let this = Configure::of(self, now);
+            move |spec: &CertSpec, old: Option<&Record>| this.apply(spec, old)
         };
         let sweep = {
             let (found, specs, configured) = (found.clone(), specs.clone(), configured.clone());
@@ -222,6 +198,10 @@ impl Reconciler {
         self.store
             .update_all(Box::new(sweep), Box::new(more))
             .await?;
+        *self
+            .spec_digests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = digests;
         let mut f = found
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -230,6 +210,87 @@ impl Reconciler {
             std::mem::take(&mut f.unwanted),
             std::mem::take(&mut f.dns_owed),
         ))
+    }
+
+    /// The positions in `specs` of the certificates whose spec is new or changed since the
+    /// last sync, and the ids in `wanted` no longer listed; `None` when a pass over the whole
+    /// store is due (no sync yet, or so many changes that one batch beats one write each).
+    fn changes(
+        &self,
+        specs: &[CertSpec],
+        wanted: &HashSet<Arc<str>>,
+    ) -> Option<(Vec<usize>, Vec<String>)> {
+        let digests = self
+            .spec_digests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if digests.is_empty() {
+            return None;
+        }
+        let mut present = HashSet::with_capacity(specs.len());
+        let mut changed = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let id = hash_of(spec.id().as_str());
+            present.insert(id);
+            if digests.get(&id) != Some(&hash_of(spec)) {
+                changed.push(i);
+                if changed.len() > INCREMENTAL_MAX {
+                    return None;
+                }
+            }
+        }
+        let removed: Vec<String> = wanted
+            .iter()
+            .filter(|id| !present.contains(&hash_of(&***id)))
+            .map(|id| id.to_string())
+            .collect();
+        (changed.len() + removed.len() <= INCREMENTAL_MAX).then_some((changed, removed))
+    }
+
+    /// Brings the records of the changed specs and of the ids no longer listed in line, one
+    /// update each (a reload that changes one certificate costs one record, not a pass over
+    /// the store). Returns as [`sync_specs`](Self::sync_specs) does, for those only.
+    async fn sync_changed(
+        &self,
+        specs: &[CertSpec],
+        changed: Vec<usize>,
+        removed: Vec<String>,
+    ) -> Result<(Vec<Wanted>, Vec<String>, Vec<String>), StoreError> {
+        let now = self.clock.now();
+        let configure = Configure::of(self, now);
+        let mut now_wanted = Vec::with_capacity(changed.len());
+        for i in changed {
+            let (spec, c) = (specs[i].clone(), configure.clone());
+            let id = spec.id().as_str().to_string();
+            let due = self
+                .store
+                .update(&id, move |old| {
+                    let (due, new) = c.apply(&spec, old.as_ref());
+                    (new.map_or(Change::Keep, Change::Put), due)
+                })
+                .await?;
+            now_wanted.push(due);
+            self.spec_digests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(hash_of(id.as_str()), hash_of(&specs[i]));
+        }
+        for id in &removed {
+            self.watched.forget(id);
+            self.store
+                .update(id, move |old| match old {
+                    Some(old) if !old.unconfigured => {
+                        (Change::Put(apply(&old, Event::Unconfigured, now)), ())
+                    }
+                    _ => (Change::Keep, ()),
+                })
+                .await?;
+            self.spec_digests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&hash_of(id.as_str()));
+        }
+        Ok((now_wanted, removed, Vec::new()))
     }
 
     /// Removes a certificate no longer configured from HAProxy, the certificate directory and
@@ -249,5 +310,79 @@ impl Reconciler {
             }
             Err(e) => tracing::error!(cert = %id, error = %e, "prune: the store kept the record"),
         }
+    }
+}
+
+/// What a wanted certificate's spec makes of its stored record: its schedule, and the record
+/// when it changed (and the responder's challenges of it, the watchdog's entry).
+#[derive(Clone)]
+struct Configure {
+    config: Arc<crate::config::Config>,
+    tokens: crate::responder::Tokens,
+    watched: super::watchdog::Watched,
+    now: haproxy_acme_state::UnixTime,
+}
+
+impl Configure {
+    fn of(r: &Reconciler, now: haproxy_acme_state::UnixTime) -> Configure {
+        Configure {
+            config: r.config.clone(),
+            tokens: r.tokens.clone(),
+            watched: r.watched.clone(),
+            now,
+        }
+    }
+
+    fn apply(&self, spec: &CertSpec, old: Option<&Record>) -> (Wanted, Option<Record>) {
+        let (id, names) = (spec.id().as_str(), spec.names().as_slice());
+        let event = Event::Configured {
+            names: names.to_vec(),
+            key_type: self.config.key_type,
+            acme_directory: self.config.acme_directory.clone(),
+            deploy_hook: self.config.deploy_hook.is_some(),
+            profile: spec
+                .profile_or(self.config.acme_profile.as_deref())
+                .map(String::from),
+        };
+        // No copy of the stored record (one per certificate at start-up): only a new
+        // one is made.
+        let fresh;
+        let base = match old {
+            Some(r) => r,
+            None => {
+                fresh = Record::new(names.to_vec(), self.config.key_type, self.now);
+                &fresh
+            }
+        };
+        let new = apply(base, event, self.now);
+        let new = apply(
+            &new,
+            Event::ChallengeChosen {
+                challenge: spec.challenge(),
+            },
+            self.now,
+        );
+        sync_tokens(&self.tokens, None, Some(&new));
+        let due = Wanted::of(&new, self.now);
+        self.watched.note(|| due.id.clone(), &new);
+        if old == Some(&new) {
+            return (due, None);
+        }
+        match old {
+            None => tracing::info!(cert = %id, names = ?names, "new certificate wanted"),
+            Some(old) => {
+                if old.challenge != new.challenge {
+                    tracing::info!(cert = %id, challenge = new.challenge.as_str(), "challenge type changed: its next order answers it");
+                }
+                let other = Record {
+                    challenge: new.challenge,
+                    ..old.clone()
+                };
+                if other != new {
+                    tracing::info!(cert = %id, names = ?names, profile = ?new.profile, "certificate names, key type, CA or profile changed: re-issuing")
+                }
+            }
+        }
+        (due, Some(new))
     }
 }
