@@ -199,7 +199,7 @@ pub async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()>
         Reached::Daemon(a) => return print_answer(a),
         Reached::Store(store) => store,
     };
-    let text = crate::admin::dump_json(store.as_ref(), id, &[], unix_now())
+    let text = crate::admin::dump_json(store.as_ref(), id, &[], None, unix_now())
         .await?
         .ok_or_else(|| Exit(3, format!("no certificate {:?}", id.unwrap_or_default())))?;
     print!("{text}");
@@ -216,7 +216,7 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
     };
     print!(
         "{}",
-        crate::admin::status_text(store.as_ref(), &[], color, unix_now()).await?
+        crate::admin::status_text(store.as_ref(), &[], None, color, unix_now()).await?
     );
     Ok(())
 }

@@ -220,6 +220,8 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
         ),
         None => None,
     };
+    // Whether this instance leads, from the fleet's Leader to the admin endpoint.
+    let (leading, leading_rx) = watch::channel(None);
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         admin_tcp,
@@ -231,6 +233,10 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
             health: health.clone(),
             clock: clock.clone(),
             acme,
+            fleet: pg.as_ref().map(|pg| admin::fleet::FleetView {
+                pg: pg.clone(),
+                leading: leading_rx,
+            }),
         }),
         shutdown.clone(),
     ));
@@ -260,7 +266,7 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
                     reload: reload.clone(),
                     lease_time: fleet.lease_time,
                     lease_given_up,
-                    leading: watch::channel(None).0,
+                    leading,
                 };
                 leader.run(inbox, shutdown).await;
             }

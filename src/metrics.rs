@@ -264,8 +264,12 @@ impl Metrics {
         now: UnixTime,
         ready: bool,
         last_pass: UnixTime,
+        fleet: Option<&haproxy_acme_state::dump::fleet::FleetView>,
     ) -> String {
         let mut reg = Registry::with_prefix("haproxy_acme");
+        if let Some(f) = fleet {
+            fleet::register(&mut reg, f, now);
+        }
         let expiry = Family::<CertLabel, Gauge>::default();
         let renewal = Family::<CertLabel, Gauge>::default();
         let ready_status = Family::<ReadyLabels, Gauge>::default();
@@ -491,5 +495,6 @@ pub fn acme_endpoint(path: &str) -> &'static str {
     }
 }
 
+mod fleet;
 #[cfg(test)]
 mod tests;

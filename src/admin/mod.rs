@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 
 pub mod client;
+pub mod fleet;
 
 use crate::clock::Clock;
 use crate::config::{Config, WantedSet};
@@ -31,6 +32,7 @@ use crate::health::{Health, Part, Probes};
 use crate::ops;
 use crate::reconciler::Control;
 use crate::store::Store;
+use haproxy_acme_state::dump::fleet::{FleetFacts, FleetView};
 use haproxy_acme_state::dump::Waiting;
 
 /// What the admin endpoint needs: the store to read and change, the reconciler's control
@@ -44,6 +46,8 @@ pub struct Admin {
     pub clock: Arc<dyn Clock>,
     /// The daemon's ACME account, shared with the reconciler (`revoke`).
     pub acme: Arc<crate::acme::LazyAcme>,
+    /// A fleet's lease and nodes (`status`, the dump, `/metrics`); `None` on one machine.
+    pub fleet: Option<fleet::FleetView>,
 }
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -51,11 +55,13 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// The JSON dump of every record in `store`, or of certificate `id` only (`None`: no such
-/// certificate), with what the daemon is waiting for (`waiting`; empty offline).
+/// certificate), with what the daemon is waiting for (`waiting`; empty offline) and a fleet's
+/// leader and nodes (`fleet`; lagging is judged against the records dumped).
 pub async fn dump_json(
     store: &dyn Store,
     id: Option<&str>,
     waiting: &[Waiting],
+    fleet: Option<&FleetFacts>,
     now: i64,
 ) -> Result<Option<String>, crate::store::StoreError> {
     let records = match id {
@@ -67,28 +73,41 @@ pub async fn dump_json(
     };
     let mut dump = haproxy_acme_state::dump::dump(&records, now);
     dump.waiting_for = haproxy_acme_state::dump::waiting_views(waiting);
+    dump.fleet = fleet.map(|f| FleetView::new(f, &records));
     Ok(Some(
         serde_json::to_string_pretty(&dump).expect("the dump always serializes") + "\n",
     ))
 }
 
-/// The `status` screen of every record in `store`, then what the daemon is waiting for
-/// (`waiting`; empty offline). A store that cannot be read is a line of the screen, so what the
-/// daemon waits for is still shown.
+/// The `status` screen of every record in `store`, then a fleet's leader and nodes (`fleet`),
+/// then what the daemon is waiting for (`waiting`; empty offline). A store that cannot be read
+/// is a line of the screen, so what the daemon waits for is still shown.
 pub async fn status_text(
     store: &dyn Store,
     waiting: &[Waiting],
+    fleet: Option<Result<FleetFacts, crate::store::StoreError>>,
     color: bool,
     now: i64,
 ) -> Result<String, crate::store::StoreError> {
-    let table = match store.records().await {
-        Ok(records) => haproxy_acme_state::dump::status_table(&records, now, color),
-        Err(e) if !waiting.is_empty() => format!("the certificates cannot be read now: {e}\n"),
+    let (table, records) = match store.records().await {
+        Ok(records) => (
+            haproxy_acme_state::dump::status_table(&records, now, color),
+            records,
+        ),
+        Err(e) if !waiting.is_empty() => (
+            format!("the certificates cannot be read now: {e}\n"),
+            Vec::new(),
+        ),
         Err(e) => return Err(e),
+    };
+    let fleet = match fleet {
+        None => String::new(),
+        Some(Ok(f)) => FleetView::new(&f, &records).status_text(now),
+        Some(Err(e)) => format!("\nfleet: the lease and nodes cannot be read now: {e}\n"),
     };
     let persist =
         crate::dns_persist::status_text(&crate::metrics::global().dns_persist_expiring(now), now);
-    Ok(table + &haproxy_acme_state::dump::waiting_text(waiting, now, color) + &persist)
+    Ok(table + &fleet + &haproxy_acme_state::dump::waiting_text(waiting, now, color) + &persist)
 }
 
 /// The `status --check` report of every record in `store`.
@@ -203,10 +222,21 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
     let now = admin.clock.now();
     let store = admin.store.as_ref();
     let waiting = admin.health.conditions().waiting();
+    // Read only for the routes that show it.
+    let fleet = || async {
+        match &admin.fleet {
+            Some(f) => Some(f.facts().await),
+            None => None,
+        }
+    };
     match (&method, segments.as_slice()) {
         (&Method::GET, ["state"]) | (&Method::GET, ["state", _]) => {
             let id = segments.get(1).copied();
-            match dump_json(store, id, &waiting, now).await {
+            let fleet = match fleet().await.transpose() {
+                Ok(f) => f,
+                Err(e) => return store_error(e),
+            };
+            match dump_json(store, id, &waiting, fleet.as_ref(), now).await {
                 Ok(Some(json)) => reply(StatusCode::OK, "application/json", json),
                 Ok(None) => text(
                     StatusCode::NOT_FOUND,
@@ -219,7 +249,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
             }
         }
         (&Method::GET, ["status"]) => {
-            match status_text(store, &waiting, flag("color"), now).await {
+            match status_text(store, &waiting, fleet().await, flag("color"), now).await {
                 Ok(t) => text(StatusCode::OK, t),
                 Err(e) => store_error(e),
             }
@@ -262,8 +292,8 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
             ),
             Err(e) => store_error(e),
         },
-        (&Method::GET, ["metrics"]) => match store.records().await {
-            Ok(records) => reply(
+        (&Method::GET, ["metrics"]) => match (store.records().await, fleet().await.transpose()) {
+            (Ok(records), Ok(fleet)) => reply(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
                 crate::metrics::global().render(
@@ -271,9 +301,10 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
                     now,
                     admin.health.ready(),
                     admin.health.last_pass(),
+                    fleet.map(|f| FleetView::new(&f, &records)).as_ref(),
                 ),
             ),
-            Err(e) => store_error(e),
+            (Err(e), _) | (_, Err(e)) => store_error(e),
         },
         (&Method::POST, ["certificates", id, "renew"]) => {
             done(admin, ops::renew(store, id, flag("force"), now).await)

@@ -2,7 +2,8 @@
 //! own HAProxy in step with the shared store. A record another instance changed arrives as a
 //! notification; a full pass at start, every [`CATCH_UP`], and after the notification
 //! connection was lost catches up what a notification did not bring. Each installed serial is
-//! noted in the store per node (`status` shows a node that lags).
+//! noted in the store per node (`status` shows a node that lags), and each catch-up notes the
+//! node as seen.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -111,6 +112,10 @@ impl Mirror {
     /// gone) and brings the responders and this node's HAProxy in line.
     async fn catch_up(&mut self, full: bool) {
         self.behind = false;
+        // This node is alive (`status`, `haproxy_acme_fleet_nodes`).
+        if let Err(e) = (&self.pg as &dyn Store).probe_write(0).await {
+            tracing::debug!(error = %e, "cannot note this node as seen");
+        }
         let since = if full { None } else { self.watermark };
         let (records, db_now) = match self.pg.changed_since(since).await {
             Ok(r) => r,

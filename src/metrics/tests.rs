@@ -46,7 +46,7 @@ fn render_has_per_certificate_gauges_and_counters() {
     m.bad_nonce();
     m.account_registered_again();
     let now = 1_700_000_000;
-    let before_watchdog = m.render(&[], now, true, now);
+    let before_watchdog = m.render(&[], now, true, now, None);
     assert!(
         !before_watchdog.contains("watchdog_last_check"),
         "no check yet: no timestamp to alert on"
@@ -74,7 +74,7 @@ fn render_has_per_certificate_gauges_and_counters() {
     let mut waiting = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, now);
     waiting.id = "b.test".into();
     let installed_again = installed.clone();
-    let text = m.render(&[installed, waiting], now, true, now);
+    let text = m.render(&[installed, waiting], now, true, now, None);
     let expiry = format!(
         "haproxy_acme_certificate_expiration_timestamp_seconds{{name=\"a.test\"}} {}",
         now + 90 * 86_400
@@ -106,7 +106,7 @@ fn render_has_per_certificate_gauges_and_counters() {
     )));
     assert!(text.contains("haproxy_acme_certificate_drifts_total 1"));
     assert!(text.contains("haproxy_acme_alert_hook_runs_total{result=\"success\"} 1"));
-    let expired = m.render(&[installed_again], now + 91 * 86_400, true, now);
+    let expired = m.render(&[installed_again], now + 91 * 86_400, true, now, None);
     assert!(
         expired.contains(
             "haproxy_acme_certificate_attention{name=\"a.test\",condition=\"expiring\"} 1"

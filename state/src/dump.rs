@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use crate::attention::conditions;
 use crate::{Failure, Phase, Record, UnixTime};
 
+pub mod fleet;
 mod waiting;
 pub use waiting::{waiting_text, waiting_views, Waiting, WaitingView};
 
@@ -24,6 +25,9 @@ pub struct Dump {
     pub certificates: Vec<CertView>,
     /// What the running daemon is waiting for (kept in its memory; empty offline).
     pub waiting_for: Vec<WaitingView>,
+    /// A fleet's leader and nodes (`fleet::FleetView`); left out on one machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<fleet::FleetView>,
 }
 
 /// One certificate as operators see it. Times are RFC 3339 UTC strings.
@@ -238,6 +242,7 @@ pub fn dump<'a>(records: impl IntoIterator<Item = &'a Record>, now: UnixTime) ->
         generated_at: rfc3339(now),
         certificates,
         waiting_for: Vec::new(),
+        fleet: None,
     }
 }
 
