@@ -55,6 +55,11 @@ fn main() {
                 f.dns_a(id, &[&format!("127.0.0.{}", 2 + k % n)]);
             }
             let started = Instant::now();
+            let db_start: f64 =
+                f.pg.psql("SELECT extract(epoch from clock_timestamp())")
+                    .trim()
+                    .parse()
+                    .unwrap();
             for i in 0..n {
                 f.start_daemon(i, &domains);
             }
@@ -66,7 +71,16 @@ fn main() {
                 }
                 f.all_served(&ids_ref)
             });
-            served.push(started.elapsed().as_secs_f64());
+            // When the last node confirmed the last certificate (each install is noted once
+            // HAProxy serves it), by PostgreSQL's clock: checking N x M handshakes from here
+            // takes longer than the fleet does.
+            let last_installed: f64 = f
+                .pg
+                .psql("SELECT extract(epoch from max(installed_at)) FROM haproxy_acme.installed")
+                .trim()
+                .parse()
+                .unwrap();
+            served.push(last_installed - db_start);
             first.push(t_first.unwrap_or_default().as_secs_f64());
             for _ in 0..kills {
                 let leader = f.wait_leader(Duration::from_secs(30));

@@ -177,6 +177,12 @@ impl Leader {
             match self.pg.try_lead(self.lease_time).await {
                 Ok(Some(held)) => {
                     inbox = self.term(held, inbox, shutdown.clone()).await;
+                    // A term that ended at once (the store refused its start) is not retried
+                    // in a tight loop, each try raising the epoch.
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = shutdown.changed() => {}
+                    }
                     continue;
                 }
                 Ok(None) => {}
