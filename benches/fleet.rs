@@ -54,7 +54,7 @@ fn main() {
                 // Validations spread over the nodes.
                 f.dns_a(id, &[&format!("127.0.0.{}", 2 + k % n)]);
             }
-                        let db_start: f64 =
+            let db_start: f64 =
                 f.pg.psql("SELECT extract(epoch from clock_timestamp())")
                     .trim()
                     .parse()

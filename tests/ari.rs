@@ -301,7 +301,12 @@ fn a_directory_that_stops_offering_renewal_info_falls_back_to_the_lifetime_rule(
     } else {
         nb + life * 2 / 3
     };
-    assert_eq!(ts("renew_at"), expected, "{c}");
+    // Brought forward by at most a thirtieth of the lifetime (the serial's spread).
+    let renew_at = ts("renew_at");
+    assert!(
+        renew_at <= expected && renew_at >= expected - life / 30,
+        "{c}"
+    );
 
     // A renewal now names no certificate it replaces (RFC 9773 §5: not without renewalInfo).
     let out = env.cli_with(ID, &via, &["renew", ID, "--force"]);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dump::{human, rfc3339, Waiting};
 use crate::machine::{plan, Action, Plan};
-use crate::timing::renewal_time;
+use crate::timing::renewal_time_of;
 use crate::{Record, Step, UnixTime};
 
 /// Why a certificate needs an operator's attention.
@@ -70,9 +70,7 @@ pub fn failing(r: &Record) -> bool {
 pub fn expiring_at(r: &Record) -> Option<UnixTime> {
     let c = r.cert.as_ref()?;
     let lifetime = (c.not_after - c.not_before).max(0);
-    let renew = r
-        .renew_at
-        .unwrap_or_else(|| renewal_time(c.not_before, c.not_after));
+    let renew = r.renew_at.unwrap_or_else(|| renewal_time_of(c));
     let third_left = c.not_after - lifetime / 3;
     Some(third_left.max(renew + lifetime / 100).min(c.not_after))
 }
@@ -167,9 +165,7 @@ fn describe(r: &Record, c: Condition, now: UnixTime) -> String {
             if left <= 0 {
                 format!("EXPIRED {} ({})", human(left), rfc3339(cert.not_after))
             } else {
-                let due = r
-                    .renew_at
-                    .unwrap_or_else(|| renewal_time(cert.not_before, cert.not_after));
+                let due = r.renew_at.unwrap_or_else(|| renewal_time_of(cert));
                 let due = if due <= now {
                     format!("renewal due {}", human(due - now))
                 } else {
@@ -359,7 +355,8 @@ mod tests {
     #[test]
     fn expiry_needs_attention_only_when_the_renewal_is_overdue() {
         let r = installed("a.test");
-        let renew = T0 + 60 * DAY;
+        // Day 60, brought forward by serial 0A1B's spread (`timing::renewal_spread`).
+        let renew = T0 + 60 * DAY - 0x0A1B;
         assert_eq!(r.renew_at, Some(renew));
         let at = expiring_at(&r).unwrap();
         assert_eq!(at, renew + 90 * DAY / 100, "a third left, and 1 % late");
@@ -392,7 +389,7 @@ mod tests {
             "a healthy certificate never alerts"
         );
         // A record that waits for its renewal wakes when its expiry needs attention.
-        assert_eq!(plan_with_alerts(&r, T0), Plan::At(T0 + 60 * DAY));
+        assert_eq!(plan_with_alerts(&r, T0), Plan::At(T0 + 60 * DAY - 0x0A1B));
         let r = apply(&r, failed(FailureKind::Permanent), T0 + DAY);
         assert_eq!(plan(&r, T0 + DAY), Plan::Idle);
         assert_eq!(alert_due(&r, T0 + DAY), Some(vec![Condition::Failing]));

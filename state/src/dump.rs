@@ -705,7 +705,8 @@ mod status_tests {
         );
         let r = apply(&r, Event::OrderCreated { url: "u".into() }, 0);
         let meta = CertMeta {
-            serial: "1".into(),
+            // A serial whose renewal spread is 0 (`timing::renewal_spread`).
+            serial: "0".into(),
             not_before: 0,
             not_after: 90 * day,
             fingerprint: "f".into(),

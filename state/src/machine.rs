@@ -2,7 +2,7 @@
 //! `plan(record, now)` says what the shell must do next for it, or when to look again.
 
 use crate::attention::same_serial;
-use crate::timing::{ari_next_check, ari_renewal_time_for, backoff_secs, renewal_time};
+use crate::timing::{ari_next_check, ari_renewal_time_for, backoff_secs, renewal_time_of};
 use crate::{
     Alerted, CertMeta, Challenge, ChallengeType, Condition, Drift, Failure, FailureKind,
     HookOutcome, KeyType, OrderProgress, Record, RevocationReason, Revoked, Stage, Step, UnixTime,
@@ -228,7 +228,7 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
             }
         }
         Event::CertificateStored { meta } => {
-            r.renew_at = Some(renewal_time(meta.not_before, meta.not_after));
+            r.renew_at = Some(renewal_time_of(&meta));
             // Ask the CA for a renewal window at once; without one the lifetime rule holds.
             r.ari_window = None;
             r.ari_check_at = Some(now);
@@ -294,10 +294,7 @@ pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
         Event::RenewalInfoUnavailable { retry_at } => {
             r.ari_check_at = retry_at;
             if retry_at.is_none() && r.ari_window.take().is_some() {
-                r.renew_at = r
-                    .cert
-                    .as_ref()
-                    .map(|c| renewal_time(c.not_before, c.not_after));
+                r.renew_at = r.cert.as_ref().map(renewal_time_of);
             }
         }
         Event::RenewalInfoWanted => {
@@ -658,8 +655,10 @@ mod tests {
             "the order is forgotten once the certificate is stored"
         );
         assert!(r.is_installed());
-        assert_eq!(r.renew_at, Some(T0 + 60 * DAY), "2/3 of a 90-day lifetime");
-        assert_eq!(plan(&r, T0), Plan::At(T0 + 60 * DAY));
+        // 2/3 of a 90-day lifetime, brought forward by the serial's spread ("1A": 26 s).
+        let renew = T0 + 60 * DAY - 26;
+        assert_eq!(r.renew_at, Some(renew), "2/3 of a 90-day lifetime");
+        assert_eq!(plan(&r, T0), Plan::At(renew));
     }
 
     #[test]
@@ -1190,7 +1189,11 @@ mod tests {
             ],
         );
         let lifetime_rule = stored.renew_at;
-        assert_eq!(lifetime_rule, Some(T0 + 60 * DAY));
+        assert_eq!(
+            lifetime_rule,
+            Some(T0 + 60 * DAY - 26),
+            "2/3, less serial 1A's spread"
+        );
         let r = apply(
             &stored,
             Event::RenewalInfo {
@@ -1220,7 +1223,7 @@ mod tests {
             (r.ari_window, r.renew_at, r.ari_check_at),
             (None, lifetime_rule, None)
         );
-        assert_eq!(plan(&r, T0 + 10), Plan::At(T0 + 60 * DAY));
+        assert_eq!(plan(&r, T0 + 10), Plan::At(T0 + 60 * DAY - 26));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! When to renew a certificate and how long to wait after a failure.
 
-use crate::UnixTime;
+use crate::{CertMeta, UnixTime};
 
 /// Ten days: below this lifetime, renew at half of it instead of two thirds.
 const SHORT_LIFETIME_SECS: i64 = 10 * 86_400;
@@ -18,6 +18,31 @@ pub fn renewal_time(not_before: UnixTime, not_after: UnixTime) -> UnixTime {
     } else {
         not_before + lifetime * 2 / 3
     }
+}
+
+/// [`renewal_time`] of `meta`, brought forward by up to a thirtieth of its lifetime (3 days of
+/// 90, 1.5 of 45, 4.8 hours of 6) by a draw from the certificate's own serial, which the CA
+/// makes random: certificates issued in the same minute (a first start with 10,000 names, a
+/// bulk import, a fleet moved at once) do not all fall due in the same minute, and each keeps
+/// its time across restarts and wherever it is computed (no stored draw).
+pub fn renewal_time_of(meta: &CertMeta) -> UnixTime {
+    let base = renewal_time(meta.not_before, meta.not_after);
+    base - renewal_spread(meta)
+}
+
+/// How far [`renewal_time_of`] brings the renewal of `meta` forward: 0 up to a thirtieth of
+/// its lifetime, from the serial's last 15 hex digits (a public CA's serial holds at least 64
+/// random bits).
+pub fn renewal_spread(meta: &CertMeta) -> UnixTime {
+    let lifetime = (meta.not_after - meta.not_before).max(0);
+    let spread = u64::try_from(lifetime / 30).unwrap_or(0);
+    if spread == 0 {
+        return 0;
+    }
+    let hex = meta.serial.trim();
+    let tail = &hex[hex.len().saturating_sub(15)..];
+    let draw = u64::from_str_radix(tail, 16).unwrap_or(0);
+    i64::try_from(draw % (spread + 1)).unwrap_or(0)
 }
 
 /// Without a `Retry-After`, renewal information is asked for again after this long ("about
@@ -88,6 +113,50 @@ mod tests {
         let day = 86_400;
         let w = (59 * day, 61 * day);
         assert_eq!(ari_renewal_time_for(w, 1000, 0, 90 * day), 61 * day);
+    }
+
+    #[test]
+    fn certificates_issued_together_fall_due_spread_over_a_thirtieth_of_their_lifetime() {
+        let day = 86_400;
+        let meta = |serial: String, lifetime: i64| CertMeta {
+            serial,
+            not_before: 1000,
+            not_after: 1000 + lifetime,
+            fingerprint: String::new(),
+            issued_at: 1000,
+        };
+        // 10,000 certificates of 90 days issued in the same second, serials as a CA draws them.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut per_minute = std::collections::BTreeMap::<i64, u32>::new();
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let m = meta(format!("{x:016X}"), 90 * day);
+            let t = renewal_time_of(&m);
+            assert!(
+                t <= 1000 + 60 * day && t >= 1000 + 57 * day,
+                "within 3 days before 2/3"
+            );
+            assert_eq!(
+                t,
+                renewal_time_of(&m),
+                "the same time each time it is computed"
+            );
+            *per_minute.entry(t / 60).or_default() += 1;
+        }
+        // Spread over 3 days (4,320 minutes): ~2.3 a minute on average, never a storm.
+        let busiest = per_minute.values().max().copied().unwrap();
+        assert!(busiest <= 12, "{busiest} fell due in the busiest minute");
+        assert!(
+            per_minute.len() > 2_500,
+            "{} minutes used",
+            per_minute.len()
+        );
+        // Certificates under 30 s are not moved; 6-day ones by up to 4.8 hours.
+        assert_eq!(renewal_time_of(&meta("FFFF".into(), 20)), 1010);
+        let six = renewal_time_of(&meta("FFFFFFFFFFFFFFFF".into(), 6 * day));
+        assert!(six <= 1000 + 3 * day && six >= 1000 + 3 * day - 6 * day / 30);
     }
 
     #[test]
