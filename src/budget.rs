@@ -38,6 +38,9 @@ pub struct Budget {
     store: Arc<dyn Store>,
     directory: String,
     limits: Option<Limits>,
+    /// One admission at a time: held from `admit` until the order is noted (`ordered`), so
+    /// certificates worked on at once (CONCURRENCY) cannot all be admitted on the same count.
+    admission: tokio::sync::Mutex<()>,
 }
 
 impl Budget {
@@ -46,6 +49,16 @@ impl Budget {
             store,
             directory,
             limits,
+            admission: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The turn to be admitted, to hold until the order is noted or refused (`None` with no
+    /// limits: nothing to count, so orders are not serialized).
+    pub async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.limits {
+            Some(_) => Some(self.admission.lock().await),
+            None => None,
         }
     }
 

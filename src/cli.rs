@@ -154,6 +154,10 @@ pub struct RawSettings {
     /// `orders=300/3h,exact-set=5/7d,registered-domain=50/7d,failed-validations=5/1h`.
     #[arg(long, env = "RATE_LIMITS", global = true)]
     pub rate_limits: Option<String>,
+    /// How many certificates are worked on at once (1 to 256, default 8). Orders stay inside
+    /// RATE_LIMITS whatever the number: admission to the budget is one at a time.
+    #[arg(long, env = "CONCURRENCY", global = true)]
+    pub concurrency: Option<String>,
     /// Log format: `text` (default; coloured on a terminal) or `json` (one object per line).
     #[arg(long, env = "LOG_FORMAT", global = true, value_parser = ["text", "json"])]
     pub log_format: Option<String>,

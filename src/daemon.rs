@@ -188,7 +188,7 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
         None => {
             let reconciler = Reconciler::new_with(
                 parts(store.clone(), acme.clone()),
-                Tuning::default(),
+                Tuning::for_config(&config),
                 control.clone(),
             );
             let started = match reconciler.start().await {

@@ -318,6 +318,48 @@ fn renewal_replaces_the_certificate_hot_while_the_old_one_keeps_serving() {
     assert_eq!(dump["certificates"][0]["installed"], true);
 }
 
+/// CONCURRENCY=64 with 20 new certificates and a budget of 5 orders: all 20 are worked on at
+/// once, and still exactly 5 orders reach the CA (admission to the budget is one at a time).
+#[test]
+fn the_budget_holds_with_a_high_concurrency() {
+    let env = Env::start();
+    let ids: Vec<String> = (0..20).map(|i| format!("c{i}.conc.test")).collect();
+    let domains = ids.join(";");
+    let mut daemon = env.start_daemon_with(
+        &domains,
+        &[("RATE_LIMITS", "orders=5/1h"), ("CONCURRENCY", "64")],
+    );
+    let dump = || -> serde_json::Value {
+        let out = env.cli(&domains, &["state", "dump"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let count = |d: &serde_json::Value, phase: &str, kind: &str| {
+        d["certificates"].as_array().map_or(0, |cs| {
+            cs.iter()
+                .filter(|c| c["phase"] == phase || c["last_error"]["kind"] == kind)
+                .count()
+        })
+    };
+    wait_until(
+        "each certificate issued or deferred by the budget",
+        Duration::from_secs(30),
+        || {
+            daemon.assert_running();
+            count(&dump(), "issued", "rate-limited") == 20
+        },
+    );
+    assert_eq!(env.pebble_new_orders(), 5, "orders beyond the budget");
+    let d = dump();
+    assert_eq!(count(&d, "issued", "-"), 5, "{d}");
+    assert_eq!(count(&d, "-", "rate-limited"), 15, "{d}");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("5 new orders per account"),
+        "the deferral says why: {log}"
+    );
+    assert!(daemon.terminate().success());
+}
+
 #[test]
 fn the_local_rate_limit_budget_defers_an_order_the_ca_would_refuse() {
     let env = Env::start();

@@ -32,8 +32,8 @@ pub mod wanted;
 
 pub use names::{cert_file_name, normalize_name, CertId, CertSpec, Names};
 pub use settings::{
-    parse_duration, Config, ConfigError, Need, RuntimeApiAddr, LETSENCRYPT_PRODUCTION,
-    LETSENCRYPT_STAGING,
+    parse_duration, Config, ConfigError, Need, RuntimeApiAddr, DEFAULT_CONCURRENCY,
+    LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING,
 };
 pub use wanted::{nothing_to_manage, parse_domains, parse_domains_file, WantedSet};
 

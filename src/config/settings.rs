@@ -62,6 +62,8 @@ pub struct Config {
     pub tls_alpn_listen: Option<SocketAddr>,
     /// The local rate-limit budget (`None`: off).
     pub rate_limits: Option<Limits>,
+    /// `CONCURRENCY`: how many certificates the reconciler works on at once.
+    pub concurrency: usize,
     /// The read-only admin endpoint on TCP (`ADMIN_LISTEN`), if any.
     pub admin_listen: Option<SocketAddr>,
     /// `DEPLOY_HOOK`: run with `sh -c` after each new certificate is installed.
@@ -320,6 +322,10 @@ impl Config {
                 None
             });
 
+        let concurrency = parse_concurrency(raw.concurrency.as_deref()).unwrap_or_else(|e| {
+            errors.push(e);
+            DEFAULT_CONCURRENCY
+        });
         let admin_listen = match raw.admin_listen.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(a) => match a.parse::<SocketAddr>() {
@@ -430,6 +436,7 @@ impl Config {
             dns_update,
             dns_persist,
             rate_limits,
+            concurrency,
             domains_file,
             prune: raw.prune,
             email,
@@ -478,10 +485,12 @@ mod checks;
 mod values;
 #[cfg(test)]
 use haproxy_acme_state::ledger::Limit;
+pub use values::DEFAULT_CONCURRENCY;
 #[cfg(test)]
 use values::MAX_RATE_WINDOW_SECS;
 use values::{
-    parse_preflight, parse_rate_limits, parse_runtime_api, timeout_setting, validate_email,
+    parse_concurrency, parse_preflight, parse_rate_limits, parse_runtime_api, timeout_setting,
+    validate_email,
 };
 
 #[cfg(test)]

@@ -224,7 +224,11 @@ impl Leader {
             lease: lease.clone(),
         });
         let parts = (self.parts)(store, ca);
-        let reconciler = Reconciler::new_with(parts, Tuning::default(), self.control.clone());
+        let reconciler = Reconciler::new_with(
+            parts,
+            Tuning::for_config(&self.config),
+            self.control.clone(),
+        );
         let inbox = match reconciler.start().await {
             Ok(started) => {
                 reconciler

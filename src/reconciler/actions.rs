@@ -17,7 +17,9 @@ impl Reconciler {
     /// Orders a new certificate, unless the local budget says the CA would refuse it.
     pub(super) async fn create_order(&self, r: &Record) -> Result<(), StoreError> {
         let id = r.id.as_str();
-        // Stay inside the CA's limits rather than be refused (and locked out) by it.
+        // Stay inside the CA's limits rather than be refused (and locked out) by it. The turn is
+        // held until this order is noted: the next admission counts it.
+        let _turn = self.budget.turn().await;
         if let Some(d) = self
             .budget
             .admit(&r.names, r.cert.is_some(), self.clock.now())

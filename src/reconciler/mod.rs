@@ -81,10 +81,20 @@ pub struct Tuning {
     pub heartbeat: Duration,
 }
 
+impl Tuning {
+    /// The defaults with `CONCURRENCY` from the configuration.
+    pub fn for_config(config: &Config) -> Tuning {
+        Tuning {
+            max_concurrent: config.concurrency,
+            ..Tuning::default()
+        }
+    }
+}
+
 impl Default for Tuning {
     fn default() -> Tuning {
         Tuning {
-            max_concurrent: 8,
+            max_concurrent: crate::config::DEFAULT_CONCURRENCY,
             heartbeat: crate::health::HEARTBEAT,
         }
     }

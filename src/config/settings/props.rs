@@ -268,6 +268,7 @@ proptest! {
             domains_file: Some(file),
             prune,
             rate_limits: Some(rate),
+            concurrency: Some(key.clone()),
             log_format: None,
             email: Some(email),
             staging,
@@ -315,12 +316,12 @@ proptest! {
         // `eab::tests::the_key_never_prints`).
         let secret = eab_key.trim();
         let secret = (secret.len() >= 12).then_some(secret);
-        const SETTINGS: [&str; 19] = [
+        const SETTINGS: [&str; 20] = [
             "DOMAINS", "RATE_LIMITS", "EMAIL", "ACME_DIRECTORY", "ACME_CA_BUNDLE",
             "KEY_TYPE", "DATA_DIR", "CERTS_DIR", "LOAD_BALANCER_SERVICE_NAME",
             "HAPROXY_RUNTIME_API", "ADMIN_LISTEN", "DEPLOY_HOOK_TIMEOUT", "RESPONDER_LISTEN",
             "--staging", "DOMAINS_FILE", "WATCHDOG_INTERVAL", "ACME_PROFILE", "EAB_",
-            "TLS_ALPN_LISTEN",
+            "TLS_ALPN_LISTEN", "CONCURRENCY",
         ];
         for need in [Need::Daemon, Need::StoreOnly] {
             let result = Config::from_raw(&raw, need);

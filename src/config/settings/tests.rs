@@ -442,3 +442,41 @@ fn preflight_is_on_unless_turned_off_and_its_address_gets_port_80() {
         "{e}"
     );
 }
+
+#[test]
+fn concurrency_is_a_whole_number_from_1_to_256() {
+    assert_eq!(parse_concurrency(None), Ok(8));
+    assert_eq!(parse_concurrency(Some(" ")), Ok(8));
+    assert_eq!(parse_concurrency(Some("1")), Ok(1));
+    assert_eq!(parse_concurrency(Some(" 64 ")), Ok(64));
+    assert_eq!(parse_concurrency(Some("256")), Ok(256));
+    for bad in [
+        "0",
+        "257",
+        "-1",
+        "8.5",
+        "eight",
+        "1e3",
+        "99999999999999999999999",
+    ] {
+        let e = parse_concurrency(Some(bad)).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "CONCURRENCY {bad:?}: expected a whole number from 1 to 256"
+            )),
+            "{bad}: {e}"
+        );
+    }
+    let (c, _) = Config::from_raw(&raw(), Need::Daemon).unwrap();
+    assert_eq!(c.concurrency, 8);
+    let e = Config::from_raw(
+        &RawSettings {
+            concurrency: Some("0".into()),
+            ..raw()
+        },
+        Need::Daemon,
+    )
+    .unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert!(e.0[0].starts_with("CONCURRENCY \"0\""), "{e}");
+}

@@ -1,5 +1,6 @@
-//! Parsing of single setting values whose syntax is ours: `RATE_LIMITS`, `EMAIL`,
-//! `HAPROXY_RUNTIME_API`, `PREFLIGHT` and `PREFLIGHT_HTTP_ADDRESS` (split from `settings.rs`, which keeps the whole `Config`).
+//! Parsing of single setting values whose syntax is ours: `RATE_LIMITS`, `CONCURRENCY`, `EMAIL`,
+//! `HAPROXY_RUNTIME_API`, `PREFLIGHT` and `PREFLIGHT_HTTP_ADDRESS` (split from `settings.rs`,
+//! which keeps the whole `Config`).
 
 use haproxy_acme_state::ledger::{Limit, Limits};
 
@@ -73,6 +74,28 @@ pub(super) fn parse_rate_limits(
         *slot = limit;
     }
     Ok(Some(limits))
+}
+
+/// `CONCURRENCY` when unset: how many certificates the reconciler works on at once.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// The most `CONCURRENCY` accepts.
+pub(super) const MAX_CONCURRENCY: usize = 256;
+
+/// `CONCURRENCY`: a whole number from 1 to 256 (unset or empty: 8); the error names the setting.
+pub(super) fn parse_concurrency(value: Option<&str>) -> Result<usize, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(DEFAULT_CONCURRENCY),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_CONCURRENCY).contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "CONCURRENCY {v:?}: expected a whole number from 1 to {MAX_CONCURRENCY} \
+                     (how many certificates are worked on at once; default {DEFAULT_CONCURRENCY})"
+                )
+            }),
+    }
 }
 
 pub(super) fn validate_email(e: &str) -> Result<String, &'static str> {
