@@ -73,8 +73,13 @@ impl Mirror {
         let mut notices: mpsc::UnboundedReceiver<Notice> = self.pg.listen();
         self.catch_up(true).await;
         let mut last_full = Instant::now();
+        // A deadline, not a sleep per wait: notifications coming more often than a pass is due
+        // do not put it off (an install to retry waits RETRY, however busy the fleet).
+        let mut next_pass = Instant::now() + CATCH_UP;
         loop {
-            let pause = if self.behind { RETRY } else { CATCH_UP };
+            if self.behind {
+                next_pass = next_pass.min(Instant::now() + RETRY);
+            }
             tokio::select! {
                 n = notices.recv() => match n {
                     Some(Notice::Record(id)) => {
@@ -96,12 +101,13 @@ impl Mirror {
                     }
                     None => return,
                 },
-                _ = tokio::time::sleep(pause) => {
+                _ = tokio::time::sleep_until(next_pass.into()) => {
                     let full = last_full.elapsed() >= FULL_PASS;
                     self.catch_up(full).await;
                     if full {
                         last_full = Instant::now();
                     }
+                    next_pass = Instant::now() + CATCH_UP;
                 }
                 _ = shutdown.changed() => return,
             }
