@@ -31,6 +31,16 @@ impl SealKey {
     /// The key in `path`: 32 bytes as 64 hex digits or as base64 (whitespace trimmed), or the
     /// 32 raw bytes. `openssl rand -hex 32 > FILE` makes one.
     pub fn from_file(path: &Path) -> Result<SealKey, String> {
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "STORE_KEY_FILE can be read by other users: chmod 600 it"
+                );
+            }
+        }
         let bytes = std::fs::read(path)
             .map_err(|e| format!("cannot read STORE_KEY_FILE {}: {e}", path.display()))?;
         SealKey::from_bytes(&bytes).map_err(|why| {
