@@ -45,6 +45,11 @@ impl Fleet {
         let pg = Postgres::start();
         let key_file = env.dir.path().join("store.key");
         std::fs::write(&key_file, format!("{}\n", "5a".repeat(32))).unwrap();
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let mut nodes = Vec::new();
         for i in 0..n {
             let name = format!("node-{}", i + 1);
