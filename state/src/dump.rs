@@ -8,7 +8,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::attention::conditions;
-use crate::{Failure, Phase, Record, UnixTime};
+use crate::{Failure, Record, UnixTime};
 
 pub mod fleet;
 mod stream;

@@ -62,7 +62,11 @@ impl Summary {
                     next_attempt_at: f.next_attempt_at,
                 })
             }),
-            hook_error: r.hook.as_ref().and_then(|h| h.error.as_deref()).map(Box::from),
+            hook_error: r
+                .hook
+                .as_ref()
+                .and_then(|h| h.error.as_deref())
+                .map(Box::from),
             failing: failing(r),
             expiring_at: expiring_at(r),
             not_served: r.drift.as_ref().is_some_and(|d| d.repaired_at.is_none()),
