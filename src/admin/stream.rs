@@ -93,3 +93,38 @@ pub fn status_table(view: &View, id: Option<&str>, now: UnixTime, color: bool) -
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use haproxy_acme_state::{KeyType, Record};
+
+    #[tokio::test]
+    async fn the_streamed_dump_is_the_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sled::SledStore::open(dir.path()).unwrap());
+        let waiting = vec![Waiting {
+            part: "store",
+            what: "the store (DATA_DIR)",
+            since: 3,
+            error: "full".into(),
+            error_at: 4,
+        }];
+        for n in [0, 1, 3, 2000] {
+            let records = (0..n)
+                .map(|i| Record::new(vec![format!("c{i}.test")], KeyType::EcdsaP256, i))
+                .collect();
+            store.put_all(records).await.unwrap();
+            let whole = crate::admin::dump_json(store.as_ref(), None, &waiting, None, 99)
+                .await
+                .unwrap()
+                .unwrap();
+            let body = dump(store.clone(), waiting.clone(), 99);
+            let streamed = body.collect().await.unwrap().to_bytes();
+            assert_eq!(String::from_utf8_lossy(&streamed), whole, "{n} records");
+        }
+    }
+}
