@@ -866,6 +866,7 @@ fn scale_reads(
         std::thread::sleep(Duration::from_millis(500));
     }
     let hwm = proc_status(pid, "VmHWM:");
+    #[allow(clippy::zombie_processes)] // reaped by wait4 in `wait_with_rss`
     let child = Command::new(bin)
         .args(["state", "dump"])
         .env_clear()
