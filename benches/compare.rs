@@ -648,6 +648,8 @@ fn scale(b: &mut Bench, n: usize) {
         .unwrap()
         .block_on(store.put_all(records))
         .unwrap();
+    // The daemon takes the store's lock.
+    drop(store);
     let file = dir.join("domains.txt");
     std::fs::write(&file, lines).unwrap();
     // Another build's binary (BENCH_BIN), to measure before and after a change in one run.
@@ -683,7 +685,13 @@ fn scale(b: &mut Bench, n: usize) {
                 .status
                 .success()
         };
-        wait_until("scale daemon healthy", Duration::from_secs(300), healthy);
+        wait_until("scale daemon healthy", Duration::from_secs(300), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("the scale daemon exited ({status}):\n{log}");
+            }
+            healthy()
+        });
         let start = t0.elapsed().as_secs_f64();
         b.push(
             &format!("3 scale, {n} records: start-up to healthy"),
