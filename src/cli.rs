@@ -35,6 +35,9 @@ pub enum Command {
         /// configuration; 3: neither the daemon nor the store can be read.
         #[arg(long)]
         check: bool,
+        /// Only this certificate's line (from the daemon's view: no store scan).
+        #[arg(conflicts_with = "check")]
+        id: Option<String>,
     },
     /// Validate the configuration and print it as JSON (exit code 2 and the errors if invalid).
     CheckConfig,

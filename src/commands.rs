@@ -188,6 +188,8 @@ async fn wait_replaced(
 }
 
 /// `state dump [ID]`: from the running daemon if there is one, else straight from the store.
+/// The dump of every certificate is written as it arrives (or as the store is scanned), so it
+/// takes the memory of a few records whatever their number.
 pub async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
     let id = id
         .map(CertId::parse)
@@ -195,10 +197,24 @@ pub async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()>
         .map_err(|e| Exit(2, format!("not a certificate id: {e}")))?;
     let id = id.as_deref();
     let client = Client::new(&config.data_dir);
-    let store = match reach(&client, &Ask::State(id.map(String::from)), &config.data_dir).await? {
+    let ask = Ask::State(id.map(String::from));
+    if id.is_none() {
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+        let streamed = client
+            .send_to(&ask, &mut out)
+            .await
+            .with_context(|| format!("asking the daemon through {}", client.socket().display()))?;
+        if let Some(a) = streamed {
+            return print_answer(a);
+        }
+    }
+    let store = match reach(&client, &ask, &config.data_dir).await? {
         Reached::Daemon(a) => return print_answer(a),
         Reached::Store(store) => store,
     };
+    if id.is_none() {
+        return dump_store(store.as_ref()).await;
+    }
     let text = crate::admin::dump_json(store.as_ref(), id, &[], None, unix_now())
         .await?
         .ok_or_else(|| Exit(3, format!("no certificate {:?}", id.unwrap_or_default())))?;
@@ -206,18 +222,66 @@ pub async fn state_dump(config: &Config, id: Option<&str>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `status`: the same, as a table (coloured on a terminal).
-pub async fn status(config: &Config) -> anyhow::Result<()> {
+/// Writes the dump of every record of `store` to stdout while scanning it.
+async fn dump_store(store: &dyn Store) -> anyhow::Result<()> {
+    use std::io::Write;
+    let writer = haproxy_acme_state::dump::DumpWriter::new(unix_now());
+    let out = std::io::BufWriter::new(std::io::stdout());
+    let state = Arc::new(std::sync::Mutex::new((out, writer, Ok(()))));
+    {
+        let mut s = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (out, writer, _) = &mut *s;
+        out.write_all(writer.head().as_bytes())?;
+    }
+    let visiting = state.clone();
+    store
+        .scan(Box::new(move |r| {
+            let mut s = visiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (out, writer, written) = &mut *s;
+            if written.is_ok() {
+                *written = out.write_all(writer.record(&r).as_bytes());
+            }
+        }))
+        .await?;
+    let mut s = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (out, writer, written) = &mut *s;
+    std::mem::replace(written, Ok(()))?;
+    out.write_all(writer.tail(&[], None).as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `status [ID]`: the same, as a table (coloured on a terminal); with `id`, its line only.
+pub async fn status(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
+    let id = id
+        .map(CertId::parse)
+        .transpose()
+        .map_err(|e| Exit(2, format!("not a certificate id: {e}")))?;
+    let id = id.as_deref();
     let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let client = Client::new(&config.data_dir);
-    let store = match reach(&client, &Ask::Status { color }, &config.data_dir).await? {
+    let ask = Ask::Status {
+        color,
+        id: id.map(String::from),
+    };
+    let store = match reach(&client, &ask, &config.data_dir).await? {
         Reached::Daemon(a) => return print_answer(a),
         Reached::Store(store) => store,
     };
-    print!(
-        "{}",
-        crate::admin::status_text(store.as_ref(), &[], None, color, unix_now()).await?
-    );
+    let text = match id {
+        None => crate::admin::status_text(store.as_ref(), &[], None, color, unix_now()).await?,
+        Some(id) => match store.get(id).await? {
+            Some(r) => haproxy_acme_state::dump::status_table([&r], unix_now(), color),
+            None => return Err(Exit(3, format!("no certificate {id:?}")).into()),
+        },
+    };
+    print!("{text}");
     Ok(())
 }
 

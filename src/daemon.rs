@@ -25,6 +25,7 @@ use crate::responder::{self, Tokens};
 use crate::store::postgres::seal::SealKey;
 use crate::store::postgres::PgStore;
 use crate::store::sled::SledStore;
+use crate::store::view::Viewed;
 use crate::store::watched::Watched;
 use crate::store::{Store, StoreError};
 
@@ -124,6 +125,23 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     };
     // Its write failures and recoveries go to the health registry (`status`, the dump).
     let store: Arc<dyn Store> = Arc::new(Watched::new(backend, health.clone(), clock.clone()));
+    // One machine: every write goes through this process, so the view `status` and `/metrics`
+    // read is kept by wrapping the store (filled by one scan now). A fleet's other nodes write
+    // the shared store too: there, they read the store.
+    let (store, view) = match &pg {
+        Some(_) => (store, None),
+        None => {
+            let t0 = std::time::Instant::now();
+            let (viewed, view) = Viewed::fill(store).await?;
+            let certificates = view.read().len();
+            tracing::info!(
+                certificates,
+                ms = t0.elapsed().as_millis() as u64,
+                "view of the certificates filled"
+            );
+            (Arc::new(viewed) as Arc<dyn Store>, Some(view))
+        }
+    };
     let installer = Installer::new(
         config.certs_dir.clone(),
         config.haproxy_certs_dir.clone(),
@@ -237,6 +255,7 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
                 pg: pg.clone(),
                 leading: leading_rx,
             }),
+            view,
         }),
         shutdown.clone(),
     ));

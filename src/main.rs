@@ -77,83 +77,84 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result =
-        match cli.command {
-            Command::CheckConfig if wanted.initial().is_empty() => {
-                eprint!("{}", haproxy_acme::config::nothing_to_manage());
-                return ExitCode::from(2);
-            }
-            Command::CheckConfig => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&haproxy_acme::config::Checked::new(
-                        &config, &wanted
-                    ))
+    let result = match cli.command {
+        Command::CheckConfig if wanted.initial().is_empty() => {
+            eprint!("{}", haproxy_acme::config::nothing_to_manage());
+            return ExitCode::from(2);
+        }
+        Command::CheckConfig => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&haproxy_acme::config::Checked::new(&config, &wanted))
                     .expect("config serializes")
-                );
-                Ok(())
-            }
-            Command::HaproxyConfig => {
-                print!("{}", haproxy_snippet::snippet(&config));
-                Ok(())
-            }
-            Command::State {
-                command: StateCommand::Dump { id },
-            } => block_on(commands::state_dump(&config, id.as_deref())),
-            Command::Status { check: false } => block_on(commands::status(&config)),
-            Command::Status { check: true } => block_on(commands::status_check(&config)),
-            Command::Healthcheck => block_on(commands::healthcheck(&config)),
-            Command::Renew { id, force } => {
-                block_on(commands::operate(config, wanted, Op::Renew { id, force }))
-            }
-            Command::Revoke {
-                id,
-                reason,
-                timeout,
-            } => {
-                let reason = RevocationReason::parse(&reason).expect("clap checked the reason");
-                match haproxy_acme::config::parse_duration(&timeout) {
-                    Err(e) => {
-                        eprintln!("error: --timeout: {e}");
-                        return ExitCode::from(2);
-                    }
-                    Ok(t) => block_on(commands::revoke(config, &id, reason, t)),
-                }
-            }
-            Command::Retry { id } => block_on(commands::operate(config, wanted, Op::Retry { id })),
-            Command::Domains {
-                command: DomainsCommand::Add { spec },
-            } => block_on(commands::operate(config, wanted, Op::DomainsAdd { spec })),
-            Command::Domains {
-                command: DomainsCommand::Remove { id },
-            } => block_on(commands::operate(config, wanted, Op::DomainsRemove { id })),
-            Command::Import {
-                command: ImportCommand::Certbot { dir },
-            } => match import::read_certbot(&dir) {
+            );
+            Ok(())
+        }
+        Command::HaproxyConfig => {
+            print!("{}", haproxy_snippet::snippet(&config));
+            Ok(())
+        }
+        Command::State {
+            command: StateCommand::Dump { id },
+        } => block_on(commands::state_dump(&config, id.as_deref())),
+        Command::Status { check: false, id } => block_on(commands::status(&config, id.as_deref())),
+        Command::Status { check: true, .. } => block_on(commands::status_check(&config)),
+        Command::Healthcheck => block_on(commands::healthcheck(&config)),
+        Command::Renew { id, force } => {
+            block_on(commands::operate(config, wanted, Op::Renew { id, force }))
+        }
+        Command::Revoke {
+            id,
+            reason,
+            timeout,
+        } => {
+            let reason = RevocationReason::parse(&reason).expect("clap checked the reason");
+            match haproxy_acme::config::parse_duration(&timeout) {
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: --timeout: {e}");
                     return ExitCode::from(2);
                 }
-                Ok(found) => block_on(commands::operate(config, wanted, Op::Import(found))),
-            },
-            Command::DnsPersistRecord { id, until, json } => block_on(
-                commands::dns_persist_record(config, wanted, &id, until.as_deref(), json),
-            ),
-            Command::Run => block_on(run(config, wanted)),
-            Command::Rebuild => block_on(async {
-                println!("{}", recovery::rebuild(&config, &wanted).await?);
-                Ok(())
-            }),
-            Command::Backup { file } => block_on(async {
-                println!("{}", recovery::backup(&config, &file).await?);
-                Ok(())
-            }),
-            Command::Restore { file } => block_on(async {
-                println!("{}", recovery::restore(&config, &file).await?);
-                Ok(())
-            }),
-            Command::MigrateStore => block_on(commands::migrate_store(&config)),
-        };
+                Ok(t) => block_on(commands::revoke(config, &id, reason, t)),
+            }
+        }
+        Command::Retry { id } => block_on(commands::operate(config, wanted, Op::Retry { id })),
+        Command::Domains {
+            command: DomainsCommand::Add { spec },
+        } => block_on(commands::operate(config, wanted, Op::DomainsAdd { spec })),
+        Command::Domains {
+            command: DomainsCommand::Remove { id },
+        } => block_on(commands::operate(config, wanted, Op::DomainsRemove { id })),
+        Command::Import {
+            command: ImportCommand::Certbot { dir },
+        } => match import::read_certbot(&dir) {
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            Ok(found) => block_on(commands::operate(config, wanted, Op::Import(found))),
+        },
+        Command::DnsPersistRecord { id, until, json } => block_on(commands::dns_persist_record(
+            config,
+            wanted,
+            &id,
+            until.as_deref(),
+            json,
+        )),
+        Command::Run => block_on(run(config, wanted)),
+        Command::Rebuild => block_on(async {
+            println!("{}", recovery::rebuild(&config, &wanted).await?);
+            Ok(())
+        }),
+        Command::Backup { file } => block_on(async {
+            println!("{}", recovery::backup(&config, &file).await?);
+            Ok(())
+        }),
+        Command::Restore { file } => block_on(async {
+            println!("{}", recovery::restore(&config, &file).await?);
+            Ok(())
+        }),
+        Command::MigrateStore => block_on(commands::migrate_store(&config)),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Exit>().is_some() => {

@@ -5,19 +5,24 @@
 //!
 //! Counters live in one process-wide [`Metrics`] (like the Go client's default registry: the
 //! ACME HTTP client, the installer and the reconciler count into it without being handed a
-//! reference). Per-certificate gauges are computed from the records at scrape time, so they can
-//! never disagree with `state dump`.
+//! reference). Per-certificate gauges are computed at scrape time from the certificates' summaries
+//! (the daemon's view, or the records), so they can never disagree with `status`; `certs` writes
+//! them.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use haproxy_acme_state::{Record, UnixTime};
+use haproxy_acme_state::dump::Summary;
+use haproxy_acme_state::UnixTime;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+/// The prefix of every metric name.
+const PREFIX: &str = "haproxy_acme";
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -56,30 +61,10 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CertLabel {
-    /// The certificate id (its first name).
-    name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AttentionLabels {
-    name: String,
-    /// `failing`, `expiring` or `not-served` (`state::attention::Condition`).
-    condition: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PersistLabels {
     name: String,
     /// The record's name, `_validation-persist.<domain>`.
     record: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReadyLabels {
-    name: String,
-    /// `True` or `False`, as cert-manager's `certificate_ready_status`.
-    condition: String,
 }
 
 /// The process-wide counters. Cloning a prometheus-client metric shares it, so each scrape
@@ -256,90 +241,40 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The OpenMetrics text of the counters and of a gauge set for `records` at `now`.
-    /// `ready`: start-up done; `last_pass`: when the reconciler last completed a pass.
-    pub fn render(
+    /// [`Metrics::render`] of `records` (any order).
+    pub fn render_records(
         &self,
-        records: &[Record],
+        records: &[haproxy_acme_state::Record],
         now: UnixTime,
         ready: bool,
         last_pass: UnixTime,
         fleet: Option<&haproxy_acme_state::dump::fleet::FleetView>,
     ) -> String {
-        let mut reg = Registry::with_prefix("haproxy_acme");
+        let summaries = summaries(records);
+        let certs = summaries.iter().map(|(id, s)| (*id, s));
+        self.render(certs, now, ready, last_pass, fleet)
+    }
+
+    /// The OpenMetrics text of the counters and of the gauges of `certs` (id and summary, in id
+    /// order) at `now`. `ready`: start-up done; `last_pass`: when the reconciler last completed a
+    /// pass.
+    pub fn render<'a>(
+        &self,
+        certs: impl Iterator<Item = (&'a str, &'a Summary)> + Clone,
+        now: UnixTime,
+        ready: bool,
+        last_pass: UnixTime,
+        fleet: Option<&haproxy_acme_state::dump::fleet::FleetView>,
+    ) -> String {
+        let mut out = String::new();
         if let Some(f) = fleet {
+            let mut reg = Registry::with_prefix(PREFIX);
             fleet::register(&mut reg, f, now);
+            prometheus_client::encoding::text::encode_registry(&mut out, &reg)
+                .expect("writing to a String cannot fail");
         }
-        let expiry = Family::<CertLabel, Gauge>::default();
-        let renewal = Family::<CertLabel, Gauge>::default();
-        let ready_status = Family::<ReadyLabels, Gauge>::default();
-        let failures = Family::<CertLabel, Gauge>::default();
-        let next_attempt = Family::<CertLabel, Gauge>::default();
-        let attention = Family::<AttentionLabels, Gauge>::default();
-        for r in records {
-            for c in haproxy_acme_state::attention::conditions(r, now) {
-                attention
-                    .get_or_create(&AttentionLabels {
-                        name: r.id.clone(),
-                        condition: c.as_str().into(),
-                    })
-                    .set(1);
-            }
-            let name = || CertLabel { name: r.id.clone() };
-            if let Some(c) = &r.cert {
-                expiry.get_or_create(&name()).set(c.not_after);
-            }
-            if let Some(t) = r.renew_at.filter(|_| !r.unconfigured) {
-                renewal.get_or_create(&name()).set(t);
-            }
-            let served = r.is_installed() && r.cert.as_ref().is_some_and(|c| c.not_after > now);
-            for (condition, value) in [("True", served), ("False", !served)] {
-                ready_status
-                    .get_or_create(&ReadyLabels {
-                        name: r.id.clone(),
-                        condition: condition.into(),
-                    })
-                    .set(i64::from(value));
-            }
-            let f = r.failure.as_ref();
-            failures
-                .get_or_create(&name())
-                .set(f.map_or(0, |f| i64::from(f.attempts)));
-            if let Some(t) = f.and_then(|f| f.next_attempt_at) {
-                next_attempt.get_or_create(&name()).set(t);
-            }
-        }
-        reg.register(
-            "certificate_expiration_timestamp_seconds",
-            "The date after which the certificate expires (Unix seconds)",
-            expiry,
-        );
-        reg.register(
-            "certificate_renewal_timestamp_seconds",
-            "The date after which the certificate is renewed (Unix seconds)",
-            renewal,
-        );
-        reg.register(
-            "certificate_ready_status",
-            "The certificate is served by HAProxy (the stored one, unexpired): condition True is 1",
-            ready_status,
-        );
-        reg.register(
-            "certificate_failures",
-            "Consecutive failed attempts of the certificate's current step (0: none)",
-            failures,
-        );
-        reg.register(
-            "certificate_next_attempt_timestamp_seconds",
-            "When a failed certificate is tried again (backoff or the CA's Retry-After)",
-            next_attempt,
-        );
-        reg.register(
-            "certificate_attention",
-            "1 for each condition that needs an operator (failing, expiring, not-served): what \
-             `status --check` reports; absent when none",
-            attention,
-        );
+        certs::write(&mut out, certs, now);
+        let mut reg = Registry::with_prefix(PREFIX);
         let persist_until = Family::<PersistLabels, Gauge>::default();
         let persist_expiring = Family::<PersistLabels, Gauge>::default();
         for ((id, record), until) in self.persist_map().iter() {
@@ -456,11 +391,20 @@ impl Metrics {
             "When the reconciler last completed a pass (Unix seconds)",
             pass,
         );
-        let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg)
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// The summaries of `records`, sorted by id: what [`Metrics::render`] and `status` take.
+pub fn summaries(records: &[haproxy_acme_state::Record]) -> Vec<(&str, Summary)> {
+    let mut all: Vec<(&str, Summary)> = records
+        .iter()
+        .map(|r| (r.id.as_str(), Summary::from_record(r)))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    all
 }
 
 /// The kind of ACME request a URL path is, for a label with few values. ACME URLs are the CA's
@@ -495,6 +439,7 @@ pub fn acme_endpoint(path: &str) -> &'static str {
     }
 }
 
+mod certs;
 mod fleet;
 #[cfg(test)]
 mod tests;

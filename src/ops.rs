@@ -44,11 +44,7 @@ pub(crate) fn parse_id(raw: &str) -> Result<CertId, OpError> {
 }
 
 async fn unknown(store: &dyn Store, id: &str) -> OpError {
-    let known = store
-        .records()
-        .await
-        .map(|rs| rs.into_iter().map(|r| r.id).take(5).collect::<Vec<_>>())
-        .unwrap_or_default();
+    let known = store.some_ids(5).await.unwrap_or_default();
     OpError::NotFound(format!(
         "no certificate {id:?} (certificates are named by their first name{}; see `haproxy-acme status`)",
         if known.is_empty() {

@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -20,6 +20,8 @@ pub enum Ask {
     /// The `status` table.
     Status {
         color: bool,
+        /// One certificate's line only.
+        id: Option<String>,
     },
     /// The `status --check` report.
     Check,
@@ -57,8 +59,14 @@ impl Ask {
         match self {
             Ask::State(None) => (Method::GET, "/state".into(), Vec::new()),
             Ask::State(Some(id)) => (Method::GET, format!("/state/{id}"), Vec::new()),
-            Ask::Status { color: true } => (Method::GET, "/status?color=1".into(), Vec::new()),
-            Ask::Status { color: false } => (Method::GET, "/status".into(), Vec::new()),
+            Ask::Status { color, id } => {
+                let path = match id {
+                    Some(id) => format!("/status/{id}"),
+                    None => "/status".into(),
+                };
+                let query = if *color { "?color=1" } else { "" };
+                (Method::GET, format!("{path}{query}"), Vec::new())
+            }
             Ask::Check => (Method::GET, "/check".into(), Vec::new()),
             Ask::Healthz => (Method::GET, "/healthz".into(), Vec::new()),
             Ask::Renew { id, force } => (
@@ -129,6 +137,52 @@ impl Client {
 
     /// Sends `ask` to a running daemon. `Ok(None)` when no daemon listens on the socket.
     pub async fn send(&self, ask: &Ask) -> io::Result<Option<Answer>> {
+        let Some(resp) = self.request(ask).await? else {
+            return Ok(None);
+        };
+        let outcome = outcome(resp.status().as_u16());
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(io::Error::other)?
+            .to_bytes();
+        Ok(Some(Answer {
+            outcome,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }))
+    }
+
+    /// [`Client::send`], with a successful answer's body written to `out` as it arrives (a
+    /// `state dump` of any size), not kept: its [`Answer::body`] is empty.
+    pub async fn send_to(
+        &self,
+        ask: &Ask,
+        out: &mut (dyn io::Write + Send),
+    ) -> io::Result<Option<Answer>> {
+        let Some(resp) = self.request(ask).await? else {
+            return Ok(None);
+        };
+        let outcome = outcome(resp.status().as_u16());
+        if outcome != Outcome::Done {
+            let body = resp.into_body().collect().await.map_err(io::Error::other)?;
+            let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+            return Ok(Some(Answer { outcome, body }));
+        }
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
+                out.write_all(&data)?;
+            }
+        }
+        out.flush()?;
+        Ok(Some(Answer {
+            outcome,
+            body: String::new(),
+        }))
+    }
+
+    async fn request(&self, ask: &Ask) -> io::Result<Option<hyper::Response<Incoming>>> {
         let stream = match UnixStream::connect(&self.socket).await {
             Ok(s) => s,
             Err(e)
@@ -153,22 +207,15 @@ impl Client {
             .body(Full::new(Bytes::from(body)))
             .map_err(io::Error::other)?;
         let resp = sender.send_request(req).await.map_err(io::Error::other)?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(io::Error::other)?
-            .to_bytes();
-        let outcome = match status {
-            200..=299 => Outcome::Done,
-            404 => Outcome::NotFound,
-            400 | 409 => Outcome::Refused,
-            other => Outcome::Failed(other),
-        };
-        Ok(Some(Answer {
-            outcome,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }))
+        Ok(Some(resp))
+    }
+}
+
+fn outcome(status: u16) -> Outcome {
+    match status {
+        200..=299 => Outcome::Done,
+        404 => Outcome::NotFound,
+        400 | 409 => Outcome::Refused,
+        other => Outcome::Failed(other),
     }
 }

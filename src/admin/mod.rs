@@ -1,6 +1,6 @@
 //! The admin endpoint: HTTP/1.1 on a unix socket in DATA_DIR (`admin.sock`, mode 0600), off the
 //! public path, and read-only on a loopback TCP address when ADMIN_LISTEN is set (for
-//! Prometheus). Routes: GET /state[/ID], /status, /check (`status --check`), /healthz, /metrics, /account
+//! Prometheus). Routes: GET /state[/ID], /status[/ID], /check (`status --check`), /healthz, /metrics, /account
 //! (the ACME account URL, registered first if needed); POST
 //! /certificates/ID/renew[?force=1], /certificates/ID/retry, /certificates/ID/revoke?reason=R, /domains (body: the names),
 //! /import (body: JSON lineages); DELETE /domains/ID; GET /backup (a store snapshot, keys
@@ -14,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::CONTENT_TYPE;
@@ -25,12 +26,14 @@ use tokio::sync::watch;
 
 pub mod client;
 pub mod fleet;
+pub mod stream;
 
 use crate::clock::Clock;
 use crate::config::{Config, WantedSet};
 use crate::health::{Health, Part, Probes};
 use crate::ops;
 use crate::reconciler::Control;
+use crate::store::view::View;
 use crate::store::Store;
 use haproxy_acme_state::dump::fleet::{FleetFacts, FleetView};
 use haproxy_acme_state::dump::Waiting;
@@ -48,7 +51,13 @@ pub struct Admin {
     pub acme: Arc<crate::acme::LazyAcme>,
     /// A fleet's lease and nodes (`status`, the dump, `/metrics`); `None` on one machine.
     pub fleet: Option<fleet::FleetView>,
+    /// The certificates' summaries `status` and `/metrics` read instead of the store (on one
+    /// machine; `None` in a fleet, whose other nodes write the store too).
+    pub view: Option<Arc<View>>,
 }
+
+/// The body of an admin answer: whole, or streamed ([`stream::dump`]).
+type Body = BoxBody<Bytes, io::Error>;
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.sock")
@@ -105,9 +114,15 @@ pub async fn status_text(
         Some(Ok(f)) => FleetView::new(&f, &records).status_text(now),
         Some(Err(e)) => format!("\nfleet: the lease and nodes cannot be read now: {e}\n"),
     };
+    Ok(status_rest(table + &fleet, waiting, color, now))
+}
+
+/// The `status` screen after its table (and a fleet's lines): what the daemon waits for and the
+/// dns-persist-01 records that expire soon.
+fn status_rest(table: String, waiting: &[Waiting], color: bool, now: i64) -> String {
     let persist =
         crate::dns_persist::status_text(&crate::metrics::global().dns_persist_expiring(now), now);
-    Ok(table + &fleet + &haproxy_acme_state::dump::waiting_text(waiting, now, color) + &persist)
+    table + &haproxy_acme_state::dump::waiting_text(waiting, now, color) + &persist
 }
 
 /// The `status --check` report of every record in `store`.
@@ -179,8 +194,13 @@ enum Conn {
     Tcp(TcpStream),
 }
 
-fn reply(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn reply(status: StatusCode, ctype: &str, body: String) -> Response<Body> {
+    let whole = Full::new(Bytes::from(body)).map_err(|never| match never {});
+    with_type(status, ctype, whole.boxed())
+}
+
+fn with_type(status: StatusCode, ctype: &str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -189,14 +209,14 @@ fn reply(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>>
     r
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: String) -> Response<Body> {
     reply(status, "text/plain; charset=utf-8", body)
 }
 
 /// The largest request body accepted (an `import` of many certificates).
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
-async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Response<Full<Bytes>> {
+async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -230,6 +250,11 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
         }
     };
     match (&method, segments.as_slice()) {
+        // Written as the store is scanned: the daemon's memory stays flat.
+        (&Method::GET, ["state"]) if admin.view.is_some() => {
+            let body = stream::dump(admin.store.clone(), waiting, now);
+            with_type(StatusCode::OK, "application/json", body.boxed())
+        }
         (&Method::GET, ["state"]) | (&Method::GET, ["state", _]) => {
             let id = segments.get(1).copied();
             let fleet = match fleet().await.transpose() {
@@ -247,6 +272,27 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
                     text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n{t}"))
                 }
             }
+        }
+        (&Method::GET, ["status", id]) => {
+            let table = match &admin.view {
+                Some(view) => Ok(stream::status_table(view, Some(id), now, flag("color"))),
+                None => store.get(id).await.map(|r| {
+                    r.map(|r| haproxy_acme_state::dump::status_table([&r], now, flag("color")))
+                }),
+            };
+            match table {
+                Ok(Some(t)) => text(StatusCode::OK, t),
+                Ok(None) => text(StatusCode::NOT_FOUND, format!("no certificate {id:?}\n")),
+                Err(e) => store_error(e),
+            }
+        }
+        (&Method::GET, ["status"]) if admin.view.is_some() => {
+            let view = admin.view.as_deref().expect("guarded");
+            let table = stream::status_table(view, None, now, flag("color")).unwrap_or_default();
+            text(
+                StatusCode::OK,
+                status_rest(table, &waiting, flag("color"), now),
+            )
         }
         (&Method::GET, ["status"]) => {
             match status_text(store, &waiting, fleet().await, flag("color"), now).await {
@@ -292,11 +338,23 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
             ),
             Err(e) => store_error(e),
         },
+        (&Method::GET, ["metrics"]) if admin.view.is_some() => {
+            let map = admin.view.as_deref().expect("guarded").read();
+            let text = crate::metrics::global().render(
+                View::summaries(&map),
+                now,
+                admin.health.ready(),
+                admin.health.last_pass(),
+                None,
+            );
+            drop(map);
+            reply(StatusCode::OK, crate::metrics::CONTENT_TYPE, text)
+        }
         (&Method::GET, ["metrics"]) => match (store.records().await, fleet().await.transpose()) {
             (Ok(records), Ok(fleet)) => reply(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
-                crate::metrics::global().render(
+                crate::metrics::global().render_records(
                     &records,
                     now,
                     admin.health.ready(),
@@ -369,7 +427,7 @@ async fn probes(admin: &Admin, now: i64) -> Probes {
 }
 
 /// Answers an operator command, and passes its wake-up or reload on to the reconciler.
-fn done(admin: &Admin, result: Result<ops::Done, ops::OpError>) -> Response<Full<Bytes>> {
+fn done(admin: &Admin, result: Result<ops::Done, ops::OpError>) -> Response<Body> {
     match result {
         Ok(d) => {
             for id in d.wake {

@@ -85,7 +85,7 @@ mod tests {
                 ("node-2".into(), "a.test".into(), "09".into()),
             ],
         };
-        let text = crate::metrics::global().render(
+        let text = crate::metrics::global().render_records(
             &[],
             1000,
             true,

@@ -1,6 +1,7 @@
 //! Unit tests of the metrics: names, labels and values as rendered.
 
 use super::*;
+use haproxy_acme_state::Record;
 use haproxy_acme_state::{apply, CertMeta, Event, KeyType};
 
 #[test]
@@ -46,7 +47,7 @@ fn render_has_per_certificate_gauges_and_counters() {
     m.bad_nonce();
     m.account_registered_again();
     let now = 1_700_000_000;
-    let before_watchdog = m.render(&[], now, true, now, None);
+    let before_watchdog = m.render_records(&[], now, true, now, None);
     assert!(
         !before_watchdog.contains("watchdog_last_check"),
         "no check yet: no timestamp to alert on"
@@ -74,7 +75,7 @@ fn render_has_per_certificate_gauges_and_counters() {
     let mut waiting = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, now);
     waiting.id = "b.test".into();
     let installed_again = installed.clone();
-    let text = m.render(&[installed, waiting], now, true, now, None);
+    let text = m.render_records(&[installed, waiting], now, true, now, None);
     let expiry = format!(
         "haproxy_acme_certificate_expiration_timestamp_seconds{{name=\"a.test\"}} {}",
         now + 90 * 86_400
@@ -106,7 +107,7 @@ fn render_has_per_certificate_gauges_and_counters() {
     )));
     assert!(text.contains("haproxy_acme_certificate_drifts_total 1"));
     assert!(text.contains("haproxy_acme_alert_hook_runs_total{result=\"success\"} 1"));
-    let expired = m.render(&[installed_again], now + 91 * 86_400, true, now, None);
+    let expired = m.render_records(&[installed_again], now + 91 * 86_400, true, now, None);
     assert!(
         expired.contains(
             "haproxy_acme_certificate_attention{name=\"a.test\",condition=\"expiring\"} 1"
@@ -115,4 +116,150 @@ fn render_has_per_certificate_gauges_and_counters() {
     );
     assert!(!text.contains("haproxy_acme_certificate_attention{"));
     assert!(text.trim_end().ends_with("# EOF"));
+}
+
+/// The per-certificate families as prometheus-client wrote them before they were written from
+/// the summaries: one certificate per family, so the map's order cannot differ.
+fn reference(r: &Record, now: i64) -> String {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Name {
+        name: String,
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Cond {
+        name: String,
+        condition: String,
+    }
+    let mut reg = Registry::with_prefix("haproxy_acme");
+    let (expiry, renewal, failures, next) = (
+        Family::<Name, Gauge>::default(),
+        Family::<Name, Gauge>::default(),
+        Family::<Name, Gauge>::default(),
+        Family::<Name, Gauge>::default(),
+    );
+    let (ready, attention) = (
+        Family::<Cond, Gauge>::default(),
+        Family::<Cond, Gauge>::default(),
+    );
+    let name = || Name { name: r.id.clone() };
+    let cond = |c: &str| Cond {
+        name: r.id.clone(),
+        condition: c.into(),
+    };
+    for c in haproxy_acme_state::attention::conditions(r, now) {
+        attention.get_or_create(&cond(c.as_str())).set(1);
+    }
+    if let Some(c) = &r.cert {
+        expiry.get_or_create(&name()).set(c.not_after);
+    }
+    if let Some(t) = r.renew_at.filter(|_| !r.unconfigured) {
+        renewal.get_or_create(&name()).set(t);
+    }
+    let served = r.is_installed() && r.cert.as_ref().is_some_and(|c| c.not_after > now);
+    let f = r.failure.as_ref();
+    failures
+        .get_or_create(&name())
+        .set(f.map_or(0, |f| i64::from(f.attempts)));
+    if let Some(t) = f.and_then(|f| f.next_attempt_at) {
+        next.get_or_create(&name()).set(t);
+    }
+    let mut text = String::new();
+    for (help, family) in [
+        ("certificate_expiration_timestamp_seconds", expiry),
+        ("certificate_renewal_timestamp_seconds", renewal),
+    ] {
+        let mut reg = Registry::with_prefix("haproxy_acme");
+        let h = super::certs::help(help);
+        reg.register(help, h, family);
+        prometheus_client::encoding::text::encode_registry(&mut text, &reg).unwrap();
+    }
+    let mut one = Registry::with_prefix("haproxy_acme");
+    let h = super::certs::help("certificate_ready_status");
+    let ready_one = Family::<Cond, Gauge>::default();
+    ready_one
+        .get_or_create(&cond("True"))
+        .set(i64::from(served));
+    one.register("certificate_ready_status", h, ready_one);
+    prometheus_client::encoding::text::encode_registry(&mut text, &one).unwrap();
+    // Two lines in one family: the map's order is its own; the False line follows.
+    text.push_str(&format!(
+        "haproxy_acme_certificate_ready_status{{name=\"{}\",condition=\"False\"}} {}\n",
+        r.id,
+        i64::from(!served)
+    ));
+    drop(ready);
+    for (help, family) in [
+        ("certificate_failures", failures),
+        ("certificate_next_attempt_timestamp_seconds", next),
+    ] {
+        let mut reg = Registry::with_prefix("haproxy_acme");
+        reg.register(help, super::certs::help(help), family);
+        prometheus_client::encoding::text::encode_registry(&mut text, &reg).unwrap();
+    }
+    reg.register(
+        "certificate_attention",
+        super::certs::help("certificate_attention"),
+        attention,
+    );
+    prometheus_client::encoding::text::encode_registry(&mut text, &reg).unwrap();
+    text
+}
+
+#[test]
+fn the_gauges_from_summaries_are_prometheus_clients() {
+    let now = 1000 + 70 * 86_400;
+    let day = 86_400;
+    let r = Record::new(
+        vec!["a.test".into(), "b.test".into()],
+        KeyType::EcdsaP256,
+        0,
+    );
+    let r = apply(&r, Event::OrderCreated { url: "u".into() }, 0);
+    let meta = CertMeta {
+        serial: "01".into(),
+        not_before: 0,
+        not_after: 90 * day,
+        fingerprint: "f".into(),
+        issued_at: 0,
+    };
+    let issued = apply(&r, Event::CertificateStored { meta }, 0);
+    let installed = apply(
+        &issued,
+        Event::Installed {
+            fingerprint: "f".into(),
+        },
+        0,
+    );
+    let mut failing = installed.clone();
+    failing.failure = Some(haproxy_acme_state::Failure {
+        step: haproxy_acme_state::Step::Order,
+        kind: haproxy_acme_state::FailureKind::Permanent,
+        error: "no".into(),
+        attempts: 4,
+        at: 5,
+        next_attempt_at: Some(now + 9),
+    });
+    let mut unconfigured = failing.clone();
+    unconfigured.unconfigured = true;
+    let pending = Record::new(vec!["p.test".into()], KeyType::EcdsaP256, 0);
+    for r in [installed, issued, failing, unconfigured, pending] {
+        for at in [now, 200 * day] {
+            let mut got = String::new();
+            let s = haproxy_acme_state::dump::Summary::from_record(&r);
+            super::certs::write(&mut got, std::iter::once((r.id.as_str(), &s)), at);
+            // The reference's order within the attention family is its map's: compare sorted.
+            let sorted = |t: &str| {
+                let mut l: Vec<String> = t.lines().map(String::from).collect();
+                l.sort();
+                l
+            };
+            let want = reference(&r, at);
+            assert_eq!(sorted(&got), sorted(&want), "{}\n{got}", r.id);
+            assert_eq!(got.len(), want.len());
+        }
+    }
 }

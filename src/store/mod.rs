@@ -3,7 +3,8 @@
 //! operator commands and the admin endpoint see only [`Store`]; the backend is chosen at start-up
 //! ([`sled::SledStore`] on one machine; [`memory::MemoryStore`] for the simulated-time tests),
 //! and the daemon wraps it in [`watched::Watched`], which reports write failures and recoveries
-//! to the health registry.
+//! to the health registry, and on one machine in [`view::Viewed`], which keeps the in-memory view
+//! `status` and `/metrics` read.
 //!
 //! Rules every backend keeps:
 //! - every change of a record goes through [`Store::update`]: one read-modify-write under the
@@ -18,6 +19,7 @@ pub mod memory;
 pub mod migrate;
 pub mod postgres;
 pub mod sled;
+pub mod view;
 pub mod watched;
 
 use std::path::PathBuf;
@@ -109,6 +111,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every record in id order, one at a time (nothing is held but the one being looked at).
     async fn scan(&self, visit: Box<dyn FnMut(Record) + Send>) -> Result<(), StoreError>;
+
+    /// Up to `n` certificate ids, in id order (the examples of a not-found error). The default
+    /// scans; backends that can stop early do.
+    async fn some_ids(&self, n: usize) -> Result<Vec<String>, StoreError> {
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let sink = ids.clone();
+        self.scan(Box::new(move |r| {
+            let mut ids = sink
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if ids.len() < n {
+                ids.push(r.id)
+            }
+        }))
+        .await?;
+        let mut ids = ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(std::mem::take(&mut *ids))
+    }
 
     /// Reads record `id`, passes it to `f` and writes what `f` returns, all under the record
     /// lock. The typed front end is [`update`](trait.Store.html#method.update) on `dyn Store`.

@@ -69,6 +69,10 @@ impl Store for Watched {
         self.saw(self.inner.scan(visit).await, false)
     }
 
+    async fn some_ids(&self, n: usize) -> Result<Vec<String>, StoreError> {
+        self.saw(self.inner.some_ids(n).await, false)
+    }
+
     async fn update_boxed(&self, id: &str, f: UpdateFn) -> Result<(), StoreError> {
         if !self.failing() {
             return self.saw(self.inner.update_boxed(id, f).await, false);

@@ -8,10 +8,14 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::attention::conditions;
-use crate::{Failure, Phase, Record, UnixTime};
+use crate::{Failure, Record, UnixTime};
 
 pub mod fleet;
+mod stream;
+mod summary;
 mod waiting;
+pub use stream::DumpWriter;
+pub use summary::{status_table_of, FailureSummary, Summary};
 pub use waiting::{waiting_text, waiting_views, Waiting, WaitingView};
 
 /// Version of the dump schema. Additive changes keep it; renaming or removing a field bumps it.
@@ -590,103 +594,11 @@ pub fn status_table<'a>(
 ) -> String {
     let mut records: Vec<&Record> = records.into_iter().collect();
     records.sort_by(|a, b| a.id.cmp(&b.id));
-    let rows: Vec<[String; 7]> = records
+    let summaries: Vec<(&str, Summary)> = records
         .iter()
-        .map(|r| {
-            let expires = r.cert.as_ref().map_or("-".into(), |c| {
-                let left = c.not_after - now;
-                if left < 0 {
-                    format!("EXPIRED {}", human(left))
-                } else {
-                    human(left)
-                }
-            });
-            let renews = match (r.phase(), r.renew_at) {
-                _ if r.unconfigured => "never (not configured)".into(),
-                (Phase::Issued, Some(t)) if t > now => human(t - now),
-                (Phase::Issued, Some(_)) | (Phase::Expiring, _) => "now".into(),
-                (Phase::Pending | Phase::Validating, _) => "-".into(),
-                (Phase::Issued, None) => "-".into(),
-            };
-            let hook_error = r.hook.as_ref().and_then(|h| h.error.as_ref());
-            let error = r.failure.as_ref().map_or(String::new(), |f| {
-                let next = f.next_attempt_at.map_or("no retry until told".into(), |t| {
-                    if t > now {
-                        format!("retry in {}", human(t - now))
-                    } else {
-                        "retrying".into()
-                    }
-                });
-                format!(
-                    "{} {} ({next}): {}",
-                    f.step.as_str(),
-                    f.kind.as_str(),
-                    f.error
-                )
-            });
-            let error = match hook_error {
-                Some(h) if error.is_empty() => format!("deploy-hook: {h}"),
-                _ => error,
-            };
-            let names = if r.names.len() > 1 {
-                format!("+{}", r.names.len() - 1)
-            } else {
-                String::new()
-            };
-            let via = match &r.profile {
-                Some(p) => format!("{}/{p}", r.challenge.as_str()),
-                None => r.challenge.as_str().to_string(),
-            };
-            [
-                r.id.clone(),
-                names,
-                r.phase().as_str().into(),
-                via,
-                expires,
-                renews,
-                error,
-            ]
-        })
+        .map(|r| (r.id.as_str(), Summary::from_record(r)))
         .collect();
-    let header = [
-        "ID",
-        "MORE",
-        "PHASE",
-        "VIA",
-        "EXPIRES IN",
-        "RENEWS IN",
-        "LAST ERROR",
-    ]
-    .map(String::from);
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for (n, row) in std::iter::once(&header).chain(rows.iter()).enumerate() {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate().take(6) {
-            line.push_str(&format!("{:w$}  ", cell, w = widths[i]));
-        }
-        line.push_str(&row[6]);
-        let line = line.trim_end().to_string();
-        let paint = |code: &str| format!("\x1b[{code}m{line}\x1b[0m");
-        let line = match (color, n) {
-            (false, _) => line,
-            (true, 0) => paint("1"),
-            (true, _) if !row[6].is_empty() => paint("31"),
-            (true, _) if row[2] != "issued" => paint("33"),
-            (true, _) => line,
-        };
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
+    status_table_of(summaries.iter().map(|(id, s)| (*id, s)), now, color)
 }
 
 #[cfg(test)]

@@ -244,6 +244,21 @@ impl Store for SledStore {
             .await
     }
 
+    async fn some_ids(&self, n: usize) -> Result<Vec<String>, StoreError> {
+        self.blocking(Access::Read, move |s| {
+            let mut ids = Vec::new();
+            for k in s.records.iter().keys().take(n) {
+                let k = k.map_err(|e| StoreError::Corrupt {
+                    id: "?".into(),
+                    detail: e.to_string(),
+                })?;
+                ids.push(String::from_utf8_lossy(&k).into_owned());
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn update_boxed(&self, id: &str, f: UpdateFn) -> Result<(), StoreError> {
         let id = id.to_string();
         self.blocking(Access::Write, move |s| {

@@ -86,12 +86,18 @@ pub struct NodeView {
 impl FleetView {
     /// The view of `facts` against the stored certificates of `records`.
     pub fn new<'a>(facts: &FleetFacts, records: impl IntoIterator<Item = &'a Record>) -> Self {
-        let mut stored: BTreeMap<&str, &str> = BTreeMap::new();
-        for r in records {
-            if let Some(c) = &r.cert {
-                stored.insert(&r.id, &c.serial);
-            }
-        }
+        let stored = records
+            .into_iter()
+            .filter_map(|r| Some((r.id.as_str(), r.cert.as_ref()?.serial.as_str())));
+        FleetView::from_serials(facts, stored)
+    }
+
+    /// The view of `facts` against the stored serials, by certificate id.
+    pub fn from_serials<'a>(
+        facts: &FleetFacts,
+        serials: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        let stored: BTreeMap<&str, &str> = serials.into_iter().collect();
         let mut nodes: BTreeMap<&str, NodeView> = BTreeMap::new();
         let node = |name: &str| NodeView {
             name: name.to_string(),

@@ -1,0 +1,225 @@
+//! A certificate's summary: the few facts of a record that `status` and the per-certificate
+//! gauges of `/metrics` show, small enough to keep one per certificate in memory (the daemon's
+//! view, so those screens never read the store). Both screens are built from summaries only, so
+//! a screen from the view and one from the records cannot differ.
+
+use crate::attention::{expiring_at, failing, Condition};
+use crate::dump::human;
+use crate::{ChallengeType, Phase, Record, Step, UnixTime};
+
+/// What `status` and `/metrics` need of one record (its id is the key it is kept under).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Names beyond the id.
+    pub more_names: u32,
+    pub phase: Phase,
+    pub challenge: ChallengeType,
+    pub profile: Option<Box<str>>,
+    /// The stored certificate's `not_after`.
+    pub not_after: Option<UnixTime>,
+    pub renew_at: Option<UnixTime>,
+    pub unconfigured: bool,
+    /// The stored certificate is the one HAProxy was last confirmed to serve.
+    pub installed: bool,
+    pub failure: Option<Box<FailureSummary>>,
+    /// Why the deploy hook's last run failed.
+    pub hook_error: Option<Box<str>>,
+    /// [`crate::attention::failing`] of the record.
+    pub failing: bool,
+    /// [`crate::attention::expiring_at`] of the record.
+    pub expiring_at: Option<UnixTime>,
+    /// A drift found and not repaired yet (the `not-served` condition).
+    pub not_served: bool,
+}
+
+/// The recorded failure, as `status` and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureSummary {
+    pub step: Step,
+    pub kind: crate::FailureKind,
+    pub error: Box<str>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<UnixTime>,
+}
+
+impl Summary {
+    pub fn from_record(r: &Record) -> Summary {
+        Summary {
+            more_names: r.names.len().saturating_sub(1) as u32,
+            phase: r.phase(),
+            challenge: r.challenge,
+            profile: r.profile.as_deref().map(Box::from),
+            not_after: r.cert.as_ref().map(|c| c.not_after),
+            renew_at: r.renew_at,
+            unconfigured: r.unconfigured,
+            installed: r.is_installed(),
+            failure: r.failure.as_ref().map(|f| {
+                Box::new(FailureSummary {
+                    step: f.step,
+                    kind: f.kind,
+                    error: f.error.as_str().into(),
+                    attempts: f.attempts,
+                    next_attempt_at: f.next_attempt_at,
+                })
+            }),
+            hook_error: r
+                .hook
+                .as_ref()
+                .and_then(|h| h.error.as_deref())
+                .map(Box::from),
+            failing: failing(r),
+            expiring_at: expiring_at(r),
+            not_served: r.drift.as_ref().is_some_and(|d| d.repaired_at.is_none()),
+        }
+    }
+
+    /// [`crate::attention::conditions`] of the record at `now`.
+    pub fn conditions(&self, now: UnixTime) -> Vec<Condition> {
+        let mut found = Vec::new();
+        if self.unconfigured {
+            return found;
+        }
+        if self.failing {
+            found.push(Condition::Failing);
+        }
+        if self.expiring_at.is_some_and(|t| t <= now) {
+            found.push(Condition::Expiring);
+        }
+        if self.not_served {
+            found.push(Condition::NotServed);
+        }
+        found
+    }
+
+    /// Served by HAProxy: the stored certificate, installed and unexpired at `now`.
+    pub fn served(&self, now: UnixTime) -> bool {
+        self.installed && self.not_after.is_some_and(|t| t > now)
+    }
+
+    /// The `status` line's cells: more names, phase, via, expires in, renews in, last error.
+    fn cells(&self, id: &str, now: UnixTime) -> [String; 7] {
+        let expires = self.not_after.map_or("-".into(), |not_after| {
+            let left = not_after - now;
+            if left < 0 {
+                format!("EXPIRED {}", human(left))
+            } else {
+                human(left)
+            }
+        });
+        let renews = match (self.phase, self.renew_at) {
+            _ if self.unconfigured => "never (not configured)".into(),
+            (Phase::Issued, Some(t)) if t > now => human(t - now),
+            (Phase::Issued, Some(_)) | (Phase::Expiring, _) => "now".into(),
+            (Phase::Pending | Phase::Validating, _) => "-".into(),
+            (Phase::Issued, None) => "-".into(),
+        };
+        let error = self.failure.as_ref().map_or(String::new(), |f| {
+            let next = f.next_attempt_at.map_or("no retry until told".into(), |t| {
+                if t > now {
+                    format!("retry in {}", human(t - now))
+                } else {
+                    "retrying".into()
+                }
+            });
+            format!(
+                "{} {} ({next}): {}",
+                f.step.as_str(),
+                f.kind.as_str(),
+                f.error
+            )
+        });
+        let error = match &self.hook_error {
+            Some(h) if error.is_empty() => format!("deploy-hook: {h}"),
+            _ => error,
+        };
+        let names = if self.more_names > 0 {
+            format!("+{}", self.more_names)
+        } else {
+            String::new()
+        };
+        let via = match &self.profile {
+            Some(p) => format!("{}/{p}", self.challenge.as_str()),
+            None => self.challenge.as_str().to_string(),
+        };
+        [
+            id.to_string(),
+            names,
+            self.phase.as_str().into(),
+            via,
+            expires,
+            renews,
+            error,
+        ]
+    }
+}
+
+/// The `status` screen of `summaries`, given in id order (see [`crate::dump::status_table`]).
+pub fn status_table_of<'a>(
+    summaries: impl IntoIterator<Item = (&'a str, &'a Summary)>,
+    now: UnixTime,
+    color: bool,
+) -> String {
+    let rows: Vec<[String; 7]> = summaries
+        .into_iter()
+        .map(|(id, s)| s.cells(id, now))
+        .collect();
+    let header = [
+        "ID",
+        "MORE",
+        "PHASE",
+        "VIA",
+        "EXPIRES IN",
+        "RENEWS IN",
+        "LAST ERROR",
+    ]
+    .map(String::from);
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (n, row) in std::iter::once(&header).chain(rows.iter()).enumerate() {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate().take(6) {
+            line.push_str(&format!("{:w$}  ", cell, w = widths[i]));
+        }
+        line.push_str(&row[6]);
+        let line = line.trim_end().to_string();
+        let paint = |code: &str| format!("\x1b[{code}m{line}\x1b[0m");
+        let line = match (color, n) {
+            (false, _) => line,
+            (true, 0) => paint("1"),
+            (true, _) if !row[6].is_empty() => paint("31"),
+            (true, _) if row[2] != "issued" => paint("33"),
+            (true, _) => line,
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_has_the_conditions_of_its_record() {
+        for r in crate::fixtures::records() {
+            let s = Summary::from_record(&r);
+            for now in [0, 1000, 1000 + 70 * 86_400, 1000 + 200 * 86_400] {
+                assert_eq!(
+                    s.conditions(now),
+                    crate::attention::conditions(&r, now),
+                    "{}",
+                    r.id
+                );
+            }
+        }
+    }
+}
