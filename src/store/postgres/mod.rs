@@ -317,22 +317,6 @@ impl PgStore {
         self.notify(tx, id).await
     }
 
-    async fn record_in(
-        &self,
-        tx: &Transaction<'_>,
-        id: &str,
-    ) -> Result<Option<Record>, StoreError> {
-        let row = tx
-            .query_opt(
-                "SELECT body FROM haproxy_acme.records WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(db_err)?;
-        row.map(|r| decode(id, r.get::<_, &str>(0).as_bytes()))
-            .transpose()
-    }
-
     /// Notes what this node's HAProxy serves for `id` (`status` shows a node that lags).
     pub async fn note_installed(&self, id: &str, serial: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
@@ -411,6 +395,28 @@ impl PgStore {
             .map_err(db_err)?;
         Ok(row.get::<_, i64>(0) == 0)
     }
+}
+
+/// Record `id` as `client` (a connection, or a transaction holding its lock) reads it.
+pub(super) async fn read_record(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &str,
+) -> Result<Option<Record>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT body FROM haproxy_acme.records WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(db_err)?;
+    row.map(|r| decode(id, r.get::<_, &str>(0).as_bytes()))
+        .transpose()
+}
+
+/// The record of a row of `SELECT id, body FROM haproxy_acme.records ...`.
+pub(super) fn record_of(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
+    let id: &str = row.get(0);
+    decode(id, row.get::<_, &str>(1).as_bytes())
 }
 
 /// Writes record `r` and the HTTP-01 challenges its order publishes (by token, for the

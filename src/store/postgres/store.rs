@@ -7,22 +7,12 @@ use haproxy_acme_state::ledger::Entry;
 use haproxy_acme_state::{Record, UnixTime};
 
 use super::{db_err, PgStore, ADDED_LOCK, ALL_RECORDS_LOCK};
-use crate::store::sled::codec::decode;
 use crate::store::{AddedFn, Change, Store, StoreError, SweepFn, UpdateFn};
 
 #[async_trait]
 impl Store for PgStore {
     async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT body FROM haproxy_acme.records WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(db_err)?;
-        row.map(|r| decode(id, r.get::<_, &str>(0).as_bytes()))
-            .transpose()
+        super::read_record(&self.client().await?, id).await
     }
 
     async fn scan(&self, mut visit: Box<dyn FnMut(Record) + Send>) -> Result<(), StoreError> {
@@ -37,8 +27,7 @@ impl Store for PgStore {
             .map_err(db_err)?;
         futures_util::pin_mut!(rows);
         while let Some(row) = rows.try_next().await.map_err(db_err)? {
-            let id: &str = row.get(0);
-            visit(decode(id, row.get::<_, &str>(1).as_bytes())?);
+            visit(super::record_of(&row)?);
         }
         Ok(())
     }
@@ -52,7 +41,7 @@ impl Store for PgStore {
         )
         .await
         .map_err(db_err)?;
-        let change = f(self.record_in(&tx, id).await?);
+        let change = f(super::read_record(&tx, id).await?);
         if change == Change::Keep {
             return Ok(());
         }
@@ -76,8 +65,7 @@ impl Store for PgStore {
             .map_err(db_err)?;
         let mut changed = Vec::new();
         for row in &rows {
-            let id: &str = row.get(0);
-            if let Some(r) = sweep(&decode(id, row.get::<_, &str>(1).as_bytes())?) {
+            if let Some(r) = sweep(&super::record_of(row)?) {
                 changed.push(r);
             }
         }
@@ -214,63 +202,21 @@ impl Store for PgStore {
     }
 
     async fn account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT credentials_sealed FROM haproxy_acme.accounts WHERE directory = $1",
-                &[&directory],
-            )
-            .await
-            .map_err(db_err)?;
-        row.map(|r| self.open_secret(&format!("account/{directory}"), r.get(0)))
-            .transpose()
+        self.directory_secret(&ACCOUNTS, directory).await
     }
 
     async fn put_account(&self, directory: &str, credentials: &[u8]) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = self.begin(&mut client).await?;
-        let sealed = self
-            .shared
-            .key
-            .seal(&format!("account/{directory}"), credentials);
-        tx.execute(
-            "INSERT INTO haproxy_acme.accounts (directory, credentials_sealed) VALUES ($1, $2) \
-             ON CONFLICT (directory) DO UPDATE SET credentials_sealed = EXCLUDED.credentials_sealed",
-            &[&directory, &sealed],
-        )
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
+        self.put_directory_secret(&ACCOUNTS, directory, credentials)
+            .await
     }
 
     async fn account_key(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT key_sealed FROM haproxy_acme.account_keys WHERE directory = $1",
-                &[&directory],
-            )
-            .await
-            .map_err(db_err)?;
-        row.map(|r| self.open_secret(&format!("account-key/{directory}"), r.get(0)))
-            .transpose()
+        self.directory_secret(&ACCOUNT_KEYS, directory).await
     }
 
     async fn put_account_key(&self, directory: &str, pkcs8_der: &[u8]) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = self.begin(&mut client).await?;
-        let sealed = self
-            .shared
-            .key
-            .seal(&format!("account-key/{directory}"), pkcs8_der);
-        tx.execute(
-            "INSERT INTO haproxy_acme.account_keys (directory, key_sealed) VALUES ($1, $2) \
-             ON CONFLICT (directory) DO UPDATE SET key_sealed = EXCLUDED.key_sealed",
-            &[&directory, &sealed],
-        )
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
+        self.put_directory_secret(&ACCOUNT_KEYS, directory, pkcs8_der)
+            .await
     }
 
     async fn probe_write(&self, _now: UnixTime) -> Result<(), StoreError> {
@@ -303,4 +249,74 @@ fn parse_added(bytes: Option<Vec<u8>>) -> Result<Vec<Vec<String>>, StoreError> {
         })
         .transpose()
         .map(Option::unwrap_or_default)
+}
+
+/// A table holding one sealed value per ACME directory, and the prefix of its rows' names (the
+/// sealed values' associated data: `<aad>/<directory>`).
+struct DirectorySecret {
+    table: &'static str,
+    column: &'static str,
+    aad: &'static str,
+}
+
+/// The account credentials (instant-acme's JSON, which holds the key).
+const ACCOUNTS: DirectorySecret = DirectorySecret {
+    table: "accounts",
+    column: "credentials_sealed",
+    aad: "account",
+};
+/// The account key made before the account.
+const ACCOUNT_KEYS: DirectorySecret = DirectorySecret {
+    table: "account_keys",
+    column: "key_sealed",
+    aad: "account-key",
+};
+
+impl PgStore {
+    async fn directory_secret(
+        &self,
+        t: &DirectorySecret,
+        directory: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM haproxy_acme.{} WHERE directory = $1",
+                    t.column, t.table
+                ),
+                &[&directory],
+            )
+            .await
+            .map_err(db_err)?;
+        row.map(|r| self.open_secret(&format!("{}/{directory}", t.aad), r.get(0)))
+            .transpose()
+    }
+
+    /// Writes the sealed value of `directory` (fenced, on a leader's handle).
+    async fn put_directory_secret(
+        &self,
+        t: &DirectorySecret,
+        directory: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = self.begin(&mut client).await?;
+        let sealed = self
+            .shared
+            .key
+            .seal(&format!("{}/{directory}", t.aad), value);
+        tx.execute(
+            &format!(
+                "INSERT INTO haproxy_acme.{table} (directory, {col}) VALUES ($1, $2) \
+                 ON CONFLICT (directory) DO UPDATE SET {col} = EXCLUDED.{col}",
+                table = t.table,
+                col = t.column
+            ),
+            &[&directory, &sealed],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
 }

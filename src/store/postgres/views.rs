@@ -6,7 +6,6 @@ use futures_util::TryStreamExt;
 use haproxy_acme_state::Record;
 
 use super::{db_err, PgStore};
-use crate::store::sled::codec::decode;
 use crate::store::StoreError;
 
 impl PgStore {
@@ -37,8 +36,7 @@ impl PgStore {
         futures_util::pin_mut!(rows);
         let mut records = Vec::new();
         while let Some(row) = rows.try_next().await.map_err(db_err)? {
-            let id: &str = row.get(0);
-            records.push(decode(id, row.get::<_, &str>(1).as_bytes())?);
+            records.push(super::record_of(&row)?);
         }
         Ok((records, now))
     }
