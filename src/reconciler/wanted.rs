@@ -20,6 +20,8 @@ type Reread = (u64, u64, Vec<Wanted>, Vec<String>);
 /// Above this many changed or removed certificates a reload makes one pass over the store.
 const INCREMENTAL_MAX: usize = 1000;
 
+/// A hash of `v` (the whole wanted set, one spec, one id), the same for the same value within
+/// the process.
 fn hash_of<T: std::hash::Hash + ?Sized>(v: &T) -> u64 {
     use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -28,10 +30,7 @@ fn hash_of<T: std::hash::Hash + ?Sized>(v: &T) -> u64 {
 }
 
 pub fn digest(specs: &[CertSpec]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    specs.hash(&mut h);
-    h.finish()
+    hash_of(specs)
 }
 
 impl Reconciler {

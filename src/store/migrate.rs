@@ -76,29 +76,25 @@ async fn copy_record(
 ) -> Result<(), String> {
     let e = |e: StoreError| e.to_string();
     let id = record.id.clone();
-    if let Some(pending) = from.pending_key(&id).await.map_err(e)? {
-        let r = record.clone();
-        to.update(&id, move |_| (Change::PutWithPendingKey(r, pending), ()))
-            .await
-            .map_err(e)?;
-        copied.pending_keys += 1;
-    }
-    let change = match from.certificate(&id).await.map_err(e)? {
-        Some((chain_pem, key_pem)) => {
+    let pending = from.pending_key(&id).await.map_err(e)?;
+    copied.pending_keys += usize::from(pending.is_some());
+    let (change, pending_after) = match (from.certificate(&id).await.map_err(e)?, pending) {
+        (Some((chain_pem, key_pem)), pending) => {
             copied.certificates += 1;
-            Change::PutAdopted {
+            // PutAdopted drops a pending key: it goes back beside the certificate after.
+            let after = pending.map(|key| (record.clone(), key));
+            let adopted = Change::PutAdopted {
                 record,
                 chain_pem,
                 key_pem,
-            }
+            };
+            (adopted, after)
         }
-        None => Change::Put(record),
+        (None, Some(key)) => (Change::PutWithPendingKey(record, key), None),
+        (None, None) => (Change::Put(record), None),
     };
-    let pending = from.pending_key(&id).await.map_err(e)?;
     to.update(&id, move |_| (change, ())).await.map_err(e)?;
-    // PutAdopted drops a pending key: put it back beside the certificate.
-    if let Some(key) = pending {
-        let r = to.get(&id).await.map_err(e)?.expect("just written");
+    if let Some((r, key)) = pending_after {
         to.update(&id, move |_| (Change::PutWithPendingKey(r, key), ()))
             .await
             .map_err(e)?;
