@@ -225,15 +225,7 @@ fn a_frozen_leader_is_fenced_when_it_wakes_and_orders_nothing() {
     let old_x = f.stored_serial(ids[0]).unwrap();
     let asked = {
         let env = f.daemon_env(frozen, &domains);
-        std::thread::spawn(move || {
-            std::process::Command::new(common::BIN)
-                .args(["renew", "--force", "x.fleet.test"])
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .envs(env)
-                .output()
-                .unwrap()
-        })
+        std::thread::spawn(move || common::cli_in(env, &[], &["renew", "--force", "x.fleet.test"]))
     };
     std::thread::sleep(Duration::from_millis(500));
     f.freeze(frozen, false);

@@ -4,13 +4,11 @@
 //! instance of the daemon beside it.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::pg::Postgres;
-use super::{
-    haproxy_env, spawn_haproxy, unix_command, wait_until, Daemon, Env, Options, Proc, BIN,
-};
+use super::{haproxy_env, spawn_haproxy, unix_command, wait_until, Daemon, Env, Options, Proc};
 
 pub struct Node {
     pub name: String,
@@ -204,24 +202,7 @@ impl Fleet {
             "{}'s instance already runs",
             node.name
         );
-        let n = std::fs::read_dir(&node.dir).unwrap().count();
-        let log = node.dir.join(format!("daemon-{n}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .arg("run")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env)
-            .envs(overrides.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start haproxy-acme");
-        node.daemon = Some(Daemon {
-            child: Some(child),
-            log,
-        });
+        node.daemon = Some(super::spawn_daemon(&node.dir, env, overrides));
     }
 
     /// SIGKILL of node `i`'s instance.
@@ -235,13 +216,7 @@ impl Fleet {
 
     /// `haproxy-acme ARGS` with node `i`'s environment (its admin socket: its instance).
     pub fn cli(&self, i: usize, domains: &str, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.daemon_env(i, domains))
-            .output()
-            .unwrap()
+        super::cli_in(self.daemon_env(i, domains), &[], args)
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`) to node `i`'s instance.

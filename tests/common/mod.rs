@@ -1029,24 +1029,7 @@ impl Env {
 
     /// Starts the daemon with some variables of `daemon_env` overridden.
     pub fn start_daemon_with(&self, domains: &str, overrides: &[(&str, &str)]) -> Daemon {
-        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
-        let log = self.dir.path().join(format!("daemon-{n}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .arg("run")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.daemon_env(domains))
-            .envs(overrides.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start haproxy-acme");
-        Daemon {
-            child: Some(child),
-            log,
-        }
+        spawn_daemon(self.dir.path(), self.daemon_env(domains), overrides)
     }
 
     /// `haproxy-acme run` for `domains` to its exit (bounded: 60 s), with some variables of
@@ -1096,14 +1079,7 @@ impl Env {
 
     /// Runs a CLI command with some variables of `daemon_env` overridden.
     pub fn cli_with(&self, domains: &str, overrides: &[(&str, &str)], args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.daemon_env(domains))
-            .envs(overrides.iter().copied())
-            .output()
-            .unwrap()
+        cli_in(self.daemon_env(domains), overrides, args)
     }
 
     /// Runs certbot 2 (Debian's package) against this pebble: `certonly --standalone` on the
@@ -1238,6 +1214,41 @@ fn unix_command(sock: &Path, cmd: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
+}
+
+/// Starts `haproxy-acme run` with only `env` (and `overrides`) and PATH; its log goes to
+/// `dir/daemon-N.log`.
+pub fn spawn_daemon(dir: &Path, env: Vec<(String, String)>, overrides: &[(&str, &str)]) -> Daemon {
+    let n = std::fs::read_dir(dir).unwrap().count();
+    let log = dir.join(format!("daemon-{n}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .envs(overrides.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("start haproxy-acme");
+    Daemon {
+        child: Some(child),
+        log,
+    }
+}
+
+/// `haproxy-acme ARGS` with only `env` (and `overrides`) and PATH, to its exit.
+pub fn cli_in(env: Vec<(String, String)>, overrides: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .envs(overrides.iter().copied())
+        .output()
+        .unwrap()
 }
 
 /// The running daemon; killed on drop unless stopped.
