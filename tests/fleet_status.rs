@@ -48,6 +48,15 @@ fn node<'a>(dump: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no node {name} in {:#}", dump["fleet"]))
 }
 
+/// Whether the dump shows every one of `names` with no certificate lagging.
+fn none_lagging(dump: &Value, names: &[String]) -> bool {
+    names.iter().all(|n| {
+        node(dump, n)["lagging"]
+            .as_array()
+            .is_some_and(|l| l.is_empty())
+    })
+}
+
 /// The stored serial of `id` as the dump shows it.
 fn serial(dump: &Value, id: &str) -> String {
     dump["certificates"]
@@ -108,14 +117,7 @@ fn status_dump_and_metrics_show_the_leader_and_a_lagging_node() {
         &f,
         "every node current in the dump",
         Duration::from_secs(30),
-        || {
-            let d = dump(&f, follower);
-            names.iter().all(|n| {
-                node(&d, n)["lagging"]
-                    .as_array()
-                    .is_some_and(|l| l.is_empty())
-            })
-        },
+        || none_lagging(&dump(&f, follower), &names),
     );
     let d = dump(&f, follower);
     let fleet = &d["fleet"];
@@ -231,14 +233,7 @@ fn status_dump_and_metrics_show_the_leader_and_a_lagging_node() {
         &f,
         "the node no longer lags",
         Duration::from_secs(30),
-        || {
-            let d = dump(&f, follower);
-            names.iter().all(|n| {
-                node(&d, n)["lagging"]
-                    .as_array()
-                    .is_some_and(|l| l.is_empty())
-            })
-        },
+        || none_lagging(&dump(&f, follower), &names),
     );
     assert!(f.all_served(&IDS), "every node serves the stored ones");
     let m = daemon_metrics(&f.nodes[follower].data_dir);

@@ -237,29 +237,12 @@ impl Fleet {
     /// Makes pebble's DNS answer `ips` for `host` (in this order: pebble validates at the first).
     pub fn dns_a(&self, host: &str, ips: &[&str]) {
         // add-a adds to what challtestsrv answers: clear it first.
-        let clear = serde_json::json!({ "host": format!("{host}.") });
-        let out = Command::new("curl")
-            .args(["-fsS", "--max-time", "5", "-X", "POST", "-d"])
-            .arg(clear.to_string())
-            .arg(format!("http://127.0.0.1:{}/clear-a", self.env.chall_port))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "challtestsrv /clear-a: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let body = serde_json::json!({ "host": format!("{host}."), "addresses": ips });
-        let out = Command::new("curl")
-            .args(["-fsS", "--max-time", "5", "-X", "POST", "-d"])
-            .arg(body.to_string())
-            .arg(format!("http://127.0.0.1:{}/add-a", self.env.chall_port))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "challtestsrv /add-a: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let host = format!("{host}.");
+        self.env
+            .challtestsrv("clear-a", &serde_json::json!({ "host": host }));
+        self.env.challtestsrv(
+            "add-a",
+            &serde_json::json!({ "host": host, "addresses": ips }),
         );
     }
 

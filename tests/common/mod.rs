@@ -709,9 +709,14 @@ impl Env {
     /// validate it, or answer normally again.
     pub fn dns_servfail(&self, host: &str, on: bool) {
         let path = if on { "set-servfail" } else { "clear-servfail" };
+        self.challtestsrv(path, &serde_json::json!({ "host": host }));
+    }
+
+    /// POSTs `body` to challtestsrv's management API at `/path`; panics unless it succeeds.
+    pub fn challtestsrv(&self, path: &str, body: &serde_json::Value) {
         let out = Command::new("curl")
             .args(["-fsS", "--max-time", "5", "-X", "POST", "-d"])
-            .arg(format!(r#"{{"host":"{host}"}}"#))
+            .arg(body.to_string())
             .arg(format!("http://127.0.0.1:{}/{path}", self.chall_port))
             .output()
             .unwrap();
