@@ -4,7 +4,6 @@
 //! → wait for HAProxy's runtime API → reconciler. Shutdown: the reconciler lets in-flight steps
 //! reach a durable point, then the servers stop and the admin socket is removed.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -101,10 +100,7 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     let (backend, pg): (Arc<dyn Store>, Option<PgStore>) = match &config.fleet {
         Some(fleet) => {
             // DATA_DIR holds only the admin socket here; private like sled's.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&config.data_dir)
+            crate::store::private_dir(&config.data_dir)
                 .with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
             let pg = connect_waiting(fleet, shutdown.clone()).await?;
             tokens.set_fallback(Arc::new(pg.clone()));

@@ -244,6 +244,19 @@ impl dyn Store {
     }
 }
 
+/// Creates DATA_DIR (and its parents) if needed, and makes it private (0700) either way: the
+/// sled store, and a fleet's admin socket, live there.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // An existing one is tightened where we may (not fatal: another owner's, a read-only bind).
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
 /// What both backends do in [`Store::update_added`] once they hold its lock: ask `f`, and write
 /// the new list only when it differs from `old`.
 pub(crate) fn change_added(

@@ -2,8 +2,6 @@
 //! on-disk encoding; every write is flushed to disk before it returns (the durable-intent rule),
 //! and every call runs on tokio's blocking pool, never on an async worker.
 
-use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,12 +60,7 @@ impl Inner {
             path: data_dir.to_path_buf(),
             detail,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(|e| open_err(e.to_string()))?;
-        let _ = fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700));
+        super::private_dir(data_dir).map_err(|e| open_err(e.to_string()))?;
         let path = data_dir.join(STORE_DIR);
         // sled's page cache defaults to 1 GiB; records are small and read once at start.
         let db = sled::Config::new()

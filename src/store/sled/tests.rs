@@ -2,6 +2,8 @@
 
 use super::*;
 use haproxy_acme_state::{apply, CertMeta, Event, KeyType};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// A record as version 1 wrote it. Persisted formats are contracts: this must keep loading.
