@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::{Env, BIN};
 use instant_acme::{
-    Account, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier, NewAccount, NewOrder,
-    OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -45,35 +45,6 @@ fn median(v: &mut [f64]) -> f64 {
         l if l % 2 == 1 => v[m],
         _ => (v[m - 1] + v[m]) / 2.0,
     }
-}
-
-/// An instant-acme HTTP client trusting pebble's listener CA, with TCP_NODELAY (as
-/// haproxy-acme's own: without it every POST waits ~40 ms for a delayed ACK).
-fn http_client(ca: &Path) -> Box<dyn instant_acme::HttpClient> {
-    use hyper_util::client::legacy::Client;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    let client: Client<_, BodyWrapper<hyper::body::Bytes>> =
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    Box::new(client)
 }
 
 /// The minimal client's HTTP-01 responder: `GET /.well-known/acme-challenge/<token>` answered
@@ -166,18 +137,22 @@ fn minimal_client(env: &Env, n: usize, c: usize, prefix: &str) -> Duration {
             .await
             .expect("the responder port is free before any daemon runs");
         let server = tokio::spawn(respond(listener, tokens.clone()));
-        let (account, _) = Account::builder_with_http(http_client(&env.listener_ca))
-            .create(
-                &NewAccount {
-                    contact: &[],
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                env.directory_url(),
-                None,
-            )
-            .await
-            .expect("account");
+        let (account, _) = Account::builder_with_http(
+            // haproxy-acme's own HTTPS client (roots + ACME_CA_BUNDLE, TCP_NODELAY): the same
+            // transport on both sides of the ratio.
+            haproxy_acme::acme::http::http_client(Some(&env.listener_ca)).unwrap(),
+        )
+        .create(
+            &NewAccount {
+                contact: &[],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            env.directory_url(),
+            None,
+        )
+        .await
+        .expect("account");
         let started = Instant::now();
         let gate = Arc::new(tokio::sync::Semaphore::new(c));
         let mut tasks = tokio::task::JoinSet::new();

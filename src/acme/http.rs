@@ -20,9 +20,7 @@ use rustls_pki_types::CertificateDer;
 use super::AcmeError;
 
 /// The HTTPS client for the CA: the public web roots plus `ACME_CA_BUNDLE`, if given.
-pub(super) fn http_client(
-    bundle: Option<&Path>,
-) -> Result<Box<dyn instant_acme::HttpClient>, AcmeError> {
+pub fn http_client(bundle: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, AcmeError> {
     let err = |m: String| AcmeError::new(Step::Account, FailureKind::Permanent, m);
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
