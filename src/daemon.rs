@@ -122,19 +122,13 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
     // Its write failures and recoveries go to the health registry (`status`, the dump).
     let store: Arc<dyn Store> = Arc::new(Watched::new(backend, health.clone(), clock.clone()));
     // One machine: every write goes through this process, so the view `status` and `/metrics`
-    // read is kept by wrapping the store (filled by one scan now). A fleet's other nodes write
-    // the shared store too: there, they read the store.
+    // read is kept by wrapping the store; the reconciler's start-up pass over every record
+    // fills it (before the admin endpoint serves). A fleet's other nodes write the shared store
+    // too: there, they read the store.
     let (store, view) = match &pg {
         Some(_) => (store, None),
         None => {
-            let t0 = std::time::Instant::now();
-            let (viewed, view) = Viewed::fill(store).await?;
-            let certificates = view.read().len();
-            tracing::info!(
-                certificates,
-                ms = t0.elapsed().as_millis() as u64,
-                "view of the certificates filled"
-            );
+            let (viewed, view) = Viewed::empty(store);
             (Arc::new(viewed) as Arc<dyn Store>, Some(view))
         }
     };
@@ -195,8 +189,13 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
         }
     };
     let (control, inbox) = crate::reconciler::channel();
-    // One machine: the reconciler, started now (an invalid wanted set stops the start). A
-    // fleet: the lease decides when this instance runs it (`fleet`).
+    // One machine: the reconciler, its wanted set checked now (an invalid one stops the
+    // start); its pass over the store comes once the daemon is healthy. A fleet: the lease
+    // decides when this instance runs it (`fleet`).
+    let start_error = |e| match e {
+        StartError::Config(e) => DaemonError::Config(e),
+        StartError::Store(e) => e.into(),
+    };
     let single = match &pg {
         Some(_) => None,
         None => {
@@ -205,16 +204,15 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
                 Tuning::for_config(&config),
                 control.clone(),
             );
-            let started = match reconciler.start().await {
-                Ok(s) => s,
-                Err(StartError::Config(e)) => return Err(DaemonError::Config(e)),
-                Err(StartError::Store(e)) => return Err(e.into()),
-            };
-            tracing::info!(certificates = started.wanted(), directory = %config.acme_directory, "store in line with the configuration");
-            Some((reconciler, started))
+            let wanted = reconciler.wanted_now().await.map_err(start_error)?;
+            Some((reconciler, wanted))
         }
     };
+    // Healthy: validation traffic is answered, the store is open, the wanted set is valid and
+    // the admin endpoint answers (its answers other than /healthz wait for the pass below,
+    // which at 1,000,000 certificates takes seconds: BENCHMARKS.md, "Scale without scans").
     health.set_ready();
+    let (passed, passed_rx) = watch::channel(pg.is_some());
     let lease_given_up = Arc::new(tokio::sync::Notify::new());
     let mirror_task = pg.as_ref().map(|pg| {
         let mirror = Mirror::new(
@@ -252,9 +250,25 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
                 leading: leading_rx,
             }),
             view,
+            passed: passed_rx,
         }),
         shutdown.clone(),
     ));
+    let single = match single {
+        None => None,
+        Some((reconciler, wanted)) => match reconciler.start_with(wanted).await {
+            Ok(started) => {
+                tracing::info!(certificates = started.wanted(), directory = %config.acme_directory, "store in line with the configuration");
+                let _ = passed.send(true);
+                Some((reconciler, started))
+            }
+            Err(e) => {
+                admin_task.abort();
+                let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
+                return Err(start_error(e));
+            }
+        },
+    };
     // No `sleep` in a compose file: the daemon itself waits until HAProxy can route validation
     // traffic and take certificates, before it orders anything.
     let mut waiting = shutdown.clone();

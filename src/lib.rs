@@ -55,6 +55,7 @@ pub mod health;
 pub mod hook;
 pub mod import;
 pub mod installer;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod pki;

@@ -54,6 +54,9 @@ pub struct Admin {
     /// The certificates' summaries `status` and `/metrics` read instead of the store (on one
     /// machine; `None` in a fleet, whose other nodes write the store too).
     pub view: Option<Arc<View>>,
+    /// True once the start-up pass brought the store in line with the configuration (and
+    /// filled `view`); every route but /healthz waits for it.
+    pub passed: watch::Receiver<bool>,
 }
 
 /// The body of an admin answer: whole, or streamed ([`stream::dump`]).
@@ -222,6 +225,15 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
     let query = req.uri().query().unwrap_or("").to_string();
     let flag = |name: &str| query.split('&').any(|kv| kv == format!("{name}=1"));
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments != ["healthz"] {
+        let mut passed = admin.passed.clone();
+        if passed.wait_for(|p| *p).await.is_err() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon stopped during start-up\n".into(),
+            );
+        }
+    }
     let store_error =
         |e: crate::store::StoreError| text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
     if method != Method::GET && !writable {

@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 use crate::acme::Ca;
 use crate::budget::Budget;
 use crate::clock::{Clock, Dice};
-use crate::config::{Config, WantedSet};
+use crate::config::{CertSpec, Config, WantedSet};
 use crate::health::{Health, Part};
 use crate::installer::Haproxy;
 use crate::responder::Tokens;
@@ -177,6 +177,24 @@ impl Inbox {
     }
 }
 
+/// The wanted set read and checked at start-up, for [`Reconciler::start_with`].
+pub struct WantedNow {
+    /// Digest of what it was read from.
+    sources: u64,
+    specs: Vec<CertSpec>,
+}
+
+impl WantedNow {
+    /// How many certificates are wanted.
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+}
+
 /// The wanted set as brought into the store at start-up, for [`Reconciler::run`].
 pub struct Started {
     /// Digest of what the wanted set was read from, and of the set itself.
@@ -253,15 +271,33 @@ impl Reconciler {
     }
 
     /// Brings the store in line with the wanted set (DOMAINS, DOMAINS_FILE and the certificates
-    /// added at runtime) and publishes every stored challenge again.
+    /// added at runtime) and publishes every stored challenge again: [`Reconciler::wanted_now`],
+    /// then [`Reconciler::start_with`].
     pub async fn start(&self) -> Result<Started, StartError> {
-        let (sources, specs) = match self.read_wanted(None).await? {
+        let wanted = self.wanted_now().await?;
+        self.start_with(wanted).await
+    }
+
+    /// The wanted set as it is now, checked (an invalid or empty set is an error), for
+    /// [`Reconciler::start_with`]: what the daemon checks before it says it is healthy, the pass
+    /// over the store coming after.
+    pub async fn wanted_now(&self) -> Result<WantedNow, StartError> {
+        match self.read_wanted(None).await? {
             Ok((_, Some(specs))) if specs.is_empty() => {
-                return Err(StartError::Config(crate::config::nothing_to_manage()))
+                Err(StartError::Config(crate::config::nothing_to_manage()))
             }
-            Ok((sources, specs)) => (sources, specs.expect("read without a digest to match")),
-            Err(errors) => return Err(StartError::Config(crate::config::ConfigError(errors))),
-        };
+            Ok((sources, specs)) => Ok(WantedNow {
+                sources,
+                specs: specs.expect("read without a digest to match"),
+            }),
+            Err(errors) => Err(StartError::Config(crate::config::ConfigError(errors))),
+        }
+    }
+
+    /// Brings the store in line with `wanted` in one pass over every record (which also fills
+    /// the daemon's view, `store::view`), and publishes every stored challenge again.
+    pub async fn start_with(&self, wanted: WantedNow) -> Result<Started, StartError> {
+        let WantedNow { sources, specs } = wanted;
         let specs_digest = wanted::digest(&specs);
         let (wanted, unwanted, dns_owed) = self.sync_specs(specs).await?;
         // DNS records a crash left published (recorded before their hook ran): removed before
@@ -318,6 +354,8 @@ impl Reconciler {
             ms = started.elapsed().as_millis() as u64,
             "reconciler ready"
         );
+        // The start-up's transient allocations (every record decoded once) are freed by now.
+        crate::memory::trim();
         // Certificates a task is working on, and those to prune once their task is done.
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut prune_when_done: HashSet<String> = HashSet::new();

@@ -332,10 +332,30 @@ impl Configure {
         }
     }
 
-    fn apply(&self, spec: &CertSpec, old: Option<&Record>) -> (Wanted, Option<Record>) {
-        let (id, names) = (spec.id().as_str(), spec.names().as_slice());
-        let event = Event::Configured {
-            names: names.to_vec(),
+    /// Whether `r` is already what `spec` and the configuration make of it: the two events
+    /// `apply` would record leave it equal (checked against them in debug builds). The start-up
+    /// pass takes this path for every unchanged certificate without building the events or a
+    /// new record (three allocations and a record's copy each, at 100,000 certificates).
+    fn unchanged(&self, spec: &CertSpec, r: &Record) -> bool {
+        use haproxy_acme_state::{FailureKind, Step};
+        !r.unconfigured
+            && r.names.as_slice() == spec.names().as_slice()
+            && r.key_type == self.config.key_type
+            && r.acme_directory == self.config.acme_directory
+            && r.deploy_hook == self.config.deploy_hook.is_some()
+            && r.profile.as_deref() == spec.profile_or(self.config.acme_profile.as_deref())
+            && r.challenge == spec.challenge()
+            && !r
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.step == Step::Account && f.kind == FailureKind::Permanent)
+    }
+
+    /// `base` after the configuration's events: `Configured` (names, key type, CA, hook,
+    /// profile), then `ChallengeChosen`.
+    fn events(&self, spec: &CertSpec, base: &Record) -> Record {
+        let configured = Event::Configured {
+            names: spec.names().to_vec(),
             key_type: self.config.key_type,
             acme_directory: self.config.acme_directory.clone(),
             deploy_hook: self.config.deploy_hook.is_some(),
@@ -343,6 +363,23 @@ impl Configure {
                 .profile_or(self.config.acme_profile.as_deref())
                 .map(String::from),
         };
+        let new = apply(base, configured, self.now);
+        let challenge = spec.challenge();
+        apply(&new, Event::ChallengeChosen { challenge }, self.now)
+    }
+
+    fn apply(&self, spec: &CertSpec, old: Option<&Record>) -> (Wanted, Option<Record>) {
+        if let Some(r) = old.filter(|r| self.unchanged(spec, r)) {
+            debug_assert!(
+                self.events(spec, r) == *r,
+                "unchanged, yet the events change it"
+            );
+            sync_tokens(&self.tokens, None, Some(r));
+            let due = Wanted::of(r, self.now);
+            self.watched.note(|| due.id.clone(), r);
+            return (due, None);
+        }
+        let (id, names) = (spec.id().as_str(), spec.names().as_slice());
         // No copy of the stored record (one per certificate at start-up): only a new
         // one is made.
         let fresh;
@@ -353,14 +390,7 @@ impl Configure {
                 &fresh
             }
         };
-        let new = apply(base, event, self.now);
-        let new = apply(
-            &new,
-            Event::ChallengeChosen {
-                challenge: spec.challenge(),
-            },
-            self.now,
-        );
+        let new = self.events(spec, base);
         sync_tokens(&self.tokens, None, Some(&new));
         let due = Wanted::of(&new, self.now);
         self.watched.note(|| due.id.clone(), &new);

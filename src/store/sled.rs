@@ -188,16 +188,19 @@ impl Inner {
         Ok(())
     }
 
-    /// Every record, in id order, one at a time (nothing is held but the one being looked at).
-    fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<(), StoreError> {
+    /// Every record, in id order, one at a time (nothing is held but the one being looked at);
+    /// returns how many.
+    fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<usize, StoreError> {
+        let mut n = 0;
         for kv in self.records.iter() {
             let (k, v) = kv.map_err(|e| StoreError::Corrupt {
                 id: "?".into(),
                 detail: e.to_string(),
             })?;
             f(decode(&String::from_utf8_lossy(&k), &v)?);
+            n += 1;
         }
-        Ok(())
+        Ok(n)
     }
 
     fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {

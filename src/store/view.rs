@@ -1,8 +1,9 @@
 //! The daemon's in-memory view of its certificates: per id the [`Summary`] that `status` and
 //! `/metrics` show, so those (and the examples of a not-found error) never read the store, whatever
-//! the number of certificates. [`Viewed`] is the [`Store`] that keeps it: filled by one scan at
-//! start, then every record written through it (`update`, `update_all`) is applied to the view
-//! once the write is durable. Every other call is passed on unchanged.
+//! the number of certificates. [`Viewed`] is the [`Store`] that keeps it: filled by one scan, or
+//! (the daemon) by the first `update_all`, whose pass visits every record; then every record
+//! written through it (`update`, `update_all`) is applied to the view once the write is durable.
+//! Every other call is passed on unchanged.
 //!
 //! Two writes of the same record can return in another order than they were made; each write
 //! takes a sequence number while it holds the store's record lock (so numbers follow the order of
@@ -78,6 +79,18 @@ pub struct Viewed {
 }
 
 impl Viewed {
+    /// Wraps `inner` with an empty view that its first [`Store::update_all`] fills: that pass
+    /// visits every record, so the daemon's start-up (which brings every record in line with
+    /// the configuration in one such pass) fills the view without a scan of its own.
+    pub fn empty(inner: Arc<dyn Store>) -> (Viewed, Arc<View>) {
+        let view = Arc::new(View::default());
+        let viewed = Viewed {
+            inner,
+            view: view.clone(),
+        };
+        (viewed, view)
+    }
+
     /// Wraps `inner` and fills a new view with one scan of its records (before anything writes
     /// through the wrapper).
     pub async fn fill(inner: Arc<dyn Store>) -> Result<(Viewed, Arc<View>), StoreError> {
@@ -166,20 +179,30 @@ impl Store for Viewed {
     ) -> Result<(), StoreError> {
         let written: Written = Arc::default();
         let (out, also) = (written.clone(), written.clone());
-        let view = self.view.clone();
-        // One number for the batch, taken under the lock (`more` runs after the sweep).
+        // One number for the batch, taken under the lock by the sweep's first call (or by
+        // `more`, which runs after the sweep, when there is no record).
+        let batch = Arc::new(std::sync::OnceLock::new());
+        let (view, seq_of) = (self.view.clone(), batch.clone());
         let sweep: SweepFn = Box::new(move |r| {
             let changed = sweep(r);
-            if let Some(new) = &changed {
-                out.lock()
+            match &changed {
+                Some(new) => out
+                    .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push((new.id.clone(), Some(Summary::from_record(new)), 0));
+                    .push((new.id.clone(), Some(Summary::from_record(new)), 0)),
+                // Unchanged, so already durable: applied now (the pass visits every record,
+                // which is how an empty view gets filled).
+                None => {
+                    let seq = *seq_of.get_or_init(|| view.next());
+                    view.apply(&r.id, Some(Summary::from_record(r)), seq);
+                }
             }
             changed
         });
+        let view = self.view.clone();
         let more: Box<dyn FnOnce() -> Vec<Record> + Send> = Box::new(move || {
             let new = more();
-            let seq = view.next();
+            let seq = *batch.get_or_init(|| view.next());
             let mut w = also
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -336,6 +359,35 @@ mod tests {
             .await
             .is_err());
         assert!(view.read().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_empty_view_is_filled_by_the_first_pass() {
+        let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let r = |id: &str| Record::new(vec![id.into()], KeyType::EcdsaP256, 0);
+        memory
+            .put_all(vec![r("a.test"), r("b.test"), r("c.test")])
+            .await
+            .unwrap();
+        let (viewed, view) = Viewed::empty(memory.clone());
+        assert!(view.read().is_empty());
+        // b changed, a and c kept, d new: the view is the whole store after the pass.
+        viewed
+            .update_all(
+                Box::new(|r| {
+                    (r.id == "b.test").then(|| {
+                        let mut r = r.clone();
+                        r.renew_at = Some(9);
+                        r
+                    })
+                }),
+                Box::new(move || vec![r("d.test")]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(view.read().len(), 4);
+        assert_eq!(view_of(&view), store_of(memory.as_ref()).await);
+        assert_eq!(view.read()["b.test"].summary.renew_at, Some(9));
     }
 
     #[test]

@@ -1331,10 +1331,20 @@ pub fn issued_records(
     directory: &str,
     now: i64,
 ) -> (Vec<haproxy_acme_state::Record>, String) {
+    issued_records_from(0, n, directory, now)
+}
+
+/// [`issued_records`] numbered `from` to `to` (exclusive): a large set made in batches.
+pub fn issued_records_from(
+    from: usize,
+    to: usize,
+    directory: &str,
+    now: i64,
+) -> (Vec<haproxy_acme_state::Record>, String) {
     use haproxy_acme_state::{apply, CertMeta, Event, KeyType, Record};
-    let mut names = String::with_capacity(n * 32);
-    let mut records = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut names = String::with_capacity((to - from) * 32);
+    let mut records = Vec::with_capacity(to - from);
+    for i in from..to {
         let id = format!("s{i}.example.test");
         let r = Record::new(
             vec![id.clone(), format!("www.{id}")],

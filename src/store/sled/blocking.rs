@@ -20,6 +20,10 @@ use haproxy_acme_state::{Record, UnixTime};
 use super::Inner;
 use crate::store::{AddedFn, Store, StoreError, SweepFn, UpdateFn};
 
+/// A pass over this many records or more is followed by opening the store again
+/// ([`SledStore::shed_after`]).
+const SHED_AFTER: usize = 10_000;
+
 /// How often a broken store tries to open again (each try first writes a probe file).
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// The probe written before a reopen: sled fills the rest of its last 512 KiB log segment with
@@ -111,6 +115,20 @@ impl SledStore {
         self.blocking(Access::Write, |s| s.seal()).await
     }
 
+    /// After a pass over `n` records: when they are many, the database is opened again, which
+    /// drops every page the pass read. sled 0.34 counts only written pages towards its cache
+    /// limit and never evicts a page it only read, so one pass over 100,000 records kept ~150
+    /// MiB (heaptrack, BENCHMARKS.md) for good; opening again takes a few ms
+    /// (`store opened again` log line) and loses nothing (every write is flushed).
+    /// Not waited for: a call meanwhile waits for the database, not the pass's caller.
+    fn shed_after(&self, n: usize) {
+        if n < SHED_AFTER {
+            return;
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.shed());
+    }
+
     /// Runs `f` on the blocking pool (sled reads may hit the disk, writes fsync).
     async fn blocking<R: Send + 'static>(
         &self,
@@ -181,6 +199,34 @@ impl Shared {
         }
     }
 
+    /// Drops the open database and opens it again (see [`SledStore::shed_after`]), then gives
+    /// the freed memory back to the system. A failed open leaves the store broken, as after a
+    /// failed write: [`Shared::heal`] tries again.
+    fn shed(&self) {
+        let t0 = Instant::now();
+        let mut state = self.write();
+        if state.broken.is_some() || state.inner.is_none() {
+            return;
+        }
+        state.inner = None;
+        match Inner::open(&self.data_dir) {
+            Ok(inner) => state.inner = Some(inner),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the store again after a pass over every record; retrying");
+                state.broken = Some(Broken {
+                    error: e.to_string(),
+                    last_try: Some(Instant::now()),
+                });
+            }
+        }
+        drop(state);
+        crate::memory::trim();
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "store opened again to drop the pages a pass over every record read"
+        );
+    }
+
     /// Opens the store again if it is broken and a try is due: once a probe file fits on the
     /// disk, the old database is dropped (its file lock and whatever of the failed write it
     /// held in memory) and sled opens the store from the disk.
@@ -240,8 +286,11 @@ impl Store for SledStore {
     }
 
     async fn scan(&self, mut visit: Box<dyn FnMut(Record) + Send>) -> Result<(), StoreError> {
-        self.blocking(Access::Read, move |s| s.for_each_record(&mut visit))
-            .await
+        let n = self
+            .blocking(Access::Read, move |s| s.for_each_record(&mut visit))
+            .await?;
+        self.shed_after(n);
+        Ok(())
     }
 
     async fn some_ids(&self, n: usize) -> Result<Vec<String>, StoreError> {
@@ -274,14 +323,17 @@ impl Store for SledStore {
         mut sweep: SweepFn,
         more: Box<dyn FnOnce() -> Vec<Record> + Send>,
     ) -> Result<(), StoreError> {
-        self.blocking(Access::Write, move |s| {
-            let _guard = s.lock_records();
-            let mut changed = Vec::new();
-            s.for_each_record(|r| changed.extend(sweep(&r)))?;
-            changed.extend(more());
-            s.put_many(&changed)
-        })
-        .await
+        let n = self
+            .blocking(Access::Write, move |s| {
+                let _guard = s.lock_records();
+                let mut changed = Vec::new();
+                let n = s.for_each_record(|r| changed.extend(sweep(&r)))?;
+                changed.extend(more());
+                s.put_many(&changed).map(|()| n)
+            })
+            .await?;
+        self.shed_after(n);
+        Ok(())
     }
 
     async fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {
