@@ -2,7 +2,8 @@
 //! (certificates by phase, by condition needing attention, the earliest expiry) and the
 //! per-certificate families (expiry, renewal, ready, failures, next attempt, attention), the same
 //! OpenMetrics text as prometheus-client's families (unit tests compare them), without a map of
-//! label sets per scrape: a scrape of 100,000 certificates costs two passes over their summaries.
+//! label sets per scrape: a scrape of 100,000 certificates costs a pass over their summaries (and
+//! six more when every one gets its series).
 //!
 //! Which certificates get per-certificate series is `METRICS_PER_CERTIFICATE` ([`PerCertificate`]):
 //! every one, or only those that need an operator. Prometheus' cost is its number of series, 5
@@ -53,12 +54,9 @@ impl PerCertificate {
     }
 }
 
-/// Whether a certificate gets its series in attention mode at `now`: a condition, or a failed
-/// attempt (a retryable failure is a condition only from its third attempt).
-fn needs_series(s: &Summary, now: UnixTime) -> bool {
-    s.needs_attention(now) || failed(s)
-}
-
+/// Whether a certificate's current step failed at least once: in attention mode it gets its
+/// series (a retryable failure is a condition only from its third attempt), as does one with a
+/// condition.
 fn failed(s: &Summary) -> bool {
     s.failure.as_ref().is_some_and(|f| f.attempts > 0)
 }
@@ -206,18 +204,23 @@ pub(super) fn write<'a>(
     per: PerCertificate,
 ) {
     let mut tally = Tally::default();
-    let mut selected = 0;
-    for (_, s) in certs.clone() {
-        let needs = tally.add(s, now);
-        selected += usize::from(needs || failed(s));
+    // Those needing attention, noted in the same pass: the six families then go over these
+    // only, not six times over every certificate.
+    let mut chosen = Vec::new();
+    for (id, s) in certs.clone() {
+        if tally.add(s, now) || failed(s) {
+            chosen.push((id, s));
+        }
     }
     write_aggregates(out, &tally);
-    let every_one = per.every_one(tally.total);
-    let selected = if every_one { tally.total } else { selected };
-    // About 5 lines of 80 bytes per certificate.
-    out.reserve(selected * 400);
-    let certs = certs.filter(|(_, s)| every_one || needs_series(s, now));
-    write_per_certificate(out, certs, now);
+    if per.every_one(tally.total) {
+        // About 5 lines of 80 bytes per certificate.
+        out.reserve(tally.total * 400);
+        write_per_certificate(out, certs, now);
+    } else {
+        out.reserve(chosen.len() * 400);
+        write_per_certificate(out, chosen.into_iter(), now);
+    }
 }
 
 /// Appends the per-certificate families of `certs` (in id order) at `now` to `out`.
