@@ -27,7 +27,9 @@ pub enum Command {
         command: StateCommand,
     },
     /// One line per certificate: id, names, phase, expires in, renews in, last error (colour on
-    /// a terminal). Works whether or not the daemon runs.
+    /// a terminal). Above 100 certificates, a summary instead: counts by phase, the certificates
+    /// that need attention (50 at most), the next renewals due. Works whether or not the daemon
+    /// runs.
     Status {
         /// For cron and Nagios: a first line `HAPROXY-ACME OK|WARNING|UNKNOWN - ...`, then one
         /// line per problem (renewal failing, a third of the lifetime left with the renewal
@@ -35,6 +37,9 @@ pub enum Command {
         /// configuration; 3: neither the daemon nor the store can be read.
         #[arg(long)]
         check: bool,
+        /// The line of every certificate, however many.
+        #[arg(long, conflicts_with_all = ["check", "id"])]
+        all: bool,
         /// Only this certificate's line (from the daemon's view: no store scan).
         #[arg(conflicts_with = "check")]
         id: Option<String>,
@@ -296,6 +301,12 @@ pub struct RawSettings {
     /// [default: 5m, with up to 10 % jitter]; `off` never checks.
     #[arg(long, env = "WATCHDOG_INTERVAL", global = true)]
     pub watchdog_interval: Option<String>,
+    /// Which certificates get per-certificate series in /metrics (expiry, renewal, ready,
+    /// failures...: 5 series each): `auto` (default: every one up to 10,000 certificates, above
+    /// only those that need attention), `all`, or `attention`. The aggregates (certificates by
+    /// phase, by condition, the earliest expiry) are always there.
+    #[arg(long, env = "METRICS_PER_CERTIFICATE", global = true)]
+    pub metrics_per_certificate: Option<String>,
     /// Shell command run (`sh -c`) when a certificate starts or stops needing attention (the
     /// conditions of `status --check`), once per transition, with ALERT_ID, ALERT_NAMES,
     /// ALERT_STATE (`attention` or `ok`), ALERT_CONDITIONS, ALERT_PREVIOUS and ALERT_MESSAGE.

@@ -257,8 +257,9 @@ async fn dump_store(store: &dyn Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `status [ID]`: the same, as a table (coloured on a terminal); with `id`, its line only.
-pub async fn status(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
+/// `status [ID]`: the same, as a table (coloured on a terminal), or a summary above 100
+/// certificates unless `all`; with `id`, its line only.
+pub async fn status(config: &Config, id: Option<&str>, all: bool) -> anyhow::Result<()> {
     let id = id
         .map(CertId::parse)
         .transpose()
@@ -269,13 +270,17 @@ pub async fn status(config: &Config, id: Option<&str>) -> anyhow::Result<()> {
     let ask = Ask::Status {
         color,
         id: id.map(String::from),
+        all,
     };
     let store = match reach(&client, &ask, &config.data_dir).await? {
         Reached::Daemon(a) => return print_answer(a),
         Reached::Store(store) => store,
     };
     let text = match id {
-        None => crate::admin::status_text(store.as_ref(), &[], None, color, unix_now()).await?,
+        None => {
+            let store = store.as_ref();
+            crate::admin::status_text(store, &[], None, (color, all), unix_now()).await?
+        }
         Some(id) => match store.get(id).await? {
             Some(r) => haproxy_acme_state::dump::status_table([&r], unix_now(), color),
             None => return Err(Exit(3, format!("no certificate {id:?}")).into()),
@@ -316,7 +321,7 @@ pub async fn status_check(config: &Config) -> anyhow::Result<()> {
             return unknown(format!("the daemon answered: {}", a.body.trim()))
         }
         Ok(Reached::Store(store)) => {
-            match crate::admin::check_text(store.as_ref(), &[], unix_now()).await {
+            match crate::admin::check_text(store.as_ref(), None, &[], unix_now()).await {
                 Ok(report) => report,
                 Err(e) => return unknown(format!("{e:#}")),
             }

@@ -97,8 +97,8 @@ fn main() -> ExitCode {
         Command::State {
             command: StateCommand::Dump { id },
         } => block_on(commands::state_dump(&config, id.as_deref())),
-        Command::Status { check: false, id } => block_on(commands::status(&config, id.as_deref())),
         Command::Status { check: true, .. } => block_on(commands::status_check(&config)),
+        Command::Status { id, all, .. } => block_on(commands::status(&config, id.as_deref(), all)),
         Command::Healthcheck => block_on(commands::healthcheck(&config)),
         Command::Renew { id, force } => {
             block_on(commands::operate(config, wanted, Op::Renew { id, force }))

@@ -7,7 +7,8 @@
 //! ACME HTTP client, the installer and the reconciler count into it without being handed a
 //! reference). Per-certificate gauges are computed at scrape time from the certificates' summaries
 //! (the daemon's view, or the records), so they can never disagree with `status`; `certs` writes
-//! them.
+//! them, with aggregates (by phase, by condition, the earliest expiry), and above 10,000
+//! certificates by default only for those that need attention (`METRICS_PER_CERTIFICATE`).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -249,15 +250,16 @@ impl Metrics {
         ready: bool,
         last_pass: UnixTime,
         fleet: Option<&haproxy_acme_state::dump::fleet::FleetView>,
+        per: PerCertificate,
     ) -> String {
         let summaries = summaries(records);
         let certs = summaries.iter().map(|(id, s)| (*id, s));
-        self.render(certs, now, ready, last_pass, fleet)
+        self.render(certs, now, ready, last_pass, fleet, per)
     }
 
     /// The OpenMetrics text of the counters and of the gauges of `certs` (id and summary, in id
     /// order) at `now`. `ready`: start-up done; `last_pass`: when the reconciler last completed a
-    /// pass.
+    /// pass; `per`: which certificates get per-certificate series (`METRICS_PER_CERTIFICATE`).
     pub fn render<'a>(
         &self,
         certs: impl Iterator<Item = (&'a str, &'a Summary)> + Clone,
@@ -265,6 +267,7 @@ impl Metrics {
         ready: bool,
         last_pass: UnixTime,
         fleet: Option<&haproxy_acme_state::dump::fleet::FleetView>,
+        per: PerCertificate,
     ) -> String {
         let mut out = String::new();
         if let Some(f) = fleet {
@@ -273,7 +276,7 @@ impl Metrics {
             prometheus_client::encoding::text::encode_registry(&mut out, &reg)
                 .expect("writing to a String cannot fail");
         }
-        certs::write(&mut out, certs, now);
+        certs::write(&mut out, certs, now, per);
         let mut reg = Registry::with_prefix(PREFIX);
         let persist_until = Family::<PersistLabels, Gauge>::default();
         let persist_expiring = Family::<PersistLabels, Gauge>::default();
@@ -441,5 +444,6 @@ pub fn acme_endpoint(path: &str) -> &'static str {
 
 mod certs;
 mod fleet;
+pub use certs::{PerCertificate, AUTO_ALL_UP_TO};
 #[cfg(test)]
 mod tests;

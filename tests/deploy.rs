@@ -297,7 +297,14 @@ fn exported_metrics() -> std::collections::BTreeSet<String> {
     m.hook(true);
     m.alert_hook(false);
     m.drift();
-    let text = m.render_records(&[r], now + 89 * 86_400, true, now, None);
+    let text = m.render_records(
+        &[r],
+        now + 89 * 86_400,
+        true,
+        now,
+        None,
+        haproxy_acme::metrics::PerCertificate::All,
+    );
     let mut names = std::collections::BTreeSet::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("# TYPE ") else {

@@ -17,11 +17,13 @@ use super::socket_path;
 pub enum Ask {
     /// The JSON dump of every certificate, or of one.
     State(Option<String>),
-    /// The `status` table.
+    /// The `status` screen.
     Status {
         color: bool,
         /// One certificate's line only.
         id: Option<String>,
+        /// The table of every certificate, however many (`status --all`).
+        all: bool,
     },
     /// The `status --check` report.
     Check,
@@ -59,12 +61,17 @@ impl Ask {
         match self {
             Ask::State(None) => (Method::GET, "/state".into(), Vec::new()),
             Ask::State(Some(id)) => (Method::GET, format!("/state/{id}"), Vec::new()),
-            Ask::Status { color, id } => {
+            Ask::Status { color, id, all } => {
                 let path = match id {
                     Some(id) => format!("/status/{id}"),
                     None => "/status".into(),
                 };
-                let query = if *color { "?color=1" } else { "" };
+                let query = match (*color, *all) {
+                    (false, false) => "",
+                    (true, false) => "?color=1",
+                    (false, true) => "?all=1",
+                    (true, true) => "?color=1&all=1",
+                };
                 (Method::GET, format!("{path}{query}"), Vec::new())
             }
             Ask::Check => (Method::GET, "/check".into(), Vec::new()),

@@ -1,6 +1,6 @@
 //! The admin endpoint: HTTP/1.1 on a unix socket in DATA_DIR (`admin.sock`, mode 0600), off the
 //! public path, and read-only on a loopback TCP address when ADMIN_LISTEN is set (for
-//! Prometheus). Routes: GET /state[/ID], /status[/ID], /check (`status --check`), /healthz, /metrics, /account
+//! Prometheus). Routes: GET /state[/ID], /status[/ID][?all=1], /check (`status --check`), /healthz, /metrics, /account
 //! (the ACME account URL, registered first if needed); POST
 //! /certificates/ID/renew[?force=1], /certificates/ID/retry, /certificates/ID/revoke?reason=R, /domains (body: the names),
 //! /import (body: JSON lineages); DELETE /domains/ID; GET /backup (a store snapshot, keys
@@ -91,21 +91,24 @@ pub async fn dump_json(
     ))
 }
 
-/// The `status` screen of every record in `store`, then a fleet's leader and nodes (`fleet`),
+/// The `status` screen of every record in `store` (`state::dump::status_screen`: the table of
+/// every one if `all` or up to 100, else a summary), then a fleet's leader and nodes (`fleet`),
 /// then what the daemon is waiting for (`waiting`; empty offline). A store that cannot be read
 /// is a line of the screen, so what the daemon waits for is still shown.
 pub async fn status_text(
     store: &dyn Store,
     waiting: &[Waiting],
     fleet: Option<Result<FleetFacts, crate::store::StoreError>>,
-    color: bool,
+    (color, all): (bool, bool),
     now: i64,
 ) -> Result<String, crate::store::StoreError> {
     let (table, records) = match store.records().await {
-        Ok(records) => (
-            haproxy_acme_state::dump::status_table(&records, now, color),
-            records,
-        ),
+        Ok(records) => {
+            let summaries = crate::metrics::summaries(&records);
+            let summaries = summaries.iter().map(|(id, s)| (*id, s));
+            let screen = haproxy_acme_state::dump::status_screen(summaries, now, color, all);
+            (screen, records)
+        }
         Err(e) if !waiting.is_empty() => (
             format!("the certificates cannot be read now: {e}\n"),
             Vec::new(),
@@ -128,12 +131,17 @@ fn status_rest(table: String, waiting: &[Waiting], color: bool, now: i64) -> Str
     table + &haproxy_acme_state::dump::waiting_text(waiting, now, color) + &persist
 }
 
-/// The `status --check` report of every record in `store`.
+/// The `status --check` report of every record in `store`; with the daemon's `view`, of the
+/// records it says need attention only (`stream::check_report`).
 pub async fn check_text(
     store: &dyn Store,
+    view: Option<&View>,
     waiting: &[Waiting],
     now: i64,
 ) -> Result<String, crate::store::StoreError> {
+    if let Some(view) = view {
+        return stream::check_report(view, store, waiting, now).await;
+    }
     let records = store.records().await?;
     Ok(haproxy_acme_state::attention::check_report_waiting(
         &records, waiting, now,
@@ -287,7 +295,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
         }
         (&Method::GET, ["status", id]) => {
             let table = match &admin.view {
-                Some(view) => Ok(stream::status_table(view, Some(id), now, flag("color"))),
+                Some(view) => Ok(stream::status_table(view, id, now, flag("color"))),
                 None => store.get(id).await.map(|r| {
                     r.map(|r| haproxy_acme_state::dump::status_table([&r], now, flag("color")))
                 }),
@@ -300,14 +308,15 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
         }
         (&Method::GET, ["status"]) if admin.view.is_some() => {
             let view = admin.view.as_deref().expect("guarded");
-            let table = stream::status_table(view, None, now, flag("color")).unwrap_or_default();
+            let screen = stream::status_screen(view, now, flag("color"), flag("all"));
             text(
                 StatusCode::OK,
-                status_rest(table, &waiting, flag("color"), now),
+                status_rest(screen, &waiting, flag("color"), now),
             )
         }
         (&Method::GET, ["status"]) => {
-            match status_text(store, &waiting, fleet().await, flag("color"), now).await {
+            let how = (flag("color"), flag("all"));
+            match status_text(store, &waiting, fleet().await, how, now).await {
                 Ok(t) => text(StatusCode::OK, t),
                 Err(e) => store_error(e),
             }
@@ -319,10 +328,12 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
                 format!("the ACME account is not available: {e}\n"),
             ),
         },
-        (&Method::GET, ["check"]) => match check_text(store, &waiting, now).await {
-            Ok(t) => text(StatusCode::OK, t),
-            Err(e) => store_error(e),
-        },
+        (&Method::GET, ["check"]) => {
+            match check_text(store, admin.view.as_deref(), &waiting, now).await {
+                Ok(t) => text(StatusCode::OK, t),
+                Err(e) => store_error(e),
+            }
+        }
         (&Method::GET, ["healthz"]) => {
             // Only probe a store and a directory that are open for business.
             let probes = if admin.health.ready() {
@@ -358,6 +369,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
                 admin.health.ready(),
                 admin.health.last_pass(),
                 None,
+                admin.config.metrics_per_certificate,
             );
             drop(map);
             reply(StatusCode::OK, crate::metrics::CONTENT_TYPE, text)
@@ -372,6 +384,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, writable: bool) -> Respons
                     admin.health.ready(),
                     admin.health.last_pass(),
                     fleet.map(|f| FleetView::new(&f, &records)).as_ref(),
+                    admin.config.metrics_per_certificate,
                 ),
             ),
             (Err(e), _) | (_, Err(e)) => store_error(e),

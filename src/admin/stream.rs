@@ -1,7 +1,8 @@
 //! The admin endpoint's answers that are not built whole: the `state dump` of every certificate
 //! written as the store is scanned (a response body fed by a channel, in chunks of
 //! [`CHUNK`] bytes, so the daemon's memory stays flat whatever the number of certificates), and
-//! the `status` screens read from the daemon's view instead of the store.
+//! the `status` screens and the `status --check` report read from the daemon's view instead of
+//! the store.
 
 use std::io;
 use std::pin::Pin;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use haproxy_acme_state::dump::{status_table_of, DumpWriter, Waiting};
-use haproxy_acme_state::UnixTime;
+use haproxy_acme_state::{attention, UnixTime};
 use hyper::body::{Bytes, Frame};
 use tokio::sync::mpsc;
 
@@ -81,17 +82,46 @@ pub fn dump(store: Arc<dyn Store>, waiting: Vec<Waiting>, now: UnixTime) -> Chan
     ChannelBody(rx)
 }
 
-/// The `status` table of every certificate in `view`, or of certificate `id` only (`None`: no
-/// such certificate).
-pub fn status_table(view: &View, id: Option<&str>, now: UnixTime, color: bool) -> Option<String> {
+/// The `status` table of certificate `id` in `view` (`None`: no such certificate).
+pub fn status_table(view: &View, id: &str, now: UnixTime, color: bool) -> Option<String> {
     let map = view.read();
-    Some(match id {
-        None => status_table_of(View::summaries(&map), now, color),
-        Some(id) => {
-            let (id, seen) = map.get_key_value(id)?;
-            status_table_of([(&**id, &seen.summary)], now, color)
-        }
-    })
+    let (id, seen) = map.get_key_value(id)?;
+    Some(status_table_of([(&**id, &seen.summary)], now, color))
+}
+
+/// The `status` screen of every certificate in `view` (`state::dump::status_screen`: the table
+/// of every one if `all` or up to 100, else a summary).
+pub fn status_screen(view: &View, now: UnixTime, color: bool, all: bool) -> String {
+    let map = view.read();
+    haproxy_acme_state::dump::status_screen(View::summaries(&map), now, color, all)
+}
+
+/// The `status --check` report from `view`: the configured certificates counted there, and only
+/// those it says need attention read from `store` (`attention::problems` describes a condition
+/// from the whole record: the drift's serials, the certificate's own). A record that changed
+/// in between is judged as read.
+pub async fn check_report(
+    view: &View,
+    store: &dyn Store,
+    waiting: &[Waiting],
+    now: UnixTime,
+) -> Result<String, crate::store::StoreError> {
+    let (configured, ids) = {
+        let map = view.read();
+        let summaries = View::summaries(&map).filter(|(_, s)| !s.unconfigured);
+        let configured = summaries.clone().count();
+        let ids: Vec<String> = summaries
+            .filter(|(_, s)| s.needs_attention(now))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        (configured, ids)
+    };
+    let mut records = Vec::with_capacity(ids.len());
+    for id in &ids {
+        records.extend(store.get(id).await?);
+    }
+    let report = attention::check_report_of(configured, &records, now);
+    Ok(attention::with_waiting(report, waiting, now))
 }
 
 #[cfg(test)]
@@ -125,6 +155,80 @@ mod tests {
             let body = dump(store.clone(), waiting.clone(), 99);
             let streamed = body.collect().await.unwrap().to_bytes();
             assert_eq!(String::from_utf8_lossy(&streamed), whole, "{n} records");
+        }
+    }
+
+    /// `n` installed 90-day certificates issued at 0, every third failing for good, one no
+    /// longer configured.
+    fn records(n: usize) -> Vec<Record> {
+        use haproxy_acme_state::machine::FailureReport;
+        use haproxy_acme_state::{apply, CertMeta, Event, FailureKind, Step};
+        (0..n)
+            .map(|i| {
+                let r = Record::new(vec![format!("c{i:03}.test")], KeyType::EcdsaP256, 0);
+                let meta = CertMeta {
+                    serial: format!("{i:X}"),
+                    not_before: 0,
+                    not_after: 90 * 86_400,
+                    fingerprint: "f".into(),
+                    issued_at: 0,
+                };
+                let r = apply(&r, Event::OrderCreated { url: "u".into() }, 0);
+                let r = apply(&r, Event::CertificateStored { meta }, 0);
+                let fingerprint = "f".into();
+                let mut r = apply(&r, Event::Installed { fingerprint }, 0);
+                if i % 3 == 0 {
+                    let report = FailureReport {
+                        step: Step::Order,
+                        kind: FailureKind::Permanent,
+                        error: "rejectedIdentifier".into(),
+                        retry_after: None,
+                        jitter_permille: 0,
+                        order_dead: false,
+                    };
+                    r = apply(&r, Event::Failed(report), 5);
+                }
+                r.unconfigured = i == 1;
+                r
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_daemons_screens_from_its_view_are_the_offline_ones_from_the_records() {
+        let now = 86_400;
+        for n in [3, 100, 101, 150] {
+            let memory: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new());
+            memory.put_all(records(n)).await.unwrap();
+            let (_viewed, view) = crate::store::view::Viewed::fill(memory.clone())
+                .await
+                .unwrap();
+            let store = memory.as_ref();
+            for all in [false, true] {
+                let offline = crate::admin::status_text(store, &[], None, (false, all), now)
+                    .await
+                    .unwrap();
+                let daemon = status_screen(&view, now, false, all);
+                assert!(
+                    offline.starts_with(&daemon),
+                    "{n} {all}\n{daemon}\n{offline}"
+                );
+                let summary = offline.ends_with("`status ID` for one\n");
+                assert_eq!(summary, n > 100 && !all, "{n} {all}\n{offline}");
+            }
+            for at in [now, 200 * 86_400] {
+                let whole = crate::admin::check_text(store, None, &[], at)
+                    .await
+                    .unwrap();
+                let viewed = crate::admin::check_text(store, Some(&view), &[], at)
+                    .await
+                    .unwrap();
+                assert_eq!(viewed, whole);
+                // A line per problem: failing, then expired too (the configured ones).
+                let failing = n.div_ceil(3);
+                let problems = if at == now { failing } else { failing + n - 1 };
+                assert_eq!(whole.lines().count(), 1 + problems, "{whole}");
+            }
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct Config {
     /// never).
     #[serde(serialize_with = "values::serialize_opt_secs")]
     pub watchdog_interval: Option<Duration>,
+    /// `METRICS_PER_CERTIFICATE`: which certificates `/metrics` writes per-certificate series of.
+    pub metrics_per_certificate: crate::metrics::PerCertificate,
     /// `ALERT_HOOK`: run with `sh -c` when a certificate starts or stops needing attention.
     pub alert_hook: Option<String>,
     /// `ACME_PROFILE`: what orders ask for unless a certificate says (`None`: the CA's default).
@@ -375,23 +377,18 @@ impl Config {
             );
         }
 
-        let watchdog_interval = match raw.watchdog_interval.as_deref().map(str::trim) {
-            None | Some("") => Some(DEFAULT_WATCHDOG_INTERVAL),
-            Some("off" | "0") => None,
-            Some(t) => match parse_duration(t) {
-                Ok(d) if d >= Duration::from_secs(1) => Some(d),
-                Ok(_) => {
-                    errors.push(format!(
-                        "WATCHDOG_INTERVAL {t:?}: at least 1s (or `off` to never check)"
-                    ));
-                    None
-                }
-                Err(e) => {
-                    errors.push(format!("WATCHDOG_INTERVAL: {e}"));
-                    None
-                }
-            },
-        };
+        let watchdog_interval = parse_watchdog_interval(raw.watchdog_interval.as_deref())
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            });
+        let metrics_per_certificate = parse_metrics_per_certificate(
+            raw.metrics_per_certificate.as_deref(),
+        )
+        .unwrap_or_else(|e| {
+            errors.push(e);
+            Default::default()
+        });
         let alert_hook = raw
             .alert_hook
             .as_deref()
@@ -426,6 +423,7 @@ impl Config {
             preflight_tls_address,
             acme_profile,
             watchdog_interval,
+            metrics_per_certificate,
             alert_hook,
             admin_listen,
             deploy_hook,
@@ -460,7 +458,6 @@ impl Config {
 const DEFAULT_DEPLOY_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 /// DNS hooks often wait for propagation: 5 minutes.
 const DEFAULT_DNS_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
-const DEFAULT_WATCHDOG_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The accepted duration syntax, for error messages.
 const DURATION_SYNTAX: &str =
@@ -489,8 +486,8 @@ pub use values::DEFAULT_CONCURRENCY;
 #[cfg(test)]
 use values::MAX_RATE_WINDOW_SECS;
 use values::{
-    parse_concurrency, parse_preflight, parse_rate_limits, parse_runtime_api, timeout_setting,
-    validate_email,
+    parse_concurrency, parse_metrics_per_certificate, parse_preflight, parse_rate_limits,
+    parse_runtime_api, parse_watchdog_interval, timeout_setting, validate_email,
 };
 
 #[cfg(test)]

@@ -91,6 +91,7 @@ mod tests {
             true,
             1000,
             Some(&FleetView::new(&facts, [&r])),
+            crate::metrics::PerCertificate::Auto,
         );
         for line in [
             "haproxy_acme_fleet_leader 1\n",

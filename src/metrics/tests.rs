@@ -47,7 +47,7 @@ fn render_has_per_certificate_gauges_and_counters() {
     m.bad_nonce();
     m.account_registered_again();
     let now = 1_700_000_000;
-    let before_watchdog = m.render_records(&[], now, true, now, None);
+    let before_watchdog = m.render_records(&[], now, true, now, None, PerCertificate::All);
     assert!(
         !before_watchdog.contains("watchdog_last_check"),
         "no check yet: no timestamp to alert on"
@@ -75,7 +75,14 @@ fn render_has_per_certificate_gauges_and_counters() {
     let mut waiting = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, now);
     waiting.id = "b.test".into();
     let installed_again = installed.clone();
-    let text = m.render_records(&[installed, waiting], now, true, now, None);
+    let text = m.render_records(
+        &[installed, waiting],
+        now,
+        true,
+        now,
+        None,
+        PerCertificate::All,
+    );
     let expiry = format!(
         "haproxy_acme_certificate_expiration_timestamp_seconds{{name=\"a.test\"}} {}",
         now + 90 * 86_400
@@ -107,7 +114,14 @@ fn render_has_per_certificate_gauges_and_counters() {
     )));
     assert!(text.contains("haproxy_acme_certificate_drifts_total 1"));
     assert!(text.contains("haproxy_acme_alert_hook_runs_total{result=\"success\"} 1"));
-    let expired = m.render_records(&[installed_again], now + 91 * 86_400, true, now, None);
+    let expired = m.render_records(
+        &[installed_again],
+        now + 91 * 86_400,
+        true,
+        now,
+        None,
+        PerCertificate::All,
+    );
     assert!(
         expired.contains(
             "haproxy_acme_certificate_attention{name=\"a.test\",condition=\"expiring\"} 1"
@@ -250,7 +264,7 @@ fn the_gauges_from_summaries_are_prometheus_clients() {
         for at in [now, 200 * day] {
             let mut got = String::new();
             let s = haproxy_acme_state::dump::Summary::from_record(&r);
-            super::certs::write(&mut got, std::iter::once((r.id.as_str(), &s)), at);
+            super::certs::write_per_certificate(&mut got, std::iter::once((r.id.as_str(), &s)), at);
             // The reference's order within the attention family is its map's: compare sorted.
             let sorted = |t: &str| {
                 let mut l: Vec<String> = t.lines().map(String::from).collect();
@@ -262,4 +276,185 @@ fn the_gauges_from_summaries_are_prometheus_clients() {
             assert_eq!(got.len(), want.len());
         }
     }
+}
+
+/// An installed 90-day certificate `id` issued at 0.
+fn installed(id: &str) -> Record {
+    let r = Record::new(vec![id.into()], KeyType::EcdsaP256, 0);
+    let meta = CertMeta {
+        serial: "01".into(),
+        not_before: 0,
+        not_after: 90 * 86_400,
+        fingerprint: "f".into(),
+        issued_at: 0,
+    };
+    let r = apply(&r, Event::OrderCreated { url: "u".into() }, 0);
+    let r = apply(&r, Event::CertificateStored { meta }, 0);
+    let fingerprint = "f".into();
+    apply(&r, Event::Installed { fingerprint }, 0)
+}
+
+/// The ids with a per-certificate sample in `text`.
+fn ids_in(text: &str) -> std::collections::BTreeSet<&str> {
+    text.lines()
+        .filter_map(|l| l.split_once("{name=\"")?.1.split_once('"'))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[test]
+fn attention_mode_writes_only_the_certificates_that_need_an_operator() {
+    let day = 86_400;
+    let healthy = installed("a.test");
+    let mut blip = installed("b.test");
+    blip.failure = Some(haproxy_acme_state::Failure {
+        step: haproxy_acme_state::Step::Install,
+        kind: haproxy_acme_state::FailureKind::Retryable,
+        error: "runtime API".into(),
+        attempts: 1,
+        at: day,
+        next_attempt_at: Some(day + 5),
+    });
+    let mut expiring = installed("c.test");
+    expiring.renew_at = Some(40 * day);
+    // The others' renewal (a window from the CA, say) is not overdue yet at `now`.
+    let mut records = [healthy, blip, expiring];
+    records[0].renew_at = Some(70 * day);
+    records[1].renew_at = Some(70 * day);
+    let now = 65 * day;
+    let m = Metrics::default();
+    let render = |per| m.render_records(&records, now, true, now, None, per);
+    let attention = render(PerCertificate::Attention);
+    assert_eq!(
+        ids_in(&attention).into_iter().collect::<Vec<_>>(),
+        ["b.test", "c.test"],
+        "a failed attempt or a condition: {attention}"
+    );
+    // The expiring one keeps its expiry: `expiry - time() < 7d` alerts still fire.
+    assert!(attention.contains(&format!(
+        "haproxy_acme_certificate_expiration_timestamp_seconds{{name=\"c.test\"}} {}",
+        90 * day
+    )));
+    assert!(attention
+        .contains("haproxy_acme_certificate_attention{name=\"c.test\",condition=\"expiring\"} 1"));
+    for per in [PerCertificate::All, PerCertificate::Auto] {
+        assert_eq!(ids_in(&render(per)).len(), 3);
+    }
+    // Aggregates whatever the mode.
+    for text in [&attention, &render(PerCertificate::All)] {
+        assert!(text.contains("haproxy_acme_certificates{phase=\"issued\"} 3\n"));
+        assert!(text.contains("haproxy_acme_certificates_attention{condition=\"expiring\"} 1\n"));
+        assert!(text.contains("haproxy_acme_certificates_attention{condition=\"failing\"} 0\n"));
+        assert!(text.contains(&format!(
+            "haproxy_acme_certificate_expiration_earliest_timestamp_seconds {}\n",
+            90 * day
+        )));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    // `auto`: every certificate up to AUTO_ALL_UP_TO, then the ones that need attention.
+    let many = |n: usize| -> Vec<(String, Summary)> {
+        let s = Summary::from_record(&records[0]);
+        (0..n).map(|i| (format!("c{i}.test"), s.clone())).collect()
+    };
+    let auto = |all: &[(String, Summary)]| {
+        let certs = all.iter().map(|(id, s)| (id.as_str(), s));
+        m.render(certs, now, true, now, None, PerCertificate::Auto)
+    };
+    assert_eq!(ids_in(&auto(&many(AUTO_ALL_UP_TO))).len(), AUTO_ALL_UP_TO);
+    let mut over = many(AUTO_ALL_UP_TO + 1);
+    over[7].1 = Summary::from_record(&records[2]);
+    let text = auto(&over);
+    assert_eq!(ids_in(&text).into_iter().collect::<Vec<_>>(), ["c7.test"]);
+    assert!(text.contains("haproxy_acme_certificates{phase=\"issued\"} 10001\n"));
+}
+
+#[test]
+fn the_aggregates_are_prometheus_clients() {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct PhaseLabel {
+        phase: String,
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ConditionLabel {
+        condition: String,
+    }
+    let day = 86_400;
+    let mut pending = Record::new(vec!["p.test".into()], KeyType::EcdsaP256, 0);
+    pending.failure = Some(haproxy_acme_state::Failure {
+        step: haproxy_acme_state::Step::Order,
+        kind: haproxy_acme_state::FailureKind::Permanent,
+        error: "no".into(),
+        attempts: 1,
+        at: day,
+        next_attempt_at: None,
+    });
+    let mut early = installed("e.test");
+    early.cert.as_mut().unwrap().not_after = 80 * day;
+    let records = [installed("a.test"), early, pending];
+    let summaries = summaries(&records);
+    let mut got = String::new();
+    let certs = summaries.iter().map(|(id, s)| (*id, s));
+    super::certs::write(&mut got, certs, day, PerCertificate::Attention);
+    // The pending one's series follow the aggregates.
+    let got = got[..got
+        .find("# HELP haproxy_acme_certificate_ready_status")
+        .unwrap()]
+        .to_string();
+
+    let (phases, conditions) = (
+        Family::<PhaseLabel, Gauge>::default(),
+        Family::<ConditionLabel, Gauge>::default(),
+    );
+    for (p, n) in [
+        ("pending", 1),
+        ("validating", 0),
+        ("issued", 2),
+        ("expiring", 0),
+    ] {
+        phases.get_or_create(&PhaseLabel { phase: p.into() }).set(n);
+    }
+    for (c, n) in [("failing", 1), ("expiring", 0), ("not-served", 0)] {
+        let label = ConditionLabel {
+            condition: c.into(),
+        };
+        conditions.get_or_create(&label).set(n);
+    }
+    let earliest = Gauge::<i64>::default();
+    earliest.set(80 * day);
+    fn encode(out: &mut String, family: &str, metric: impl prometheus_client::registry::Metric) {
+        let mut reg = Registry::with_prefix("haproxy_acme");
+        reg.register(family, super::certs::help(family), metric);
+        prometheus_client::encoding::text::encode_registry(out, &reg).unwrap();
+    }
+    let mut want = String::new();
+    let name = "certificate_expiration_earliest_timestamp_seconds";
+    encode(&mut want, "certificates", phases);
+    encode(&mut want, "certificates_attention", conditions);
+    encode(&mut want, name, earliest);
+    let sorted = |t: &str| {
+        let mut l: Vec<String> = t.lines().map(String::from).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(sorted(&got), sorted(&want), "{got}");
+    assert_eq!(got.len(), want.len());
+    // Each name is one family's, none another's sample.
+    let text = Metrics::default().render_records(&records, day, true, 0, None, PerCertificate::All);
+    for family in ["certificates", "certificates_attention", name] {
+        let descriptor = format!("# TYPE haproxy_acme_{family} gauge\n");
+        assert_eq!(text.matches(&descriptor).count(), 1, "{family}");
+    }
+    let names: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        text.matches("# TYPE ").count(),
+        "no name declared twice"
+    );
 }

@@ -29,6 +29,13 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// Every condition, in declaration order (`condition as usize` is its index).
+    pub const ALL: [Condition; 3] = [
+        Condition::Failing,
+        Condition::Expiring,
+        Condition::NotServed,
+    ];
+
     /// The spelling of the dump, the metrics' `condition` label and `ALERT_CONDITIONS`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -204,6 +211,18 @@ pub const CHECK_PREFIX: &str = "HAPROXY-ACME";
 /// The `status --check` report: a Nagios-style first line (`HAPROXY-ACME OK|WARNING|UNKNOWN -
 /// ... | perfdata`), then one line per problem, `<id>: <problem>`, sorted by id.
 pub fn check_report<'a>(records: impl IntoIterator<Item = &'a Record>, now: UnixTime) -> String {
+    let records: Vec<&Record> = records.into_iter().filter(|r| !r.unconfigured).collect();
+    check_report_of(records.len(), records, now)
+}
+
+/// [`check_report`] of `configured` certificates (not counting those no longer configured) of
+/// which only `records` may need attention: the others are known to need none (the daemon's
+/// view of their summaries said so), so only these are read whole.
+pub fn check_report_of<'a>(
+    configured: usize,
+    records: impl IntoIterator<Item = &'a Record>,
+    now: UnixTime,
+) -> String {
     let mut records: Vec<&Record> = records.into_iter().filter(|r| !r.unconfigured).collect();
     records.sort_by(|a, b| a.id.cmp(&b.id));
     let mut lines = Vec::new();
@@ -215,7 +234,7 @@ pub fn check_report<'a>(records: impl IntoIterator<Item = &'a Record>, now: Unix
         }
         lines.extend(found.into_iter().map(|(_, p)| format!("{}: {p}", r.id)));
     }
-    let n = records.len();
+    let n = configured;
     let perf = format!("| certificates={n} attention={}", ids.len());
     let first = if n == 0 {
         format!("{CHECK_PREFIX} UNKNOWN - no configured certificate in the store {perf}")
@@ -247,7 +266,12 @@ pub fn check_report_waiting<'a>(
     waiting: &[Waiting],
     now: UnixTime,
 ) -> String {
-    let report = check_report(records, now);
+    with_waiting(check_report(records, now), waiting, now)
+}
+
+/// `report` (a [`check_report`]) with what the daemon has waited for longer than
+/// [`WAIT_GRACE`] (see [`check_report_waiting`]).
+pub fn with_waiting(report: String, waiting: &[Waiting], now: UnixTime) -> String {
     let long: Vec<&Waiting> = waiting
         .iter()
         .filter(|w| now - w.since >= WAIT_GRACE)
@@ -608,6 +632,21 @@ mod tests {
         assert!(lines[3].starts_with("b.test: EXPIRED"), "{report}");
         assert!(lines[4].starts_with("c.test: EXPIRED"), "{report}");
         assert_eq!(lines.len(), 5, "the unconfigured certificate is left out");
+        // The daemon's way: the count and only the records its view says need attention.
+        let healthy = installed("e.test");
+        let all = [&failing, &expired, &ok, &gone, &healthy];
+        let at = T0 + 30 * DAY;
+        let needing: Vec<&Record> = all
+            .iter()
+            .copied()
+            .filter(|r| !conditions(r, at).is_empty())
+            .collect();
+        assert_eq!(needing.len(), 1);
+        assert_eq!(check_report_of(4, needing, at), check_report(all, at));
+        assert_eq!(
+            check_report_of(4, all, T0 + 91 * DAY),
+            check_report(all, T0 + 91 * DAY)
+        );
         let soon = check_report([&ok], T0 + 61 * DAY);
         assert!(
             soon.contains("a.test: expires in 29d (2024-02-12T22:13:20Z): less than a third of its lifetime left, renewal due 24h ago"),

@@ -11,9 +11,11 @@ use crate::attention::conditions;
 use crate::{Failure, Record, UnixTime};
 
 pub mod fleet;
+pub mod overview;
 mod stream;
 mod summary;
 mod waiting;
+pub use overview::{status_screen, Tally};
 pub use stream::DumpWriter;
 pub use summary::{status_table_of, FailureSummary, Summary};
 pub use waiting::{waiting_text, waiting_views, Waiting, WaitingView};

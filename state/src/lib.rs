@@ -86,6 +86,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in declaration order (`phase as usize` is its index).
+    pub const ALL: [Phase; 4] = [
+        Phase::Pending,
+        Phase::Validating,
+        Phase::Issued,
+        Phase::Expiring,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "pending",

@@ -303,6 +303,7 @@ proptest! {
             responder_listen: Some(listen),
             tls_alpn_listen: Some(alpn),
             watchdog_interval: Some(watchdog),
+            metrics_per_certificate: None,
             alert_hook: Some(alert),
             acme_profile: Some(profile),
             preflight: None,

@@ -1,6 +1,6 @@
 //! Parsing of single setting values whose syntax is ours: `RATE_LIMITS`, `CONCURRENCY`, `EMAIL`,
-//! `HAPROXY_RUNTIME_API`, `PREFLIGHT` and `PREFLIGHT_HTTP_ADDRESS` (split from `settings.rs`,
-//! which keeps the whole `Config`).
+//! `HAPROXY_RUNTIME_API`, `PREFLIGHT` and `PREFLIGHT_HTTP_ADDRESS`, `WATCHDOG_INTERVAL`,
+//! `METRICS_PER_CERTIFICATE` (split from `settings.rs`, which keeps the whole `Config`).
 
 use haproxy_acme_state::ledger::{Limit, Limits};
 
@@ -200,6 +200,39 @@ fn host_port(
     })
 }
 
+const DEFAULT_WATCHDOG_INTERVAL: Duration = Duration::from_secs(300);
+
+/// `WATCHDOG_INTERVAL`: a duration of at least 1 s, 5 minutes when unset, `off` (or `0`) for
+/// never (`None`).
+pub(super) fn parse_watchdog_interval(value: Option<&str>) -> Result<Option<Duration>, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(Some(DEFAULT_WATCHDOG_INTERVAL)),
+        Some("off" | "0") => Ok(None),
+        Some(t) => match parse_duration(t) {
+            Ok(d) if d >= Duration::from_secs(1) => Ok(Some(d)),
+            Ok(_) => Err(format!(
+                "WATCHDOG_INTERVAL {t:?}: at least 1s (or `off` to never check)"
+            )),
+            Err(e) => Err(format!("WATCHDOG_INTERVAL: {e}")),
+        },
+    }
+}
+
+/// `METRICS_PER_CERTIFICATE`: `auto` (the default), `all` or `attention`.
+pub(super) fn parse_metrics_per_certificate(
+    value: Option<&str>,
+) -> Result<crate::metrics::PerCertificate, String> {
+    let v = value.unwrap_or("");
+    crate::metrics::PerCertificate::parse(v).ok_or_else(|| {
+        format!(
+            "METRICS_PER_CERTIFICATE {:?}: `auto` (the default: every certificate's series up to \
+             {} certificates, above only those needing attention), `all` or `attention`",
+            v.trim(),
+            crate::metrics::AUTO_ALL_UP_TO
+        )
+    })
+}
+
 /// A timeout setting (`DEPLOY_HOOK_TIMEOUT`, `DNS_HOOK_TIMEOUT`): a duration more than zero,
 /// `default` when unset; a problem is pushed to `errors` naming `setting`.
 pub(super) fn timeout_setting(
@@ -236,4 +269,34 @@ pub(super) fn serialize_opt_secs<S: serde::Serializer>(
 
 pub(super) fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::PerCertificate;
+
+    #[test]
+    fn metrics_per_certificate_is_auto_unless_set() {
+        assert_eq!(
+            parse_metrics_per_certificate(None),
+            Ok(PerCertificate::Auto)
+        );
+        assert_eq!(
+            parse_metrics_per_certificate(Some(" attention ")),
+            Ok(PerCertificate::Attention)
+        );
+        assert_eq!(
+            parse_metrics_per_certificate(Some("all")),
+            Ok(PerCertificate::All)
+        );
+        let e = parse_metrics_per_certificate(Some("few")).unwrap_err();
+        assert!(
+            e.starts_with(
+                "METRICS_PER_CERTIFICATE \"few\": `auto` (the default: every \
+                 certificate's series up to 10000 certificates"
+            ),
+            "{e}"
+        );
+    }
 }

@@ -75,20 +75,27 @@ impl Summary {
 
     /// [`crate::attention::conditions`] of the record at `now`.
     pub fn conditions(&self, now: UnixTime) -> Vec<Condition> {
-        let mut found = Vec::new();
-        if self.unconfigured {
-            return found;
-        }
-        if self.failing {
-            found.push(Condition::Failing);
-        }
-        if self.expiring_at.is_some_and(|t| t <= now) {
-            found.push(Condition::Expiring);
-        }
-        if self.not_served {
-            found.push(Condition::NotServed);
-        }
-        found
+        self.conditions_at(now).collect()
+    }
+
+    /// [`Summary::conditions`] without a vector, for a pass over every certificate.
+    pub fn conditions_at(&self, now: UnixTime) -> impl Iterator<Item = Condition> {
+        let on = !self.unconfigured;
+        [
+            (Condition::Failing, self.failing),
+            (
+                Condition::Expiring,
+                self.expiring_at.is_some_and(|t| t <= now),
+            ),
+            (Condition::NotServed, self.not_served),
+        ]
+        .into_iter()
+        .filter_map(move |(c, yes)| (on && yes).then_some(c))
+    }
+
+    /// Whether the certificate has a condition at `now` (needs an operator).
+    pub fn needs_attention(&self, now: UnixTime) -> bool {
+        self.conditions_at(now).next().is_some()
     }
 
     /// Served by HAProxy: the stored certificate, installed and unexpired at `now`.
@@ -97,7 +104,7 @@ impl Summary {
     }
 
     /// The `status` line's cells: more names, phase, via, expires in, renews in, last error.
-    fn cells(&self, id: &str, now: UnixTime) -> [String; 7] {
+    pub(super) fn cells(&self, id: &str, now: UnixTime) -> [String; 7] {
         let expires = self.not_after.map_or("-".into(), |not_after| {
             let left = not_after - now;
             if left < 0 {
@@ -207,6 +214,68 @@ pub fn status_table_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::{apply, Event};
+    use crate::{CertMeta, KeyType};
+
+    /// An installed certificate of `lifetime` seconds issued at 0, from a CA without renewal
+    /// information (the lifetime rule).
+    fn issued(lifetime: i64) -> Record {
+        let r = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, 0);
+        let meta = CertMeta {
+            serial: "0A1B".into(),
+            not_before: 0,
+            not_after: lifetime,
+            fingerprint: "f".into(),
+            issued_at: 0,
+        };
+        [
+            Event::OrderCreated { url: "u".into() },
+            Event::CertificateStored { meta },
+            Event::Installed {
+                fingerprint: "f".into(),
+            },
+            Event::RenewalInfoUnavailable { retry_at: None },
+        ]
+        .into_iter()
+        .fold(r, |r, e| apply(&r, e, 0))
+    }
+
+    /// `/metrics` in attention mode writes the expiry gauge only of certificates with a
+    /// condition: an alert on `expiry - time() < N days` still fires for every configured
+    /// certificate, whose renewal is overdue once about a third of its lifetime is left (the
+    /// lifetime rule), if N is less than that: 7 days for 90- and 45-day certificates, the shipped 2 days
+    /// for Let's Encrypt's 160-hour `shortlived` ones. And an expired one always has it.
+    #[test]
+    fn an_expiring_certificate_has_the_expiring_condition_in_time_for_an_expiry_alert() {
+        let day = 86_400;
+        for (lifetime, alert_days) in [(90 * day, 7), (45 * day, 7), (160 * 3600, 2)] {
+            let s = Summary::from_record(&issued(lifetime));
+            assert!(!s.needs_attention(0), "a new certificate needs none");
+            // From a third of the lifetime left, or 1 % of it after a renewal time drawn up to a
+            // thirtieth earlier than two thirds in.
+            let (from, latest) = (
+                lifetime - lifetime / 3,
+                lifetime - lifetime / 3 + lifetime / 100,
+            );
+            assert!(s.expiring_at.is_some_and(|t| (from..=latest).contains(&t)));
+            assert!(!s.needs_attention(from - 1));
+            assert!(lifetime - latest >= alert_days * day);
+            let window = (lifetime - alert_days * day)..=(lifetime + 400 * day);
+            for now in window.step_by(3600) {
+                assert_eq!(
+                    s.conditions(now),
+                    vec![Condition::Expiring],
+                    "lifetime {lifetime}, {} s before expiry",
+                    lifetime - now
+                );
+                assert!(s.conditions_at(now).eq(s.conditions(now)));
+            }
+        }
+        // No longer configured: kept, not renewed, never a condition (nor an expiry series).
+        let mut gone = issued(90 * day);
+        gone.unconfigured = true;
+        assert!(!Summary::from_record(&gone).needs_attention(100 * day));
+    }
 
     #[test]
     fn a_summary_has_the_conditions_of_its_record() {
