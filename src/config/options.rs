@@ -2,6 +2,8 @@
 //! profile=shortlived`), in DOMAINS, DOMAINS_FILE and `domains add` alike. `=` is in no DNS
 //! name, so entries without options keep their meaning.
 
+use std::borrow::Cow;
+
 use haproxy_acme_state::ChallengeType;
 
 use super::names::CertSpec;
@@ -11,23 +13,53 @@ use super::names::CertSpec;
 /// apart from the names by whitespace or a comma (`a.com,www.a.com profile=shortlived`, and
 /// `domains add` keeps them comma-joined). Whitespace inside a name is left there, so a name
 /// with a space is still refused as one.
-pub(super) fn split_entry(entry: &str) -> (Vec<String>, Vec<&str>) {
+pub(super) fn split_entry(entry: &str) -> (Vec<Cow<'_, str>>, Vec<&str>) {
     let mut names = Vec::new();
     let mut options = Vec::new();
-    for piece in entry.split(',') {
-        let mut rest: Vec<&str> = Vec::new();
+    for piece in split_ascii(entry, b',') {
+        // Most pieces are one name: printable ASCII with neither space nor '='.
+        if piece.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
+            if !piece.is_empty() {
+                names.push(Cow::Borrowed(piece));
+            }
+            continue;
+        }
+        // The piece's words other than options, joined by one space (a name unless there is
+        // more than one word); borrowed from the entry when there is one.
+        let mut name: Option<Cow<'_, str>> = None;
         for word in piece.split_whitespace() {
             if word.contains('=') {
                 options.push(word);
+            } else if let Some(name) = &mut name {
+                let name = name.to_mut();
+                name.push(' ');
+                name.push_str(word);
             } else {
-                rest.push(word);
+                name = Some(Cow::Borrowed(word));
             }
         }
-        if !rest.is_empty() {
-            names.push(rest.join(" "));
-        }
+        names.extend(name);
     }
     (names, options)
+}
+
+/// `s.split(sep)` for an ASCII `sep`, by a plain loop over the bytes: on the short pieces of a
+/// certificate entry, faster than `str::split`'s search (`memchr`).
+pub(super) fn split_ascii(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == sep) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// The options of one certificate entry.
@@ -210,6 +242,38 @@ mod tests {
                     .any(|e| e.contains(want) && e.starts_with("DOMAINS entry")),
                 "{input:?}: {e:?}"
             );
+        }
+    }
+
+    /// `split_entry` as it was before its fast path for one-word pieces (a `Vec` of words per
+    /// piece, joined by one space).
+    fn split_entry_by_words(entry: &str) -> (Vec<String>, Vec<&str>) {
+        let mut names = Vec::new();
+        let mut options = Vec::new();
+        for piece in entry.split(',') {
+            let mut rest: Vec<&str> = Vec::new();
+            for word in piece.split_whitespace() {
+                if word.contains('=') {
+                    options.push(word);
+                } else {
+                    rest.push(word);
+                }
+            }
+            if !rest.is_empty() {
+                names.push(rest.join(" "));
+            }
+        }
+        (names, options)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn split_entry_splits_as_by_words(
+            entry in "[a-c.,=; \\t\u{3000}\u{a0}\u{0}\u{7f}\u{e9}*-]{0,24}"
+        ) {
+            let (names, options) = super::split_entry(&entry);
+            let names: Vec<String> = names.into_iter().map(String::from).collect();
+            proptest::prop_assert_eq!((names, options), split_entry_by_words(&entry));
         }
     }
 }
