@@ -29,8 +29,18 @@ fn hash_of<T: std::hash::Hash + ?Sized>(v: &T) -> u64 {
     h.finish()
 }
 
+/// Each spec's (hash of its id, hash of the spec), in order: hashed once per re-read, for the
+/// set's [`digest`] and for [`changes`](Reconciler::changes).
+fn spec_hashes(specs: &[CertSpec]) -> Vec<(u64, u64)> {
+    specs
+        .iter()
+        .map(|s| (hash_of(s.id().as_str()), hash_of(s)))
+        .collect()
+}
+
+/// A digest of the wanted set (of its specs' hashes, in order).
 pub fn digest(specs: &[CertSpec]) -> u64 {
-    hash_of(specs)
+    hash_of(&spec_hashes(specs))
 }
 
 impl Reconciler {
@@ -77,14 +87,15 @@ impl Reconciler {
                 return None;
             }
         };
-        let specs_digest = digest(&specs);
+        let hashes = spec_hashes(&specs);
+        let specs_digest = hash_of(&hashes);
         if specs_digest == applied {
             // Only spelling changed (a comment, spaces).
             unchanged(Some(specs.len()));
             return Some((sources, applied, Vec::new(), Vec::new()));
         }
         let total = specs.len();
-        let (synced, pass) = match self.changes(&specs, wanted) {
+        let (synced, pass) = match self.changes(&hashes, wanted) {
             Some((changed, removed)) => (
                 self.sync_changed(&specs, changed, removed).await,
                 "changed certificates",
@@ -211,12 +222,13 @@ impl Reconciler {
         ))
     }
 
-    /// The positions in `specs` of the certificates whose spec is new or changed since the
-    /// last sync, and the ids in `wanted` no longer listed; `None` when a pass over the whole
-    /// store is due (no sync yet, or so many changes that one batch beats one write each).
+    /// The positions (in the specs `hashes` are of, see [`spec_hashes`]) of the certificates
+    /// whose spec is new or changed since the last sync, and the ids in `wanted` no longer
+    /// listed; `None` when a pass over the whole store is due (no sync yet, or so many changes
+    /// that one batch beats one write each).
     fn changes(
         &self,
-        specs: &[CertSpec],
+        hashes: &[(u64, u64)],
         wanted: &HashSet<Arc<str>>,
     ) -> Option<(Vec<usize>, Vec<String>)> {
         let digests = self
@@ -226,12 +238,13 @@ impl Reconciler {
         if digests.is_empty() {
             return None;
         }
-        let mut present = HashSet::with_capacity(specs.len());
+        // Hashes of the ids: already well mixed, the map's own hasher need not be SipHash.
+        let mut present =
+            fxhash::FxHashSet::with_capacity_and_hasher(hashes.len(), Default::default());
         let mut changed = Vec::new();
-        for (i, spec) in specs.iter().enumerate() {
-            let id = hash_of(spec.id().as_str());
+        for (i, &(id, spec)) in hashes.iter().enumerate() {
             present.insert(id);
-            if digests.get(&id) != Some(&hash_of(spec)) {
+            if digests.get(&id) != Some(&spec) {
                 changed.push(i);
                 if changed.len() > INCREMENTAL_MAX {
                     return None;
