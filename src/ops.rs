@@ -226,7 +226,7 @@ pub async fn domains_add(
             added.push(new.entry_tokens());
             // The whole wanted set must stay valid: no name twice across DOMAINS, DOMAINS_FILE
             // and here.
-            wanted.read(&added).map_err(|e| e.join("; "))?;
+            wanted.check(&added).map_err(|e| e.join("; "))?;
             Ok(added)
         }))
         .await?

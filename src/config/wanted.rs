@@ -7,6 +7,7 @@ use std::collections::hash_map::Entry;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use fxhash::FxHashMap;
 
@@ -14,8 +15,10 @@ use super::names::{CertId, CertSpec, Names};
 use super::options::{dns_hook_missing, split_ascii, tls_alpn_missing};
 use super::settings::ConfigError;
 
+mod index;
+pub use index::{Changes, Reading};
+
 /// The sources of the wanted certificates, validated at start-up (see `Config::from_raw`).
-#[derive(Debug, Clone)]
 pub struct WantedSet {
     /// DOMAINS, parsed once. An error is kept rather than raised for the commands that do not
     /// need the wanted set (`Need::StoreOnly`): it is reported when the set is read.
@@ -27,7 +30,25 @@ pub struct WantedSet {
     dns_hook: bool,
     /// TLS_ALPN_LISTEN is set: certificates with `challenge=tls-alpn-01` can be validated.
     tls_alpn: bool,
+    /// What the last read in full (or by its changes) keeps to read the next one by what
+    /// changed (see [`index`]); `None` before, or when that read was refused.
+    index: Mutex<Option<index::Index>>,
 }
+
+impl fmt::Debug for WantedSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WantedSet")
+            .field("domains", &self.domains)
+            .field("domains_file", &self.domains_file)
+            .field("initial", &self.initial.len())
+            .field("dns_hook", &self.dns_hook)
+            .field("tls_alpn", &self.tls_alpn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// DOMAINS_FILE as read: its path and content, read once, so what is parsed is what was hashed.
+type File<'a> = Option<(&'a Path, std::io::Result<String>)>;
 
 impl WantedSet {
     /// DOMAINS parsed; nothing read yet.
@@ -39,12 +60,13 @@ impl WantedSet {
             initial: Vec::new(),
             dns_hook,
             tls_alpn,
+            index: Mutex::new(None),
         }
     }
 
     /// Reads DOMAINS_FILE for `initial`.
     pub(super) fn read_initial(&mut self) -> Result<(), Vec<String>> {
-        self.initial = self.read(&[])?;
+        self.initial = self.read_since(&[], None)?.1.unwrap_or_default();
         Ok(())
     }
 
@@ -66,12 +88,13 @@ impl WantedSet {
     /// The certificates wanted now: DOMAINS, DOMAINS_FILE as it is now, then those `added` at
     /// runtime (`domains add`, kept in the store).
     pub fn read(&self, added: &[Vec<String>]) -> Result<Vec<CertSpec>, Vec<String>> {
-        self.combine(read_file(self.domains_file()), added)
+        self.combine(&read_file(self.domains_file()), added)
+            .map(|(specs, _)| specs)
     }
 
     /// Like `read`, with a digest of what was read (DOMAINS, DOMAINS_FILE's bytes, the
     /// additions); the certificates are `None`, not parsed, when that digest is `unchanged_from`.
-    /// At 100,000 certificates parsing costs ~0.4 s, reading and hashing the file a few ms
+    /// At 100,000 certificates parsing costs ~40 ms, reading and hashing the file a few ms
     /// (BENCHMARKS.md, scenario 3: a SIGHUP that changes nothing). An unreadable file (or a bad
     /// DOMAINS) is an error each time, never "unchanged".
     pub fn read_since(
@@ -80,38 +103,57 @@ impl WantedSet {
         unchanged_from: Option<u64>,
     ) -> Result<(u64, Option<Vec<CertSpec>>), Vec<String>> {
         let file = read_file(self.domains_file());
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        let readable = match (&self.domains, &file) {
-            (Err(_), _) | (_, Some((_, Err(_)))) => false,
-            (Ok(domains), Some((_, Ok(content)))) => {
-                domains.hash(&mut h);
-                content.hash(&mut h);
-                true
-            }
-            (Ok(domains), None) => {
-                domains.hash(&mut h);
-                true
-            }
+        let Some(digest) = self.sources(&file, added) else {
+            return self.combine(&file, added).map(|(s, _)| (0, Some(s)));
         };
-        if !readable {
-            return self.combine(file, added).map(|s| (0, Some(s)));
-        }
-        added.hash(&mut h);
-        let digest = h.finish();
         if unchanged_from == Some(digest) {
             return Ok((digest, None));
         }
-        self.combine(file, added).map(|s| (digest, Some(s)))
+        self.read_all(file, added, digest)
+            .map(|s| (digest, Some(s)))
     }
 
-    /// The certificates of DOMAINS, then those of DOMAINS_FILE (`file`: its path and content,
-    /// read once, so what is parsed is what was hashed), then `added`; a name in two of them is
-    /// an error.
+    /// A digest of the sources (DOMAINS, DOMAINS_FILE's bytes, the additions); `None` when
+    /// DOMAINS is bad or DOMAINS_FILE unreadable.
+    fn sources(&self, file: &File, added: &[Vec<String>]) -> Option<u64> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match (&self.domains, file) {
+            (Err(_), _) | (_, Some((_, Err(_)))) => return None,
+            (Ok(domains), Some((_, Ok(content)))) => {
+                domains.hash(&mut h);
+                content.hash(&mut h);
+            }
+            (Ok(domains), None) => domains.hash(&mut h),
+        }
+        added.hash(&mut h);
+        Some(h.finish())
+    }
+
+    /// Reads everything in `file` and `added` (of digest `sources`), and keeps the index of it
+    /// for the next read.
+    fn read_all(
+        &self,
+        file: File,
+        added: &[Vec<String>],
+        sources: u64,
+    ) -> Result<Vec<CertSpec>, Vec<String>> {
+        let (specs, configured) = self.combine(&file, added)?;
+        let content = match file {
+            Some((_, Ok(content))) => content,
+            _ => String::new(),
+        };
+        let index = index::Index::of(sources, content, &specs[..configured], added);
+        *self.index.lock().unwrap_or_else(PoisonError::into_inner) = index;
+        Ok(specs)
+    }
+
+    /// The certificates of DOMAINS, then those of DOMAINS_FILE, then `added`, and how many the
+    /// first two list; a name in two of them is an error.
     fn combine(
         &self,
-        file: Option<(&Path, std::io::Result<String>)>,
+        file: &File,
         added: &[Vec<String>],
-    ) -> Result<Vec<CertSpec>, Vec<String>> {
+    ) -> Result<(Vec<CertSpec>, usize), Vec<String>> {
         let mut errors = Vec::new();
         let mut specs = match &self.domains {
             Ok(specs) => specs.clone(),
@@ -123,7 +165,7 @@ impl WantedSet {
         if let Some((path, content)) = file {
             match content {
                 Err(e) => errors.push(format!("DOMAINS_FILE {}: {e}", path.display())),
-                Ok(content) => match parse_domains_file(&content) {
+                Ok(content) => match parse_domains_file(content) {
                     Err(e) => errors.extend(e),
                     Ok(more) => {
                         // name -> id, for the names of DOMAINS only (each source is checked on
@@ -143,12 +185,9 @@ impl WantedSet {
                 },
             }
         }
+        let configured = specs.len();
         if !added.is_empty() {
-            let entries: Vec<String> = added.iter().map(|names| names.join(",")).collect();
-            match parse_certificates(
-                entries.iter().map(|e| (Place::Added(e), e.as_str())),
-                "added certificates",
-            ) {
+            match parse_added(added) {
                 Err(e) => errors.extend(e),
                 Ok(more) => {
                     errors.extend(also_configured(&specs, &more));
@@ -156,18 +195,37 @@ impl WantedSet {
                 }
             }
         }
-        if !self.dns_hook {
-            errors.extend(specs.iter().filter_map(dns_hook_missing));
-        }
-        if !self.tls_alpn {
-            errors.extend(specs.iter().filter_map(tls_alpn_missing));
-        }
+        errors.extend(self.unvalidated(&specs));
         if errors.is_empty() {
-            Ok(specs)
+            Ok((specs, configured))
         } else {
             Err(errors)
         }
     }
+
+    /// One error per certificate whose challenge has nothing to validate it with (DNS-01
+    /// without DNS_HOOK, TLS-ALPN-01 without TLS_ALPN_LISTEN).
+    fn unvalidated<'a>(&self, specs: &'a [CertSpec]) -> impl Iterator<Item = String> + 'a {
+        let (dns_hook, tls_alpn) = (self.dns_hook, self.tls_alpn);
+        let dns = specs
+            .iter()
+            .filter(move |_| !dns_hook)
+            .filter_map(dns_hook_missing);
+        let tls = specs
+            .iter()
+            .filter(move |_| !tls_alpn)
+            .filter_map(tls_alpn_missing);
+        dns.chain(tls)
+    }
+}
+
+/// Parses the certificates added at runtime (`domains add`: names and options as tokens).
+fn parse_added(added: &[Vec<String>]) -> Result<Vec<CertSpec>, Vec<String>> {
+    let entries: Vec<String> = added.iter().map(|names| names.join(",")).collect();
+    parse_certificates(
+        entries.iter().map(|e| (Place::Added(e), e.as_str())),
+        "added certificates",
+    )
 }
 
 /// name -> id of the certificate that lists it (the last one, for a name listed twice).
@@ -212,7 +270,7 @@ fn also_configured(configured: &[CertSpec], added: &[CertSpec]) -> Vec<String> {
 }
 
 /// DOMAINS_FILE's path and content, read once: what is parsed is what was hashed.
-fn read_file(path: Option<&Path>) -> Option<(&Path, std::io::Result<String>)> {
+fn read_file(path: Option<&Path>) -> File<'_> {
     path.map(|p| (p, std::fs::read_to_string(p)))
 }
 

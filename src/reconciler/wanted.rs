@@ -10,6 +10,7 @@ use haproxy_acme_state::{apply, Event, Record};
 use super::schedule::Wanted;
 use super::tokens::sync_tokens;
 use super::Reconciler;
+use crate::config::wanted::{Changes, Reading};
 use crate::config::CertSpec;
 use crate::store::{Change, StoreError};
 
@@ -68,13 +69,18 @@ impl Reconciler {
             let ms = reread_at.elapsed().as_millis() as u64;
             tracing::info!(certificates, ms, "configuration re-read: unchanged");
         };
-        let (sources, specs) = match self.read_wanted(Some(applied_sources)).await {
-            Ok(Ok((_, None))) => {
-                unchanged(None);
+        let read = match self.store.added().await {
+            Ok(added) => self
+                .wanted
+                .read_changes(&added, applied_sources, INCREMENTAL_MAX),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration change not read (store error)");
                 return None;
             }
-            Ok(Ok((sources, Some(specs)))) => (sources, specs),
-            Ok(Err(errors)) => {
+        };
+        let (sources, read) = match read {
+            Ok(read) => read,
+            Err(errors) => {
                 for e in errors {
                     tracing::error!(
                         "configuration change refused, the running configuration stays: {e}"
@@ -82,20 +88,39 @@ impl Reconciler {
                 }
                 return None;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "configuration change not read (store error)");
+        };
+        // The certificates read, how many are wanted, the set's digest, and which of them
+        // changed (`None`: a pass over the whole store).
+        let (specs, total, specs_digest, changes) = match read {
+            Reading::Unchanged => {
+                unchanged(None);
                 return None;
             }
+            Reading::All(specs) => {
+                let hashes = spec_hashes(&specs);
+                let specs_digest = hash_of(&hashes);
+                if specs_digest == applied {
+                    // Only spelling changed (a comment, spaces).
+                    unchanged(Some(specs.len()));
+                    return Some((sources, applied, Vec::new(), Vec::new()));
+                }
+                let changes = self.changes(&hashes, wanted);
+                let total = specs.len();
+                (specs, total, specs_digest, changes)
+            }
+            Reading::Changes(read) => {
+                let (changed, removed) = self.changed(&read, wanted);
+                if changed.is_empty() && removed.is_empty() {
+                    unchanged(Some(read.total));
+                    return Some((sources, applied, Vec::new(), Vec::new()));
+                }
+                // The set's digest is not known from its changes: a value no set's digest has
+                // (but by a 2^-64 chance) stands for it, so a later read in full compares each
+                // certificate.
+                (read.specs, read.total, !sources, Some((changed, removed)))
+            }
         };
-        let hashes = spec_hashes(&specs);
-        let specs_digest = hash_of(&hashes);
-        if specs_digest == applied {
-            // Only spelling changed (a comment, spaces).
-            unchanged(Some(specs.len()));
-            return Some((sources, applied, Vec::new(), Vec::new()));
-        }
-        let total = specs.len();
-        let (synced, pass) = match self.changes(&hashes, wanted) {
+        let (synced, pass) = match changes {
             Some((changed, removed)) => (
                 self.sync_changed(&specs, changed, removed).await,
                 "changed certificates",
@@ -220,6 +245,28 @@ impl Reconciler {
             std::mem::take(&mut f.unwanted),
             std::mem::take(&mut f.dns_owed),
         ))
+    }
+
+    /// The positions in `read.specs` of the certificates whose spec is new or changed since the
+    /// last sync, and the ids of `read.gone` still in `wanted`.
+    fn changed(&self, read: &Changes, wanted: &HashSet<Arc<str>>) -> (Vec<usize>, Vec<String>) {
+        let digests = self
+            .spec_digests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = spec_hashes(&read.specs)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (id, spec))| digests.get(id) != Some(spec))
+            .map(|(i, _)| i)
+            .collect();
+        let removed = read
+            .gone
+            .iter()
+            .filter(|id| wanted.contains(id.as_str()))
+            .map(|id| id.to_string())
+            .collect();
+        (changed, removed)
     }
 
     /// The positions (in the specs `hashes` are of, see [`spec_hashes`]) of the certificates
