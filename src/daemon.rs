@@ -108,6 +108,7 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
         }
         None => {
             let sled = Arc::new(open_store_waiting(&config.data_dir).await?);
+            sled.shed_pages();
             if sled.unmarked() {
                 // A store with no marker to judge it by (new, restored, or DATA_DIR wiped):
                 // refused if it lacks certificates CERTS_DIR holds, before anything is ordered.

@@ -39,6 +39,11 @@ pub struct SledStore {
 struct Shared {
     data_dir: PathBuf,
     state: RwLock<State>,
+    /// Whether a pass over many records is followed by opening the store again
+    /// ([`SledStore::shed_after`]): the daemon's store only (a command exits soon anyway).
+    sheds: std::sync::atomic::AtomicBool,
+    /// How many times a pass made it open again (the tests' view).
+    shed_count: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -73,8 +78,26 @@ impl SledStore {
                     inner: Some(inner),
                     broken: None,
                 }),
+                sheds: std::sync::atomic::AtomicBool::new(false),
+                shed_count: std::sync::atomic::AtomicU64::new(0),
             }),
         })
+    }
+
+    /// From now on, a pass over many records drops the pages it read
+    /// ([`SledStore::shed_after`]): for a long-lived process (the daemon).
+    pub fn shed_pages(&self) {
+        self.shared
+            .sheds
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times a pass made the store open again.
+    #[cfg(test)]
+    pub(super) fn sheds(&self) -> u64 {
+        self.shared
+            .shed_count
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether `data_dir` holds a store (`open` would create one).
@@ -120,9 +143,11 @@ impl SledStore {
     /// limit and never evicts a page it only read, so one pass over 100,000 records kept ~150
     /// MiB (heaptrack, BENCHMARKS.md) for good; opening again takes a few ms
     /// (`store opened again` log line) and loses nothing (every write is flushed).
-    /// Not waited for: a call meanwhile waits for the database, not the pass's caller.
+    /// Not waited for: a call meanwhile waits for the database, not the pass's caller. Only
+    /// once [`SledStore::shed_pages`] asked for it.
     fn shed_after(&self, n: usize) {
-        if n < SHED_AFTER {
+        use std::sync::atomic::Ordering;
+        if n < SHED_AFTER || !self.shared.sheds.load(Ordering::Relaxed) {
             return;
         }
         let shared = self.shared.clone();
@@ -210,7 +235,11 @@ impl Shared {
         }
         state.inner = None;
         match Inner::open(&self.data_dir) {
-            Ok(inner) => state.inner = Some(inner),
+            Ok(inner) => {
+                state.inner = Some(inner);
+                self.shed_count
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open the store again after a pass over every record; retrying");
                 state.broken = Some(Broken {

@@ -341,3 +341,55 @@ fn a_store_without_a_marker_gets_none_until_it_is_sealed() {
     drop(store);
     assert!(!SledStore::open(dir.path()).unwrap().unmarked());
 }
+
+/// A pass over 10,000 records or more makes the daemon's store open again (dropping the pages
+/// the pass read): everything stays readable, and writes made while it reopens are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_over_many_records_reopens_the_store_and_loses_nothing() {
+    use crate::store::{Change, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let sled = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+    sled.shed_pages();
+    let store: std::sync::Arc<dyn Store> = sled.clone();
+    let n = 10_050;
+    let records = (0..n)
+        .map(|i| Record::new(vec![format!("r{i}.test")], KeyType::EcdsaP256, i))
+        .collect();
+    store.put_all(records).await.unwrap();
+    for round in 0..3 {
+        let all = store.records().await.unwrap();
+        assert_eq!(all.len(), n as usize + round);
+        // Written while the reopen the pass started may be under way.
+        let id = format!("after{round}.test");
+        let r = Record::new(vec![id.clone()], KeyType::EcdsaP256, 7);
+        store
+            .update(&id, move |_| (Change::Put(r), ()))
+            .await
+            .unwrap();
+        assert!(store.get(&id).await.unwrap().is_some());
+        assert!(store.get("r10049.test").await.unwrap().is_some());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sled.sheds() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} reopens",
+            sled.sheds()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Opened again from the disk: every write is there.
+    drop((store, sled));
+    // The reopen the last pass started holds the store's lock until it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let store: std::sync::Arc<dyn Store> = loop {
+        match SledStore::open(dir.path()) {
+            Ok(s) => break std::sync::Arc::new(s),
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(store.records().await.unwrap().len(), n as usize + 3);
+}
