@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Daemon, Env};
+use common::{cpu_ticks, proc_status, wait_until, Daemon, Env};
 use haproxy_acme::config::RuntimeApiAddr;
 use haproxy_acme::installer::{Haproxy, Installer};
 use rustls::pki_types::pem::PemObject;
@@ -119,24 +119,6 @@ impl Prober {
 
 fn rss_kib(pid: u32) -> u64 {
     proc_status(pid, "VmRSS:")
-}
-
-fn proc_status(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// utime + stime in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// Waits for `child`; returns whether it succeeded and its peak RSS (KiB, with the descendants
