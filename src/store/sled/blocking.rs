@@ -140,9 +140,10 @@ impl SledStore {
 
     /// After a pass over `n` records: when they are many, the database is opened again, which
     /// drops every page the pass read. sled 0.34 counts only written pages towards its cache
-    /// limit and never evicts a page it only read, so one pass over 100,000 records kept ~150
-    /// MiB (heaptrack, BENCHMARKS.md) for good; opening again takes a few ms
-    /// (`store opened again` log line) and loses nothing (every write is flushed).
+    /// limit and never evicts a page it only read, so one pass over 100,000 records kept ~110
+    /// MiB of nodes (heaptrack, BENCHMARKS.md) for good; opening again takes ~0.1 s at 100,000
+    /// records, ~1 s at 1,000,000 (its debug log line), and loses nothing (every write is
+    /// flushed).
     /// Not waited for: a call meanwhile waits for the database, not the pass's caller. Only
     /// once [`SledStore::shed_pages`] asked for it.
     fn shed_after(&self, n: usize) {
