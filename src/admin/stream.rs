@@ -200,7 +200,7 @@ mod tests {
         for n in [3, 100, 101, 150] {
             let memory: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new());
             memory.put_all(records(n)).await.unwrap();
-            let (_viewed, view) = crate::store::view::Viewed::fill(memory.clone())
+            let (_viewed, view) = crate::store::view::Viewed::filled(memory.clone())
                 .await
                 .unwrap();
             let store = memory.as_ref();
