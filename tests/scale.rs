@@ -40,11 +40,7 @@ fn a_hundred_thousand_issued_certificates_start_fast_and_stay_idle() {
 
     let seeding = Instant::now();
     let (records, names) = common::issued_records(n, directory, now);
-    {
-        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(SledStore::open(&data).unwrap());
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(store.put_all(records)).unwrap();
-    }
+    seed(&data, records);
     let domains_file = dir.path().join("domains");
     std::fs::write(&domains_file, names).unwrap();
     eprintln!(
@@ -184,11 +180,7 @@ fn status_of_more_than_a_hundred_certificates_is_a_summary_offline_and_from_the_
         };
         *r = apply(r, Event::Failed(report), now);
     }
-    {
-        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(SledStore::open(&data).unwrap());
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(store.put_all(records)).unwrap();
-    }
+    seed(&data, records);
     let domains_file = dir.path().join("domains");
     std::fs::write(&domains_file, names).unwrap();
     let cli = |args: &[&str]| {
@@ -282,4 +274,11 @@ fn status_of_more_than_a_hundred_certificates_is_a_summary_offline_and_from_the_
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert!(child.wait().unwrap().success());
+}
+
+/// Writes `records` into a new sled store in `data`, closed again (the daemon takes its lock).
+fn seed(data: &std::path::Path, records: Vec<haproxy_acme_state::Record>) {
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(SledStore::open(data).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(store.put_all(records)).unwrap();
 }
