@@ -392,23 +392,20 @@ impl Configure {
         }
     }
 
-    /// Whether `r` is already what `spec` and the configuration make of it: the two events
-    /// `apply` would record leave it equal (checked against them in debug builds). The start-up
+    /// Whether `r` is already what `spec` and the configuration make of it
+    /// (`machine::is_configured_as`; checked against the events in debug builds). The start-up
     /// pass takes this path for every unchanged certificate without building the events or a
     /// new record (three allocations and a record's copy each, at 100,000 certificates).
     fn unchanged(&self, spec: &CertSpec, r: &Record) -> bool {
-        use haproxy_acme_state::{FailureKind, Step};
-        !r.unconfigured
-            && r.names.as_slice() == spec.names().as_slice()
-            && r.key_type == self.config.key_type
-            && r.acme_directory == self.config.acme_directory
-            && r.deploy_hook == self.config.deploy_hook.is_some()
-            && r.profile.as_deref() == spec.profile_or(self.config.acme_profile.as_deref())
-            && r.challenge == spec.challenge()
-            && !r
-                .failure
-                .as_ref()
-                .is_some_and(|f| f.step == Step::Account && f.kind == FailureKind::Permanent)
+        let c = haproxy_acme_state::machine::Configuration {
+            names: spec.names().as_slice(),
+            key_type: self.config.key_type,
+            acme_directory: &self.config.acme_directory,
+            deploy_hook: self.config.deploy_hook.is_some(),
+            profile: spec.profile_or(self.config.acme_profile.as_deref()),
+            challenge: spec.challenge(),
+        };
+        haproxy_acme_state::machine::is_configured_as(r, &c)
     }
 
     /// `base` after the configuration's events: `Configured` (names, key type, CA, hook,

@@ -168,6 +168,34 @@ pub enum Plan {
     Idle,
 }
 
+/// The configuration a certificate is wanted with: what [`Event::Configured`] and
+/// [`Event::ChallengeChosen`] carry, borrowed.
+pub struct Configuration<'a> {
+    pub names: &'a [String],
+    pub key_type: KeyType,
+    pub acme_directory: &'a str,
+    pub deploy_hook: bool,
+    pub profile: Option<&'a str>,
+    pub challenge: ChallengeType,
+}
+
+/// Whether `record` already is what `Configured` then `ChallengeChosen` of `c` make of it (both
+/// would leave it equal), without building either: the start-up pass asks this of every
+/// certificate. Kept beside [`apply`]'s `Configured` arm, whose no-op it describes.
+pub fn is_configured_as(record: &Record, c: &Configuration) -> bool {
+    !record.unconfigured
+        && record.names.as_slice() == c.names
+        && record.key_type == c.key_type
+        && record.acme_directory == c.acme_directory
+        && record.deploy_hook == c.deploy_hook
+        && record.profile.as_deref() == c.profile
+        && record.challenge == c.challenge
+        && !record
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.step == Step::Account && f.kind == FailureKind::Permanent)
+}
+
 /// Folds `event` into `record` at time `now` and returns the new record. What to do next is
 /// [`plan`]'s to say.
 pub fn apply(record: &Record, event: Event, now: UnixTime) -> Record {
@@ -815,6 +843,62 @@ mod tests {
         );
         assert_eq!(due(&r3, T0), Some(Action::CreateOrder));
         assert_eq!(r3.names, vec!["a.test".to_string()]);
+    }
+
+    #[test]
+    fn configured_as_is_exactly_when_the_events_leave_the_record_as_it_is() {
+        let names = vec!["a.test".to_string(), "www.a.test".to_string()];
+        let c = |profile: Option<&'static str>, challenge| Configuration {
+            names: &names,
+            key_type: KeyType::EcdsaP256,
+            acme_directory: "https://ca.test/dir",
+            deploy_hook: false,
+            profile,
+            challenge,
+        };
+        let events = |r: &Record, c: &Configuration| {
+            let configured = Event::Configured {
+                names: c.names.to_vec(),
+                key_type: c.key_type,
+                acme_directory: c.acme_directory.into(),
+                deploy_hook: c.deploy_hook,
+                profile: c.profile.map(String::from),
+            };
+            let r = apply(r, configured, T0);
+            apply(
+                &r,
+                Event::ChallengeChosen {
+                    challenge: c.challenge,
+                },
+                T0,
+            )
+        };
+        let base = c(None, ChallengeType::Http01);
+        let configured = events(&pending(), &base);
+        let mut unconfigured = configured.clone();
+        unconfigured.unconfigured = true;
+        let account_refused = apply(
+            &configured,
+            Event::Failed(FailureReport {
+                step: Step::Account,
+                kind: FailureKind::Permanent,
+                error: "set EAB_KID".into(),
+                retry_after: None,
+                jitter_permille: 1000,
+                order_dead: false,
+            }),
+            T0,
+        );
+        let others = [
+            c(Some("shortlived"), ChallengeType::Http01),
+            c(None, ChallengeType::Dns01),
+        ];
+        for r in [&pending(), &configured, &unconfigured, &account_refused] {
+            for c in std::iter::once(&base).chain(&others) {
+                assert_eq!(is_configured_as(r, c), events(r, c) == *r, "{r:?}");
+            }
+        }
+        assert!(is_configured_as(&configured, &base));
     }
 
     #[test]
