@@ -85,8 +85,8 @@ pub fn dump(store: Arc<dyn Store>, waiting: Vec<Waiting>, now: UnixTime) -> Chan
 /// The `status` table of certificate `id` in `view` (`None`: no such certificate).
 pub fn status_table(view: &View, id: &str, now: UnixTime, color: bool) -> Option<String> {
     let map = view.read();
-    let (id, seen) = map.get_key_value(id)?;
-    Some(status_table_of([(&**id, &seen.summary)], now, color))
+    let (id, seen) = map.get(id)?;
+    Some(status_table_of([(id, &seen.summary)], now, color))
 }
 
 /// The `status` screen of every certificate in `view` (`state::dump::status_screen`: the table

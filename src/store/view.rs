@@ -9,7 +9,8 @@
 //! takes a sequence number while it holds the store's record lock (so numbers follow the order of
 //! the writes) and the view keeps, per id, the summary of the highest number applied.
 
-use std::collections::BTreeMap;
+mod table;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
@@ -19,6 +20,7 @@ use haproxy_acme_state::ledger::Entry;
 use haproxy_acme_state::{Record, UnixTime};
 
 use super::{AddedFn, Change, Store, StoreError, SweepFn, UpdateFn};
+pub use table::Table;
 
 /// A summary and the sequence number of the write it comes from.
 pub struct Seen {
@@ -29,23 +31,21 @@ pub struct Seen {
 /// The summaries by certificate id.
 #[derive(Default)]
 pub struct View {
-    map: RwLock<BTreeMap<Box<str>, Seen>>,
+    map: RwLock<Table<Seen>>,
     seq: AtomicU64,
 }
 
 impl View {
     /// Reads the summaries (in id order) under the view's read lock.
-    pub fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Box<str>, Seen>> {
+    pub fn read(&self) -> RwLockReadGuard<'_, Table<Seen>> {
         self.map
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every summary in id order, from `map` as [`View::read`] gives it.
-    pub fn summaries(
-        map: &BTreeMap<Box<str>, Seen>,
-    ) -> impl Iterator<Item = (&str, &Summary)> + Clone {
-        map.iter().map(|(id, s)| (&**id, &s.summary))
+    pub fn summaries(map: &Table<Seen>) -> impl Iterator<Item = (&str, &Summary)> + Clone {
+        map.iter().map(|(id, s)| (id, &s.summary))
     }
 
     /// The number of the next write (taken under the store's record lock).
@@ -62,9 +62,7 @@ impl View {
         match (map.get_mut(id), summary) {
             (Some(old), _) if old.seq > seq => {}
             (Some(old), Some(summary)) => *old = Seen { seq, summary },
-            (None, Some(summary)) => {
-                map.insert(id.into(), Seen { seq, summary });
-            }
+            (None, Some(summary)) => map.insert_new(id, Seen { seq, summary }),
             (_, None) => {
                 map.remove(id);
             }
@@ -139,9 +137,9 @@ impl Store for Viewed {
         Ok(self
             .view
             .read()
-            .keys()
+            .iter()
             .take(n)
-            .map(|k| k.to_string())
+            .map(|(k, _)| k.to_string())
             .collect())
     }
 
@@ -212,6 +210,12 @@ impl Store for Viewed {
         for (id, summary, seq) in take(&written) {
             self.view.apply(&id, summary, seq);
         }
+        // The pass that filled the table grew its vector by doubling.
+        self.view
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .shrink_to_fit();
         Ok(())
     }
 
@@ -380,7 +384,10 @@ mod tests {
             .unwrap();
         assert_eq!(view.read().len(), 4);
         assert_eq!(view_of(&view), store_of(memory.as_ref()).await);
-        assert_eq!(view.read()["b.test"].summary.renew_at, Some(9));
+        assert_eq!(
+            view.read().get("b.test").unwrap().1.summary.renew_at,
+            Some(9)
+        );
     }
 
     #[test]
@@ -393,6 +400,6 @@ mod tests {
         };
         view.apply("a.test", Some(s(true)), 2);
         view.apply("a.test", Some(s(false)), 1);
-        assert!(view.read()["a.test"].summary.unconfigured);
+        assert!(view.read().get("a.test").unwrap().1.summary.unconfigured);
     }
 }

@@ -1,0 +1,221 @@
+//! The view's table: entries sorted by id in one vector, plus a small sorted map of ids added
+//! since it was last merged. At 1,000,000 certificates a `BTreeMap` of the same entries spent
+//! ~200 bytes a certificate on its nodes (two thirds full) and a walk over it chased a pointer
+//! per node; the vector holds each entry once, and `/metrics` and `status` walk it in order.
+//!
+//! The start-up pass visits the records in id order, so its entries are appended. An id added
+//! later goes into `recent`, merged into the vector (one stable sort of two sorted runs: a
+//! linear merge) once `recent` holds more than an eighth of it, so an insert never moves the
+//! whole vector. Deletions (a pruned certificate) remove from the vector in place.
+
+use std::collections::BTreeMap;
+use std::iter::Peekable;
+
+/// Entries by id, in id order.
+pub struct Table<V> {
+    sorted: Vec<(Box<str>, V)>,
+    recent: BTreeMap<Box<str>, V>,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Table {
+            sorted: Vec::new(),
+            recent: BTreeMap::new(),
+        }
+    }
+}
+
+/// `recent` is merged into the vector past this many entries, or an eighth of the vector.
+const RECENT_MIN: usize = 1024;
+
+impl<V> Table<V> {
+    pub fn len(&self) -> usize {
+        self.sorted.len() + self.recent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn position(&self, id: &str) -> Result<usize, usize> {
+        self.sorted.binary_search_by(|(k, _)| (**k).cmp(id))
+    }
+
+    pub fn get(&self, id: &str) -> Option<(&str, &V)> {
+        match self.position(id) {
+            Ok(i) => Some((&*self.sorted[i].0, &self.sorted[i].1)),
+            Err(_) => self.recent.get_key_value(id).map(|(k, v)| (&**k, v)),
+        }
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut V> {
+        match self.position(id) {
+            Ok(i) => Some(&mut self.sorted[i].1),
+            Err(_) => self.recent.get_mut(id),
+        }
+    }
+
+    /// Adds `id`, which is not in the table.
+    pub fn insert_new(&mut self, id: &str, value: V) {
+        debug_assert!(self.get(id).is_none(), "{id} is in the table already");
+        if self.sorted.last().is_none_or(|(last, _)| **last < *id) {
+            self.sorted.push((id.into(), value));
+            return;
+        }
+        self.recent.insert(id.into(), value);
+        if self.recent.len() > RECENT_MIN.max(self.sorted.len() / 8) {
+            self.sorted.extend(std::mem::take(&mut self.recent));
+            // Two sorted runs: the stable sort finds them and merges them in one pass.
+            self.sorted.sort_by(|(a, _), (b, _)| a.cmp(b));
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<V> {
+        match self.position(id) {
+            Ok(i) => Some(self.sorted.remove(i).1),
+            Err(_) => self.recent.remove(id),
+        }
+    }
+
+    /// Every entry in id order.
+    pub fn iter(&self) -> Iter<'_, V> {
+        Iter {
+            sorted: self.sorted.iter().peekable(),
+            recent: self.recent.iter().peekable(),
+        }
+    }
+
+    /// Gives back the spare capacity (after the start-up pass filled the table).
+    pub fn shrink_to_fit(&mut self) {
+        self.sorted.shrink_to_fit();
+    }
+}
+
+/// [`Table::iter`]: the vector and `recent` merged by id.
+pub struct Iter<'a, V> {
+    sorted: Peekable<std::slice::Iter<'a, (Box<str>, V)>>,
+    recent: Peekable<std::collections::btree_map::Iter<'a, Box<str>, V>>,
+}
+
+impl<V> Clone for Iter<'_, V> {
+    fn clone(&self) -> Self {
+        Iter {
+            sorted: self.sorted.clone(),
+            recent: self.recent.clone(),
+        }
+    }
+}
+
+impl<'a, V> Iterator for Iter<'a, V> {
+    type Item = (&'a str, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let from_recent = match (self.sorted.peek(), self.recent.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((a, _)), Some((b, _))) => b < &a,
+        };
+        if from_recent {
+            self.recent.next().map(|(k, v)| (&**k, v))
+        } else {
+            self.sorted.next().map(|(k, v)| (&**k, v))
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.sorted.len() + self.recent.len();
+        (n, Some(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u16),
+        Remove(u16),
+        Set(u16, u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u16..3000).prop_map(Op::Insert),
+            (0u16..3000).prop_map(Op::Remove),
+            (0u16..3000, any::<u32>()).prop_map(|(k, v)| Op::Set(k, v)),
+        ]
+    }
+
+    proptest! {
+        /// The table answers as a `BTreeMap` does, whatever the order of inserts, removals
+        /// and updates (3,000 ids: past RECENT_MIN, so merges happen).
+        #[test]
+        fn the_table_is_a_sorted_map(
+            ascending in 0usize..2000,
+            ops in proptest::collection::vec(op(), 0..3000),
+        ) {
+            let mut table = Table::default();
+            let mut model = BTreeMap::new();
+            // The start-up pass: ids in order.
+            for i in 0..ascending {
+                let id = format!("{:05}.test", i * 3);
+                table.insert_new(&id, 0u32);
+                model.insert(id, 0u32);
+            }
+            for op in ops {
+                match op {
+                    Op::Insert(k) => {
+                        let id = format!("{:05}.test", k);
+                        if let std::collections::btree_map::Entry::Vacant(e) = model.entry(id) {
+                            table.insert_new(e.key(), 1);
+                            e.insert(1);
+                        }
+                    }
+                    Op::Remove(k) => {
+                        let id = format!("{:05}.test", k);
+                        prop_assert_eq!(table.remove(&id), model.remove(&id));
+                    }
+                    Op::Set(k, v) => {
+                        let id = format!("{:05}.test", k);
+                        if let (Some(t), Some(m)) = (table.get_mut(&id), model.get_mut(&id)) {
+                            *t = v;
+                            *m = v;
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(table.len(), model.len());
+            let got: Vec<(&str, &u32)> = table.iter().collect();
+            let want: Vec<(&str, &u32)> = model.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            prop_assert_eq!(got, want);
+            for k in (0..3000).step_by(7) {
+                let id = format!("{:05}.test", k);
+                prop_assert_eq!(table.get(&id).map(|(_, v)| *v), model.get(&id).copied());
+            }
+        }
+    }
+
+    #[test]
+    fn ids_in_order_are_appended_and_others_merged_later() {
+        let mut t = Table::default();
+        for i in 0..10 {
+            t.insert_new(&format!("{i:02}"), i);
+        }
+        t.insert_new("05a", 99);
+        assert_eq!(
+            t.recent.len(),
+            1,
+            "an id inside the vector's range waits in recent"
+        );
+        for i in 0..RECENT_MIN {
+            t.insert_new(&format!("00-{i:05}"), 0);
+        }
+        assert!(t.recent.is_empty(), "merged once recent passed RECENT_MIN");
+        assert!(t.sorted.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(t.get("05a").map(|(_, v)| *v), Some(99));
+    }
+}
