@@ -58,7 +58,7 @@ impl PerCertificate {
 /// series (a retryable failure is a condition only from its third attempt), as does one with a
 /// condition.
 fn failed(s: &Summary) -> bool {
-    s.failure.as_ref().is_some_and(|f| f.attempts > 0)
+    s.failure().is_some_and(|f| f.attempts > 0)
 }
 
 /// The aggregate families: name, help.
@@ -246,9 +246,9 @@ pub(super) fn write_per_certificate<'a>(
                 out.push('\n');
             };
             match n {
-                0 => s.not_after.into_iter().for_each(|t| line("\"} ", t)),
+                0 => s.not_after().into_iter().for_each(|t| line("\"} ", t)),
                 1 => {
-                    if let Some(t) = s.renew_at.filter(|_| !s.unconfigured) {
+                    if let Some(t) = s.renew_at().filter(|_| !s.unconfigured) {
                         line("\"} ", t)
                     }
                 }
@@ -257,12 +257,9 @@ pub(super) fn write_per_certificate<'a>(
                     line("\",condition=\"True\"} ", i64::from(served));
                     line("\",condition=\"False\"} ", i64::from(!served));
                 }
-                3 => line(
-                    "\"} ",
-                    s.failure.as_ref().map_or(0, |f| i64::from(f.attempts)),
-                ),
+                3 => line("\"} ", s.failure().map_or(0, |f| i64::from(f.attempts))),
                 4 => {
-                    if let Some(t) = s.failure.as_ref().and_then(|f| f.next_attempt_at) {
+                    if let Some(t) = s.failure().and_then(|f| f.next_attempt_at) {
                         line("\"} ", t)
                     }
                 }

@@ -385,7 +385,7 @@ mod tests {
         assert_eq!(view.read().len(), 4);
         assert_eq!(view_of(&view), store_of(memory.as_ref()).await);
         assert_eq!(
-            view.read().get("b.test").unwrap().1.summary.renew_at,
+            view.read().get("b.test").unwrap().1.summary.renew_at(),
             Some(9)
         );
     }

@@ -43,7 +43,7 @@ impl Tally {
         self.phases[s.phase as usize] += 1;
         if s.unconfigured {
             self.unconfigured += 1;
-        } else if let Some(t) = s.not_after {
+        } else if let Some(t) = s.not_after() {
             self.earliest_expiry = Some(self.earliest_expiry.map_or(t, |e| e.min(t)));
         }
         let mut needs = false;
@@ -112,7 +112,7 @@ pub fn status_screen<'a>(
             attention.push((id, s));
         }
         let renews = matches!(s.phase, Phase::Issued | Phase::Expiring) && !s.unconfigured;
-        if let Some(at) = s.renew_at.filter(|_| renews) {
+        if let Some(at) = s.renew_at().filter(|_| renews) {
             next.push(Due { at, id, summary: s });
             if next.len() > NEXT_RENEWALS {
                 next.pop();
@@ -181,29 +181,18 @@ mod tests {
         (0..n)
             .map(|i| {
                 let failing = failing_every > 0 && i % failing_every == 0;
-                let s = Summary {
-                    more_names: 0,
-                    phase: Phase::Issued,
-                    challenge: Default::default(),
-                    profile: None,
-                    not_after: Some(90 * DAY + i as i64),
-                    renew_at: Some(60 * DAY + 3600 * i as i64),
-                    unconfigured: false,
-                    installed: true,
-                    failure: failing.then(|| {
-                        Box::new(FailureSummary {
-                            step: Step::Order,
-                            kind: FailureKind::Permanent,
-                            error: "rejectedIdentifier".into(),
-                            attempts: 1,
-                            next_attempt_at: None,
-                        })
+                let s = Summary::issued(
+                    90 * DAY + i as i64,
+                    60 * DAY + 3600 * i as i64,
+                    61 * DAY,
+                    failing.then(|| FailureSummary {
+                        step: Step::Order,
+                        kind: FailureKind::Permanent,
+                        error: "rejectedIdentifier".into(),
+                        attempts: 1,
+                        next_attempt_at: None,
                     }),
-                    hook_error: None,
-                    failing,
-                    expiring_at: Some(61 * DAY),
-                    not_served: false,
-                };
+                );
                 (format!("c{i:04}.test"), s)
             })
             .collect()
@@ -246,9 +235,7 @@ mod tests {
         }
         all[149].1.unconfigured = true;
         all[148].1.phase = Phase::Pending;
-        all[148].1.renew_at = None;
-        all[148].1.not_after = None;
-        all[148].1.expiring_at = None;
+        all[148].1.set_times(None, None, None);
         let t = screen(&all, DAY, false);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
@@ -305,8 +292,10 @@ mod tests {
         let mut all = summaries(10, 5);
         all[3].1.phase = Phase::Validating;
         all[4].1.unconfigured = true;
-        all[0].1.not_after = Some(5);
-        all[1].1.not_after = Some(4);
+        let (renew, expiring) = (all[0].1.renew_at(), all[0].1.expiring_at());
+        all[0].1.set_times(Some(5), renew, expiring);
+        let (renew, expiring) = (all[1].1.renew_at(), all[1].1.expiring_at());
+        all[1].1.set_times(Some(4), renew, expiring);
         all[1].1.unconfigured = true;
         let t = Tally::of(all.iter().map(|(_, s)| s), DAY);
         assert_eq!(t.total, 10);
