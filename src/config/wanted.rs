@@ -116,7 +116,7 @@ impl WantedSet {
     /// A digest of the sources (DOMAINS, DOMAINS_FILE's bytes, the additions); `None` when
     /// DOMAINS is bad or DOMAINS_FILE unreadable.
     fn sources(&self, file: &File, added: &[Vec<String>]) -> Option<u64> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
         match (&self.domains, file) {
             (Err(_), _) | (_, Some((_, Err(_)))) => return None,
             (Ok(domains), Some((_, Ok(content)))) => {
