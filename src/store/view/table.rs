@@ -6,14 +6,18 @@
 //! The start-up pass visits the records in id order, so its entries are appended. An id added
 //! later goes into `recent`, merged into the vector (one stable sort of two sorted runs: a
 //! linear merge) once `recent` holds more than an eighth of it, so an insert never moves the
-//! whole vector. Deletions (a pruned certificate) remove from the vector in place.
+//! whole vector. A deletion (a pruned certificate) leaves a hole in the vector, which the same
+//! id fills if it comes back, and the holes are dropped in one pass once they are more than an
+//! eighth of it: pruning many certificates never moves the vector once per certificate.
 
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 
 /// Entries by id, in id order.
 pub struct Table<V> {
-    sorted: Vec<(Box<str>, V)>,
+    /// `None`: a hole left by a removal.
+    sorted: Vec<(Box<str>, Option<V>)>,
+    holes: usize,
     recent: BTreeMap<Box<str>, V>,
 }
 
@@ -21,17 +25,19 @@ impl<V> Default for Table<V> {
     fn default() -> Self {
         Table {
             sorted: Vec::new(),
+            holes: 0,
             recent: BTreeMap::new(),
         }
     }
 }
 
-/// `recent` is merged into the vector past this many entries, or an eighth of the vector.
+/// `recent` is merged into the vector, and the holes dropped from it, past this many entries
+/// (or holes), or an eighth of the vector.
 const RECENT_MIN: usize = 1024;
 
 impl<V> Table<V> {
     pub fn len(&self) -> usize {
-        self.sorted.len() + self.recent.len()
+        self.sorted.len() - self.holes + self.recent.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -44,14 +50,14 @@ impl<V> Table<V> {
 
     pub fn get(&self, id: &str) -> Option<(&str, &V)> {
         match self.position(id) {
-            Ok(i) => Some((&*self.sorted[i].0, &self.sorted[i].1)),
+            Ok(i) => self.sorted[i].1.as_ref().map(|v| (&*self.sorted[i].0, v)),
             Err(_) => self.recent.get_key_value(id).map(|(k, v)| (&**k, v)),
         }
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut V> {
         match self.position(id) {
-            Ok(i) => Some(&mut self.sorted[i].1),
+            Ok(i) => self.sorted[i].1.as_mut(),
             Err(_) => self.recent.get_mut(id),
         }
     }
@@ -59,29 +65,57 @@ impl<V> Table<V> {
     /// Adds `id`, which is not in the table.
     pub fn insert_new(&mut self, id: &str, value: V) {
         debug_assert!(self.get(id).is_none(), "{id} is in the table already");
+        if let Ok(i) = self.position(id) {
+            // A hole the same id left.
+            self.sorted[i].1 = Some(value);
+            self.holes -= 1;
+            return;
+        }
         if self.sorted.last().is_none_or(|(last, _)| **last < *id) {
-            self.sorted.push((id.into(), value));
+            self.sorted.push((id.into(), Some(value)));
             return;
         }
         self.recent.insert(id.into(), value);
         if self.recent.len() > RECENT_MIN.max(self.sorted.len() / 8) {
-            self.sorted.extend(std::mem::take(&mut self.recent));
+            self.compact();
+            let recent = std::mem::take(&mut self.recent);
+            self.sorted
+                .extend(recent.into_iter().map(|(k, v)| (k, Some(v))));
             // Two sorted runs: the stable sort finds them and merges them in one pass.
             self.sorted.sort_by(|(a, _), (b, _)| a.cmp(b));
         }
     }
 
-    pub fn remove(&mut self, id: &str) -> Option<V> {
-        match self.position(id) {
-            Ok(i) => Some(self.sorted.remove(i).1),
-            Err(_) => self.recent.remove(id),
+    /// Drops the holes.
+    fn compact(&mut self) {
+        if self.holes > 0 {
+            self.sorted.retain(|(_, v)| v.is_some());
+            self.holes = 0;
         }
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<V> {
+        let removed = match self.position(id) {
+            Ok(i) => self.sorted[i].1.take(),
+            Err(_) => return self.recent.remove(id),
+        };
+        if removed.is_some() {
+            self.holes += 1;
+            if self.holes > RECENT_MIN.max(self.sorted.len() / 8) {
+                self.compact();
+            }
+        }
+        removed
     }
 
     /// Every entry in id order.
     pub fn iter(&self) -> Iter<'_, V> {
         Iter {
-            sorted: self.sorted.iter().peekable(),
+            sorted: self
+                .sorted
+                .iter()
+                .filter_map(entry as fn(&(Box<str>, Option<V>)) -> Option<(&str, &V)>)
+                .peekable(),
             recent: self.recent.iter().peekable(),
         }
     }
@@ -90,15 +124,26 @@ impl<V> Table<V> {
     /// start-up pass filled the table by doubling it), not after every pass: at 1,000,000
     /// certificates each shrink copies 72 MB.
     pub fn shrink_to_fit(&mut self) {
+        self.compact();
         if self.sorted.capacity() - self.sorted.len() > self.sorted.len() / 4 {
             self.sorted.shrink_to_fit();
         }
     }
 }
 
+/// The vector's entries, holes left out.
+type Entries<'a, V> = std::iter::FilterMap<
+    std::slice::Iter<'a, (Box<str>, Option<V>)>,
+    fn(&(Box<str>, Option<V>)) -> Option<(&str, &V)>,
+>;
+
+fn entry<V>((k, v): &(Box<str>, Option<V>)) -> Option<(&str, &V)> {
+    v.as_ref().map(|v| (&**k, v))
+}
+
 /// [`Table::iter`]: the vector and `recent` merged by id.
 pub struct Iter<'a, V> {
-    sorted: Peekable<std::slice::Iter<'a, (Box<str>, V)>>,
+    sorted: Peekable<Entries<'a, V>>,
     recent: Peekable<std::collections::btree_map::Iter<'a, Box<str>, V>>,
 }
 
@@ -119,18 +164,16 @@ impl<'a, V> Iterator for Iter<'a, V> {
             (None, None) => return None,
             (Some(_), None) => false,
             (None, Some(_)) => true,
-            (Some((a, _)), Some((b, _))) => b < &a,
+            (Some((a, _)), Some((b, _))) => {
+                let (a, b): (&str, &str) = (a, b);
+                b < a
+            }
         };
         if from_recent {
             self.recent.next().map(|(k, v)| (&**k, v))
         } else {
-            self.sorted.next().map(|(k, v)| (&**k, v))
+            self.sorted.next()
         }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.sorted.len() + self.recent.len();
-        (n, Some(n))
     }
 }
 
@@ -233,5 +276,44 @@ mod tests {
         assert!(small_spare - t.sorted.len() <= t.sorted.len() / 4);
         t.shrink_to_fit();
         assert_eq!(t.sorted.capacity(), small_spare, "a little spare is kept");
+    }
+
+    #[test]
+    fn removals_leave_holes_that_the_same_id_fills_and_many_are_dropped_at_once() {
+        let mut t = Table::default();
+        for i in 0..3000 {
+            t.insert_new(&format!("{i:05}"), i);
+        }
+        assert_eq!(t.remove("00007"), Some(7));
+        assert_eq!(t.remove("00007"), None);
+        assert_eq!(
+            (t.len(), t.sorted.len()),
+            (2999, 3000),
+            "a hole, not a move"
+        );
+        assert!(t.get("00007").is_none());
+        t.insert_new("00007", 70);
+        assert_eq!((t.len(), t.sorted.len(), t.holes), (3000, 3000, 0));
+        assert_eq!(t.get("00007").map(|(_, v)| *v), Some(70));
+        for i in (0..3000).filter(|i| i % 3 != 0) {
+            assert_eq!(
+                t.remove(&format!("{i:05}")),
+                Some(if i == 7 { 70 } else { i })
+            );
+        }
+        assert_eq!(t.len(), 1000);
+        assert!(
+            t.sorted.len() < 3000,
+            "the holes were dropped past RECENT_MIN"
+        );
+        let ids: Vec<&str> = t.iter().map(|(k, _)| k).collect();
+        let want: Vec<String> = (0..3000).step_by(3).map(|i| format!("{i:05}")).collect();
+        assert_eq!(ids, want);
+        t.shrink_to_fit();
+        assert_eq!(
+            (t.sorted.len(), t.holes),
+            (1000, 0),
+            "no hole after a full pass"
+        );
     }
 }
