@@ -27,6 +27,19 @@ fn reopen(dir: &Path) -> Result<Inner, StoreError> {
     }
 }
 
+/// [`reopen`] for the daemon's [`SledStore`].
+fn reopen_sled(dir: &Path) -> SledStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir) {
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 #[test]
 fn ledger_is_per_directory_in_time_order_and_forgets_the_old() {
     use haproxy_acme_state::ledger::Entry;
@@ -262,7 +275,7 @@ fn a_snapshot_restores_every_tree_and_the_old_store_is_moved_aside() {
     assert!(aside.join(STORE_DIR).join("db").exists());
     assert!(aside.join(marker::FILE).exists());
     SledStore::restore(dir.path(), &snap).unwrap();
-    let restored = SledStore::open(dir.path()).unwrap();
+    let restored = reopen_sled(dir.path());
     assert!(restored.unmarked() && !marker::path(dir.path()).exists());
     let again = restored.with_inner(|i| i.export(1_700_000_000)).unwrap();
     assert_eq!(again, bytes, "every tree, byte for byte");
@@ -337,7 +350,7 @@ fn a_store_without_a_marker_gets_none_until_it_is_sealed() {
         .unwrap();
     drop(store);
     // A command (or a refused start) on a wiped DATA_DIR must not make it look trusted.
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = reopen_sled(dir.path());
     assert!(store.unmarked() && !marker::path(dir.path()).exists());
     store.with_inner(|i| i.seal()).unwrap();
     assert_eq!(
@@ -353,7 +366,7 @@ fn a_store_without_a_marker_gets_none_until_it_is_sealed() {
         "sealed: every generation reaches the marker"
     );
     drop(store);
-    assert!(!SledStore::open(dir.path()).unwrap().unmarked());
+    assert!(!reopen_sled(dir.path()).unmarked());
 }
 
 /// A pass over 10,000 records or more makes the daemon's store open again (dropping the pages
