@@ -13,12 +13,16 @@ const RECORD_V1: &str = r#"{"schema_version":1,"id":"a.test","names":["a.test","
     "key_generated":true},"cert":null,"installed_fingerprint":null,"renew_at":null,
     "failure":null,"created_at":10,"updated_at":10}"#;
 
-/// Opens the store at `dir` again once the store dropped just before has let go of its lock:
-/// sled's I/O threads finish their last writes after the drop (a loaded machine showed it).
-fn reopen(dir: &Path) -> Result<Inner, StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+/// `open` again and again while it finds the store locked, for at most `patience`: a store
+/// dropped (or restored) just before lets go of its lock only once sled's I/O threads finish
+/// their last writes (a loaded machine showed it).
+fn when_unlocked<T>(
+    patience: std::time::Duration,
+    open: impl Fn() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let deadline = std::time::Instant::now() + patience;
     loop {
-        match Inner::open(dir) {
+        match open() {
             Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
@@ -27,17 +31,14 @@ fn reopen(dir: &Path) -> Result<Inner, StoreError> {
     }
 }
 
+/// Opens the store at `dir` again ([`when_unlocked`]).
+fn reopen(dir: &Path) -> Result<Inner, StoreError> {
+    when_unlocked(std::time::Duration::from_secs(10), || Inner::open(dir))
+}
+
 /// [`reopen`] for the daemon's [`SledStore`].
 fn reopen_sled(dir: &Path) -> SledStore {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match SledStore::open(dir) {
-            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => return other.unwrap(),
-        }
-    }
+    when_unlocked(std::time::Duration::from_secs(10), || SledStore::open(dir)).unwrap()
 }
 
 #[test]
@@ -408,15 +409,13 @@ async fn a_pass_over_many_records_reopens_the_store_and_loses_nothing() {
     // Opened again from the disk: every write is there.
     drop((store, sled));
     // The reopen the last pass started holds the store's lock until it is done.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let store: std::sync::Arc<dyn Store> = loop {
-        match SledStore::open(dir.path()) {
-            Ok(s) => break std::sync::Arc::new(s),
-            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+        tokio::task::block_in_place(|| {
+            when_unlocked(std::time::Duration::from_secs(30), || {
+                SledStore::open(dir.path())
+            })
+        })
+        .unwrap(),
+    );
     assert_eq!(store.records().await.unwrap().len(), n as usize + 3);
 }
