@@ -161,10 +161,11 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
         Some(a) => tracing::info!(runtime_api = %a, "installing through HAProxy's runtime API"),
         None => tracing::info!("HAPROXY_RUNTIME_API unset: writing certificate files only"),
     }
-    // Read again by the reconciler, with the certificates added at runtime; not kept twice
-    // (100,000 certificates are ~25 MiB of names).
+    // Handed to the reconciler, which takes it as it is unless certificates were added at
+    // runtime or DOMAINS_FILE changed since; not kept twice (100,000 certificates are ~25 MiB
+    // of names).
     let mut wanted = wanted;
-    wanted.forget_initial();
+    let initial = wanted.take_initial();
     let wanted = Arc::new(wanted);
     let config = Arc::new(config);
     let installer = Arc::new(installer);
@@ -205,7 +206,10 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
                 Tuning::for_config(&config),
                 control.clone(),
             );
-            let wanted = reconciler.wanted_now().await.map_err(start_error)?;
+            let wanted = reconciler
+                .wanted_now_from(initial)
+                .await
+                .map_err(start_error)?;
             Some((reconciler, wanted))
         }
     };

@@ -26,6 +26,8 @@ pub struct WantedSet {
     domains_file: Option<PathBuf>,
     /// What was read at start-up (DOMAINS, then DOMAINS_FILE; empty for `Need::StoreOnly`).
     initial: Vec<CertSpec>,
+    /// The digest of the sources `initial` was read from (`sources`).
+    initial_sources: u64,
     /// DNS_HOOK is set: certificates with `challenge=dns-01` can be validated.
     dns_hook: bool,
     /// TLS_ALPN_LISTEN is set: certificates with `challenge=tls-alpn-01` can be validated.
@@ -47,6 +49,13 @@ impl fmt::Debug for WantedSet {
     }
 }
 
+/// The certificates read at start-up and the digest of their sources ([`WantedSet::take_initial`]).
+#[derive(Debug, Default)]
+pub struct Initial {
+    pub sources: u64,
+    pub specs: Vec<CertSpec>,
+}
+
 /// DOMAINS_FILE as read: its path and content, read once, so what is parsed is what was hashed.
 type File<'a> = Option<(&'a Path, std::io::Result<String>)>;
 
@@ -58,6 +67,7 @@ impl WantedSet {
             domains: parse_domains(domains),
             domains_file,
             initial: Vec::new(),
+            initial_sources: 0,
             dns_hook,
             tls_alpn,
             index: Mutex::new(None),
@@ -66,7 +76,9 @@ impl WantedSet {
 
     /// Reads DOMAINS_FILE for `initial`.
     pub(super) fn read_initial(&mut self) -> Result<(), Vec<String>> {
-        self.initial = self.read_since(&[], None)?.1.unwrap_or_default();
+        let (sources, specs) = self.read_since(&[], None)?;
+        self.initial = specs.unwrap_or_default();
+        self.initial_sources = sources;
         Ok(())
     }
 
@@ -75,10 +87,14 @@ impl WantedSet {
         &self.initial
     }
 
-    /// Drops `initial` (the daemon reads the set again with the runtime additions and keeps no
-    /// second copy: 100,000 certificates are ~25 MiB of names).
-    pub fn forget_initial(&mut self) {
-        self.initial = Vec::new();
+    /// Takes `initial` out, with the digest of its sources: the daemon hands it to the
+    /// reconciler ([`WantedSet::still_reads_as`] says whether it is still what a read gives) and
+    /// keeps no second copy (100,000 certificates are ~25 MiB of names).
+    pub fn take_initial(&mut self) -> Initial {
+        Initial {
+            sources: self.initial_sources,
+            specs: std::mem::take(&mut self.initial),
+        }
     }
 
     pub fn domains_file(&self) -> Option<&Path> {
@@ -116,14 +132,24 @@ impl WantedSet {
     /// A digest of the sources (DOMAINS, DOMAINS_FILE's bytes, the additions); `None` when
     /// DOMAINS is bad or DOMAINS_FILE unreadable.
     fn sources(&self, file: &File, added: &[Vec<String>]) -> Option<u64> {
+        match file {
+            None => self.digest([], added),
+            Some((_, Ok(content))) => self.digest([content], added),
+            Some((_, Err(_))) => None,
+        }
+    }
+
+    /// The digest of the sources DOMAINS, DOMAINS_FILE's content (the concatenation of
+    /// `content`'s parts; none without a DOMAINS_FILE) and `added`; `None` when DOMAINS is bad.
+    fn digest<const N: usize>(&self, content: [&str; N], added: &[Vec<String>]) -> Option<u64> {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
-        match (&self.domains, file) {
-            (Err(_), _) | (_, Some((_, Err(_)))) => return None,
-            (Ok(domains), Some((_, Ok(content)))) => {
-                domains.hash(&mut h);
-                content.hash(&mut h);
+        self.domains.as_ref().ok()?.hash(&mut h);
+        if N > 0 {
+            for part in content {
+                h.write(part.as_bytes());
             }
-            (Ok(domains), None) => domains.hash(&mut h),
+            // The end of the file's content, as `str`'s `Hash` marks it.
+            h.write_u8(0xff);
         }
         added.hash(&mut h);
         Some(h.finish())

@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 use crate::acme::Ca;
 use crate::budget::Budget;
 use crate::clock::{Clock, Dice};
+use crate::config::wanted::Initial;
 use crate::config::{CertSpec, Config, WantedSet};
 use crate::health::{Health, Part};
 use crate::installer::Haproxy;
@@ -282,7 +283,25 @@ impl Reconciler {
     /// [`Reconciler::start_with`]: what the daemon checks before it says it is healthy, the pass
     /// over the store coming after.
     pub async fn wanted_now(&self) -> Result<WantedNow, StartError> {
-        match self.read_wanted(None).await? {
+        self.wanted_now_from(Initial::default()).await
+    }
+
+    /// Like [`Reconciler::wanted_now`], taking `initial` (what the configuration load read) as
+    /// it is when nothing was added at runtime and DOMAINS_FILE has not changed since: the file
+    /// is parsed once at start-up, not twice (~40 ms at 100,000 certificates).
+    pub async fn wanted_now_from(&self, initial: Initial) -> Result<WantedNow, StartError> {
+        let read = if initial.specs.is_empty() {
+            self.read_wanted(None).await?
+        } else {
+            let added = self.store.added().await?;
+            if self.wanted.still_reads_as(initial.sources, &added) {
+                Ok((initial.sources, Some(initial.specs)))
+            } else {
+                drop(initial);
+                self.wanted.read_since(&added, None)
+            }
+        };
+        match read {
             Ok((_, Some(specs))) if specs.is_empty() => {
                 Err(StartError::Config(crate::config::nothing_to_manage()))
             }

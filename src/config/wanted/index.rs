@@ -3,15 +3,18 @@
 //! parses those lines only ([`WantedSet::read_changes`]), and `domains add` checks its names
 //! against the configured ones without parsing DOMAINS_FILE ([`WantedSet::check`]). At 100,000
 //! certificates a parse is ~40 ms; the index is the file's size and 8 bytes a name (~5.6 MiB).
+//! The file is compared with the index's copy a block at a time ([`diverge`]): only what follows
+//! the first line that differs is read into memory, and the copy is edited in place.
 //! Whatever it cannot answer exactly (a problem to report, two names of one hash, many
 //! changes) is read in full, so every answer is the one a read in full gives.
 
 use std::hash::Hasher;
+use std::path::Path;
 use std::sync::PoisonError;
 
 use fxhash::FxHashSet;
 
-use super::{parse_added, parse_domains_file, read_file, File, WantedSet};
+use super::{parse_added, parse_domains_file, read_file, WantedSet};
 use crate::config::names::{CertId, CertSpec};
 
 /// Above this many bytes of changed lines (before and after) a re-read is in full.
@@ -105,8 +108,20 @@ impl Index {
         self.names.binary_search(&name).is_ok()
     }
 
+    /// DOMAINS_FILE's copy with everything from `start` on replaced by `rest`, in place: spare
+    /// room is kept so that an appended line does not move the whole copy.
+    fn splice(&mut self, start: usize, rest: &str) {
+        self.content.truncate(start);
+        let room = self.content.capacity() - start;
+        if room < rest.len() {
+            self.content
+                .reserve_exact(rest.len() + (start + rest.len()) / 64);
+        }
+        self.content.push_str(rest);
+    }
+
     /// The index after `update`, of `sources`.
-    fn update(&mut self, sources: u64, content: String, added: &[Vec<String>], update: Update) {
+    fn update(&mut self, sources: u64, added: &[Vec<String>], update: Update) {
         let mut new: Vec<u64> = update.added.into_iter().collect();
         new.sort_unstable();
         let mut names = Vec::with_capacity(self.names.len() + new.len());
@@ -121,23 +136,62 @@ impl Index {
             names.push(name);
         }
         names.extend(new);
-        *self = Index {
-            sources,
-            content,
-            names,
-            configured: update.configured,
-            added: added.to_vec(),
-        };
+        self.sources = sources;
+        self.names = names;
+        self.configured = update.configured;
+        self.added = added.to_vec();
     }
 }
 
-/// DOMAINS_FILE's content as read (empty without one); `None` when unreadable.
-fn content<'a>(file: &'a File) -> Option<&'a str> {
-    match file {
-        None => Some(""),
-        Some((_, Ok(content))) => Some(content),
-        Some((_, Err(_))) => None,
-    }
+/// Bytes read at a time to compare DOMAINS_FILE with the index's copy (a few under test, so
+/// that the tests cross block boundaries).
+const BLOCK: usize = if cfg!(test) { 13 } else { 256 * 1024 };
+
+/// Where a file stops holding what the index read last ([`diverge`]).
+#[derive(Debug, PartialEq)]
+pub(super) enum Divergence {
+    /// Byte for byte the same.
+    Same,
+    /// The same up to `start` (the start of a line), then `rest` (to the end of the file).
+    From { start: usize, rest: String },
+}
+
+/// Compares the file at `path` with `content` a block at a time, and reads into memory only
+/// what follows the line where they first differ: an appended line reads that line, not the
+/// whole file (44 MiB at 1,000,000 certificates).
+pub(super) fn diverge(path: &Path, content: &str) -> std::io::Result<Divergence> {
+    use std::io::{Read, Seek, SeekFrom};
+    let content = content.as_bytes();
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut at = 0;
+    let same = loop {
+        let n = match f.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            if at == content.len() {
+                return Ok(Divergence::Same);
+            }
+            break at;
+        }
+        let ours = &content[at.min(content.len())..(at + n).min(content.len())];
+        let alike = common_prefix(ours, &buf[..n]);
+        if alike < n {
+            break at + alike;
+        }
+        at += n;
+    };
+    let start = content[..same]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    f.seek(SeekFrom::Start(start as u64))?;
+    let mut rest = String::new();
+    f.read_to_string(&mut rest)?;
+    Ok(Divergence::From { start, rest })
 }
 
 impl WantedSet {
@@ -145,17 +199,43 @@ impl WantedSet {
     /// `read(added)`, errors included; without parsing DOMAINS_FILE when it is as last read and
     /// no name of `added` is configured.
     pub fn check(&self, added: &[Vec<String>]) -> Result<(), Vec<String>> {
-        let file = read_file(self.domains_file());
-        let quick = content(&file).is_some_and(|content| {
+        let quick = {
             let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
             index.as_ref().is_some_and(|ix| {
-                ix.content == content && self.fit(ix, &Update::none(), added).is_some()
+                self.file_holds(&ix.content) && self.fit(ix, &Update::none(), added).is_some()
             })
-        });
+        };
         if quick {
             return Ok(());
         }
-        self.combine(&file, added).map(drop)
+        self.combine(&read_file(self.domains_file()), added)
+            .map(drop)
+    }
+
+    /// Whether a read with `added` now is of the sources of digest `sources` (DOMAINS_FILE
+    /// compared with the index's copy a block at a time: at 1,000,000 certificates the file is
+    /// 44 MiB, and reading it into a new buffer to hash it costs more than comparing it).
+    /// `false` when it cannot tell (no index, or one of other sources).
+    pub fn still_reads_as(&self, sources: u64, added: &[Vec<String>]) -> bool {
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        index.as_ref().is_some_and(|ix| {
+            ix.sources == sources
+                && ix.added == added
+                && self.domains.is_ok()
+                && self.file_holds(&ix.content)
+        })
+    }
+
+    /// Whether DOMAINS_FILE holds exactly `content` (empty without a DOMAINS_FILE); `false`
+    /// when it cannot be read.
+    fn file_holds(&self, content: &str) -> bool {
+        match self.domains_file() {
+            None => content.is_empty(),
+            Some(path) => {
+                std::fs::metadata(path).is_ok_and(|m| m.len() == content.len() as u64)
+                    && diverge(path, content).is_ok_and(|d| d == Divergence::Same)
+            }
+        }
     }
 
     /// Like `read_since(added, Some(applied))`, by what changed: when the last read is of the
@@ -168,6 +248,52 @@ impl WantedSet {
         applied: u64,
         max: usize,
     ) -> Result<(u64, Reading), Vec<String>> {
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ix) = index
+            .as_mut()
+            .filter(|ix| ix.sources == applied && self.domains.is_ok())
+        {
+            // DOMAINS_FILE compared with the copy the index keeps: what follows the first line
+            // that differs is all that is read into memory.
+            let found = match self.domains_file() {
+                None => Ok(Divergence::Same),
+                Some(path) => diverge(path, &ix.content),
+            };
+            if let Ok(found) = found {
+                let (start, rest) = match found {
+                    Divergence::Same if ix.added == added => {
+                        return Ok((applied, Reading::Unchanged));
+                    }
+                    Divergence::Same => (ix.content.len(), String::new()),
+                    Divergence::From { start, rest } => (start, rest),
+                };
+                let digest = match self.domains_file() {
+                    None => self.digest([], added),
+                    Some(_) => self.digest([&ix.content[..start], &rest], added),
+                }
+                .expect("DOMAINS is valid");
+                if digest == applied {
+                    return Ok((digest, Reading::Unchanged));
+                }
+                let (s, old_end, new_end) = changed_lines(&ix.content[start..], &rest);
+                let was = &ix.content[start + s..start + old_end];
+                if let Some((changes, update)) =
+                    self.changes_since(ix, was, &rest[s..new_end], added, max)
+                {
+                    ix.splice(start, &rest);
+                    ix.update(digest, added, update);
+                    return Ok((digest, Reading::Changes(changes)));
+                }
+                // Read in full, from what was read.
+                let path = self.domains_file();
+                let content = [&ix.content[..start], &rest].concat();
+                drop(index);
+                return self
+                    .read_all(path.map(|p| (p, Ok(content))), added, digest)
+                    .map(|s| (digest, Reading::All(s)));
+            }
+        }
+        drop(index);
         let file = read_file(self.domains_file());
         let Some(digest) = self.sources(&file, added) else {
             return self
@@ -177,34 +303,21 @@ impl WantedSet {
         if digest == applied {
             return Ok((digest, Reading::Unchanged));
         }
-        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(ix) = index.as_mut().filter(|ix| ix.sources == applied) {
-            let found = content(&file).and_then(|c| self.changes_since(ix, c, added, max));
-            if let Some((changes, update)) = found {
-                let content = match file {
-                    Some((_, Ok(content))) => content,
-                    _ => String::new(),
-                };
-                ix.update(digest, content, added, update);
-                return Ok((digest, Reading::Changes(changes)));
-            }
-        }
-        drop(index);
         self.read_all(file, added, digest)
             .map(|s| (digest, Reading::All(s)))
     }
 
-    /// What changed from `ix` to `content` and `added`; `None` when that is for a read in full
-    /// to say (too much, a problem, a name that may be listed twice).
+    /// What changed from `ix` (whose lines `was` became `now`, the others alike) and `added`;
+    /// `None` when that is for a read in full to say (too much, a problem, a name that may be
+    /// listed twice).
     fn changes_since(
         &self,
         ix: &Index,
-        content: &str,
+        was: &str,
+        now: &str,
         added: &[Vec<String>],
         max: usize,
     ) -> Option<(Changes, Update)> {
-        let (start, old_end, new_end) = changed_lines(&ix.content, content);
-        let (was, now) = (&ix.content[start..old_end], &content[start..new_end]);
         if was.len() + now.len() > MAX_CHANGED_BYTES {
             return None;
         }

@@ -153,7 +153,8 @@ fn domains_and_domains_file_combine_without_duplicates() {
     };
     assert!(Config::from_raw(&only_file, Need::Daemon).is_ok());
     let mut w = w;
-    w.forget_initial();
+    let initial = w.take_initial();
+    assert_eq!(names(&initial.specs), vec![vec!["a.com"], vec!["b.com"]]);
     assert!(w.initial().is_empty());
 }
 
@@ -192,4 +193,79 @@ fn a_bad_domains_is_reported_when_the_set_is_read_by_a_store_only_command() {
     assert!(w.initial().is_empty());
     assert!(w.read(&[]).unwrap_err()[0].contains("wildcard"));
     assert!(w.read_since(&[], Some(0)).is_err());
+}
+
+#[test]
+fn the_start_up_read_is_taken_as_it_is_only_while_the_sources_are_the_same() {
+    let (_dir, file, mut w) = with_domains_file("b.com\nc.com\n");
+    let initial = w.take_initial();
+    assert_eq!(initial.specs.len(), 3);
+    assert!(w.still_reads_as(initial.sources, &[]));
+    // Certificates added at runtime are other sources.
+    assert!(!w.still_reads_as(initial.sources, &[vec!["d.com".into()]]));
+    // So is any change of bytes, even of the same length, and an unreadable file.
+    std::fs::write(&file, "b.com\nd.com\n").unwrap();
+    assert!(!w.still_reads_as(initial.sources, &[]));
+    std::fs::write(&file, "b.com\nc.com\nd.com\n").unwrap();
+    assert!(!w.still_reads_as(initial.sources, &[]));
+    std::fs::remove_file(&file).unwrap();
+    assert!(!w.still_reads_as(initial.sources, &[]));
+    // The same bytes again: the same sources.
+    std::fs::write(&file, "b.com\nc.com\n").unwrap();
+    assert!(w.still_reads_as(initial.sources, &[]));
+    // A digest of other sources is never taken for this one.
+    assert!(!w.still_reads_as(initial.sources ^ 1, &[]));
+    // Once read with other sources, the index is of those.
+    std::fs::write(&file, "b.com\n").unwrap();
+    let (d, _) = w.read_since(&[], None).unwrap();
+    assert!(!w.still_reads_as(initial.sources, &[]));
+    assert!(w.still_reads_as(d, &[]));
+}
+
+#[test]
+fn a_file_is_compared_block_by_block_and_read_from_the_line_that_differs() {
+    use index::{diverge, Divergence};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    // Many blocks (13 bytes under test).
+    let content: String = (0..200).map(|i| format!("s{i}.example.test\n")).collect();
+    let from = |start: usize, rest: &str| Divergence::From {
+        start,
+        rest: rest.to_string(),
+    };
+    std::fs::write(&path, &content).unwrap();
+    assert_eq!(diverge(&path, &content).unwrap(), Divergence::Same);
+    // Appended: only the new line is read.
+    std::fs::write(&path, format!("{content}new.test\n")).unwrap();
+    assert_eq!(
+        diverge(&path, &content).unwrap(),
+        from(content.len(), "new.test\n")
+    );
+    // A change in a line: read from that line's start.
+    let line = content.find("s150.").unwrap();
+    let changed = content.replacen("s150.", "t150.", 1);
+    std::fs::write(&path, &changed).unwrap();
+    assert_eq!(
+        diverge(&path, &content).unwrap(),
+        from(line, &changed[line..])
+    );
+    // Cut short, in the middle of a line, and emptied.
+    std::fs::write(&path, &content[..line + 3]).unwrap();
+    assert_eq!(
+        diverge(&path, &content).unwrap(),
+        from(line, &content[line..line + 3])
+    );
+    std::fs::write(&path, "").unwrap();
+    assert_eq!(diverge(&path, &content).unwrap(), from(0, ""));
+    // The first byte differs.
+    std::fs::write(&path, format!("x{content}")).unwrap();
+    assert_eq!(
+        diverge(&path, &content).unwrap(),
+        from(0, &format!("x{content}"))
+    );
+    // Bytes that are not UTF-8 after the point of difference, and no file: errors.
+    std::fs::write(&path, [content.as_bytes(), &[0xff]].concat()).unwrap();
+    assert!(diverge(&path, &content).is_err());
+    std::fs::remove_file(&path).unwrap();
+    assert!(diverge(&path, &content).is_err());
 }
