@@ -960,6 +960,32 @@ impl Env {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
     }
 
+    /// The name HAProxy gives the certificates directory's crt-list (`show ssl crt-list`).
+    pub fn crt_list_name(&self) -> String {
+        let out = self.runtime("show ssl crt-list");
+        let dir = self.certs_dir.display().to_string();
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.trim_end_matches('/') == dir.trim_end_matches('/'))
+            .unwrap_or_else(|| panic!("no crt-list for {dir} in: {out}"))
+            .to_string()
+    }
+
+    /// How many of the files named `<prefix>*` are in HAProxy's crt-list `crt_list` (served);
+    /// the benches' progress count.
+    pub fn served_count(&self, crt_list: &str, prefix: &str) -> usize {
+        self.runtime(&format!("show ssl crt-list {crt_list}"))
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|f| Path::new(f).file_name())
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(prefix))
+            })
+            .count()
+    }
+
     /// The serial (upper-case hex) of the certificate HAProxy serves for `name`, without
     /// verifying its chain (a restarted pebble has a new root).
     pub fn served_serial(&self, name: &str) -> Option<String> {
