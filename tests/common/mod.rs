@@ -1367,50 +1367,65 @@ pub fn issued_records_from(
     directory: &str,
     now: i64,
 ) -> (Vec<haproxy_acme_state::Record>, String) {
-    use haproxy_acme_state::{apply, CertMeta, Event, KeyType, Record};
     let mut names = String::with_capacity((to - from) * 32);
     let mut records = Vec::with_capacity(to - from);
     for i in from..to {
         let id = format!("s{i}.example.test");
-        let r = Record::new(
-            vec![id.clone(), format!("www.{id}")],
-            KeyType::EcdsaP256,
-            now - 86_400,
-        );
-        let r = apply(
-            &r,
-            Event::Configured {
-                names: r.names.clone(),
-                key_type: r.key_type,
-                acme_directory: directory.into(),
-                deploy_hook: false,
-                profile: None,
-            },
-            now,
-        );
-        let r = apply(
-            &r,
-            Event::OrderCreated {
-                url: format!("https://ca/order/{i}"),
-            },
-            now,
-        );
-        let fingerprint = format!("{i:064x}");
         let not_before = now - 86_400 * (i as i64 % 30);
-        let meta = CertMeta {
+        let meta = haproxy_acme_state::CertMeta {
             serial: format!("{:016X}", i as u64 * 7919 + 1),
             not_before,
             not_after: not_before + 90 * 86_400,
-            fingerprint: fingerprint.clone(),
+            fingerprint: format!("{i:064x}"),
             issued_at: not_before,
         };
-        let r = apply(&r, Event::CertificateStored { meta }, now);
-        let r = apply(&r, Event::Installed { fingerprint }, now);
-        let r = apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now);
+        let r = issued_record(
+            vec![id.clone(), format!("www.{id}")],
+            directory,
+            i,
+            meta,
+            now,
+        );
         names.push_str(&format!("{},{}\n", r.names[0], r.names[1]));
         records.push(r);
     }
     (records, names)
+}
+
+/// One record shaped like an issued, installed certificate `meta` for `names` from `directory`
+/// (a CA without renewal information: the lifetime rule sets its renewal time), as if ordered
+/// with order number `order`: the seeded stores' record.
+pub fn issued_record(
+    names: Vec<String>,
+    directory: &str,
+    order: usize,
+    meta: haproxy_acme_state::CertMeta,
+    now: i64,
+) -> haproxy_acme_state::Record {
+    use haproxy_acme_state::{apply, Event, KeyType, Record};
+    let r = Record::new(names, KeyType::EcdsaP256, now - 86_400);
+    let r = apply(
+        &r,
+        Event::Configured {
+            names: r.names.clone(),
+            key_type: r.key_type,
+            acme_directory: directory.into(),
+            deploy_hook: false,
+            profile: None,
+        },
+        now,
+    );
+    let r = apply(
+        &r,
+        Event::OrderCreated {
+            url: format!("https://ca/order/{order}"),
+        },
+        now,
+    );
+    let fingerprint = meta.fingerprint.clone();
+    let r = apply(&r, Event::CertificateStored { meta }, now);
+    let r = apply(&r, Event::Installed { fingerprint }, now);
+    apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now)
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`; 0 when unreadable): the benches'.
