@@ -178,37 +178,11 @@ fn minimal_client(env: &Env, n: usize, c: usize, prefix: &str) -> Duration {
     })
 }
 
-/// How many of the files named `<prefix>*` are in HAProxy's crt-list of the certificates
-/// directory (served).
-fn served(env: &Env, crt_list: &str, prefix: &str) -> usize {
-    env.runtime(&format!("show ssl crt-list {crt_list}"))
-        .lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .next()
-                .and_then(|f| Path::new(f).file_name())
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.starts_with(prefix))
-        })
-        .count()
-}
-
-/// The name HAProxy gives the certificates directory's crt-list.
-fn crt_list_name(env: &Env) -> String {
-    let out = env.runtime("show ssl crt-list");
-    let dir = env.certs_dir.display().to_string();
-    out.lines()
-        .map(str::trim)
-        .find(|l| l.trim_end_matches('/') == dir.trim_end_matches('/'))
-        .unwrap_or_else(|| panic!("no crt-list for {dir} in: {out}"))
-        .to_string()
-}
-
 /// haproxy-acme with CONCURRENCY=`conc`: time from its start to all `n` served, and its log.
 fn daemon(env: &Env, n: usize, conc: usize, prefix: &str, timeout: Duration) -> (Duration, String) {
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}.tp.test")).collect();
     let data_dir = env.dir.path().join(format!("data-{prefix}"));
-    let crt_list = crt_list_name(env);
+    let crt_list = env.crt_list_name();
     let started = Instant::now();
     let mut d = env.start_daemon_with(
         &ids.join(";"),
@@ -223,7 +197,7 @@ fn daemon(env: &Env, n: usize, conc: usize, prefix: &str, timeout: Duration) -> 
     let mut last = (0, Instant::now());
     loop {
         d.assert_running();
-        let k = served(env, &crt_list, prefix);
+        let k = env.served_count(&crt_list, prefix);
         if k == n {
             break;
         }

@@ -63,10 +63,12 @@ pub fn ari_renewal_time(window: (UnixTime, UnixTime), jitter_permille: u16) -> U
 }
 
 /// The renewal time inside a suggested window for a certificate valid from `not_before` to
-/// `not_after`: [`ari_renewal_time`], but never in the last tenth of the lifetime unless the
-/// window starts there. A window that ends at expiry (pebble's for a certificate under two days,
-/// a CA's clamp) would otherwise let the draw fall at the very end, leaving no time for a
-/// failed attempt; a real window (Let's Encrypt's: two days around two thirds) is unchanged.
+/// `not_after`: [`ari_renewal_time`] in the part of the window before the last tenth of the
+/// lifetime (the window's start if it begins there). A window that ends at expiry (pebble's for
+/// a certificate under 36 hours, a CA's clamp) would otherwise let the draw fall at the very
+/// end, leaving no time for a failed attempt; the draw is spread over what is left rather than
+/// cut off at its end (which put a tenth of the certificates issued together at one instant);
+/// a real window (Let's Encrypt's: two days around two thirds) is unchanged.
 pub fn ari_renewal_time_for(
     window: (UnixTime, UnixTime),
     jitter_permille: u16,
@@ -74,7 +76,8 @@ pub fn ari_renewal_time_for(
     not_after: UnixTime,
 ) -> UnixTime {
     let latest = not_after - (not_after - not_before).max(0) / 10;
-    ari_renewal_time(window, jitter_permille).min(latest.max(window.0))
+    let (start, end) = window;
+    ari_renewal_time((start, end.min(latest.max(start))), jitter_permille)
 }
 
 /// When to ask for renewal information again: the CA's `Retry-After`, bounded to between an
@@ -106,13 +109,27 @@ mod tests {
     fn a_window_ending_at_expiry_never_puts_the_renewal_in_the_last_tenth() {
         // A 20-second certificate whose window is its whole lifetime (pebble 2.10).
         assert_eq!(ari_renewal_time_for((100, 120), 1000, 100, 120), 118);
-        assert_eq!(ari_renewal_time_for((100, 120), 500, 100, 120), 110);
+        assert_eq!(ari_renewal_time_for((100, 120), 500, 100, 120), 109);
         // A window that starts in the last tenth keeps its start.
         assert_eq!(ari_renewal_time_for((119, 120), 1000, 100, 120), 119);
         // Let's Encrypt's window (two days around two thirds of 90 days) is unchanged.
         let day = 86_400;
         let w = (59 * day, 61 * day);
         assert_eq!(ari_renewal_time_for(w, 1000, 0, 90 * day), 61 * day);
+    }
+
+    #[test]
+    fn a_window_ending_at_expiry_gives_every_draw_its_own_time() {
+        // pebble 2.10's window for a certificate under 36 hours: its whole lifetime. Certificates
+        // issued together get the same window; each draw must keep its own time (capping the
+        // draw at the last tenth put the draws from 900 to 1000, a tenth of them, at one instant).
+        let (nb, na) = (1000, 1000 + 6 * 3600);
+        let times: std::collections::BTreeSet<_> = (0..=1000)
+            .map(|j| ari_renewal_time_for((nb, na), j, nb, na))
+            .collect();
+        assert_eq!(times.len(), 1001);
+        assert_eq!(times.first(), Some(&nb));
+        assert_eq!(times.last(), Some(&(na - 6 * 3600 / 10)));
     }
 
     #[test]

@@ -649,6 +649,13 @@ impl Env {
     pub fn restart_pebble(&mut self) {
         let mut issued = self.issued_by_running_pebble();
         self.archived.append(&mut issued);
+        self.respawn_pebble();
+    }
+
+    /// Kills pebble and starts a new one on the same ports without asking the old one what it
+    /// issued (`issued()` then misses it): for a pebble that no longer answers (its store's
+    /// deadlock, letsencrypt/pebble#270). Its log is kept as `pebble-N.log` (`pebble_log`).
+    pub fn respawn_pebble(&mut self) {
         let i = self.procs.iter().position(|p| p.name == "pebble").unwrap();
         let old = self.procs.remove(i);
         let log = old.log.clone();
@@ -958,6 +965,32 @@ impl Env {
     /// What the running pebble process logged (since its last restart).
     pub fn running_pebble_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+    }
+
+    /// The name HAProxy gives the certificates directory's crt-list (`show ssl crt-list`).
+    pub fn crt_list_name(&self) -> String {
+        let out = self.runtime("show ssl crt-list");
+        let dir = self.certs_dir.display().to_string();
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.trim_end_matches('/') == dir.trim_end_matches('/'))
+            .unwrap_or_else(|| panic!("no crt-list for {dir} in: {out}"))
+            .to_string()
+    }
+
+    /// How many of the files named `<prefix>*` are in HAProxy's crt-list `crt_list` (served);
+    /// the benches' progress count.
+    pub fn served_count(&self, crt_list: &str, prefix: &str) -> usize {
+        self.runtime(&format!("show ssl crt-list {crt_list}"))
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|f| Path::new(f).file_name())
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(prefix))
+            })
+            .count()
     }
 
     /// The serial (upper-case hex) of the certificate HAProxy serves for `name`, without
@@ -1341,50 +1374,65 @@ pub fn issued_records_from(
     directory: &str,
     now: i64,
 ) -> (Vec<haproxy_acme_state::Record>, String) {
-    use haproxy_acme_state::{apply, CertMeta, Event, KeyType, Record};
     let mut names = String::with_capacity((to - from) * 32);
     let mut records = Vec::with_capacity(to - from);
     for i in from..to {
         let id = format!("s{i}.example.test");
-        let r = Record::new(
-            vec![id.clone(), format!("www.{id}")],
-            KeyType::EcdsaP256,
-            now - 86_400,
-        );
-        let r = apply(
-            &r,
-            Event::Configured {
-                names: r.names.clone(),
-                key_type: r.key_type,
-                acme_directory: directory.into(),
-                deploy_hook: false,
-                profile: None,
-            },
-            now,
-        );
-        let r = apply(
-            &r,
-            Event::OrderCreated {
-                url: format!("https://ca/order/{i}"),
-            },
-            now,
-        );
-        let fingerprint = format!("{i:064x}");
         let not_before = now - 86_400 * (i as i64 % 30);
-        let meta = CertMeta {
+        let meta = haproxy_acme_state::CertMeta {
             serial: format!("{:016X}", i as u64 * 7919 + 1),
             not_before,
             not_after: not_before + 90 * 86_400,
-            fingerprint: fingerprint.clone(),
+            fingerprint: format!("{i:064x}"),
             issued_at: not_before,
         };
-        let r = apply(&r, Event::CertificateStored { meta }, now);
-        let r = apply(&r, Event::Installed { fingerprint }, now);
-        let r = apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now);
+        let r = issued_record(
+            vec![id.clone(), format!("www.{id}")],
+            directory,
+            i,
+            meta,
+            now,
+        );
         names.push_str(&format!("{},{}\n", r.names[0], r.names[1]));
         records.push(r);
     }
     (records, names)
+}
+
+/// One record shaped like an issued, installed certificate `meta` for `names` from `directory`
+/// (a CA without renewal information: the lifetime rule sets its renewal time), as if ordered
+/// with order number `order`: the seeded stores' record.
+pub fn issued_record(
+    names: Vec<String>,
+    directory: &str,
+    order: usize,
+    meta: haproxy_acme_state::CertMeta,
+    now: i64,
+) -> haproxy_acme_state::Record {
+    use haproxy_acme_state::{apply, Event, KeyType, Record};
+    let r = Record::new(names, KeyType::EcdsaP256, now - 86_400);
+    let r = apply(
+        &r,
+        Event::Configured {
+            names: r.names.clone(),
+            key_type: r.key_type,
+            acme_directory: directory.into(),
+            deploy_hook: false,
+            profile: None,
+        },
+        now,
+    );
+    let r = apply(
+        &r,
+        Event::OrderCreated {
+            url: format!("https://ca/order/{order}"),
+        },
+        now,
+    );
+    let fingerprint = meta.fingerprint.clone();
+    let r = apply(&r, Event::CertificateStored { meta }, now);
+    let r = apply(&r, Event::Installed { fingerprint }, now);
+    apply(&r, Event::RenewalInfoUnavailable { retry_at: None }, now)
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`; 0 when unreadable): the benches'.
