@@ -20,15 +20,13 @@ impl Reconciler {
         // Stay inside the CA's limits rather than be refused (and locked out) by it. The turn is
         // held until this order is noted: the next admission counts it.
         let _turn = self.budget.turn().await;
-        if let Some(d) = self
-            .budget
-            .admit(&r.names, r.cert.is_some(), self.clock.now())
-            .await?
-        {
+        let now = self.clock.now();
+        if let Some(d) = self.budget.admit(&r.names, r.cert.is_some(), now).await? {
+            let until = crate::budget::spread_deferral(d.until, now, self.dice.permille());
             let message = format!(
                 "local rate-limit budget: {}; the order waits until {}",
                 d.reason,
-                rfc3339(d.until)
+                rfc3339(until)
             );
             return self
                 .fail(
@@ -36,7 +34,7 @@ impl Reconciler {
                     Step::Order,
                     FailureKind::RateLimited,
                     message,
-                    Some(d.until),
+                    Some(until),
                     false,
                 )
                 .await;
