@@ -4,7 +4,9 @@
 //! the outcome back through `state::apply`, persisting each new record before the next step.
 //!
 //! - this file: the [`Reconciler`] (what it talks to), its [`Control`] handle, and the loop;
-//! - [`schedule`]: due times, one entry per certificate;
+//! - [`ids`]: the table of the certificate ids the reconciler keeps something about, one
+//!   handle each, with its columns: due time, wanted, the serial served, the spec synced;
+//! - [`schedule`]: when a record's plan next has work;
 //! - [`wanted`]: the wanted set brought into the store (start-up, reloads) and pruning;
 //! - [`execute`]: one certificate's task (`Tick → plan → action → apply` until it waits), and
 //!   the record updates every action goes through;
@@ -21,6 +23,7 @@
 mod actions;
 mod alert;
 mod execute;
+mod ids;
 mod order_hooks;
 pub mod schedule;
 pub mod tokens;
@@ -44,7 +47,7 @@ use crate::health::{Health, Part};
 use crate::installer::Haproxy;
 use crate::responder::Tokens;
 use crate::store::{Store, StoreError};
-use schedule::{schedule_wanted, Schedule, Wanted};
+use schedule::{schedule_wanted, Wanted};
 
 /// After a store error (disk full, say) a certificate is looked at again after this delay, or
 /// as soon as the store takes a write again ([`waits`]).
@@ -115,8 +118,10 @@ pub struct Reconciler {
     /// When the order in flight of a certificate was created, for the issuance-duration metric
     /// (in memory: an issuance resumed after a restart is timed from the restart).
     order_started: std::sync::Mutex<HashMap<String, std::time::Instant>>,
-    /// The installed certificates the watchdog checks, with a digest of their serials.
-    watched: watchdog::Watched,
+    /// The certificates the reconciler keeps something about: due times (the loop's schedule),
+    /// the wanted set, the digests of the serials the watchdog checks served and of the specs
+    /// as last synced ([`wanted`]: a reload writes only the records whose spec changed).
+    ids: ids::SharedIds,
     /// Chains downloaded whose write to the store failed (a full disk), by certificate id with
     /// their order's URL: the next try stores them without asking the CA, which may have
     /// forgotten the order by then (restored from a backup) and would have to issue another.
@@ -128,9 +133,6 @@ pub struct Reconciler {
     alerts_unrecorded: std::sync::Mutex<HashMap<String, Vec<haproxy_acme_state::Condition>>>,
     /// Wakes a certificate (the watchdog's repairs).
     control: Control,
-    /// A hash of each wanted certificate's spec as last synced, by a hash of its id: a reload
-    /// writes only the records whose spec changed ([`wanted`]).
-    spec_digests: std::sync::Mutex<HashMap<u64, u64>>,
 }
 
 /// The handle operator commands use: look at a certificate now, or re-read the wanted set now
@@ -260,12 +262,11 @@ impl Reconciler {
             budget,
             tuning,
             order_started: std::sync::Mutex::new(HashMap::new()),
-            watched: watchdog::Watched::default(),
+            ids: ids::SharedIds::default(),
             downloaded: std::sync::Mutex::new(HashMap::new()),
             alerts_unrecorded: std::sync::Mutex::new(HashMap::new()),
             dns_auth_output: std::sync::Mutex::new(HashMap::new()),
             control,
-            spec_digests: std::sync::Mutex::new(HashMap::new()),
         };
         Arc::new(r)
     }
@@ -343,14 +344,17 @@ impl Reconciler {
             }
         }
         let started = std::time::Instant::now();
-        let mut wanted: HashSet<Arc<str>> = wanted_due.iter().map(|w| w.id.clone()).collect();
         // Each certificate is scheduled from its record's plan (no second store read, no task for
         // one with nothing to do).
-        let mut schedule = Schedule::default();
-        schedule_wanted(&mut schedule, wanted_due);
+        shared.schedule_all(&wanted_due);
+        drop(wanted_due);
+        let (certificates, due_now) = {
+            let ids = shared.ids.lock();
+            (ids.wanted(), ids.due_at(shared.clock.now()))
+        };
         tracing::info!(
-            certificates = wanted.len(),
-            due_now = schedule.due_at(shared.clock.now()),
+            certificates,
+            due_now,
             ms = started.elapsed().as_millis() as u64,
             "reconciler ready"
         );
@@ -374,12 +378,13 @@ impl Reconciler {
             let now = shared.clock.now();
             shared.health.passed(now);
             for id in waits.recovered(&shared, now).await {
-                if wanted.contains(id.as_str()) && !in_flight.contains(&id) {
-                    schedule.set(id, now);
+                let mut ids = shared.ids.lock();
+                if ids.is_wanted(&id) && !in_flight.contains(&id) {
+                    ids.schedule(&id, now);
                 }
             }
             while tasks.len() < shared.tuning.max_concurrent {
-                let Some(id) = schedule.pop_due(now) else {
+                let Some(id) = shared.ids.lock().pop_due(now) else {
                     break;
                 };
                 if in_flight.insert(id.clone()) {
@@ -389,7 +394,8 @@ impl Reconciler {
                 }
             }
             let heartbeat = shared.tuning.heartbeat;
-            let mut wait = match schedule.next() {
+            let next = shared.ids.lock().next_due();
+            let mut wait = match next {
                 Some(t) if tasks.len() < shared.tuning.max_concurrent => {
                     Duration::from_secs((t - now).max(1) as u64)
                 }
@@ -409,23 +415,27 @@ impl Reconciler {
                         let again = look_again.remove(&id);
                         if prune_when_done.remove(&id) {
                             shared.prune(&id).await;
-                        } else if !wanted.contains(id.as_str()) {
-                            // Removed from the configuration meanwhile: no longer scheduled.
-                        } else if again {
-                            schedule.set(id, shared.clock.now());
-                        } else if let Some(t) = next {
-                            schedule.set(id, t);
+                        } else {
+                            let mut ids = shared.ids.lock();
+                            if !ids.is_wanted(&id) {
+                                // Removed from the configuration meanwhile: no longer scheduled.
+                            } else if again {
+                                ids.schedule(&id, shared.clock.now());
+                            } else if let Some(t) = next {
+                                ids.schedule(&id, t);
+                            }
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "a certificate task failed unexpectedly"),
                 },
                 Some(id) = inbox.woken.recv() => {
-                    if !wanted.contains(id.as_str()) {
+                    let mut ids = shared.ids.lock();
+                    if !ids.is_wanted(&id) {
                         tracing::info!(cert = %id, "not configured: an operator's request changes its state but nothing is done until it is");
                     } else if in_flight.contains(&id) {
                         look_again.insert(id);
                     } else {
-                        schedule.set(id, shared.clock.now());
+                        ids.schedule(&id, shared.clock.now());
                     }
                 }
                 Ok(()) = reload.changed() => {
@@ -441,7 +451,7 @@ impl Reconciler {
                 continue;
             }
             let Some((sources, specs_digest, now_wanted, gone)) =
-                shared.reread(applied_sources, applied, &wanted).await
+                shared.reread(applied_sources, applied).await
             else {
                 continue;
             };
@@ -449,8 +459,13 @@ impl Reconciler {
             applied_sources = sources;
             for id in &gone {
                 shared.unwatch(id);
-                if wanted.remove(id.as_str()) {
-                    schedule.remove(id);
+                let was_wanted = {
+                    let mut ids = shared.ids.lock();
+                    let was = ids.unwant(id);
+                    ids.unschedule(id);
+                    was
+                };
+                if was_wanted {
                     tracing::info!(cert = %id, prune = shared.config.prune, "removed from the configuration: no longer renewed");
                     if shared.config.prune {
                         if in_flight.contains(id) {
@@ -461,11 +476,13 @@ impl Reconciler {
                     }
                 }
             }
-            for w in &now_wanted {
-                prune_when_done.remove(&*w.id);
-                wanted.insert(w.id.clone());
+            if !prune_when_done.is_empty() {
+                let ids = shared.ids.lock();
+                for w in &now_wanted {
+                    prune_when_done.remove(ids.id(w.id));
+                }
             }
-            schedule_wanted(&mut schedule, now_wanted);
+            shared.schedule_all(&now_wanted);
         }
         watchdog.abort_all();
         tracing::info!(
@@ -479,5 +496,13 @@ impl Reconciler {
             );
         }
         inbox
+    }
+
+    /// Marks each of `wanted` wanted and schedules it (a few thousand at a time under the
+    /// table's lock, so a task's commit never waits for a whole set).
+    fn schedule_all(&self, wanted: &[Wanted]) {
+        for chunk in wanted.chunks(4096) {
+            schedule_wanted(&mut self.ids.lock(), chunk);
+        }
     }
 }
