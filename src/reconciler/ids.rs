@@ -236,6 +236,14 @@ impl Ids {
         self.set_due(h, Some(t));
     }
 
+    /// Schedules `id` at `t` if it is wanted (not at all if `t` is `None`).
+    pub(super) fn schedule_if_wanted(&mut self, id: &str, t: Option<UnixTime>) {
+        match (self.handle(id), t) {
+            (Some(h), Some(t)) if self.flags[h as usize] & WANTED != 0 => self.set_due(h, Some(t)),
+            _ => {}
+        }
+    }
+
     /// No longer scheduled.
     pub(super) fn unschedule(&mut self, id: &str) {
         if let Some(h) = self.handle(id) {

@@ -26,6 +26,7 @@ impl Entry {
 #[derive(Debug, Clone)]
 enum Op {
     Schedule(String, i64),
+    ScheduleIfWanted(String, Option<i64>),
     Unschedule(String),
     PopDue(i64),
     Want(String),
@@ -45,6 +46,7 @@ fn id() -> impl Strategy<Value = String> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (id(), 0..50i64).prop_map(|(i, t)| Op::Schedule(i, t)),
+        1 => (id(), proptest::option::of(0..50i64)).prop_map(|(i, t)| Op::ScheduleIfWanted(i, t)),
         1 => id().prop_map(Op::Unschedule),
         2 => (0..60i64).prop_map(Op::PopDue),
         2 => id().prop_map(Op::Want),
@@ -119,6 +121,13 @@ proptest! {
                 Op::Schedule(id, t) => {
                     ids.schedule(&id, t);
                     model.entry(id).or_default().due = Some(t);
+                }
+                Op::ScheduleIfWanted(id, t) => {
+                    ids.schedule_if_wanted(&id, t);
+                    let e = model.entry(id).or_default();
+                    if e.wanted && t.is_some() {
+                        e.due = t;
+                    }
                 }
                 Op::Unschedule(id) => {
                     ids.unschedule(&id);

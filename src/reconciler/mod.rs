@@ -47,7 +47,7 @@ use crate::health::{Health, Part};
 use crate::installer::Haproxy;
 use crate::responder::Tokens;
 use crate::store::{Store, StoreError};
-use schedule::{schedule_wanted, Wanted};
+use schedule::{schedule_all, Wanted};
 
 /// After a store error (disk full, say) a certificate is looked at again after this delay, or
 /// as soon as the store takes a write again ([`waits`]).
@@ -346,14 +346,10 @@ impl Reconciler {
         let started = std::time::Instant::now();
         // Each certificate is scheduled from its record's plan (no second store read, no task for
         // one with nothing to do).
-        shared.schedule_all(&wanted_due);
-        drop(wanted_due);
-        let (certificates, due_now) = {
-            let ids = shared.ids.lock();
-            (ids.wanted(), ids.due_at(shared.clock.now()))
-        };
+        schedule_all(&shared.ids, wanted_due);
+        let due_now = shared.ids.lock().due_at(shared.clock.now());
         tracing::info!(
-            certificates,
+            certificates = shared.ids.lock().wanted(),
             due_now,
             ms = started.elapsed().as_millis() as u64,
             "reconciler ready"
@@ -378,9 +374,8 @@ impl Reconciler {
             let now = shared.clock.now();
             shared.health.passed(now);
             for id in waits.recovered(&shared, now).await {
-                let mut ids = shared.ids.lock();
-                if ids.is_wanted(&id) && !in_flight.contains(&id) {
-                    ids.schedule(&id, now);
+                if !in_flight.contains(&id) {
+                    shared.ids.lock().schedule_if_wanted(&id, Some(now));
                 }
             }
             while tasks.len() < shared.tuning.max_concurrent {
@@ -416,14 +411,9 @@ impl Reconciler {
                         if prune_when_done.remove(&id) {
                             shared.prune(&id).await;
                         } else {
-                            let mut ids = shared.ids.lock();
-                            if !ids.is_wanted(&id) {
-                                // Removed from the configuration meanwhile: no longer scheduled.
-                            } else if again {
-                                ids.schedule(&id, shared.clock.now());
-                            } else if let Some(t) = next {
-                                ids.schedule(&id, t);
-                            }
+                            // Not if removed from the configuration meanwhile.
+                            let t = if again { Some(shared.clock.now()) } else { next };
+                            shared.ids.lock().schedule_if_wanted(&id, t);
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "a certificate task failed unexpectedly"),
@@ -459,13 +449,8 @@ impl Reconciler {
             applied_sources = sources;
             for id in &gone {
                 shared.unwatch(id);
-                let was_wanted = {
-                    let mut ids = shared.ids.lock();
-                    let was = ids.unwant(id);
-                    ids.unschedule(id);
-                    was
-                };
-                if was_wanted {
+                if shared.ids.lock().unwant(id) {
+                    shared.ids.lock().unschedule(id);
                     tracing::info!(cert = %id, prune = shared.config.prune, "removed from the configuration: no longer renewed");
                     if shared.config.prune {
                         if in_flight.contains(id) {
@@ -482,7 +467,7 @@ impl Reconciler {
                     prune_when_done.remove(ids.id(w.id));
                 }
             }
-            shared.schedule_all(&now_wanted);
+            schedule_all(&shared.ids, now_wanted);
         }
         watchdog.abort_all();
         tracing::info!(
@@ -496,13 +481,5 @@ impl Reconciler {
             );
         }
         inbox
-    }
-
-    /// Marks each of `wanted` wanted and schedules it (a few thousand at a time under the
-    /// table's lock, so a task's commit never waits for a whole set).
-    fn schedule_all(&self, wanted: &[Wanted]) {
-        for chunk in wanted.chunks(4096) {
-            schedule_wanted(&mut self.ids.lock(), chunk);
-        }
     }
 }

@@ -3,7 +3,7 @@
 
 use haproxy_acme_state::{plan_with_alerts, Plan, Record, UnixTime};
 
-use super::ids::{Handle, Ids};
+use super::ids::{Handle, Ids, SharedIds};
 
 /// When a record's plan next has work; `None`: nothing to do until something changes (an
 /// event, the configuration).
@@ -27,6 +27,14 @@ pub(super) fn schedule_wanted(ids: &mut Ids, wanted: &[Wanted]) {
     for w in wanted {
         ids.want(w.id);
         ids.set_due(w.id, w.due);
+    }
+}
+
+/// [`schedule_wanted`] a few thousand at a time under the table's lock, so that a task's
+/// commit never waits for a whole set.
+pub(super) fn schedule_all(ids: &SharedIds, wanted: Vec<Wanted>) {
+    for chunk in wanted.chunks(4096) {
+        schedule_wanted(&mut ids.lock(), chunk);
     }
 }
 
