@@ -140,7 +140,7 @@ impl Reconciler {
             changed.ok_or_else(|| StoreError::Write(format!("record {id:?} vanished")))?;
         if old != new {
             sync_tokens(&self.tokens, Some(&old), Some(&new));
-            self.watched.note(|| new.id.as_str().into(), &new);
+            super::watchdog::note(&self.ids, &new);
             tracing::debug!(cert = id, phase = new.phase().as_str(), "record updated");
         }
         Ok((old, new))

@@ -4,7 +4,10 @@
 //! the outcome back through `state::apply`, persisting each new record before the next step.
 //!
 //! - this file: the [`Reconciler`] (what it talks to), its [`Control`] handle, and the loop;
-//! - [`schedule`]: due times, one entry per certificate;
+//! - [`ids`]: the table of the certificate ids the reconciler keeps something about, one
+//!   handle each, with its columns: due time, wanted, the serial served, the spec synced;
+//! - [`schedule`]: when a record's plan next has work;
+//! - [`start`]: the wanted set read and checked at start-up, before the daemon is healthy;
 //! - [`wanted`]: the wanted set brought into the store (start-up, reloads) and pruning;
 //! - [`execute`]: one certificate's task (`Tick → plan → action → apply` until it waits), and
 //!   the record updates every action goes through;
@@ -21,8 +24,10 @@
 mod actions;
 mod alert;
 mod execute;
+mod ids;
 mod order_hooks;
 pub mod schedule;
+mod start;
 pub mod tokens;
 mod waits;
 mod wanted;
@@ -39,13 +44,13 @@ use tokio::task::JoinSet;
 use crate::acme::Ca;
 use crate::budget::Budget;
 use crate::clock::{Clock, Dice};
-use crate::config::wanted::Initial;
-use crate::config::{CertSpec, Config, WantedSet};
+use crate::config::{Config, WantedSet};
 use crate::health::{Health, Part};
 use crate::installer::Haproxy;
 use crate::responder::Tokens;
 use crate::store::{Store, StoreError};
-use schedule::{schedule_wanted, Schedule, Wanted};
+use schedule::{schedule_all, Wanted};
+pub use start::WantedNow;
 
 /// After a store error (disk full, say) a certificate is looked at again after this delay, or
 /// as soon as the store takes a write again ([`waits`]).
@@ -116,8 +121,10 @@ pub struct Reconciler {
     /// When the order in flight of a certificate was created, for the issuance-duration metric
     /// (in memory: an issuance resumed after a restart is timed from the restart).
     order_started: std::sync::Mutex<HashMap<String, std::time::Instant>>,
-    /// The installed certificates the watchdog checks, with a digest of their serials.
-    watched: watchdog::Watched,
+    /// The certificates the reconciler keeps something about: due times (the loop's schedule),
+    /// the wanted set, the digests of the serials the watchdog checks served and of the specs
+    /// as last synced ([`wanted`]: a reload writes only the records whose spec changed).
+    ids: ids::SharedIds,
     /// Chains downloaded whose write to the store failed (a full disk), by certificate id with
     /// their order's URL: the next try stores them without asking the CA, which may have
     /// forgotten the order by then (restored from a backup) and would have to issue another.
@@ -129,9 +136,6 @@ pub struct Reconciler {
     alerts_unrecorded: std::sync::Mutex<HashMap<String, Vec<haproxy_acme_state::Condition>>>,
     /// Wakes a certificate (the watchdog's repairs).
     control: Control,
-    /// A hash of each wanted certificate's spec as last synced, by a hash of its id: a reload
-    /// writes only the records whose spec changed ([`wanted`]).
-    spec_digests: std::sync::Mutex<HashMap<u64, u64>>,
 }
 
 /// The handle operator commands use: look at a certificate now, or re-read the wanted set now
@@ -175,24 +179,6 @@ impl Inbox {
     /// Forgets the certificates asked for so far (a fleet's follower: they are the leader's).
     pub fn drain(&mut self) {
         while self.woken.try_recv().is_ok() {}
-    }
-}
-
-/// The wanted set read and checked at start-up, for [`Reconciler::start_with`].
-pub struct WantedNow {
-    /// Digest of what it was read from.
-    sources: u64,
-    specs: Vec<CertSpec>,
-}
-
-impl WantedNow {
-    /// How many certificates are wanted.
-    pub fn len(&self) -> usize {
-        self.specs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.specs.is_empty()
     }
 }
 
@@ -261,12 +247,11 @@ impl Reconciler {
             budget,
             tuning,
             order_started: std::sync::Mutex::new(HashMap::new()),
-            watched: watchdog::Watched::default(),
+            ids: ids::SharedIds::default(),
             downloaded: std::sync::Mutex::new(HashMap::new()),
             alerts_unrecorded: std::sync::Mutex::new(HashMap::new()),
             dns_auth_output: std::sync::Mutex::new(HashMap::new()),
             control,
-            spec_digests: std::sync::Mutex::new(HashMap::new()),
         };
         Arc::new(r)
     }
@@ -277,40 +262,6 @@ impl Reconciler {
     pub async fn start(&self) -> Result<Started, StartError> {
         let wanted = self.wanted_now().await?;
         self.start_with(wanted).await
-    }
-
-    /// The wanted set as it is now, checked (an invalid or empty set is an error), for
-    /// [`Reconciler::start_with`]: what the daemon checks before it says it is healthy, the pass
-    /// over the store coming after.
-    pub async fn wanted_now(&self) -> Result<WantedNow, StartError> {
-        self.wanted_now_from(Initial::default()).await
-    }
-
-    /// Like [`Reconciler::wanted_now`], taking `initial` (what the configuration load read) as
-    /// it is when nothing was added at runtime and DOMAINS_FILE has not changed since: the file
-    /// is parsed once at start-up, not twice (~40 ms at 100,000 certificates).
-    pub async fn wanted_now_from(&self, initial: Initial) -> Result<WantedNow, StartError> {
-        let read = if initial.specs.is_empty() {
-            self.read_wanted(None).await?
-        } else {
-            let added = self.store.added().await?;
-            if self.wanted.still_reads_as(initial.sources, &added) {
-                Ok((initial.sources, Some(initial.specs)))
-            } else {
-                drop(initial);
-                self.wanted.read_since(&added, None)
-            }
-        };
-        match read {
-            Ok((_, Some(specs))) if specs.is_empty() => {
-                Err(StartError::Config(crate::config::nothing_to_manage()))
-            }
-            Ok((sources, specs)) => Ok(WantedNow {
-                sources,
-                specs: specs.expect("read without a digest to match"),
-            }),
-            Err(errors) => Err(StartError::Config(crate::config::ConfigError(errors))),
-        }
     }
 
     /// Brings the store in line with `wanted` in one pass over every record (which also fills
@@ -362,14 +313,13 @@ impl Reconciler {
             }
         }
         let started = std::time::Instant::now();
-        let mut wanted: HashSet<Arc<str>> = wanted_due.iter().map(|w| w.id.clone()).collect();
         // Each certificate is scheduled from its record's plan (no second store read, no task for
         // one with nothing to do).
-        let mut schedule = Schedule::default();
-        schedule_wanted(&mut schedule, wanted_due);
+        schedule_all(&shared.ids, wanted_due);
+        let due_now = shared.ids.lock().due_at(shared.clock.now());
         tracing::info!(
-            certificates = wanted.len(),
-            due_now = schedule.due_at(shared.clock.now()),
+            certificates = shared.ids.lock().wanted(),
+            due_now,
             ms = started.elapsed().as_millis() as u64,
             "reconciler ready"
         );
@@ -393,12 +343,12 @@ impl Reconciler {
             let now = shared.clock.now();
             shared.health.passed(now);
             for id in waits.recovered(&shared, now).await {
-                if wanted.contains(id.as_str()) && !in_flight.contains(&id) {
-                    schedule.set(id, now);
+                if !in_flight.contains(&id) {
+                    shared.ids.lock().schedule_if_wanted(&id, Some(now));
                 }
             }
             while tasks.len() < shared.tuning.max_concurrent {
-                let Some(id) = schedule.pop_due(now) else {
+                let Some(id) = shared.ids.lock().pop_due(now) else {
                     break;
                 };
                 if in_flight.insert(id.clone()) {
@@ -408,7 +358,8 @@ impl Reconciler {
                 }
             }
             let heartbeat = shared.tuning.heartbeat;
-            let mut wait = match schedule.next() {
+            let next = shared.ids.lock().next_due();
+            let mut wait = match next {
                 Some(t) if tasks.len() < shared.tuning.max_concurrent => {
                     Duration::from_secs((t - now).max(1) as u64)
                 }
@@ -428,23 +379,22 @@ impl Reconciler {
                         let again = look_again.remove(&id);
                         if prune_when_done.remove(&id) {
                             shared.prune(&id).await;
-                        } else if !wanted.contains(id.as_str()) {
-                            // Removed from the configuration meanwhile: no longer scheduled.
-                        } else if again {
-                            schedule.set(id, shared.clock.now());
-                        } else if let Some(t) = next {
-                            schedule.set(id, t);
+                        } else {
+                            // Not if removed from the configuration meanwhile.
+                            let t = if again { Some(shared.clock.now()) } else { next };
+                            shared.ids.lock().schedule_if_wanted(&id, t);
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "a certificate task failed unexpectedly"),
                 },
                 Some(id) = inbox.woken.recv() => {
-                    if !wanted.contains(id.as_str()) {
+                    let mut ids = shared.ids.lock();
+                    if !ids.is_wanted(&id) {
                         tracing::info!(cert = %id, "not configured: an operator's request changes its state but nothing is done until it is");
                     } else if in_flight.contains(&id) {
                         look_again.insert(id);
                     } else {
-                        schedule.set(id, shared.clock.now());
+                        ids.schedule(&id, shared.clock.now());
                     }
                 }
                 Ok(()) = reload.changed() => {
@@ -460,7 +410,7 @@ impl Reconciler {
                 continue;
             }
             let Some((sources, specs_digest, now_wanted, gone)) =
-                shared.reread(applied_sources, applied, &wanted).await
+                shared.reread(applied_sources, applied).await
             else {
                 continue;
             };
@@ -468,8 +418,8 @@ impl Reconciler {
             applied_sources = sources;
             for id in &gone {
                 shared.unwatch(id);
-                if wanted.remove(id.as_str()) {
-                    schedule.remove(id);
+                if shared.ids.lock().unwant(id) {
+                    shared.ids.lock().unschedule(id);
                     tracing::info!(cert = %id, prune = shared.config.prune, "removed from the configuration: no longer renewed");
                     if shared.config.prune {
                         if in_flight.contains(id) {
@@ -480,11 +430,13 @@ impl Reconciler {
                     }
                 }
             }
-            for w in &now_wanted {
-                prune_when_done.remove(&*w.id);
-                wanted.insert(w.id.clone());
+            if !prune_when_done.is_empty() {
+                let ids = shared.ids.lock();
+                for w in &now_wanted {
+                    prune_when_done.remove(ids.id(w.id));
+                }
             }
-            schedule_wanted(&mut schedule, now_wanted);
+            schedule_all(&shared.ids, now_wanted);
         }
         watchdog.abort_all();
         tracing::info!(

@@ -1,86 +1,40 @@
-//! The schedule: each wanted certificate's next due time, earliest first, at most one entry per
-//! certificate, from the record's own plan.
-
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+//! The schedule: when each wanted certificate's plan next has work. The due times are a column
+//! of the reconciler's table of ids ([`Ids`]: earliest first, at most one per certificate).
 
 use haproxy_acme_state::{plan_with_alerts, Plan, Record, UnixTime};
 
+use super::ids::{Handle, Ids, SharedIds};
+
+/// When a record's plan next has work; `None`: nothing to do until something changes (an
+/// event, the configuration).
+pub(super) fn due_of(r: &Record, now: UnixTime) -> Option<UnixTime> {
+    match plan_with_alerts(r, now) {
+        Plan::Now(_) => Some(now),
+        Plan::At(t) => Some(t),
+        Plan::Idle => None,
+    }
+}
+
 /// A wanted certificate and when its plan next has work.
-pub struct Wanted {
-    /// Shared with the reconciler's schedule and set of wanted ids.
-    pub id: Arc<str>,
-    /// `None`: nothing to do until something changes (an event, the configuration).
-    pub due: Option<UnixTime>,
+pub(super) struct Wanted {
+    /// Its id in the reconciler's table ([`Ids`]), kept live by its spec digest.
+    pub(super) id: Handle,
+    pub(super) due: Option<UnixTime>,
 }
 
-impl Wanted {
-    pub fn of(r: &Record, now: UnixTime) -> Wanted {
-        let due = match plan_with_alerts(r, now) {
-            Plan::Now(_) => Some(now),
-            Plan::At(t) => Some(t),
-            Plan::Idle => None,
-        };
-        Wanted {
-            id: r.id.as_str().into(),
-            due,
-        }
-    }
-}
-
-/// Schedules each certificate at the time its plan says (never for an idle one).
-pub fn schedule_wanted(schedule: &mut Schedule, wanted: Vec<Wanted>) {
+/// Marks each certificate wanted and schedules it at the time its plan says (never an idle one).
+pub(super) fn schedule_wanted(ids: &mut Ids, wanted: &[Wanted]) {
     for w in wanted {
-        match w.due {
-            Some(t) => schedule.set(w.id, t),
-            None => schedule.remove(&w.id),
-        }
+        ids.want(w.id);
+        ids.set_due(w.id, w.due);
     }
 }
 
-/// Due times of the certificates, earliest first, at most one entry per certificate. Both maps
-/// (and the reconciler's set of wanted ids) share one allocation per id.
-#[derive(Default)]
-pub struct Schedule {
-    due: BTreeSet<(UnixTime, Arc<str>)>,
-    at: HashMap<Arc<str>, UnixTime>,
-}
-
-impl Schedule {
-    /// Sets (or moves) the due time of `id`.
-    pub fn set(&mut self, id: impl Into<Arc<str>>, t: UnixTime) {
-        let id: Arc<str> = id.into();
-        if let Some(old) = self.at.insert(id.clone(), t) {
-            self.due.remove(&(old, id.clone()));
-        }
-        self.due.insert((t, id));
-    }
-
-    pub fn remove(&mut self, id: &str) {
-        if let Some((id, old)) = self.at.remove_entry(id) {
-            self.due.remove(&(old, id));
-        }
-    }
-
-    /// Takes the earliest entry if it is due at `now`.
-    pub fn pop_due(&mut self, now: UnixTime) -> Option<String> {
-        match self.due.first() {
-            Some((t, _)) if *t <= now => {
-                let (_, id) = self.due.pop_first().expect("first exists");
-                self.at.remove(&id);
-                Some(id.to_string())
-            }
-            _ => None,
-        }
-    }
-
-    /// How many entries are due at `now`.
-    pub fn due_at(&self, now: UnixTime) -> usize {
-        self.due.range(..(now + 1, Arc::from(""))).count()
-    }
-
-    pub fn next(&self) -> Option<UnixTime> {
-        self.due.first().map(|(t, _)| *t)
+/// [`schedule_wanted`] a few thousand at a time under the table's lock, so that a task's
+/// commit never waits for a whole set.
+pub(super) fn schedule_all(ids: &SharedIds, wanted: Vec<Wanted>) {
+    for chunk in wanted.chunks(4096) {
+        schedule_wanted(&mut ids.lock(), chunk);
     }
 }
 
@@ -90,25 +44,8 @@ mod tests {
     use haproxy_acme_state::{FailureKind, Step};
 
     #[test]
-    fn schedule_keeps_one_entry_per_certificate() {
-        let mut s = Schedule::default();
-        s.set("a", 50);
-        s.set("b", 10);
-        s.set("a", 5); // moved, not duplicated
-        assert_eq!(s.next(), Some(5));
-        assert_eq!(s.due_at(10), 2);
-        assert_eq!(s.pop_due(4), None, "nothing due before 5");
-        assert_eq!(s.pop_due(10).as_deref(), Some("a"));
-        assert_eq!(s.pop_due(10).as_deref(), Some("b"));
-        assert_eq!(s.pop_due(1000), None, "a's old entry at 50 is gone");
-        s.set("c", 7);
-        s.remove("c");
-        assert_eq!(s.next(), None);
-    }
-
-    #[test]
     fn records_are_scheduled_by_their_plan() {
-        let mut s = Schedule::default();
+        let mut s = Ids::default();
         let pending = Record::new(
             vec!["p.test".into()],
             haproxy_acme_state::KeyType::EcdsaP256,
@@ -137,10 +74,20 @@ mod tests {
         idle.id = "i.test".into();
         idle.failure.as_mut().unwrap().next_attempt_at = None;
         let records = [pending, waiting, idle, alerting];
-        schedule_wanted(&mut s, records.iter().map(|r| Wanted::of(r, 100)).collect());
-        assert_eq!(s.pop_due(100).as_deref(), Some("a.test"));
-        assert_eq!(s.pop_due(100).as_deref(), Some("p.test"));
-        assert_eq!(s.next(), Some(500));
-        assert_eq!(s.at.len(), 1, "an idle record is not scheduled");
+        let wanted: Vec<Wanted> = records
+            .iter()
+            .map(|r| Wanted {
+                id: s.set_spec(&r.id, super::super::ids::digest(1)),
+                due: due_of(r, 100),
+            })
+            .collect();
+        schedule_wanted(&mut s, &wanted);
+        assert_eq!(s.wanted(), 4);
+        let mut now = [s.pop_due(100), s.pop_due(100)];
+        now.sort();
+        assert_eq!(now, [Some("a.test".into()), Some("p.test".into())]);
+        assert_eq!(s.next_due(), Some(500));
+        assert_eq!(s.pop_due(500).as_deref(), Some("w.test"));
+        assert_eq!(s.next_due(), None, "an idle record is not scheduled");
     }
 }

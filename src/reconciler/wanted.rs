@@ -2,12 +2,12 @@
 //! certificates get a record, changed ones an event, those no longer listed are marked (or, with
 //! PRUNE, removed from HAProxy, the certificate directory and the store).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use haproxy_acme_state::{apply, Event, Record};
+use haproxy_acme_state::{apply, Event, Record, UnixTime};
 
-use super::schedule::Wanted;
+use super::ids::{digest as nonzero, Ids, SharedIds};
+use super::schedule::{due_of, Wanted};
 use super::tokens::sync_tokens;
 use super::Reconciler;
 use crate::config::wanted::{Changes, Reading};
@@ -20,6 +20,8 @@ type Reread = (u64, u64, Vec<Wanted>, Vec<String>);
 
 /// Above this many changed or removed certificates a reload makes one pass over the store.
 const INCREMENTAL_MAX: usize = 1000;
+/// Specs looked up or set per hold of the table's lock.
+const LOCKED_BATCH: usize = 4096;
 
 /// A hash of `v` (the whole wanted set, one spec, one id), the same for the same value within
 /// the process.
@@ -58,12 +60,7 @@ impl Reconciler {
 
     /// Re-reads the wanted set after a reload trigger; `None` when nothing changed or the change
     /// is refused (logged; the running set stays).
-    pub(super) async fn reread(
-        &self,
-        applied_sources: u64,
-        applied: u64,
-        wanted: &HashSet<Arc<str>>,
-    ) -> Option<Reread> {
+    pub(super) async fn reread(&self, applied_sources: u64, applied: u64) -> Option<Reread> {
         let reread_at = std::time::Instant::now();
         let unchanged = |certificates: Option<usize>| {
             let ms = reread_at.elapsed().as_millis() as u64;
@@ -104,12 +101,12 @@ impl Reconciler {
                     unchanged(Some(specs.len()));
                     return Some((sources, applied, Vec::new(), Vec::new()));
                 }
-                let changes = self.changes(&hashes, wanted);
+                let changes = self.changes(&specs, &hashes);
                 let total = specs.len();
                 (specs, total, specs_digest, changes)
             }
             Reading::Changes(read) => {
-                let (changed, removed) = self.changed(&read, wanted);
+                let (changed, removed) = self.changed(&read);
                 if changed.is_empty() && removed.is_empty() {
                     unchanged(Some(read.total));
                     return Some((sources, applied, Vec::new(), Vec::new()));
@@ -156,10 +153,12 @@ impl Reconciler {
         specs: Vec<CertSpec>,
     ) -> Result<(Vec<Wanted>, Vec<String>, Vec<String>), StoreError> {
         let now = self.clock.now();
-        let digests: HashMap<u64, u64> = specs
-            .iter()
-            .map(|s| (hash_of(s.id().as_str()), hash_of(s)))
-            .collect();
+        {
+            let bytes: usize = specs.iter().map(|s| s.id().as_str().len()).sum();
+            let mut ids = self.ids.lock();
+            let new = specs.len().saturating_sub(ids.len());
+            ids.reserve(new, bytes.min(new * 64));
+        }
         // The specs are moved into the store's closures, not copied (100,000 certificates at
         // start-up); a stored record finds its spec by binary search over their positions in
         // id order.
@@ -167,16 +166,15 @@ impl Reconciler {
         let mut by_id: Vec<usize> = (0..specs.len()).collect();
         by_id.sort_unstable_by(|&a, &b| specs[a].id().cmp(specs[b].id()));
         struct Found {
-            /// Per spec (in the given order): a stored record was found for it.
-            seen: Vec<bool>,
-            wanted: Vec<Wanted>,
+            /// Per spec (in the given order): when it is due, once its record was seen
+            /// (`None`: not yet).
+            due: Vec<Option<Option<UnixTime>>>,
             unwanted: Vec<String>,
             /// Ids whose record owes a DNS cleanup.
             dns_owed: Vec<String>,
         }
         let found = Arc::new(Mutex::new(Found {
-            seen: vec![false; specs.len()],
-            wanted: Vec::with_capacity(specs.len()),
+            due: vec![None; specs.len()],
             unwanted: Vec::new(),
             dns_owed: Vec::new(),
         }));
@@ -186,7 +184,7 @@ impl Reconciler {
         };
         let sweep = {
             let (found, specs, configured) = (found.clone(), specs.clone(), configured.clone());
-            let watched = self.watched.clone();
+            let ids = self.ids.clone();
             move |old: &Record| -> Option<Record> {
                 let mut f = found
                     .lock()
@@ -199,33 +197,33 @@ impl Reconciler {
                 }
                 match spec {
                     Ok(i) => {
-                        f.seen[i] = true;
                         let (due, new) = configured(&specs[i], Some(old));
-                        f.wanted.push(due);
+                        f.due[i] = Some(due);
                         new
                     }
                     Err(_) => {
                         // No longer listed: marked (status, dump and metrics say it is not
                         // renewed).
                         f.unwanted.push(old.id.clone());
-                        watched.forget(&old.id);
+                        ids.lock().watch(&old.id, None);
                         (!old.unconfigured).then(|| apply(old, Event::Unconfigured, now))
                     }
                 }
             }
         };
         let more = {
-            let found = found.clone();
+            let (found, specs) = (found.clone(), specs.clone());
             move || -> Vec<Record> {
                 let mut f = found
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let mut new_records = Vec::new();
-                let seen = std::mem::take(&mut f.seen);
-                for (spec, _) in specs.iter().zip(seen).filter(|(_, seen)| !seen) {
-                    let (due, new) = configured(spec, None);
-                    f.wanted.push(due);
-                    new_records.extend(new);
+                for (spec, due) in specs.iter().zip(&mut f.due) {
+                    if due.is_none() {
+                        let (d, new) = configured(spec, None);
+                        *due = Some(d);
+                        new_records.extend(new);
+                    }
                 }
                 new_records
             }
@@ -233,75 +231,94 @@ impl Reconciler {
         self.store
             .update_all(Box::new(sweep), Box::new(more))
             .await?;
-        *self
-            .spec_digests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = digests;
         let mut f = found
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = std::mem::take(&mut f.due);
+        // The specs' digests as synced: each spec's id gets its handle here (kept live by the
+        // digest until the loop has marked it wanted), and the digests of ids no longer listed
+        // go.
+        let mut listed = Vec::new();
+        let mut wanted = Vec::with_capacity(specs.len());
+        for (specs, due) in specs.chunks(LOCKED_BATCH).zip(due.chunks(LOCKED_BATCH)) {
+            let mut ids = self.ids.lock();
+            for (spec, due) in specs.iter().zip(due) {
+                let h = ids.set_spec(spec.id().as_str(), nonzero(hash_of(spec)));
+                mark(&mut listed, &ids, h);
+                let due = due.expect("every spec's record is seen or made");
+                wanted.push(Wanted { id: h, due });
+            }
+        }
+        self.ids
+            .lock()
+            .retain_specs(|h| listed.get(h as usize).copied().unwrap_or(false));
         Ok((
-            std::mem::take(&mut f.wanted),
+            wanted,
             std::mem::take(&mut f.unwanted),
             std::mem::take(&mut f.dns_owed),
         ))
     }
 
     /// The positions in `read.specs` of the certificates whose spec is new or changed since the
-    /// last sync, and the ids of `read.gone` still in `wanted`.
-    fn changed(&self, read: &Changes, wanted: &HashSet<Arc<str>>) -> (Vec<usize>, Vec<String>) {
-        let digests = self
-            .spec_digests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let changed = spec_hashes(&read.specs)
-            .into_iter()
+    /// last sync, and the ids of `read.gone` still wanted.
+    fn changed(&self, read: &Changes) -> (Vec<usize>, Vec<String>) {
+        let ids = self.ids.lock();
+        let changed = read
+            .specs
+            .iter()
             .enumerate()
-            .filter(|(_, (id, spec))| digests.get(id) != Some(spec))
+            .filter(|(_, spec)| !synced(&ids, spec, hash_of(spec)))
             .map(|(i, _)| i)
             .collect();
         let removed = read
             .gone
             .iter()
-            .filter(|id| wanted.contains(id.as_str()))
+            .filter(|id| ids.is_wanted(id.as_str()))
             .map(|id| id.to_string())
             .collect();
         (changed, removed)
     }
 
-    /// The positions (in the specs `hashes` are of, see [`spec_hashes`]) of the certificates
-    /// whose spec is new or changed since the last sync, and the ids in `wanted` no longer
-    /// listed; `None` when a pass over the whole store is due (no sync yet, or so many changes
-    /// that one batch beats one write each).
+    /// The positions in `specs` (whose hashes are `hashes`, see [`spec_hashes`]) of the
+    /// certificates whose spec is new or changed since the last sync, and the wanted ids no
+    /// longer listed; `None` when a pass over the whole store is due (no sync yet, or so many
+    /// changes that one batch beats one write each).
     fn changes(
         &self,
+        specs: &[CertSpec],
         hashes: &[(u64, u64)],
-        wanted: &HashSet<Arc<str>>,
     ) -> Option<(Vec<usize>, Vec<String>)> {
-        let digests = self
-            .spec_digests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if digests.is_empty() {
+        if !self.ids.lock().has_specs() {
             return None;
         }
-        // Hashes of the ids: already well mixed, the map's own hasher need not be SipHash.
-        let mut present =
-            fxhash::FxHashSet::with_capacity_and_hasher(hashes.len(), Default::default());
+        // The handles of the listed ids. Only the loop (which awaits this) changes the wanted
+        // and spec columns, so a wanted handle stays the same between two holds of the lock.
+        let mut listed = Vec::new();
         let mut changed = Vec::new();
-        for (i, &(id, spec)) in hashes.iter().enumerate() {
-            present.insert(id);
-            if digests.get(&id) != Some(&spec) {
-                changed.push(i);
-                if changed.len() > INCREMENTAL_MAX {
-                    return None;
+        for (k, (specs, hashes)) in specs
+            .chunks(LOCKED_BATCH)
+            .zip(hashes.chunks(LOCKED_BATCH))
+            .enumerate()
+        {
+            let ids = self.ids.lock();
+            for (j, (spec, &(_, hash))) in specs.iter().zip(hashes).enumerate() {
+                if let Some(h) = ids.handle(spec.id().as_str()) {
+                    mark(&mut listed, &ids, h);
+                }
+                if !synced(&ids, spec, hash) {
+                    changed.push(k * LOCKED_BATCH + j);
+                    if changed.len() > INCREMENTAL_MAX {
+                        return None;
+                    }
                 }
             }
         }
-        let removed: Vec<String> = wanted
-            .iter()
-            .filter(|id| !present.contains(&hash_of(&***id)))
-            .map(|id| id.to_string())
+        let ids = self.ids.lock();
+        let removed: Vec<String> = ids
+            .wanted_from(0)
+            .filter(|&h| !listed.get(h as usize).copied().unwrap_or(false))
+            .map(|h| ids.id(h).to_string())
+            .take(INCREMENTAL_MAX + 1)
             .collect();
         (changed.len() + removed.len() <= INCREMENTAL_MAX).then_some((changed, removed))
     }
@@ -328,14 +345,11 @@ impl Reconciler {
                     (new.map_or(Change::Keep, Change::Put), due)
                 })
                 .await?;
-            now_wanted.push(due);
-            self.spec_digests
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(hash_of(id.as_str()), hash_of(&specs[i]));
+            let h = self.ids.lock().set_spec(&id, nonzero(hash_of(&specs[i])));
+            now_wanted.push(Wanted { id: h, due });
         }
         for id in &removed {
-            self.watched.forget(id);
+            self.unwatch(id);
             self.store
                 .update(id, move |old| match old {
                     Some(old) if !old.unconfigured => {
@@ -344,10 +358,7 @@ impl Reconciler {
                     _ => (Change::Keep, ()),
                 })
                 .await?;
-            self.spec_digests
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&hash_of(id.as_str()));
+            self.ids.lock().clear_spec(id);
         }
         Ok((now_wanted, removed, Vec::new()))
     }
@@ -372,13 +383,26 @@ impl Reconciler {
     }
 }
 
-/// What a wanted certificate's spec makes of its stored record: its schedule, and the record
+/// Whether the spec of `spec`'s id as last synced has the hash `hash`.
+fn synced(ids: &Ids, spec: &CertSpec, hash: u64) -> bool {
+    ids.handle(spec.id().as_str())
+        .and_then(|h| ids.spec(h))
+        .is_some_and(|d| d == nonzero(hash))
+}
+
+/// Sets handle `h`'s bit in `bits`, a bit per handle of `ids`.
+fn mark(bits: &mut Vec<bool>, ids: &Ids, h: super::ids::Handle) {
+    bits.resize(ids.handles(), false);
+    bits[h as usize] = true;
+}
+
+/// What a wanted certificate's spec makes of its stored record: when it is due, and the record
 /// when it changed (and the responder's challenges of it, the watchdog's entry).
 #[derive(Clone)]
 struct Configure {
     config: Arc<crate::config::Config>,
     tokens: crate::responder::Tokens,
-    watched: super::watchdog::Watched,
+    ids: SharedIds,
     now: haproxy_acme_state::UnixTime,
 }
 
@@ -387,7 +411,7 @@ impl Configure {
         Configure {
             config: r.config.clone(),
             tokens: r.tokens.clone(),
-            watched: r.watched.clone(),
+            ids: r.ids.clone(),
             now,
         }
     }
@@ -425,16 +449,15 @@ impl Configure {
         apply(&new, Event::ChallengeChosen { challenge }, self.now)
     }
 
-    fn apply(&self, spec: &CertSpec, old: Option<&Record>) -> (Wanted, Option<Record>) {
+    fn apply(&self, spec: &CertSpec, old: Option<&Record>) -> (Option<UnixTime>, Option<Record>) {
         if let Some(r) = old.filter(|r| self.unchanged(spec, r)) {
             debug_assert!(
                 self.events(spec, r) == *r,
                 "unchanged, yet the events change it"
             );
             sync_tokens(&self.tokens, None, Some(r));
-            let due = Wanted::of(r, self.now);
-            self.watched.note(|| due.id.clone(), r);
-            return (due, None);
+            super::watchdog::note(&self.ids, r);
+            return (due_of(r, self.now), None);
         }
         let (id, names) = (spec.id().as_str(), spec.names().as_slice());
         // No copy of the stored record (one per certificate at start-up): only a new
@@ -449,8 +472,8 @@ impl Configure {
         };
         let new = self.events(spec, base);
         sync_tokens(&self.tokens, None, Some(&new));
-        let due = Wanted::of(&new, self.now);
-        self.watched.note(|| due.id.clone(), &new);
+        let due = due_of(&new, self.now);
+        super::watchdog::note(&self.ids, &new);
         if old == Some(&new) {
             return (due, None);
         }

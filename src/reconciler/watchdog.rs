@@ -5,77 +5,50 @@
 //! recorded (`Event::Drifted`: no longer installed, so its plan installs it again at once),
 //! counted, and woken.
 //!
-//! Which certificates are installed, with which serial, is kept in memory from the records the
-//! reconciler reads and writes anyway (the start-up scan, reloads, every commit): the watchdog
+//! Which certificates are installed, with a digest of their serial, is kept in memory (a column
+//! of the reconciler's table of ids, `ids.rs`) from the records the reconciler reads and writes
+//! anyway (the start-up scan, reloads, every commit): the watchdog
 //! does no store scan of its own and writes only when it finds something.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::num::NonZeroU64;
+use std::sync::Arc;
 
 use haproxy_acme_state::{Event, Record};
 use tokio::sync::watch;
 
+use super::ids::{digest, SharedIds};
 use super::Reconciler;
 use crate::installer::Observed;
 
-/// Installed certificate ids (shared with the schedule where possible) and a 64-bit digest of
-/// their serials ([`serial_key`]): 100,000 certificates cost ~3 MiB, not the ~7 of the serials.
-#[derive(Clone, Default)]
-pub(super) struct Watched(Arc<Mutex<HashMap<Arc<str>, u64>>>);
-
-/// A digest of a serial's value: leading zeros and case are spelling (as `same_serial`).
-fn serial_key(serial: &str) -> u64 {
+/// A digest of a serial's value: leading zeros and case are spelling (as `same_serial`). The
+/// table of ids keeps it for each installed certificate ([`note`]): 8 bytes, not the serial.
+fn serial_key(serial: &str) -> NonZeroU64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for b in serial.trim_start_matches('0').bytes() {
         b.to_ascii_uppercase().hash(&mut h);
     }
-    h.finish()
+    digest(h.finish())
 }
 
 /// Certificates compared per `Haproxy::observe` call (it cuts them into runtime-API batches).
 const CHUNK: usize = 512;
 
-impl Watched {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u64>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Brings the entry of `r` in line with it: watched while its stored certificate is the
-    /// installed one and it is configured. `id` is the record's id, shared if the caller has it.
-    pub(super) fn note(&self, id: impl FnOnce() -> Arc<str>, r: &Record) {
-        let mut w = self.lock();
-        match r
-            .cert
-            .as_ref()
-            .filter(|_| r.is_installed() && !r.unconfigured)
-        {
-            Some(c) => {
-                let key = serial_key(&c.serial);
-                match w.get_mut(r.id.as_str()) {
-                    Some(k) => *k = key,
-                    None => {
-                        w.insert(id(), key);
-                    }
-                }
-            }
-            None => {
-                w.remove(r.id.as_str());
-            }
-        }
-    }
-
-    pub(super) fn forget(&self, id: &str) {
-        self.lock().remove(id);
-    }
+/// Brings the watchdog's entry of `r` in line with it: watched while its stored certificate is
+/// the installed one and it is configured.
+pub(super) fn note(ids: &SharedIds, r: &Record) {
+    let key = r
+        .cert
+        .as_ref()
+        .filter(|_| r.is_installed() && !r.unconfigured)
+        .map(|c| serial_key(&c.serial));
+    ids.lock().watch(&r.id, key);
 }
 
 impl Reconciler {
     /// No longer checks `id` (removed from the configuration).
     pub(super) fn unwatch(&self, id: &str) {
-        self.watched.forget(id);
+        self.ids.lock().watch(id, None);
     }
 
     /// Checks every `WATCHDOG_INTERVAL` (with up to 10 % jitter either way) until shutdown.
@@ -96,15 +69,16 @@ impl Reconciler {
     /// Compares what HAProxy serves and the files hold with every installed certificate;
     /// records, counts and wakes each one that differs. Returns how many did.
     pub(super) async fn check_served(&self) -> usize {
-        let watched: Vec<(Arc<str>, u64)> = self
-            .watched
-            .lock()
-            .iter()
-            .map(|(id, key)| (id.clone(), *key))
-            .collect();
-        let mut drifted = 0;
-        for chunk in watched.chunks(CHUNK) {
-            let ids: Vec<&str> = chunk.iter().map(|(id, _)| &**id).collect();
+        let (mut drifted, mut checked, mut from) = (0, 0, Some(0));
+        // A chunk at a time, in handle order: the table is not copied, nor held across a call.
+        while let Some(start) = from {
+            let (chunk, next) = self.ids.lock().watched_from(start, CHUNK);
+            from = next;
+            if chunk.is_empty() {
+                break;
+            }
+            checked += chunk.len();
+            let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
             let observed = match self.haproxy.observe(&ids).await {
                 Ok(o) => o,
                 Err(e) => {
@@ -124,15 +98,15 @@ impl Reconciler {
                 }
             }
         }
-        crate::metrics::global().watchdog_checked(watched.len() as u64, self.clock.now());
-        tracing::debug!(certificates = watched.len(), drifted, "watchdog: checked");
+        crate::metrics::global().watchdog_checked(checked as u64, self.clock.now());
+        tracing::debug!(certificates = checked, drifted, "watchdog: checked");
         drifted
     }
 
     /// Records that `id`, installed with the serial of digest `key`, was not what the watchdog
     /// `saw`; wakes it to be installed again. False when the finding is stale (a renewal was
     /// installed meanwhile) or the store fails.
-    async fn drifted(&self, id: &str, key: u64, saw: Observed) -> bool {
+    async fn drifted(&self, id: &str, key: NonZeroU64, saw: Observed) -> bool {
         let stored = match self.store.get(id).await {
             Ok(r) => r.and_then(|r| r.cert).map(|c| c.serial),
             Err(e) => {
