@@ -207,16 +207,7 @@ fn daemon_log(text: &str) -> DaemonLog {
         installed: HashMap::new(),
         deferred_until: Vec::new(),
     };
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let Some(t) = v["timestamp"].as_str().and_then(|t| {
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-        }) else {
-            continue;
-        };
-        let t = t.unix_timestamp_nanos() as f64 / 1e9;
+    for (t, v) in common::timed_json_lines(text) {
         let f = &v["fields"];
         let msg = f["message"].as_str().unwrap_or("");
         let cert = f["cert"].as_str().unwrap_or("").to_string();

@@ -228,16 +228,7 @@ fn daemon(env: &Env, n: usize, conc: usize, prefix: &str, timeout: Duration) -> 
 fn log_marks(log: &str) -> String {
     let mut first: Option<f64> = None;
     let (mut orders, mut last_order, mut last_install) = (0, 0.0, 0.0);
-    for line in log.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let Some(t) = v["timestamp"].as_str().and_then(|t| {
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-        }) else {
-            continue;
-        };
-        let t = t.unix_timestamp_nanos() as f64 / 1e9;
+    for (t, v) in common::timed_json_lines(log) {
         let t0 = *first.get_or_insert(t);
         let msg = v["fields"]["message"].as_str().unwrap_or("");
         if msg == "order created" {

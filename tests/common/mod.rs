@@ -1453,3 +1453,15 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
+
+/// The lines of a JSON log (`LOG_FORMAT=json`) with their time in seconds since the epoch;
+/// lines that are not JSON or carry no RFC 3339 `timestamp` are left out.
+pub fn timed_json_lines(log: &str) -> impl Iterator<Item = (f64, serde_json::Value)> + '_ {
+    log.lines().filter_map(|line| {
+        let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+        let t = v["timestamp"].as_str().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })?;
+        Some((t.unix_timestamp_nanos() as f64 / 1e9, v))
+    })
+}
