@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use fxhash::FxHashMap;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::names::{CertId, CertSpec, Names};
 use super::options::{dns_hook_missing, split_ascii, tls_alpn_missing};
@@ -132,27 +133,35 @@ impl WantedSet {
     /// A digest of the sources (DOMAINS, DOMAINS_FILE's bytes, the additions); `None` when
     /// DOMAINS is bad or DOMAINS_FILE unreadable.
     fn sources(&self, file: &File, added: &[Vec<String>]) -> Option<u64> {
+        let mut h = self.digest_start()?;
         match file {
-            None => self.digest([], added),
-            Some((_, Ok(content))) => self.digest([content], added),
+            None => Some(Self::digest_end(h, false, added)),
+            Some((_, Ok(content))) => {
+                h.update(content.as_bytes());
+                Some(Self::digest_end(h, true, added))
+            }
             Some((_, Err(_))) => None,
         }
     }
 
-    /// The digest of the sources DOMAINS, DOMAINS_FILE's content (the concatenation of
-    /// `content`'s parts; none without a DOMAINS_FILE) and `added`; `None` when DOMAINS is bad.
-    fn digest<const N: usize>(&self, content: [&str; N], added: &[Vec<String>]) -> Option<u64> {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
+    /// The digest of the sources DOMAINS, DOMAINS_FILE's bytes and `added`, begun: DOMAINS
+    /// hashed; `None` when DOMAINS is bad. Then every byte of DOMAINS_FILE (if any), in
+    /// order, in as many parts as it comes, and [`WantedSet::digest_end`].
+    fn digest_start(&self) -> Option<Xxh3> {
+        let mut h = Xxh3::new();
         self.domains.as_ref().ok()?.hash(&mut h);
-        if N > 0 {
-            for part in content {
-                h.write(part.as_bytes());
-            }
+        Some(h)
+    }
+
+    /// The digest begun by [`WantedSet::digest_start`], with DOMAINS_FILE's bytes in it when
+    /// there is one (`file`), and `added`.
+    fn digest_end(mut h: Xxh3, file: bool, added: &[Vec<String>]) -> u64 {
+        if file {
             // The end of the file's content, as `str`'s `Hash` marks it.
             h.write_u8(0xff);
         }
         added.hash(&mut h);
-        Some(h.finish())
+        h.finish()
     }
 
     /// Reads everything in `file` and `added` (of digest `sources`), and keeps the index of it

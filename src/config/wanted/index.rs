@@ -1,18 +1,19 @@
 //! What a read of the wanted set keeps to read the next one by what changed ([`Index`]):
-//! DOMAINS_FILE's content and a hash of each configured name. A reload that edits a few lines
-//! parses those lines only ([`WantedSet::read_changes`]), and `domains add` checks its names
-//! against the configured ones without parsing DOMAINS_FILE ([`WantedSet::check`]). At 100,000
-//! certificates a parse is ~40 ms; the index is the file's size and 8 bytes a name (~5.6 MiB).
-//! The file is compared with the index's copy a block at a time ([`diverge`]): only what follows
-//! the first line that differs is read into memory, and the copy is edited in place.
+//! DOMAINS_FILE's content (compressed, [`Packed`]) and a hash of each configured name. A reload
+//! that edits a few lines parses those lines only ([`WantedSet::read_changes`]), and `domains
+//! add` checks its names against the configured ones without parsing DOMAINS_FILE
+//! ([`WantedSet::check`]). At 100,000 certificates a parse is ~40 ms; the index is about a
+//! quarter of the file's size and 8 bytes a name (~1.9 MiB). The file is compared with the
+//! index's copy a block at a time ([`Packed::diverge`]): only what follows the first line that
+//! differs is read into memory, and only the blocks of the copy that changed are packed again.
 //! Whatever it cannot answer exactly (a problem to report, two names of one hash, many
 //! changes) is read in full, so every answer is the one a read in full gives.
 
 use std::hash::Hasher;
-use std::path::Path;
 use std::sync::PoisonError;
 
 use fxhash::FxHashSet;
+pub(super) use packed::{Divergence, Packed};
 
 use super::{parse_added, parse_domains_file, read_file, WantedSet};
 use crate::config::names::{CertId, CertSpec};
@@ -25,7 +26,7 @@ pub(super) struct Index {
     /// The digest of the sources it is of (`WantedSet::sources`).
     sources: u64,
     /// DOMAINS_FILE's content (empty without one).
-    content: String,
+    content: Packed,
     /// A hash of each name of DOMAINS and DOMAINS_FILE (`name_hash`), sorted; no two alike.
     names: Vec<u64>,
     /// How many certificates DOMAINS and DOMAINS_FILE list.
@@ -97,7 +98,7 @@ impl Index {
         }
         Some(Index {
             sources,
-            content,
+            content: Packed::of(&content),
             names,
             configured: configured.len(),
             added: added.to_vec(),
@@ -106,18 +107,6 @@ impl Index {
 
     fn has(&self, name: u64) -> bool {
         self.names.binary_search(&name).is_ok()
-    }
-
-    /// DOMAINS_FILE's copy with everything from `start` on replaced by `rest`, in place: spare
-    /// room is kept so that an appended line does not move the whole copy.
-    fn splice(&mut self, start: usize, rest: &str) {
-        self.content.truncate(start);
-        let room = self.content.capacity() - start;
-        if room < rest.len() {
-            self.content
-                .reserve_exact(rest.len() + (start + rest.len()) / 64);
-        }
-        self.content.push_str(rest);
     }
 
     /// The index after `update`, of `sources`.
@@ -141,57 +130,6 @@ impl Index {
         self.configured = update.configured;
         self.added = added.to_vec();
     }
-}
-
-/// Bytes read at a time to compare DOMAINS_FILE with the index's copy (a few under test, so
-/// that the tests cross block boundaries).
-const BLOCK: usize = if cfg!(test) { 13 } else { 256 * 1024 };
-
-/// Where a file stops holding what the index read last ([`diverge`]).
-#[derive(Debug, PartialEq)]
-pub(super) enum Divergence {
-    /// Byte for byte the same.
-    Same,
-    /// The same up to `start` (the start of a line), then `rest` (to the end of the file).
-    From { start: usize, rest: String },
-}
-
-/// Compares the file at `path` with `content` a block at a time, and reads into memory only
-/// what follows the line where they first differ: an appended line reads that line, not the
-/// whole file (44 MiB at 1,000,000 certificates).
-pub(super) fn diverge(path: &Path, content: &str) -> std::io::Result<Divergence> {
-    use std::io::{Read, Seek, SeekFrom};
-    let content = content.as_bytes();
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; BLOCK];
-    let mut at = 0;
-    let same = loop {
-        let n = match f.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            if at == content.len() {
-                return Ok(Divergence::Same);
-            }
-            break at;
-        }
-        let ours = &content[at.min(content.len())..(at + n).min(content.len())];
-        let alike = common_prefix(ours, &buf[..n]);
-        if alike < n {
-            break at + alike;
-        }
-        at += n;
-    };
-    let start = content[..same]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    f.seek(SeekFrom::Start(start as u64))?;
-    let mut rest = String::new();
-    f.read_to_string(&mut rest)?;
-    Ok(Divergence::From { start, rest })
 }
 
 impl WantedSet {
@@ -228,12 +166,14 @@ impl WantedSet {
 
     /// Whether DOMAINS_FILE holds exactly `content` (empty without a DOMAINS_FILE); `false`
     /// when it cannot be read.
-    fn file_holds(&self, content: &str) -> bool {
+    fn file_holds(&self, content: &Packed) -> bool {
         match self.domains_file() {
             None => content.is_empty(),
             Some(path) => {
                 std::fs::metadata(path).is_ok_and(|m| m.len() == content.len() as u64)
-                    && diverge(path, content).is_ok_and(|d| d == Divergence::Same)
+                    && content
+                        .diverge(path, None)
+                        .is_ok_and(|d| d == Divergence::Same)
             }
         }
     }
@@ -254,10 +194,12 @@ impl WantedSet {
             .filter(|ix| ix.sources == applied && self.domains.is_ok())
         {
             // DOMAINS_FILE compared with the copy the index keeps: what follows the first line
-            // that differs is all that is read into memory.
+            // that differs is all that is read into memory. Every byte of the file goes into
+            // the digest as it is read.
+            let mut digest = self.digest_start().expect("DOMAINS is valid");
             let found = match self.domains_file() {
                 None => Ok(Divergence::Same),
-                Some(path) => diverge(path, &ix.content),
+                Some(path) => ix.content.diverge(path, Some(&mut digest)),
             };
             if let Ok(found) = found {
                 let (start, rest) = match found {
@@ -267,26 +209,27 @@ impl WantedSet {
                     Divergence::Same => (ix.content.len(), String::new()),
                     Divergence::From { start, rest } => (start, rest),
                 };
-                let digest = match self.domains_file() {
-                    None => self.digest([], added),
-                    Some(_) => self.digest([&ix.content[..start], &rest], added),
-                }
-                .expect("DOMAINS is valid");
+                let digest = Self::digest_end(digest, self.domains_file().is_some(), added);
                 if digest == applied {
                     return Ok((digest, Reading::Unchanged));
                 }
-                let (s, old_end, new_end) = changed_lines(&ix.content[start..], &rest);
-                let was = &ix.content[start + s..start + old_end];
+                // The lines alike at the end, in whole blocks of the copy, are left out: only
+                // the copy's blocks between them and `start` are decompressed.
+                let tail = ix.content.common_tail(start, rest.as_bytes());
+                let old = text(ix.content.read(start, ix.content.len() - tail));
+                let now = &rest[..rest.len() - tail];
+                let (s, old_end, new_end) = changed_lines(&old, now);
                 if let Some((changes, update)) =
-                    self.changes_since(ix, was, &rest[s..new_end], added, max)
+                    self.changes_since(ix, &old[s..old_end], &now[s..new_end], added, max)
                 {
-                    ix.splice(start, &rest);
+                    let new = &now.as_bytes()[s..new_end];
+                    ix.content.replace(start + s, start + old_end, new);
                     ix.update(digest, added, update);
                     return Ok((digest, Reading::Changes(changes)));
                 }
                 // Read in full, from what was read.
                 let path = self.domains_file();
-                let content = [&ix.content[..start], &rest].concat();
+                let content = text(ix.content.read(0, start)) + &rest;
                 drop(index);
                 return self
                     .read_all(path.map(|p| (p, Ok(content))), added, digest)
@@ -387,6 +330,12 @@ impl Update {
     }
 }
 
+/// Bytes of the index's copy of DOMAINS_FILE that start and end at a line's start or the end:
+/// text, as the whole file was when it was read.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).expect("a copy of valid text cut at line starts")
+}
+
 /// Where `old` and `new` differ, in whole lines: `old[start..old_end]` became
 /// `new[start..new_end]`, the lines before and after being the same.
 fn changed_lines(old: &str, new: &str) -> (usize, usize, usize) {
@@ -440,5 +389,6 @@ fn common_prefix_rev(a: &[u8], b: &[u8]) -> usize {
         .count()
 }
 
+mod packed;
 #[cfg(test)]
 mod props;

@@ -224,7 +224,8 @@ fn the_start_up_read_is_taken_as_it_is_only_while_the_sources_are_the_same() {
 
 #[test]
 fn a_file_is_compared_block_by_block_and_read_from_the_line_that_differs() {
-    use index::{diverge, Divergence};
+    use index::{Divergence, Packed};
+    let diverge = |path: &Path, content: &str| Packed::of(content).diverge(path, None);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     // Many blocks (13 bytes under test).
