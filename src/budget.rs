@@ -76,16 +76,21 @@ impl Budget {
     }
 
     /// `None` when one more order for `names` fits now (`renewal`: a certificate for the id
-    /// exists); otherwise why not and until when.
+    /// exists; `ari_renewal`: and the order is made inside its renewal window, naming it as the
+    /// one it replaces, which no limit counts); otherwise why not and until when.
     pub async fn admit(
         &self,
         names: &[String],
         renewal: bool,
+        ari_renewal: bool,
         now: UnixTime,
     ) -> Result<Option<Deferral>, StoreError> {
         let Some(limits) = &self.limits else {
             return Ok(None);
         };
+        if ari_renewal {
+            return Ok(None);
+        }
         let entries = self
             .store
             .ledger_since(&self.directory, now - limits.horizon_secs())
@@ -98,6 +103,7 @@ impl Budget {
                 names,
                 registered_domains: &rds,
                 renewal,
+                ari_renewal,
             },
             now,
         ))

@@ -2,7 +2,8 @@
 //! CA moves renews at once with `replaces` and is served without a reload; `alreadyReplaced`
 //! (a store restored from a backup) orders again without it; a CA that does not echo
 //! `replaces`, and one whose directory stops offering `renewalInfo`, still get exactly one order
-//! per renewal (the last two through `common::ca_proxy`, which edits pebble's answers).
+//! per renewal (the last two through `common::ca_proxy`, which edits pebble's answers); a
+//! renewal in the window is not held back by the local rate-limit budget.
 
 mod common;
 
@@ -146,6 +147,30 @@ fn a_window_the_ca_moves_renews_at_once_with_replaces_served_without_reload() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(orders(&env), (2, r), "nothing ordered after the renewal");
+}
+
+/// Let's Encrypt counts a renewal ordered in the CA's window, naming the certificate it
+/// replaces, against no limit: with a budget of one certificate per set of names a week, spent
+/// on the first certificate, a window the CA moves into the past still renews at once (a key
+/// type change outside the window is deferred: `e2e::the_local_rate_limit_budget_defers...`).
+#[test]
+fn a_renewal_in_the_window_is_not_held_back_by_the_local_budget() {
+    let env = Env::start();
+    let budget = [("RATE_LIMITS", "exact-set=1/7d")];
+    let mut daemon = env.start_daemon_with(ID, &budget);
+    let first = served_other_than(&env, &budget, None, &mut daemon);
+    window_received(&env, &budget);
+    move_window_into_the_past(&env, &budget);
+    let second = served_other_than(&env, &budget, Some(&first), &mut daemon);
+    assert_ne!(first, second);
+    let r = replacement_of(&first);
+    assert_eq!(orders(&env), (2, r), "the renewal reached the CA");
+    let c = cert(&env, &budget);
+    assert!(c["last_error"].is_null(), "not deferred: {c}");
+    assert!(
+        !daemon.log_text().contains("local rate-limit budget"),
+        "no deferral logged"
+    );
 }
 
 #[test]

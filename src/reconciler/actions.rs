@@ -21,7 +21,16 @@ impl Reconciler {
         // held until this order is noted: the next admission counts it.
         let _turn = self.budget.turn().await;
         let now = self.clock.now();
-        if let Some(d) = self.budget.admit(&r.names, r.cert.is_some(), now).await? {
+        // A renewal once the CA's renewal window has begun names the certificate it replaces
+        // (below): Let's Encrypt counts it against no limit. After the window's end too: a CA
+        // moves the window into the past to have certificates replaced at once (a revocation),
+        // and those renewals are what the exemption is for.
+        let renewal = r.cert.is_some();
+        let in_window = r.ari_window.is_some_and(|(start, _)| start <= now);
+        let admitted = self
+            .budget
+            .admit(&r.names, renewal, renewal && in_window, now);
+        if let Some(d) = admitted.await? {
             let until = crate::budget::spread_deferral(d.until, now, self.dice.permille());
             let message = format!(
                 "local rate-limit budget: {}; the order waits until {}",

@@ -54,7 +54,9 @@ const DAY: i64 = 86_400;
 impl Limits {
     /// Let's Encrypt's published limits: 300 new orders per account per 3 hours; 5 certificates
     /// for the same exact set of names per 7 days; 50 certificates per registered domain per 7
-    /// days (renewals exempt); 5 failed validations per name per hour.
+    /// days; 5 failed validations per name per hour. Renewals are exempt from the first and the
+    /// third, and a renewal ordered inside its ARI window naming the certificate it replaces
+    /// from all four ([`OrderRequest`]).
     pub const LETS_ENCRYPT: Limits = Limits {
         orders: Some(Limit {
             count: 300,
@@ -102,8 +104,14 @@ pub struct Deferral {
 pub struct OrderRequest<'a> {
     pub names: &'a [String],
     pub registered_domains: &'a [String],
-    /// A renewal of the same set of names (exempt from the registered-domain limit).
+    /// A renewal of the same set of names: exempt from the new-orders and registered-domain
+    /// limits (Let's Encrypt since 2024: boulder#7508, "Exempt renewals from
+    /// NewOrdersPerAccount and CertificatesPerDomain").
     pub renewal: bool,
+    /// A renewal ordered once the CA's renewal window (RFC 9773) has begun and naming the
+    /// certificate it replaces: exempt from every limit (Let's Encrypt's guide to integrating
+    /// ARI, 2024: renewals that use ARI are exempt from all rate limits).
+    pub ari_renewal: bool,
 }
 
 /// When `times` (of the counted events in the window) already reach the limit, the time at which
@@ -128,6 +136,9 @@ pub fn check(
     req: &OrderRequest<'_>,
     now: UnixTime,
 ) -> Option<Deferral> {
+    if req.ari_renewal {
+        return None;
+    }
     let mut names: Vec<&String> = req.names.iter().collect();
     names.sort();
     let mut reasons: Vec<(UnixTime, String)> = Vec::new();
@@ -137,7 +148,12 @@ pub fn check(
         .filter(|e| matches!(e, Entry::Order { .. }))
         .map(Entry::at)
         .collect();
-    if let Some(t) = over(limits.orders, orders, now) {
+    let orders = if req.renewal {
+        None
+    } else {
+        over(limits.orders, orders, now)
+    };
+    if let Some(t) = orders {
         reasons.push((
             t,
             format!(
@@ -250,6 +266,7 @@ mod tests {
             names,
             registered_domains: rds,
             renewal,
+            ari_renewal: false,
         }
     }
 
@@ -410,5 +427,35 @@ mod tests {
         };
         assert_eq!(check(&both, &off, &req(&names, &rds, false), NOW), None);
         assert_eq!(Limits::LETS_ENCRYPT.horizon_secs(), 7 * DAY);
+    }
+
+    /// A renewal is not held back by the new-orders limit (only by the exact set's), and a
+    /// renewal inside its ARI window by none: a renewal storm under Let's Encrypt's limits goes
+    /// at the CA's pace, not 300 every 3 hours.
+    #[test]
+    fn renewals_spare_the_orders_limit_and_ari_renewals_every_limit() {
+        let names = vec!["a.example.com".to_string()];
+        let rds = vec!["example.com".to_string()];
+        let mut entries: Vec<Entry> = (0..300)
+            .map(|i| Entry::Order { at: NOW - HOUR + i })
+            .collect();
+        let le = &Limits::LETS_ENCRYPT;
+        assert!(check(&entries, le, &req(&names, &rds, false), NOW).is_some());
+        assert_eq!(check(&entries, le, &req(&names, &rds, true), NOW), None);
+        // Five certificates for the set this week and five failed validations this hour: a
+        // renewal waits, an ARI renewal does not.
+        entries.extend((0..5).map(|i| cert(NOW - DAY + i, &["a.example.com"], "example.com")));
+        entries.extend((0..5).map(|i| Entry::FailedValidation {
+            at: NOW - 60 + i,
+            name: "a.example.com".into(),
+        }));
+        let d = check(&entries, le, &req(&names, &rds, true), NOW).unwrap();
+        assert!(d.reason.contains("exact set") && d.reason.contains("failed validations"));
+        assert!(!d.reason.contains("new orders"), "{}", d.reason);
+        let ari = OrderRequest {
+            ari_renewal: true,
+            ..req(&names, &rds, true)
+        };
+        assert_eq!(check(&entries, le, &ari, NOW), None);
     }
 }
