@@ -85,8 +85,11 @@ impl Ids {
         self.spans.len() - self.free.len()
     }
 
-    /// Makes room for `ids` more ids of `bytes` bytes in all.
+    /// Makes room for `ids` more ids of `bytes` bytes in all, each of them scheduled: the due
+    /// heap is not grown by doubling either (which left up to half of it spare, 0.5 MB at
+    /// 100,000 certificates).
     pub(super) fn reserve(&mut self, ids: usize, bytes: usize) {
+        self.order.reserve_exact(ids);
         let new = ids.saturating_sub(self.free.len());
         self.spans.reserve_exact(new);
         self.flags.reserve_exact(new);

@@ -241,3 +241,15 @@ fn a_reused_handle_is_not_popped_for_the_stale_entry_of_its_former_id() {
     assert_eq!(s.pop_due(15), None);
     assert_eq!(s.pop_due(20).as_deref(), Some("new"));
 }
+
+#[test]
+fn a_reserved_table_schedules_its_ids_without_growing_the_heap() {
+    let mut s = Ids::default();
+    s.reserve(1000, 1000 * 16);
+    for i in 0..1000 {
+        s.schedule(&format!("s{i:06}.example",), i);
+    }
+    assert_eq!(s.order.len(), 1000);
+    assert_eq!(s.order.capacity(), 1000, "reserved once, not doubled");
+    assert_eq!(s.text.capacity(), 1000 * 16);
+}
