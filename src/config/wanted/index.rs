@@ -3,7 +3,7 @@
 //! that edits a few lines parses those lines only ([`WantedSet::read_changes`]), and `domains
 //! add` checks its names against the configured ones without parsing DOMAINS_FILE
 //! ([`WantedSet::check`]). At 100,000 certificates a parse is ~40 ms; the index is about a
-//! quarter of the file's size and 8 bytes a name (~1.9 MiB). The file is compared with the
+//! quarter of the file's size and 8 bytes a name (~2.7 MiB). The file is compared with the
 //! index's copy a block at a time ([`Packed::diverge`]): only what follows the first line that
 //! differs is read into memory, and only the blocks of the copy that changed are packed again.
 //! Whatever it cannot answer exactly (a problem to report, two names of one hash, many
