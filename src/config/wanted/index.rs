@@ -21,6 +21,10 @@ use crate::config::names::{CertId, CertSpec};
 /// Above this many bytes of changed lines (before and after) a re-read is in full.
 const MAX_CHANGED_BYTES: usize = 256 * 1024;
 
+/// Up to this many names removed and added, the index's names are edited in place (a few under
+/// test, so that the property tests take both ways).
+const IN_PLACE_MAX: usize = if cfg!(test) { 4 } else { 64 };
+
 /// The last read that was valid: its sources' digest, DOMAINS_FILE's content, the names.
 pub(super) struct Index {
     /// The digest of the sources it is of (`WantedSet::sources`).
@@ -113,18 +117,37 @@ impl Index {
     fn update(&mut self, sources: u64, added: &[Vec<String>], update: Update) {
         let mut new: Vec<u64> = update.added.into_iter().collect();
         new.sort_unstable();
-        let mut names = Vec::with_capacity(self.names.len() + new.len());
-        let mut new = new.into_iter().peekable();
-        for &name in &self.names {
-            if update.removed.contains(&name) {
-                continue;
+        let names = if update.removed.len() + new.len() <= IN_PLACE_MAX {
+            // A few names: removed and inserted where they are (a move of the vector's tail
+            // each, ~2 ms at 2,000,000 names), not a new vector merged from the old one and a
+            // look-up of every name in `removed` (~20 ms).
+            let mut names = std::mem::take(&mut self.names);
+            for name in &update.removed {
+                if let Ok(i) = names.binary_search(name) {
+                    names.remove(i);
+                }
             }
-            while let Some(n) = new.next_if(|&n| n < name) {
-                names.push(n);
+            for name in new {
+                if let Err(i) = names.binary_search(&name) {
+                    names.insert(i, name);
+                }
             }
-            names.push(name);
-        }
-        names.extend(new);
+            names
+        } else {
+            let mut names = Vec::with_capacity(self.names.len() + new.len());
+            let mut new = new.into_iter().peekable();
+            for &name in &self.names {
+                if update.removed.contains(&name) {
+                    continue;
+                }
+                while let Some(n) = new.next_if(|&n| n < name) {
+                    names.push(n);
+                }
+                names.push(name);
+            }
+            names.extend(new);
+            names
+        };
         self.sources = sources;
         self.names = names;
         self.configured = update.configured;
