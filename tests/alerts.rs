@@ -199,9 +199,12 @@ fn the_watchdog_finds_a_drift_installs_the_stored_certificate_again_and_counts_i
     env.start_haproxy();
     assert_eq!(served_serial(&env, "b.example.test"), None);
     let restarted = Instant::now();
+    // HAProxy's certificate store holds b before its crt-list does (the installer adds the
+    // certificate, then the SNI entry): served means a handshake for b gets it.
     wait_until("b served again", Duration::from_secs(15), || {
         served_serial(&env, "b.example.test").as_deref() == Some(stored_b.as_str())
             && file_serial(&env, "b.example.test").as_deref() == Some(stored_b.as_str())
+            && env.served_and_valid("b.example.test", &root).is_some()
     });
     eprintln!(
         "ALERTS-TIMING: HAProxy restarted without a file, repaired after {} ms",
