@@ -76,8 +76,8 @@ impl Budget {
     }
 
     /// `None` when one more order for `names` fits now (`renewal`: a certificate for the id
-    /// exists; `ari_renewal`: and the order is made inside its renewal window, naming it as the
-    /// one it replaces, which no limit counts); otherwise why not and until when.
+    /// exists; `ari_renewal`: and the order is made once its renewal window has begun, naming
+    /// it as the one it replaces, which no limit counts); otherwise why not and until when.
     pub async fn admit(
         &self,
         names: &[String],

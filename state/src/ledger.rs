@@ -55,8 +55,8 @@ impl Limits {
     /// Let's Encrypt's published limits: 300 new orders per account per 3 hours; 5 certificates
     /// for the same exact set of names per 7 days; 50 certificates per registered domain per 7
     /// days; 5 failed validations per name per hour. Renewals are exempt from the first and the
-    /// third, and a renewal ordered inside its ARI window naming the certificate it replaces
-    /// from all four ([`OrderRequest`]).
+    /// third, and a renewal ordered once its ARI window has begun, naming the certificate it
+    /// replaces, from all four ([`OrderRequest`]).
     pub const LETS_ENCRYPT: Limits = Limits {
         orders: Some(Limit {
             count: 300,
