@@ -195,28 +195,27 @@ impl Packed {
             if n == len && xxh3_128(&buf) == b.hash {
                 continue;
             }
-            // The hashes differ or the file is shorter: the bytes differ before `len`.
+            // The hashes differ or the file is shorter: the bytes differ before `len`. Every
+            // block starts a line, so the line where they differ starts in this block.
             let ours = b.unpack();
             let alike = super::common_prefix(&ours, &buf[..n]);
-            found = Some((i, alike, buf[alike..n].to_vec()));
+            let line = ours[..alike]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+            // The copy's part of the line, what was read of the file after it, and the rest of
+            // the file, read into the same buffer (22 MiB for a change in the middle at
+            // 1,000,000 certificates: one buffer, not two).
+            let start = self.starts[i] + line;
+            let file_len = f.metadata().map_or(0, |m| m.len() as usize);
+            let mut rest = Vec::with_capacity(file_len.saturating_sub(start));
+            rest.extend_from_slice(&ours[line..alike]);
+            rest.extend_from_slice(&buf[alike..n]);
+            found = Some((start, rest));
             break;
         }
         let found_nothing = found.is_none();
-        let (mut start, mut rest) = match found {
-            Some((i, alike, read)) => {
-                // The copy's part of the line, what was read of the file after it, and the rest
-                // of the file, read into the same buffer (22 MiB for a change in the middle at
-                // 1,000,000 certificates: one buffer, not two).
-                let same = self.starts[i] + alike;
-                let start = self.line_start(same);
-                let left = f.metadata().map_or(0, |m| m.len() as usize);
-                let mut rest = Vec::with_capacity(same - start + left.saturating_sub(same));
-                rest.extend_from_slice(&self.read(start, same));
-                rest.extend_from_slice(&read);
-                (start, rest)
-            }
-            None => (self.len(), Vec::new()),
-        };
+        let (mut start, mut rest) = found.unwrap_or((self.len(), Vec::new()));
         let from = rest.len();
         f.read_to_end(&mut rest)?;
         feed(&rest[from..]);
@@ -258,19 +257,17 @@ impl Packed {
         tail
     }
 
-    /// The start of the line that holds byte `at` (or ends just before it).
+    /// The start of the line that holds byte `at` (or ends just before it). Every block starts
+    /// a line, so it is in the block that holds the byte before `at`.
     fn line_start(&self, at: usize) -> usize {
-        let mut end = at;
-        while end > 0 {
-            let i = self.block_of(end - 1);
-            let s = self.starts[i];
-            let bytes = self.read(s, end);
-            if let Some(p) = bytes.iter().rposition(|&b| b == b'\n') {
-                return s + p + 1;
-            }
-            end = s;
+        if at == 0 {
+            return 0;
         }
-        0
+        let s = self.starts[self.block_of(at - 1)];
+        self.read(s, at)
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(s, |p| s + p + 1)
     }
 }
 
