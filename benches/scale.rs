@@ -361,32 +361,18 @@ fn measure(rows: &mut Rows, bin: &str, dir: &Path, run: usize) {
         "the daemon's ms",
     );
     std::thread::sleep(Duration::from_millis(600));
-    // One line added to DOMAINS_FILE, then SIGHUP (the file watch may see it first: either way
-    // one re-read applies it). The daemon's own figure, from its log.
-    for i in 1..=5 {
-        let k = seen("configuration reloaded");
+    // One line added to DOMAINS_FILE; one line in its middle changed (the file replaced by a
+    // rename: the lines after it are alike, and only the index's blocks around it need reading).
+    // Each then SIGHUP (the file watch may see it first: either way one re-read applies it).
+    // The daemon's own figure, from its log.
+    let append = |i: usize| {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&file)
             .unwrap();
         writeln!(f, "hup{run}-{i}.example.test").unwrap();
-        drop(f);
-        let _ = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status();
-        let ms = logged_ms(&log, "configuration reloaded", k + 1);
-        rows.push(
-            "DOMAINS_FILE re-read, one line added",
-            "ms",
-            ms,
-            "the daemon's `configuration reloaded` ms",
-        );
-        std::thread::sleep(Duration::from_millis(600));
-    }
-    // One line in the middle of DOMAINS_FILE changed (the file replaced by a rename), then
-    // SIGHUP: the lines after it are alike, and only the index's blocks around it need reading.
-    for i in 1..=5 {
-        let k = seen("configuration reloaded");
+    };
+    let change_middle = |i: usize| {
         let content = std::fs::read_to_string(&file).unwrap();
         let mid = content.len() / 2;
         let start = content[..mid].rfind('\n').map_or(0, |p| p + 1);
@@ -401,17 +387,25 @@ fn measure(rows: &mut Rows, bin: &str, dir: &Path, run: usize) {
         let tmp = file.with_extension("tmp");
         std::fs::write(&tmp, changed).unwrap();
         std::fs::rename(&tmp, &file).unwrap();
-        let _ = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status();
-        let ms = logged_ms(&log, "configuration reloaded", k + 1);
-        rows.push(
+    };
+    let edits: [(&str, &dyn Fn(usize)); 2] = [
+        ("DOMAINS_FILE re-read, one line added", &append),
+        (
             "DOMAINS_FILE re-read, one line in the middle changed",
-            "ms",
-            ms,
-            "the daemon's `configuration reloaded` ms",
-        );
-        std::thread::sleep(Duration::from_millis(600));
+            &change_middle,
+        ),
+    ];
+    for (what, edit) in edits {
+        for i in 1..=5 {
+            let k = seen("configuration reloaded");
+            edit(i);
+            let _ = Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status();
+            let ms = logged_ms(&log, "configuration reloaded", k + 1);
+            rows.push(what, "ms", ms, "the daemon's `configuration reloaded` ms");
+            std::thread::sleep(Duration::from_millis(600));
+        }
     }
     let hwm = proc_status(pid, "VmHWM:");
     let mut c = Command::new(bin);
