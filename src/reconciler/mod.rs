@@ -23,6 +23,7 @@
 
 mod actions;
 mod alert;
+mod configure;
 mod execute;
 mod ids;
 mod order_hooks;

@@ -2,12 +2,14 @@
 //! certificates get a record, changed ones an event, those no longer listed are marked (or, with
 //! PRUNE, removed from HAProxy, the certificate directory and the store).
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use haproxy_acme_state::{apply, Event, Record, UnixTime};
 
-use super::ids::{digest as nonzero, Ids, SharedIds};
-use super::schedule::{due_of, Wanted};
+use super::configure::Configure;
+use super::ids::{digest as nonzero, Ids};
+use super::schedule::Wanted;
 use super::tokens::sync_tokens;
 use super::Reconciler;
 use crate::config::wanted::{Changes, Reading};
@@ -117,6 +119,7 @@ impl Reconciler {
                 (read.specs, read.total, !sources, Some((changed, removed)))
             }
         };
+        let sync_at = std::time::Instant::now();
         let (synced, pass) = match changes {
             Some((changed, removed)) => (
                 self.sync_changed(&specs, changed, removed).await,
@@ -126,12 +129,16 @@ impl Reconciler {
         };
         match synced {
             Ok((now_wanted, gone, _)) => {
+                // `store_ms`: the store's part, mostly its flush (which on ext4 waits for the
+                // disk to take any file renamed over another since, a new DOMAINS_FILE too).
                 let ms = reread_at.elapsed().as_millis() as u64;
+                let store_ms = sync_at.elapsed().as_millis() as u64;
                 tracing::info!(
                     certificates = total,
                     pass,
                     looked_at = now_wanted.len() + gone.len(),
                     ms,
+                    store_ms,
                     "configuration reloaded"
                 );
                 Some((sources, specs_digest, now_wanted, gone))
@@ -323,9 +330,12 @@ impl Reconciler {
         (changed.len() + removed.len() <= INCREMENTAL_MAX).then_some((changed, removed))
     }
 
-    /// Brings the records of the changed specs and of the ids no longer listed in line, one
-    /// update each (a reload that changes one certificate costs one record, not a pass over
-    /// the store). Returns as [`sync_specs`](Self::sync_specs) does, for those only.
+    /// Brings the records of the changed specs and of the ids no longer listed in line, in one
+    /// durable batch ([`Store::update_some`]: a reload that changes one line of DOMAINS_FILE,
+    /// a certificate wanted and one no longer, costs two records and one flush, not a pass
+    /// over the store). Returns as [`sync_specs`](Self::sync_specs) does, for those only.
+    ///
+    /// [`Store::update_some`]: crate::store::Store::update_some
     async fn sync_changed(
         &self,
         specs: &[CertSpec],
@@ -334,31 +344,48 @@ impl Reconciler {
     ) -> Result<(Vec<Wanted>, Vec<String>, Vec<String>), StoreError> {
         let now = self.clock.now();
         let configure = Configure::of(self, now);
-        let mut now_wanted = Vec::with_capacity(changed.len());
-        for i in changed {
-            let (spec, c) = (specs[i].clone(), configure.clone());
-            let id = spec.id().as_str().to_string();
-            let due = self
-                .store
-                .update(&id, move |old| {
-                    let (due, new) = c.apply(&spec, old.as_ref());
-                    (new.map_or(Change::Keep, Change::Put), due)
-                })
-                .await?;
-            let h = self.ids.lock().set_spec(&id, nonzero(hash_of(&specs[i])));
-            now_wanted.push(Wanted { id: h, due });
-        }
         for id in &removed {
             self.unwatch(id);
-            self.store
-                .update(id, move |old| match old {
-                    Some(old) if !old.unconfigured => {
-                        (Change::Put(apply(&old, Event::Unconfigured, now)), ())
+        }
+        // Each id to its changed spec (its position among them), or to none: no longer listed.
+        let targets: HashMap<String, Option<usize>> = changed
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| (specs[i].id().as_str().to_string(), Some(k)))
+            .chain(removed.iter().map(|id| (id.clone(), None)))
+            .collect();
+        let ids: Vec<String> = targets.keys().cloned().collect();
+        let wanted: Vec<CertSpec> = changed.iter().map(|&i| specs[i].clone()).collect();
+        let dues = Arc::new(Mutex::new(vec![None; wanted.len()]));
+        let out = dues.clone();
+        self.store
+            .update_some(
+                ids,
+                Box::new(move |id, old| match targets.get(id).copied().flatten() {
+                    Some(k) => {
+                        let (due, new) = configure.apply(&wanted[k], old);
+                        out.lock().unwrap_or_else(PoisonError::into_inner)[k] = Some(due);
+                        new
                     }
-                    _ => (Change::Keep, ()),
-                })
-                .await?;
-            self.ids.lock().clear_spec(id);
+                    None => old
+                        .filter(|old| !old.unconfigured)
+                        .map(|old| apply(old, Event::Unconfigured, now)),
+                }),
+            )
+            .await?;
+        let dues = std::mem::take(&mut *dues.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut ids = self.ids.lock();
+        let now_wanted = changed
+            .iter()
+            .zip(dues)
+            .map(|(&i, due)| {
+                let h = ids.set_spec(specs[i].id().as_str(), nonzero(hash_of(&specs[i])));
+                let due = due.expect("every changed spec's record is seen or made");
+                Wanted { id: h, due }
+            })
+            .collect();
+        for id in &removed {
+            ids.clear_spec(id);
         }
         Ok((now_wanted, removed, Vec::new()))
     }
@@ -394,104 +421,4 @@ fn synced(ids: &Ids, spec: &CertSpec, hash: u64) -> bool {
 fn mark(bits: &mut Vec<bool>, ids: &Ids, h: super::ids::Handle) {
     bits.resize(ids.handles(), false);
     bits[h as usize] = true;
-}
-
-/// What a wanted certificate's spec makes of its stored record: when it is due, and the record
-/// when it changed (and the responder's challenges of it, the watchdog's entry).
-#[derive(Clone)]
-struct Configure {
-    config: Arc<crate::config::Config>,
-    tokens: crate::responder::Tokens,
-    ids: SharedIds,
-    now: haproxy_acme_state::UnixTime,
-}
-
-impl Configure {
-    fn of(r: &Reconciler, now: haproxy_acme_state::UnixTime) -> Configure {
-        Configure {
-            config: r.config.clone(),
-            tokens: r.tokens.clone(),
-            ids: r.ids.clone(),
-            now,
-        }
-    }
-
-    /// Whether `r` is already what `spec` and the configuration make of it
-    /// (`machine::is_configured_as`; checked against the events in debug builds). The start-up
-    /// pass takes this path for every unchanged certificate without building the events or a
-    /// new record (three allocations and a record's copy each, at 100,000 certificates).
-    fn unchanged(&self, spec: &CertSpec, r: &Record) -> bool {
-        let c = haproxy_acme_state::machine::Configuration {
-            names: spec.names().as_slice(),
-            key_type: self.config.key_type,
-            acme_directory: &self.config.acme_directory,
-            deploy_hook: self.config.deploy_hook.is_some(),
-            profile: spec.profile_or(self.config.acme_profile.as_deref()),
-            challenge: spec.challenge(),
-        };
-        haproxy_acme_state::machine::is_configured_as(r, &c)
-    }
-
-    /// `base` after the configuration's events: `Configured` (names, key type, CA, hook,
-    /// profile), then `ChallengeChosen`.
-    fn events(&self, spec: &CertSpec, base: &Record) -> Record {
-        let configured = Event::Configured {
-            names: spec.names().to_vec(),
-            key_type: self.config.key_type,
-            acme_directory: self.config.acme_directory.clone(),
-            deploy_hook: self.config.deploy_hook.is_some(),
-            profile: spec
-                .profile_or(self.config.acme_profile.as_deref())
-                .map(String::from),
-        };
-        let new = apply(base, configured, self.now);
-        let challenge = spec.challenge();
-        apply(&new, Event::ChallengeChosen { challenge }, self.now)
-    }
-
-    fn apply(&self, spec: &CertSpec, old: Option<&Record>) -> (Option<UnixTime>, Option<Record>) {
-        if let Some(r) = old.filter(|r| self.unchanged(spec, r)) {
-            debug_assert!(
-                self.events(spec, r) == *r,
-                "unchanged, yet the events change it"
-            );
-            sync_tokens(&self.tokens, None, Some(r));
-            super::watchdog::note(&self.ids, r);
-            return (due_of(r, self.now), None);
-        }
-        let (id, names) = (spec.id().as_str(), spec.names().as_slice());
-        // No copy of the stored record (one per certificate at start-up): only a new
-        // one is made.
-        let fresh;
-        let base = match old {
-            Some(r) => r,
-            None => {
-                fresh = Record::new(names.to_vec(), self.config.key_type, self.now);
-                &fresh
-            }
-        };
-        let new = self.events(spec, base);
-        sync_tokens(&self.tokens, None, Some(&new));
-        let due = due_of(&new, self.now);
-        super::watchdog::note(&self.ids, &new);
-        if old == Some(&new) {
-            return (due, None);
-        }
-        match old {
-            None => tracing::info!(cert = %id, names = ?names, "new certificate wanted"),
-            Some(old) => {
-                if old.challenge != new.challenge {
-                    tracing::info!(cert = %id, challenge = new.challenge.as_str(), "challenge type changed: its next order answers it");
-                }
-                let other = Record {
-                    challenge: new.challenge,
-                    ..old.clone()
-                };
-                if other != new {
-                    tracing::info!(cert = %id, names = ?names, profile = ?new.profile, "certificate names, key type, CA or profile changed: re-issuing")
-                }
-            }
-        }
-        (due, Some(new))
-    }
 }

@@ -100,6 +100,9 @@ pub enum Change {
 pub type UpdateFn = Box<dyn FnOnce(Option<Record>) -> Change + Send>;
 /// The closure of an update of every record: a stored record to its replacement, if changed.
 pub type SweepFn = Box<dyn FnMut(&Record) -> Option<Record> + Send>;
+/// The closure of an update of some records: an id and its stored record (if any) to the record
+/// to write, if changed.
+pub type SomeFn = Box<dyn FnMut(&str, Option<&Record>) -> Option<Record> + Send>;
 /// The runtime additions, each as its list of names, to the new list (`Err`: refused, unchanged).
 pub type AddedFn = Box<dyn FnOnce(&[Vec<String>]) -> Result<Vec<Vec<String>>, String> + Send>;
 
@@ -143,6 +146,27 @@ pub trait Store: Send + Sync + 'static {
         sweep: SweepFn,
         more: Box<dyn FnOnce() -> Vec<Record> + Send>,
     ) -> Result<(), StoreError>;
+
+    /// Under the record lock: passes each record of `ids` (`None` for an id not stored) to
+    /// `f`, then writes the records it returns in one durable batch, so a reload that changes
+    /// two certificates costs one flush, not two. The default is one
+    /// [`update_boxed`](Store::update_boxed) per id (for a backend whose batch would cost as
+    /// much); the wrappers pass it on.
+    async fn update_some(&self, ids: Vec<String>, f: SomeFn) -> Result<(), StoreError> {
+        let f = Arc::new(Mutex::new(f));
+        for id in ids {
+            let (f, key) = (f.clone(), id.clone());
+            self.update_boxed(
+                &id,
+                Box::new(move |r| {
+                    let mut f = f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    f(&key, r.as_ref()).map_or(Change::Keep, Change::Put)
+                }),
+            )
+            .await?;
+        }
+        Ok(())
+    }
 
     /// The stored key of the order in flight of `id`, if generated.
     async fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError>;

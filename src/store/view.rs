@@ -19,7 +19,7 @@ use haproxy_acme_state::dump::Summary;
 use haproxy_acme_state::ledger::Entry;
 use haproxy_acme_state::{Record, UnixTime};
 
-use super::{AddedFn, Change, Store, StoreError, SweepFn, UpdateFn};
+use super::{AddedFn, Change, SomeFn, Store, StoreError, SweepFn, UpdateFn};
 pub use table::Table;
 
 /// A summary and the sequence number of the write it comes from.
@@ -219,6 +219,25 @@ impl Store for Viewed {
         Ok(())
     }
 
+    async fn update_some(&self, ids: Vec<String>, mut f: SomeFn) -> Result<(), StoreError> {
+        let written: Written = Arc::default();
+        let (out, view) = (written.clone(), self.view.clone());
+        let f: SomeFn = Box::new(move |id, r| {
+            let changed = f(id, r);
+            if let Some(new) = &changed {
+                out.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((new.id.clone(), Some(Summary::from_record(new)), view.next()));
+            }
+            changed
+        });
+        self.inner.update_some(ids, f).await?;
+        for (id, summary, seq) in take(&written) {
+            self.view.apply(&id, summary, seq);
+        }
+        Ok(())
+    }
+
     async fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {
         self.inner.pending_key(id).await
     }
@@ -344,6 +363,28 @@ mod tests {
         assert_eq!(view_of(&view), store_of(memory.as_ref()).await);
         assert_eq!(view.read().len(), 2);
         assert_eq!(store.some_ids(1).await.unwrap(), vec!["a.test".to_string()]);
+        // Some records at once: a changed, e new, c kept.
+        let ids = ["a.test", "e.test", "c.test"].map(String::from).to_vec();
+        store
+            .update_some(
+                ids,
+                Box::new(move |id, old| match (id, old) {
+                    ("a.test", Some(old)) => Some(Record {
+                        renew_at: Some(5),
+                        ..old.clone()
+                    }),
+                    ("e.test", None) => Some(r("e.test")),
+                    _ => None,
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(view_of(&view), store_of(memory.as_ref()).await);
+        assert_eq!(view.read().len(), 3);
+        assert_eq!(
+            view.read().get("a.test").unwrap().1.summary.renew_at(),
+            Some(5)
+        );
 
         // A write that fails leaves the view as it was.
         let memory_fails = MemoryStore::new();

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use haproxy_acme_state::ledger::Entry;
 use haproxy_acme_state::{Record, UnixTime};
 
-use super::{AddedFn, Change, Store, StoreError, SweepFn, UpdateFn};
+use super::{AddedFn, Change, SomeFn, Store, StoreError, SweepFn, UpdateFn};
 use crate::clock::Clock;
 use crate::health::{Health, Part};
 
@@ -112,6 +112,22 @@ impl Store for Watched {
             new
         });
         let r = self.inner.update_all(sweep, more).await;
+        self.saw(r, seen.load(Ordering::Relaxed))
+    }
+
+    async fn update_some(&self, ids: Vec<String>, mut f: SomeFn) -> Result<(), StoreError> {
+        if !self.failing() {
+            return self.saw(self.inner.update_some(ids, f).await, false);
+        }
+        let (writes, seen) = flag();
+        let f: SomeFn = Box::new(move |id, r| {
+            let changed = f(id, r);
+            if changed.is_some() {
+                writes.store(true, Ordering::Relaxed);
+            }
+            changed
+        });
+        let r = self.inner.update_some(ids, f).await;
         self.saw(r, seen.load(Ordering::Relaxed))
     }
 

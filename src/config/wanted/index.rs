@@ -4,8 +4,8 @@
 //! add` checks its names against the configured ones without parsing DOMAINS_FILE
 //! ([`WantedSet::check`]). At 100,000 certificates a parse is ~40 ms; the index is about a
 //! quarter of the file's size and 8 bytes a name (~2.7 MiB). The file is compared with the
-//! index's copy a block at a time ([`Packed::diverge`]): only what follows the first line that
-//! differs is read into memory, and only the blocks of the copy that changed are packed again.
+//! index's copy a block at a time ([`Packed::diverge`]): only the lines that differ are kept in
+//! memory, and only the blocks of the copy that changed are packed again.
 //! Whatever it cannot answer exactly (a problem to report, two names of one hash, many
 //! changes) is read in full, so every answer is the one a read in full gives.
 
@@ -225,22 +225,26 @@ impl WantedSet {
                 Some(path) => ix.content.diverge(path, Some(&mut digest)),
             };
             if let Ok(found) = found {
-                let (start, rest) = match found {
+                let (start, middle, tail) = match found {
                     Divergence::Same if ix.added == added => {
                         return Ok((applied, Reading::Unchanged));
                     }
-                    Divergence::Same => (ix.content.len(), String::new()),
-                    Divergence::From { start, rest } => (start, rest),
+                    Divergence::Same => (ix.content.len(), String::new(), 0),
+                    Divergence::From {
+                        start,
+                        middle,
+                        tail,
+                    } => (start, middle, tail),
                 };
                 let digest = Self::digest_end(digest, self.domains_file().is_some(), added);
                 if digest == applied {
                     return Ok((digest, Reading::Unchanged));
                 }
-                // The lines alike at the end, in whole blocks of the copy, are left out: only
+                // The lines alike at the end, in whole blocks of the copy, were left out: only
                 // the copy's blocks between them and `start` are decompressed.
-                let tail = ix.content.common_tail(start, rest.as_bytes());
-                let old = text(ix.content.read(start, ix.content.len() - tail));
-                let now = &rest[..rest.len() - tail];
+                let end = ix.content.len() - tail;
+                let old = text(ix.content.read(start, end));
+                let now = &middle;
                 let (s, old_end, new_end) = changed_lines(&old, now);
                 if let Some((changes, update)) =
                     self.changes_since(ix, &old[s..old_end], &now[s..new_end], added, max)
@@ -250,9 +254,11 @@ impl WantedSet {
                     ix.update(digest, added, update);
                     return Ok((digest, Reading::Changes(changes)));
                 }
-                // Read in full, from what was read.
+                // Read in full, from what was read and the copy.
                 let path = self.domains_file();
-                let content = text(ix.content.read(0, start)) + &rest;
+                let content = text(ix.content.read(0, start))
+                    + &middle
+                    + &text(ix.content.read(end, ix.content.len()));
                 drop(index);
                 return self
                     .read_all(path.map(|p| (p, Ok(content))), added, digest)

@@ -230,9 +230,10 @@ fn a_file_is_compared_block_by_block_and_read_from_the_line_that_differs() {
     let path = dir.path().join("f");
     // Many blocks (13 bytes under test).
     let content: String = (0..200).map(|i| format!("s{i}.example.test\n")).collect();
-    let from = |start: usize, rest: &str| Divergence::From {
+    let from = |start: usize, middle: &str, tail: usize| Divergence::From {
         start,
-        rest: rest.to_string(),
+        middle: middle.to_string(),
+        tail,
     };
     std::fs::write(&path, &content).unwrap();
     assert_eq!(diverge(&path, &content).unwrap(), Divergence::Same);
@@ -240,29 +241,44 @@ fn a_file_is_compared_block_by_block_and_read_from_the_line_that_differs() {
     std::fs::write(&path, format!("{content}new.test\n")).unwrap();
     assert_eq!(
         diverge(&path, &content).unwrap(),
-        from(content.len(), "new.test\n")
+        from(content.len(), "new.test\n", 0)
     );
-    // A change in a line: read from that line's start.
+    // A change in a line: from that line's start, the line alone (each line is a block here),
+    // and the lines after it alike.
     let line = content.find("s150.").unwrap();
+    let end = content[line..].find('\n').unwrap() + line + 1;
     let changed = content.replacen("s150.", "t150.", 1);
     std::fs::write(&path, &changed).unwrap();
     assert_eq!(
         diverge(&path, &content).unwrap(),
-        from(line, &changed[line..])
+        from(line, &changed[line..end], content.len() - end)
+    );
+    // A line removed, and one inserted: the same.
+    std::fs::write(&path, format!("{}{}", &content[..line], &content[end..])).unwrap();
+    assert_eq!(
+        diverge(&path, &content).unwrap(),
+        from(line, "", content.len() - end)
+    );
+    let inserted = format!("{}new.test\n{}", &content[..line], &content[line..]);
+    std::fs::write(&path, inserted).unwrap();
+    assert_eq!(
+        diverge(&path, &content).unwrap(),
+        from(line, "new.test\n", content.len() - line)
     );
     // Cut short, in the middle of a line, and emptied.
     std::fs::write(&path, &content[..line + 3]).unwrap();
     assert_eq!(
         diverge(&path, &content).unwrap(),
-        from(line, &content[line..line + 3])
+        from(line, &content[line..line + 3], 0)
     );
     std::fs::write(&path, "").unwrap();
-    assert_eq!(diverge(&path, &content).unwrap(), from(0, ""));
-    // The first byte differs.
+    assert_eq!(diverge(&path, &content).unwrap(), from(0, "", 0));
+    // The first byte differs: the first line, then the rest alike.
     std::fs::write(&path, format!("x{content}")).unwrap();
+    let first = content.find('\n').unwrap() + 1;
     assert_eq!(
         diverge(&path, &content).unwrap(),
-        from(0, &format!("x{content}"))
+        from(0, &format!("x{}", &content[..first]), content.len() - first)
     );
     // Bytes that are not UTF-8 after the point of difference, and no file: errors.
     std::fs::write(&path, [content.as_bytes(), &[0xff]].concat()).unwrap();

@@ -18,7 +18,7 @@ use haproxy_acme_state::ledger::Entry;
 use haproxy_acme_state::{Record, UnixTime};
 
 use super::Inner;
-use crate::store::{AddedFn, Store, StoreError, SweepFn, UpdateFn};
+use crate::store::{AddedFn, SomeFn, Store, StoreError, SweepFn, UpdateFn};
 
 /// A pass over this many records or more is followed by opening the store again
 /// ([`SledStore::shed_after`]).
@@ -364,6 +364,18 @@ impl Store for SledStore {
             .await?;
         self.shed_after(n);
         Ok(())
+    }
+
+    async fn update_some(&self, ids: Vec<String>, mut f: SomeFn) -> Result<(), StoreError> {
+        self.blocking(Access::Write, move |s| {
+            let _guard = s.lock_records();
+            let mut changed = Vec::new();
+            for id in &ids {
+                changed.extend(f(id, s.get(id)?.as_ref()));
+            }
+            s.put_many(&changed)
+        })
+        .await
     }
 
     async fn pending_key(&self, id: &str) -> Result<Option<String>, StoreError> {

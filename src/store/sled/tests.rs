@@ -419,3 +419,45 @@ async fn a_pass_over_many_records_reopens_the_store_and_loses_nothing() {
     );
     assert_eq!(store.records().await.unwrap().len(), n as usize + 3);
 }
+
+/// Some records updated at once: each passed to the closure (an id not stored as `None`), what
+/// it returns written in one batch, and there after the store is opened again.
+#[tokio::test]
+async fn some_records_are_updated_in_one_batch_and_kept() {
+    use crate::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let r = |id: &str| Record::new(vec![id.into()], KeyType::EcdsaP256, 1);
+    {
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        store.put_all(vec![r("a.test"), r("b.test")]).await.unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let saw = seen.clone();
+        let ids = ["a.test", "new.test", "b.test"].map(String::from).to_vec();
+        store
+            .update_some(
+                ids,
+                Box::new(move |id, old| {
+                    saw.lock().unwrap().push((id.to_string(), old.is_some()));
+                    match id {
+                        "a.test" => old.map(|o| Record {
+                            unconfigured: true,
+                            ..o.clone()
+                        }),
+                        "new.test" => Some(r("new.test")),
+                        _ => None,
+                    }
+                }),
+            )
+            .await
+            .unwrap();
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        let expected = [("a.test", true), ("b.test", true), ("new.test", false)];
+        assert_eq!(seen, expected.map(|(i, s)| (i.to_string(), s)).to_vec());
+    }
+    let store = reopen_sled(dir.path());
+    assert!(store.get("a.test").await.unwrap().unwrap().unconfigured);
+    assert_eq!(store.get("b.test").await.unwrap().unwrap(), r("b.test"));
+    assert_eq!(store.get("new.test").await.unwrap().unwrap(), r("new.test"));
+}

@@ -3,13 +3,17 @@
 //! bytes. At 1,000,000 certificates the file is 44 MiB and the blocks ~11 MiB (its lines
 //! compress ~3.9 times). A comparison with the file hashes the file's bytes block by block
 //! against the blocks' hashes and decompresses only the block where they first differ; the lines
-//! alike at the end are found the same way from the end ([`Packed::common_tail`]); an edit packs
-//! again only the blocks it touches.
+//! alike at the end are found by the hashes of the last blocks as the file streams by
+//! ([`rest::Rest`]), so only the lines that differ are kept; an edit packs again only the blocks
+//! it touches.
 
 use std::io::Read;
 use std::path::Path;
 
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+
+mod rest;
+use rest::Rest;
 
 /// The most bytes of a block, unless it is one longer line (a few bytes under test, so that the
 /// tests cross block boundaries).
@@ -76,8 +80,13 @@ pub(in crate::config::wanted) struct Packed {
 pub(in crate::config::wanted) enum Divergence {
     /// Byte for byte the same.
     Same,
-    /// The same up to `start` (the start of a line), then `rest` (to the end of the file).
-    From { start: usize, rest: String },
+    /// The text's bytes up to `start` (the start of a line), then `middle`, then the text's
+    /// last `tail` bytes (none, or whole blocks starting a line in the file too).
+    From {
+        start: usize,
+        middle: String,
+        tail: usize,
+    },
 }
 
 impl Packed {
@@ -171,28 +180,36 @@ impl Packed {
 
     /// Compares the file at `path` with the text a block at a time (by the blocks' hashes: a
     /// changed block of the same xxh3-128 hash, a chance of 2^-128, would read as unchanged),
-    /// and reads into memory only what follows the line where they first differ: an appended
-    /// line reads that line, not the whole file (44 MiB at 1,000,000 certificates). Every byte
-    /// of the file read is given to `digest`, once and in order.
+    /// and keeps in memory only the lines that differ: from the line where they first differ
+    /// to the lines alike at the end, which are found as the file streams by, by the hashes of
+    /// the text's last blocks ([`Rest`]). An appended line reads that line; a line changed in
+    /// the middle of 44 MiB (1,000,000 certificates) keeps a block or two, not the 22 MiB after
+    /// it. Every byte of the file is given to `digest`, once and in order. A file that changes
+    /// length while it is read is an error (the caller reads it in full).
     pub(in crate::config::wanted) fn diverge(
         &self,
         path: &Path,
         mut digest: Option<&mut Xxh3>,
     ) -> std::io::Result<Divergence> {
         let mut f = std::fs::File::open(path)?;
+        let file_len = f.metadata()?.len() as usize;
         let mut buf = vec![0u8; BLOCK];
         let mut feed = |bytes: &[u8]| {
             if let Some(d) = digest.as_deref_mut() {
                 d.update(bytes);
             }
         };
-        let mut found = None;
+        // Where the file first differs (a line start), and the file's bytes from there that
+        // were read to find it (in two parts).
+        let mut found: Option<(usize, Vec<u8>)> = None;
         for (i, b) in self.blocks.iter().enumerate() {
             let len = b.len as usize;
-            buf.resize(len, 0);
-            let n = read_up_to(&mut f, &mut buf)?;
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            let n = read_up_to(&mut f, &mut buf[..len])?;
             feed(&buf[..n]);
-            if n == len && xxh3_128(&buf) == b.hash {
+            if n == len && xxh3_128(&buf[..n]) == b.hash {
                 continue;
             }
             // The hashes differ or the file is shorter: the bytes differ before `len`. Every
@@ -203,58 +220,44 @@ impl Packed {
                 .iter()
                 .rposition(|&b| b == b'\n')
                 .map_or(0, |p| p + 1);
-            // The copy's part of the line, what was read of the file after it, and the rest of
-            // the file, read into the same buffer (22 MiB for a change in the middle at
-            // 1,000,000 certificates: one buffer, not two).
-            let start = self.starts[i] + line;
-            let file_len = f.metadata().map_or(0, |m| m.len() as usize);
-            let mut rest = Vec::with_capacity(file_len.saturating_sub(start));
-            rest.extend_from_slice(&ours[line..alike]);
-            rest.extend_from_slice(&buf[alike..n]);
-            found = Some((start, rest));
+            let mut read = ours[line..alike].to_vec();
+            read.extend_from_slice(&buf[alike..n]);
+            found = Some((self.starts[i] + line, read));
             break;
         }
-        let found_nothing = found.is_none();
-        let (mut start, mut rest) = found.unwrap_or((self.len(), Vec::new()));
-        let from = rest.len();
-        f.read_to_end(&mut rest)?;
-        feed(&rest[from..]);
-        if found_nothing && rest.is_empty() {
-            return Ok(Divergence::Same);
+        let (start, read) = match found {
+            Some(found) => found,
+            None => {
+                let n = read_up_to(&mut f, &mut buf)?;
+                feed(&buf[..n]);
+                if n == 0 {
+                    return Ok(Divergence::Same);
+                }
+                // Lines appended (or the last line made longer): from the last line's start.
+                let line = self.line_start(self.len());
+                let mut read = self.read(line, self.len());
+                read.extend_from_slice(&buf[..n]);
+                (line, read)
+            }
+        };
+        let mut rest = Rest::new(self, start, file_len);
+        rest.feed(&read);
+        loop {
+            let n = read_up_to(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            feed(&buf[..n]);
+            rest.feed(&buf[..n]);
         }
-        if found_nothing {
-            // Lines appended (or the last line made longer): from the last line's start.
-            let line = self.line_start(start);
-            let mut text = self.read(line, start);
-            text.extend_from_slice(&rest);
-            (start, rest) = (line, text);
-        }
-        let rest = String::from_utf8(rest)
+        let (middle, tail) = rest.finish()?;
+        let middle = String::from_utf8(middle)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        Ok(Divergence::From { start, rest })
-    }
-
-    /// How many bytes at the end of the text, from `start` (a line start) on, are alike at the
-    /// end of `rest`: whole blocks, compared by their hashes from the last one back, each
-    /// starting a line in `rest` too. What is before them is all [`changed_lines`] needs to see
-    /// (the lines alike at the end are the same with or without them), so a change in the
-    /// middle of a large file decompresses a block or two, not the rest of the file.
-    ///
-    /// [`changed_lines`]: super::changed_lines
-    pub(super) fn common_tail(&self, start: usize, rest: &[u8]) -> usize {
-        let mut tail = 0;
-        for (i, b) in self.blocks.iter().enumerate().rev() {
-            let (s, len) = (self.starts[i], b.len as usize);
-            if s < start || tail + len > rest.len() {
-                break;
-            }
-            let at = rest.len() - tail - len;
-            if at > 0 && rest[at - 1] != b'\n' || xxh3_128(&rest[at..at + len]) != b.hash {
-                break;
-            }
-            tail += len;
-        }
-        tail
+        Ok(Divergence::From {
+            start,
+            middle,
+            tail,
+        })
     }
 
     /// The start of the line that holds byte `at` (or ends just before it). Every block starts
@@ -335,29 +338,50 @@ mod tests {
     }
 
     proptest! {
-        /// The tail [`Packed::common_tail`] finds is alike in both texts and starts a line in
-        /// both; what is before it holds every difference.
+        /// Whatever the edits, the file reads back as the text's bytes up to `start`, then
+        /// `middle`, then the text's last `tail` bytes; `start` and the tail start lines in
+        /// both; every byte goes into the digest; and a few lines changed in a text of many
+        /// blocks keep little more than those lines in memory.
         #[test]
-        fn the_common_tail_is_alike_and_starts_lines(
-            lines in proptest::collection::vec("[a-z]{0,20}", 0..40),
-            at in any::<prop::sample::Index>(),
-            cut in 0usize..30,
-            new in "[a-z\n]{0,30}",
+        fn a_file_is_the_text_before_its_first_difference_what_differs_and_a_common_tail(
+            lines in proptest::collection::vec("[a-z]{0,20}", 0..60),
+            edits in proptest::collection::vec(
+                (any::<prop::sample::Index>(), 0usize..30, "[a-z\n]{0,30}"), 0..3),
         ) {
             let old: String = lines.iter().map(|l| format!("{l}\n")).collect();
             let p = Packed::of(&old);
-            let from = at.index(old.len() + 1);
-            let to = (from + cut).min(old.len());
             let mut now = old.clone();
-            now.replace_range(from..to, &new);
-            let same = super::super::common_prefix(old.as_bytes(), now.as_bytes());
-            let start = old[..same].rfind('\n').map_or(0, |i| i + 1);
-            let tail = p.common_tail(start, &now.as_bytes()[start..]);
-            prop_assert!(tail <= old.len() - start && tail <= now.len() - start);
-            prop_assert_eq!(&old[old.len() - tail..], &now[now.len() - tail..]);
-            let starts_line = |t: &str, at: usize| at == start || t.as_bytes()[at - 1] == b'\n';
+            for (at, cut, new) in &edits {
+                let from = at.index(now.len() + 1);
+                let to = (from + cut).min(now.len());
+                now.replace_range(from..to, new);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, &now).unwrap();
+            let mut h = Xxh3::new();
+            let found = p.diverge(&path, Some(&mut h)).unwrap();
+            prop_assert_eq!(h.digest(), xxhash_rust::xxh3::xxh3_64(now.as_bytes()));
+            let (start, middle, tail) = match found {
+                Divergence::Same => {
+                    prop_assert_eq!(&now, &old);
+                    return Ok(());
+                }
+                Divergence::From { start, middle, tail } => (start, middle, tail),
+            };
+            prop_assert!(start + tail <= old.len());
+            let read = format!("{}{middle}{}", &old[..start], &old[old.len() - tail..]);
+            prop_assert_eq!(&read, &now);
+            let starts_line = |t: &str, at: usize| at == 0 || t.as_bytes()[at - 1] == b'\n';
+            prop_assert!(starts_line(&old, start));
             prop_assert!(tail == 0 || starts_line(&old, old.len() - tail));
             prop_assert!(tail == 0 || starts_line(&now, now.len() - tail));
+            // One edit: what differs, plus at most a block around it on either side (and the
+            // copy's last line when lines are appended).
+            if edits.len() == 1 && !middle.is_empty() {
+                let (_, cut, new) = &edits[0];
+                prop_assert!(middle.len() <= cut + new.len() + 2 * BLOCK + 40);
+            }
         }
     }
 
@@ -383,12 +407,37 @@ mod tests {
             assert_eq!(h.digest(), xxhash_rust::xxh3::xxh3_64(file.as_bytes()));
             match found {
                 Divergence::Same => assert_eq!(file, content),
-                Divergence::From { start, rest } => {
-                    assert_eq!(format!("{}{rest}", &content[..start]), file);
+                Divergence::From {
+                    start,
+                    middle,
+                    tail,
+                } => {
+                    let end = &content[content.len() - tail..];
+                    assert_eq!(format!("{}{middle}{end}", &content[..start]), file);
                     assert!(start == 0 || content.as_bytes()[start - 1] == b'\n');
                 }
             }
         }
+    }
+
+    /// A file that does not end at the length it had when it was opened (written to as it was
+    /// read) is an error, not a reading of a file that never was.
+    #[test]
+    fn a_file_that_changes_length_while_read_is_an_error() {
+        let content: String = (0..20).map(|i| format!("s{i}.example.test\n")).collect();
+        let p = Packed::of(&content);
+        let start = content.find("s5.").unwrap();
+        for (file_len, fed) in [
+            (content.len(), 10),
+            (content.len() - 3, content.len() - start),
+        ] {
+            let mut rest = Rest::new(&p, start, file_len);
+            rest.feed(&content.as_bytes()[start..start + fed]);
+            assert!(rest.finish().is_err());
+        }
+        let mut rest = Rest::new(&p, start, content.len());
+        rest.feed(&content.as_bytes()[start..]);
+        assert_eq!(rest.finish().unwrap(), (Vec::new(), content.len() - start));
     }
 
     /// An edit packs again only the blocks it touches: a line appended to a text of many blocks
