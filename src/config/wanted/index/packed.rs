@@ -234,8 +234,7 @@ impl Packed {
                     return Ok(Divergence::Same);
                 }
                 // Lines appended (or the last line made longer): from the last line's start.
-                let line = self.line_start(self.len());
-                let mut read = self.read(line, self.len());
+                let (line, mut read) = self.last_line();
                 read.extend_from_slice(&buf[..n]);
                 (line, read)
             }
@@ -260,17 +259,16 @@ impl Packed {
         })
     }
 
-    /// The start of the line that holds byte `at` (or ends just before it). Every block starts
-    /// a line, so it is in the block that holds the byte before `at`.
-    fn line_start(&self, at: usize) -> usize {
-        if at == 0 {
-            return 0;
-        }
-        let s = self.starts[self.block_of(at - 1)];
-        self.read(s, at)
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(s, |p| s + p + 1)
+    /// Where the text's last line starts (its length when it ends with a line end), and that
+    /// line's bytes. Every block starts a line, so it is in the last block, decompressed once.
+    fn last_line(&self) -> (usize, Vec<u8>) {
+        let Some(b) = self.blocks.last() else {
+            return (0, Vec::new());
+        };
+        let (s, mut bytes) = (self.starts[self.blocks.len() - 1], b.unpack());
+        let line = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        bytes.drain(..line);
+        (s + line, bytes)
     }
 }
 
