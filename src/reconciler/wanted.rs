@@ -213,7 +213,7 @@ impl Reconciler {
                         // renewed).
                         f.unwanted.push(old.id.clone());
                         ids.lock().watch(&old.id, None);
-                        (!old.unconfigured).then(|| apply(old, Event::Unconfigured, now))
+                        unconfigured(old, now)
                     }
                 }
             }
@@ -367,9 +367,7 @@ impl Reconciler {
                         out.lock().unwrap_or_else(PoisonError::into_inner)[k] = Some(due);
                         new
                     }
-                    None => old
-                        .filter(|old| !old.unconfigured)
-                        .map(|old| apply(old, Event::Unconfigured, now)),
+                    None => old.and_then(|old| unconfigured(old, now)),
                 }),
             )
             .await?;
@@ -408,6 +406,12 @@ impl Reconciler {
             Err(e) => tracing::error!(cert = %id, error = %e, "prune: the store kept the record"),
         }
     }
+}
+
+/// The record of a certificate no longer listed, marked so (status, dump and metrics say it is
+/// not renewed); `None` when it already is. The start-up pass and a reload mark it alike.
+fn unconfigured(old: &Record, now: UnixTime) -> Option<Record> {
+    (!old.unconfigured).then(|| apply(old, Event::Unconfigured, now))
 }
 
 /// Whether the spec of `spec`'s id as last synced has the hash `hash`.
