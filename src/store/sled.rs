@@ -62,29 +62,22 @@ impl Inner {
         };
         super::private_dir(data_dir).map_err(|e| open_err(e.to_string()))?;
         let path = data_dir.join(STORE_DIR);
-        // sled's page cache defaults to 1 GiB; records are small and read once at start.
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(32 * 1024 * 1024)
-            // Every write is flushed explicitly; no background flusher waking an idle daemon.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                let msg = e.to_string();
-                if matches!(e, sled::Error::Corruption { .. }) {
-                    StoreError::Damaged {
-                        path: path.clone(),
-                        detail: format!("sled cannot read it: {msg}"),
-                    }
-                } else if msg.contains("lock")
-                    || msg.contains("WouldBlock")
-                    || msg.contains("temporarily unavailable")
-                {
-                    StoreError::Locked(data_dir.to_path_buf())
-                } else {
-                    open_err(msg)
+        let db = open::open(&path).map_err(|e| {
+            let msg = e.to_string();
+            if matches!(e, sled::Error::Corruption { .. }) {
+                StoreError::Damaged {
+                    path: path.clone(),
+                    detail: format!("sled cannot read it: {msg}"),
                 }
-            })?;
+            } else if msg.contains("lock")
+                || msg.contains("WouldBlock")
+                || msg.contains("temporarily unavailable")
+            {
+                StoreError::Locked(data_dir.to_path_buf())
+            } else {
+                open_err(msg)
+            }
+        })?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         let inner = Inner {
             data_dir: data_dir.to_path_buf(),
@@ -483,6 +476,7 @@ mod blocking;
 pub(crate) mod codec;
 use codec::{decode, encode};
 pub mod marker;
+mod open;
 pub mod snapshot;
 pub use blocking::SledStore;
 #[cfg(test)]

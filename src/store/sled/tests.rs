@@ -32,7 +32,7 @@ fn when_unlocked<T>(
 }
 
 /// Opens the store at `dir` again ([`when_unlocked`]).
-fn reopen(dir: &Path) -> Result<Inner, StoreError> {
+pub(super) fn reopen(dir: &Path) -> Result<Inner, StoreError> {
     when_unlocked(std::time::Duration::from_secs(10), || Inner::open(dir))
 }
 
@@ -138,7 +138,7 @@ fn certificate_and_key_are_stored_together() {
     assert_eq!(store.get("b.test").unwrap(), None);
     drop(store);
     // Everything is there after reopening, and a second opener is told the store is locked.
-    let store = Inner::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).unwrap();
     let mut all = Vec::new();
     store.for_each_record(|r| all.push(r)).unwrap();
     assert_eq!(all, vec![issued]);
@@ -152,7 +152,7 @@ fn certificate_and_key_are_stored_together() {
 
 /// A store with `n` issued certificates (record, chain and key each), an account and a
 /// runtime addition, as the daemon leaves it.
-fn filled(dir: &Path, n: usize) -> Inner {
+pub(super) fn filled(dir: &Path, n: usize) -> Inner {
     let store = Inner::open(dir).unwrap();
     store.seal().unwrap();
     for i in 0..n {
