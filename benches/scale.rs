@@ -2,7 +2,7 @@
 //! list such as "100000,1000000" runs each), measured on what an operator does often: start-up
 //! to healthy and to the end of the pass over every record, idle RSS and CPU, `/metrics`, `status` (summary, one certificate, every certificate),
 //! `status --check`, `domains add`, a DOMAINS_FILE change of one line (SIGHUP), and `state dump`
-//! (time and the peak RSS of the CLI and of the daemon). No CA and no HAProxy are involved
+//! (time and the peak RSS of the CLI and of the daemon), then a restart after a clean stop. No CA and no HAProxy are involved
 //! (HAPROXY_RUNTIME_API unset): what is measured is the daemon's own cost per operation.
 //!
 //! `cargo bench --bench scale` (release build). Settings (environment): SCALE_N, SCALE_RUNS
@@ -237,35 +237,13 @@ fn measure(rows: &mut Rows, bin: &str, dir: &Path, run: usize) {
         let out = c.args(args).output().unwrap();
         (t0.elapsed().as_secs_f64() * 1000.0, out)
     };
-    let mut c = Command::new(bin);
-    env(&mut c);
-    let t0 = Instant::now();
-    let mut child = c
-        .arg("run")
-        .env("ADMIN_LISTEN", admin.to_string())
-        .env("RESPONDER_LISTEN", &responder)
-        .env("RUST_LOG", "info")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (child, t0) = start(bin, &env, admin, &responder, &log);
     let pid = child.id();
-    loop {
-        if let Some((200, _)) = get(admin, "/healthz") {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("the daemon exited ({status}):\n{log}");
-        }
-        assert!(t0.elapsed() < Duration::from_secs(600), "never healthy");
-        std::thread::sleep(Duration::from_millis(2));
-    }
     rows.push(
         "start-up to healthy",
         "s",
         t0.elapsed().as_secs_f64(),
-        "spawn to /healthz 200",
+        "spawn to /healthz 200; sled replays all the seeding wrote (as after a crash)",
     );
     rows.push(
         "peak RSS when healthy (VmHWM)",
@@ -274,14 +252,7 @@ fn measure(rows: &mut Rows, bin: &str, dir: &Path, run: usize) {
         "",
     );
     // The pass over every record (the view filled, admin answers other than /healthz).
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("reconciler ready")
-    {
-        assert!(Instant::now() < deadline, "no pass over the store");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    ready(&log);
     rows.push(
         "start-up to the pass over every record done",
         "s",
@@ -488,6 +459,70 @@ fn measure(rows: &mut Rows, bin: &str, dir: &Path, run: usize) {
         "start-up pass, reads, dump",
     );
     stop(child);
+    // A restart after that clean stop, as an upgrade or a reboot does: sled replays its log
+    // from the snapshot it wrote when it was last opened, so only what this run wrote.
+    let log = dir.join("daemon-restart.log");
+    let (child, t0) = start(bin, &env, admin, &responder, &log);
+    rows.push(
+        "restart after a clean stop, to healthy",
+        "s",
+        t0.elapsed().as_secs_f64(),
+        "spawn to /healthz 200",
+    );
+    ready(&log);
+    rows.push(
+        "restart after a clean stop, to the pass over every record done",
+        "s",
+        t0.elapsed().as_secs_f64(),
+        "spawn to `reconciler ready` in the log",
+    );
+    stop(child);
+}
+
+/// Starts the daemon (`run`) and waits until `/healthz` answers 200: the child and when it was
+/// spawned.
+fn start(
+    bin: &str,
+    env: &dyn Fn(&mut Command),
+    admin: SocketAddr,
+    responder: &str,
+    log: &Path,
+) -> (Child, Instant) {
+    let mut c = Command::new(bin);
+    env(&mut c);
+    let t0 = Instant::now();
+    let mut child = c
+        .arg("run")
+        .env("ADMIN_LISTEN", admin.to_string())
+        .env("RESPONDER_LISTEN", responder)
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Some((200, _)) = get(admin, "/healthz") {
+            return (child, t0);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("the daemon exited ({status}):\n{log}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(600), "never healthy");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits for the daemon's pass over every record (`reconciler ready` in its log).
+fn ready(log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("reconciler ready")
+    {
+        assert!(Instant::now() < deadline, "no pass over the store");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn stop(mut child: Child) {

@@ -47,6 +47,11 @@ struct Inner {
     /// Set when a write failed: after an I/O error sled refuses every later write (and its
     /// memory may hold what did not reach the disk), so this database must be opened again.
     failed: AtomicBool,
+    /// The log's bytes flushed since this database was opened: what the next open replays.
+    flushed: std::sync::atomic::AtomicU64,
+    /// Set once this database was found to have written enough to be opened again (see
+    /// `blocking/reopen.rs`).
+    checkpoint_asked: AtomicBool,
 }
 
 /// A write error outside `Inner`'s own writes (the marker, a snapshot being restored).
@@ -92,6 +97,8 @@ impl Inner {
             record_lock: std::sync::Mutex::new(()),
             added_lock: std::sync::Mutex::new(()),
             failed: AtomicBool::new(false),
+            flushed: std::sync::atomic::AtomicU64::new(0),
+            checkpoint_asked: AtomicBool::new(false),
             db,
         };
         inner.check_marker(&path)?;
@@ -119,7 +126,9 @@ impl Inner {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.write_err(e))
+        let bytes = self.db.flush().map_err(|e| self.write_err(e))?;
+        self.flushed.fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Serializes read-modify-write cycles on records (see `record_lock`). Hold it from the

@@ -20,10 +20,6 @@ use haproxy_acme_state::{Record, UnixTime};
 use super::Inner;
 use crate::store::{AddedFn, SomeFn, Store, StoreError, SweepFn, UpdateFn};
 
-/// A pass over this many records or more is followed by opening the store again
-/// ([`SledStore::shed_after`]).
-const SHED_AFTER: usize = 10_000;
-
 /// How often a broken store tries to open again (each try first writes a probe file).
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// The probe written before a reopen: sled fills the rest of its last 512 KiB log segment with
@@ -42,8 +38,12 @@ struct Shared {
     /// Whether a pass over many records is followed by opening the store again
     /// ([`SledStore::shed_after`]): the daemon's store only (a command exits soon anyway).
     sheds: std::sync::atomic::AtomicBool,
-    /// How many times a pass made it open again (the tests' view).
+    /// How many times it was opened again (the tests' view).
     shed_count: std::sync::atomic::AtomicU64,
+    /// [`reopen::CHECKPOINT_BYTES`], lower in tests.
+    checkpoint_bytes: std::sync::atomic::AtomicU64,
+    /// A write found the database due to be opened again ([`Shared::note_written`]).
+    checkpoint_due: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -80,12 +80,16 @@ impl SledStore {
                 }),
                 sheds: std::sync::atomic::AtomicBool::new(false),
                 shed_count: std::sync::atomic::AtomicU64::new(0),
+                checkpoint_bytes: std::sync::atomic::AtomicU64::new(reopen::CHECKPOINT_BYTES),
+                checkpoint_due: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
 
-    /// From now on, a pass over many records drops the pages it read
-    /// ([`SledStore::shed_after`]): for a long-lived process (the daemon).
+    /// From now on, the database is opened again after a pass over many records, to drop the
+    /// pages it read ([`SledStore::shed_after`]), and after much was written since it was
+    /// opened, so that the next start replays little of its log ([`Shared::note_written`]):
+    /// for a long-lived process (the daemon).
     pub fn shed_pages(&self) {
         self.shared
             .sheds
@@ -138,23 +142,6 @@ impl SledStore {
         self.blocking(Access::Write, |s| s.seal()).await
     }
 
-    /// After a pass over `n` records: when they are many, the database is opened again, which
-    /// drops every page the pass read. sled 0.34 counts only written pages towards its cache
-    /// limit and never evicts a page it only read, so one pass over 100,000 records kept ~110
-    /// MiB of nodes (heaptrack, BENCHMARKS.md) for good; opening again takes ~0.1 s at 100,000
-    /// records, ~1 s at 1,000,000 (its debug log line), and loses nothing (every write is
-    /// flushed).
-    /// Not waited for: a call meanwhile waits for the database, not the pass's caller. Only
-    /// once [`SledStore::shed_pages`] asked for it.
-    fn shed_after(&self, n: usize) {
-        use std::sync::atomic::Ordering;
-        if n < SHED_AFTER || !self.shared.sheds.load(Ordering::Relaxed) {
-            return;
-        }
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.shed());
-    }
-
     /// Runs `f` on the blocking pool (sled reads may hit the disk, writes fsync).
     async fn blocking<R: Send + 'static>(
         &self,
@@ -162,9 +149,11 @@ impl SledStore {
         f: impl FnOnce(&Inner) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.call(access, f))
+        let result = tokio::task::spawn_blocking(move || shared.call(access, f))
             .await
-            .map_err(|e| StoreError::Write(format!("store task failed: {e}")))?
+            .map_err(|e| StoreError::Write(format!("store task failed: {e}")))?;
+        self.checkpoint_if_due();
+        result
     }
 }
 
@@ -201,6 +190,9 @@ impl Shared {
             }
         };
         let result = f(inner);
+        if access == Access::Write {
+            self.note_written(inner);
+        }
         let failed = inner.failed();
         drop(state);
         if let (true, Err(e)) = (failed, &result) {
@@ -223,38 +215,6 @@ impl Shared {
                 last_try: None,
             });
         }
-    }
-
-    /// Drops the open database and opens it again (see [`SledStore::shed_after`]), then gives
-    /// the freed memory back to the system. A failed open leaves the store broken, as after a
-    /// failed write: [`Shared::heal`] tries again.
-    fn shed(&self) {
-        let t0 = Instant::now();
-        let mut state = self.write();
-        if state.broken.is_some() || state.inner.is_none() {
-            return;
-        }
-        state.inner = None;
-        match Inner::open(&self.data_dir) {
-            Ok(inner) => {
-                state.inner = Some(inner);
-                self.shed_count
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the store again after a pass over every record; retrying");
-                state.broken = Some(Broken {
-                    error: e.to_string(),
-                    last_try: Some(Instant::now()),
-                });
-            }
-        }
-        drop(state);
-        crate::memory::trim();
-        tracing::debug!(
-            ms = t0.elapsed().as_millis() as u64,
-            "store opened again to drop the pages a pass over every record read"
-        );
     }
 
     /// Opens the store again if it is broken and a try is due: once a probe file fits on the
@@ -307,6 +267,8 @@ fn room(dir: &Path) -> std::io::Result<()> {
     written?;
     removed
 }
+
+mod reopen;
 
 #[async_trait]
 impl Store for SledStore {

@@ -59,6 +59,22 @@ fn unfinished_snapshots(path: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// sled's newest finished snapshot in `path` and its log position.
+#[cfg(test)]
+pub(super) fn newest_snapshot(path: &Path) -> Option<(PathBuf, u64)> {
+    let finished = std::fs::read_dir(path)
+        .ok()?
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("snap.") && !name.ends_with(UNFINISHED)
+        })
+        .max()?;
+    let name = finished.file_name()?.to_str()?;
+    let lsn = u64::from_str_radix(name.trim_start_matches("snap."), 16).ok()?;
+    Some((finished, lsn))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::{filled, reopen};
@@ -73,17 +89,8 @@ mod tests {
         let store = reopen(dir).unwrap();
         let generation = store.generation().unwrap();
         drop(store);
-        let finished = std::fs::read_dir(dir.join(STORE_DIR))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                let name = p.file_name().unwrap().to_str().unwrap();
-                name.starts_with("snap.") && !name.ends_with(UNFINISHED)
-            })
-            .max()
+        let (finished, lsn) = newest_snapshot(&dir.join(STORE_DIR))
             .expect("sled writes a snapshot when it opens a log that grew");
-        let name = finished.file_name().unwrap().to_str().unwrap();
-        let lsn = u64::from_str_radix(name.trim_start_matches("snap."), 16).unwrap();
         (generation, finished, lsn)
     }
 
