@@ -241,8 +241,8 @@ fn measure(rows: &mut Rows, bin: &str, dir: &Path, run: usize) {
     let pid = child.id();
     rows.push(
         "start-up to healthy",
-        "s",
-        t0.elapsed().as_secs_f64(),
+        "ms",
+        t0.elapsed().as_secs_f64() * 1000.0,
         "spawn to /healthz 200; sled replays all the seeding wrote (as after a crash)",
     );
     rows.push(
@@ -255,8 +255,8 @@ fn measure(rows: &mut Rows, bin: &str, dir: &Path, run: usize) {
     ready(&log);
     rows.push(
         "start-up to the pass over every record done",
-        "s",
-        t0.elapsed().as_secs_f64(),
+        "ms",
+        t0.elapsed().as_secs_f64() * 1000.0,
         "spawn to `reconciler ready` in the log",
     );
     std::thread::sleep(Duration::from_secs(5));
@@ -465,15 +465,15 @@ fn measure(rows: &mut Rows, bin: &str, dir: &Path, run: usize) {
     let (child, t0) = start(bin, &env, admin, &responder, &log);
     rows.push(
         "restart after a clean stop, to healthy",
-        "s",
-        t0.elapsed().as_secs_f64(),
+        "ms",
+        t0.elapsed().as_secs_f64() * 1000.0,
         "spawn to /healthz 200",
     );
     ready(&log);
     rows.push(
         "restart after a clean stop, to the pass over every record done",
-        "s",
-        t0.elapsed().as_secs_f64(),
+        "ms",
+        t0.elapsed().as_secs_f64() * 1000.0,
         "spawn to `reconciler ready` in the log",
     );
     stop(child);
