@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{cpu_ticks, proc_status, wait_until, Daemon, Env};
+use common::{cpu_ticks, median, proc_status, wait_until, Daemon, Env};
 use haproxy_acme::config::RuntimeApiAddr;
 use haproxy_acme::installer::{Haproxy, Installer};
 use rustls::pki_types::pem::PemObject;
@@ -41,20 +41,6 @@ struct Row {
     unit: &'static str,
     samples: Vec<f64>,
     note: String,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
 }
 
 /// A TLS handshake with HAProxy for `name` that verifies against pebble's root: true when

@@ -17,6 +17,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::median;
 use haproxy_acme::store::sled::SledStore;
 use haproxy_acme::store::Store;
 
@@ -123,15 +124,5 @@ fn open_timed(data: &std::path::Path) -> (SledStore, f64) {
             }
             Err(e) => panic!("{e}"),
         }
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }

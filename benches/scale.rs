@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cpu_ticks, proc_status};
+use common::{cpu_ticks, median, proc_status};
 
 const DIRECTORY: &str = "https://127.0.0.1:9/dir";
 
@@ -167,16 +167,6 @@ impl Rows<'_> {
             .entry((self.n, what.to_string(), self.label.to_string()))
             .or_insert_with(|| (unit.to_string(), note.to_string(), Vec::new()));
         e.2.push(value);
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 

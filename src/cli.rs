@@ -342,6 +342,23 @@ pub struct RawSettings {
     pub preflight_tls_address: Option<String>,
 }
 
+impl RawSettings {
+    /// DATA_DIR as set, or its default (what `Config::from_raw` takes).
+    pub fn data_dir_or_default(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| crate::config::settings::DEFAULT_DATA_DIR.into())
+    }
+
+    /// Whether POSTGRES_URL is set: a fleet, whose store is not in DATA_DIR.
+    pub fn is_fleet(&self) -> bool {
+        self.postgres_url
+            .as_ref()
+            .is_some_and(|u| !u.expose().trim().is_empty())
+    }
+}
+
 /// Parses the command line. `options` is the content of the `OPTIONS` variable (the old stack's
 /// extra flags, e.g. `--staging`): its words are inserted before the real arguments, so a flag
 /// given on the command line still wins.

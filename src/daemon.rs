@@ -59,7 +59,12 @@ impl From<StoreError> for DaemonError {
 }
 
 /// Runs the daemon until `triggers.shutdown` turns true.
-pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    wanted: WantedSet,
+    triggers: Triggers,
+    early: Option<EarlyStore>,
+) -> Result<(), DaemonError> {
     let Triggers { shutdown, reload } = triggers;
     // The configured profiles are offered by the CA (a CA not reached lets this pass).
     crate::acme::directory::check_profiles(&config, wanted.initial())
@@ -107,7 +112,11 @@ pub async fn run(config: Config, wanted: WantedSet, triggers: Triggers) -> Resul
             (Arc::new(pg.clone()), Some(pg))
         }
         None => {
-            let sled = Arc::new(open_store_waiting(&config.data_dir).await?);
+            let sled = match early {
+                Some(early) => early.take(&config.data_dir).await?,
+                None => open_store_waiting(&config.data_dir).await?,
+            };
+            let sled = Arc::new(sled);
             sled.shed_pages();
             if sled.unmarked() {
                 // A store with no marker to judge it by (new, restored, or DATA_DIR wiped):
@@ -351,6 +360,58 @@ async fn connect_waiting(
 /// Opens the store for the daemon. A CLI command that found no daemon (`state dump` during a
 /// restart) holds the lock for a moment: wait for it rather than fail, but not for long, since
 /// another daemon on the same DATA_DIR holds it for good.
+/// The sled store opened on a thread of its own while `main` reads the configuration: sled's
+/// open reads its log (at 1,000,000 certificates ~2 s, mostly I/O), the parse of DOMAINS_FILE
+/// is CPU (~2 s there), and neither needs the other. Started for `run` only, and only when
+/// DATA_DIR already holds a store and no fleet is set, so a configuration refused creates
+/// nothing; a store refused (damaged, locked) is opened again the usual way and reported then.
+pub struct EarlyStore {
+    data_dir: std::path::PathBuf,
+    /// `None` once taken.
+    opening: Option<std::thread::JoinHandle<Result<SledStore, StoreError>>>,
+}
+
+impl EarlyStore {
+    pub fn start(raw: &crate::cli::RawSettings) -> Option<EarlyStore> {
+        let data_dir = raw.data_dir_or_default();
+        if raw.is_fleet() || !SledStore::exists(&data_dir) {
+            return None;
+        }
+        let dir = data_dir.clone();
+        let opening = std::thread::Builder::new()
+            .name("store-open".into())
+            .spawn(move || SledStore::open(&dir))
+            .ok()?;
+        Some(EarlyStore {
+            data_dir,
+            opening: Some(opening),
+        })
+    }
+
+    /// The store it opened, or, if it was refused or opened another DATA_DIR, the store
+    /// opened the usual way.
+    async fn take(mut self, data_dir: &Path) -> Result<SledStore, StoreError> {
+        let same = self.data_dir == data_dir;
+        let opening = self.opening.take();
+        let opened = tokio::task::spawn_blocking(move || opening.map(|o| o.join())).await;
+        match opened {
+            Ok(Some(Ok(Ok(store)))) if same => Ok(store),
+            // Dropped (and its lock let go) before the usual open.
+            _ => open_store_waiting(data_dir).await,
+        }
+    }
+}
+
+impl Drop for EarlyStore {
+    /// A start that stopped before the store was taken waits for the open and closes the
+    /// store, rather than exit during sled's open.
+    fn drop(&mut self) {
+        if let Some(opening) = self.opening.take() {
+            let _ = opening.join();
+        }
+    }
+}
+
 async fn open_store_waiting(data_dir: &Path) -> Result<SledStore, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {

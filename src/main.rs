@@ -87,10 +87,15 @@ fn main() -> ExitCode {
         | Command::MigrateStore
         | Command::DnsPersistRecord { .. } => Need::StoreOnly,
     };
+    // The daemon's store opens while the configuration is read (`daemon::EarlyStore`).
+    let early = matches!(cli.command, Command::Run)
+        .then(|| daemon::EarlyStore::start(&cli.settings))
+        .flatten();
     let (config, wanted) = match Config::from_raw(&cli.settings, need) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
+            drop(early);
             return ExitCode::from(2);
         }
     };
@@ -157,7 +162,7 @@ fn main() -> ExitCode {
             until.as_deref(),
             json,
         )),
-        Command::Run => block_on(run(config, wanted)),
+        Command::Run => block_on(run(config, wanted, early)),
         Command::Rebuild => block_on(async {
             println!("{}", recovery::rebuild(&config, &wanted).await?);
             Ok(())
@@ -196,11 +201,15 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
 }
 
 /// `run`: the daemon, stopped by SIGTERM/SIGINT, re-reading its configuration on SIGHUP.
-async fn run(config: Config, wanted: WantedSet) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    wanted: WantedSet,
+    early: Option<daemon::EarlyStore>,
+) -> anyhow::Result<()> {
     let (reload, _) = tokio::sync::watch::channel(0u64);
     let reload = Arc::new(reload);
     let shutdown = signals::install(reload.clone()).context("cannot install signal handlers")?;
-    match daemon::run(config, wanted, Triggers { shutdown, reload }).await {
+    match daemon::run(config, wanted, Triggers { shutdown, reload }, early).await {
         Ok(()) => Ok(()),
         Err(DaemonError::Config(e)) => Err(Exit(2, e.to_string()).into()),
         Err(DaemonError::StoreDamaged(e)) => {

@@ -280,6 +280,53 @@ fn settings_that_must_be_refused_at_start_exit_2_naming_them() {
     );
 }
 
+/// `run` opens an existing store while it reads the configuration (`daemon::EarlyStore`): a
+/// configuration refused then still exits 2 naming the setting, and leaves the store as it was,
+/// closed and whole.
+#[test]
+fn a_refused_configuration_leaves_an_existing_store_closed_and_whole() {
+    use haproxy_acme::store::{sled::SledStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let record = |id: &str| {
+        haproxy_acme_state::Record::new(
+            vec![id.to_string()],
+            haproxy_acme_state::KeyType::EcdsaP256,
+            1,
+        )
+    };
+    {
+        let store = SledStore::open(&data).unwrap();
+        let records = (0..200).map(|i| record(&format!("r{i}.example.test")));
+        rt.block_on((&store as &dyn Store).put_all(records.collect()))
+            .unwrap();
+    }
+    for _ in 0..3 {
+        let out = std::process::Command::new(BIN)
+            .arg("run")
+            .env_clear()
+            .env("DOMAINS", "a.example.test")
+            .env("DATA_DIR", &data)
+            .env("CERTS_DIR", dir.path().join("certs"))
+            .env("RESPONDER_LISTEN", "127.0.0.1:0")
+            .env("KEY_TYPE", "ecdsa-p255")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("KEY_TYPE"), "{err}");
+        // Closed at exit: opened here at once (a store still open would be locked).
+        let store = SledStore::open(&data).unwrap_or_else(|e| panic!("after `run`: {e}"));
+        let ids = rt.block_on((&store as &dyn Store).records()).unwrap();
+        assert_eq!(ids.len(), 200, "every record kept");
+    }
+    assert!(
+        !dir.path().join("certs").exists(),
+        "nothing else is created before the configuration is valid"
+    );
+}
+
 /// The daemon's resident memory in KiB (VmRSS).
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -15,7 +15,7 @@ use crate::cli::RawSettings;
 
 pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
-const DEFAULT_DATA_DIR: &str = "/var/lib/haproxy-acme";
+pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/haproxy-acme";
 const DEFAULT_CERTS_DIR: &str = "/etc/haproxy/certs";
 const DEFAULT_RESPONDER_LISTEN: &str = "0.0.0.0:80";
 
@@ -236,7 +236,7 @@ impl Config {
         }
 
         let nonempty = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
-        let data_dir = nonempty(&raw.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let data_dir = raw.data_dir_or_default();
         let certs_dir = nonempty(&raw.certs_dir).unwrap_or_else(|| DEFAULT_CERTS_DIR.into());
         let haproxy_certs_dir =
             nonempty(&raw.haproxy_certs_dir).unwrap_or_else(|| certs_dir.clone());

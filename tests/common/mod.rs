@@ -1465,3 +1465,14 @@ pub fn timed_json_lines(log: &str) -> impl Iterator<Item = (f64, serde_json::Val
         Some((t.unix_timestamp_nanos() as f64 / 1e9, v))
     })
 }
+
+/// The median of `v` (NaN when empty): the benches' figure.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
