@@ -357,9 +357,6 @@ async fn connect_waiting(
     }
 }
 
-/// Opens the store for the daemon. A CLI command that found no daemon (`state dump` during a
-/// restart) holds the lock for a moment: wait for it rather than fail, but not for long, since
-/// another daemon on the same DATA_DIR holds it for good.
 /// The sled store opened on a thread of its own while `main` reads the configuration: sled's
 /// open reads its log (at 1,000,000 certificates ~2 s, mostly I/O), the parse of DOMAINS_FILE
 /// is CPU (~2 s there), and neither needs the other. Started for `run` only, and only when
@@ -412,6 +409,9 @@ impl Drop for EarlyStore {
     }
 }
 
+/// Opens the store for the daemon. A CLI command that found no daemon (`state dump` during a
+/// restart) holds the lock for a moment: wait for it rather than fail, but not for long, since
+/// another daemon on the same DATA_DIR holds it for good.
 async fn open_store_waiting(data_dir: &Path) -> Result<SledStore, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
