@@ -1,8 +1,8 @@
 //! Opening the sled database, past sled 0.34's one crash-recovery gap: a snapshot file it was
 //! writing when the process died (`snap.<lsn>.generating`) is taken for a finished one.
 //!
-//! sled writes its page-table snapshot (at every open whose log has grown, and every million
-//! operations) into `snap.<lsn>.generating`, syncs it and renames it to `snap.<lsn>`. Its reader
+//! sled writes its page-table snapshot (only when it opens a database whose log grew since the
+//! last snapshot) into `snap.<lsn>.generating`, syncs it and renames it to `snap.<lsn>`. Its reader
 //! lists every `snap.` file except a `.in___motion` suffix it no longer writes, sorts them and
 //! reads the last: a `.generating` file left by a kill sorts after the finished snapshot of the
 //! same or an older position, and a short one is refused as corruption. Such a file holds
