@@ -123,6 +123,15 @@ mod tests {
     use super::*;
     use crate::store::{Change, Store};
 
+    /// Puts a new record `id`: one durable write.
+    async fn put(store: &Arc<dyn Store>, id: &str) {
+        let r = Record::new(vec![id.to_string()], KeyType::EcdsaP256, 1);
+        store
+            .update(id, move |_| (Change::Put(r), ()))
+            .await
+            .unwrap();
+    }
+
     /// Puts records one durable write each, ids from `from` on, until the store was opened
     /// again `sheds` times: how many.
     async fn write_until(
@@ -135,12 +144,7 @@ mod tests {
         let mut written = 0;
         while sled.sheds() < sheds {
             assert!(Instant::now() < deadline, "{written} writes and no reopen");
-            let id = format!("w{}.test", from + written);
-            let r = Record::new(vec![id.clone()], KeyType::EcdsaP256, 1);
-            store
-                .update(&id, move |_| (Change::Put(r), ()))
-                .await
-                .unwrap();
+            put(store, &format!("w{}.test", from + written)).await;
             written += 1;
         }
         written
@@ -183,12 +187,7 @@ mod tests {
         sled.shared.checkpoint_bytes.store(1, Ordering::Relaxed);
         let store: Arc<dyn Store> = sled.clone();
         for i in 0..20 {
-            let id = format!("c{i}.test");
-            let r = Record::new(vec![id.clone()], KeyType::EcdsaP256, 1);
-            store
-                .update(&id, move |_| (Change::Put(r), ()))
-                .await
-                .unwrap();
+            put(&store, &format!("c{i}.test")).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(sled.sheds(), 0);
