@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Env, BIN};
+use common::{median, Env, BIN};
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
@@ -35,16 +35,6 @@ const POLL: RetryPolicy = RetryPolicy::new()
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let m = v.len() / 2;
-    match v.len() {
-        0 => f64::NAN,
-        l if l % 2 == 1 => v[m],
-        _ => (v[m - 1] + v[m]) / 2.0,
-    }
 }
 
 /// The minimal client's HTTP-01 responder: `GET /.well-known/acme-challenge/<token>` answered
@@ -124,9 +114,10 @@ async fn issue(account: &Account, name: String, tokens: &Tokens) -> Result<(), S
     Ok(())
 }
 
-/// The CA's ceiling: `n` certificates by the minimal client, `c` at once. Its responder holds
-/// haproxy-acme's responder port (where HAProxy's be_acme points) until it returns.
-fn minimal_client(env: &Env, n: usize, c: usize, prefix: &str) -> Duration {
+/// The CA's ceiling: `n` certificates by the minimal client, `c` at once, or how far it got
+/// when no certificate came for 60 s. Its responder holds haproxy-acme's responder port (where
+/// HAProxy's be_acme points) until it returns.
+fn minimal_client(env: &Env, n: usize, c: usize, prefix: &str) -> Result<Duration, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -155,9 +146,12 @@ fn minimal_client(env: &Env, n: usize, c: usize, prefix: &str) -> Duration {
         .expect("account");
         let started = Instant::now();
         let gate = Arc::new(tokio::sync::Semaphore::new(c));
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut tasks: tokio::task::JoinSet<Result<(), String>> = tokio::task::JoinSet::new();
         for i in 0..n {
-            let permit = gate.clone().acquire_owned().await.unwrap();
+            let permit = match tokio::time::timeout(STALL, gate.clone().acquire_owned()).await {
+                Ok(permit) => permit.unwrap(),
+                Err(_) => return Err(stuck(i - c, n)),
+            };
             let (account, tokens) = (account.clone(), tokens.clone());
             let name = format!("{prefix}{i}.tp.test");
             tasks.spawn(async move {
@@ -169,17 +163,45 @@ fn minimal_client(env: &Env, n: usize, c: usize, prefix: &str) -> Duration {
                 }
             });
         }
-        while let Some(done) = tasks.join_next().await {
-            done.unwrap().expect("the minimal client's issuance");
+        loop {
+            match tokio::time::timeout(STALL, tasks.join_next()).await {
+                Ok(Some(finished)) => finished.unwrap().expect("the minimal client's issuance"),
+                Ok(None) => break,
+                Err(_) => return Err(stuck(n - tasks.len(), n)),
+            }
         }
         let took = started.elapsed();
         server.abort();
-        took
+        Ok(took)
     })
 }
 
-/// haproxy-acme with CONCURRENCY=`conc`: time from its start to all `n` served, and its log.
-fn daemon(env: &Env, n: usize, conc: usize, prefix: &str, timeout: Duration) -> (Duration, String) {
+/// No certificate for so long: pebble 2.10's store deadlocked (letsencrypt/pebble#270).
+const STALL: Duration = Duration::from_secs(60);
+
+/// The CPU seconds of the harness's processes, in words.
+fn cpu_of(env: &Env) -> String {
+    let parts: Vec<String> = env
+        .cpu_seconds()
+        .iter()
+        .map(|(name, s)| format!("{name} {s:.1} s"))
+        .collect();
+    parts.join(", ")
+}
+
+fn stuck(k: usize, n: usize) -> String {
+    format!("not measured: pebble deadlocked at {k} of {n} (pebble#270)")
+}
+
+/// haproxy-acme with CONCURRENCY=`conc`: time from its start to all `n` served, and its log;
+/// or how far it got when none was served for 60 s.
+fn daemon(
+    env: &Env,
+    n: usize,
+    conc: usize,
+    prefix: &str,
+    timeout: Duration,
+) -> (Result<Duration, String>, String) {
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}.tp.test")).collect();
     let data_dir = env.dir.path().join(format!("data-{prefix}"));
     let crt_list = env.crt_list_name();
@@ -204,14 +226,13 @@ fn daemon(env: &Env, n: usize, conc: usize, prefix: &str, timeout: Duration) -> 
         if k != last.0 {
             last = (k, Instant::now());
         }
-        // Seen once at CONCURRENCY=32: pebble's in-memory store deadlocked (its goroutines
-        // waiting on each other's locks, FindValidAuthorization vs AddChallenge): say so
-        // rather than wait for the timeout.
-        assert!(
-            last.1.elapsed() < Duration::from_secs(60),
-            "CONCURRENCY={conc}: stuck at {k} of {n} served for 60 s (pebble deadlocked? \
-             kill -QUIT it for its goroutines)"
-        );
+        // Seen at CONCURRENCY=32: pebble's in-memory store deadlocked (its goroutines waiting
+        // on each other's locks, FindValidAuthorization vs an authorization's POST-as-GET):
+        // say so rather than wait for the timeout.
+        if last.1.elapsed() > STALL {
+            assert!(d.terminate().success());
+            return (Err(stuck(k, n)), d.log_text());
+        }
         assert!(
             started.elapsed() < timeout,
             "CONCURRENCY={conc}: {k} of {n} served after {timeout:?}"
@@ -219,87 +240,145 @@ fn daemon(env: &Env, n: usize, conc: usize, prefix: &str, timeout: Duration) -> 
         std::thread::sleep(Duration::from_millis(100));
     }
     let took = started.elapsed();
+    let cpu = common::tree_cpu_ticks(d.pid()) as f64 / 100.0;
     assert!(d.terminate().success());
-    (took, d.log_text())
+    eprintln!("CPU: haproxy-acme {cpu:.1} s, {}", cpu_of(env));
+    (Ok(took), d.log_text())
 }
 
-/// From a JSON log: seconds after the first line of the first and last "order created", and of
-/// the last "installed" line, to see where the time goes.
+/// From a JSON log: when orders were created, and the medians of each certificate's phases
+/// (order created → issued and stored → installed → renewal window asked), to see where the
+/// time goes.
 fn log_marks(log: &str) -> String {
     let mut first: Option<f64> = None;
-    let (mut orders, mut last_order, mut last_install) = (0, 0.0, 0.0);
+    let (mut orders, mut last_order) = (0, 0.0);
+    let mut at: HashMap<String, [Option<f64>; 4]> = HashMap::new();
     for (t, v) in common::timed_json_lines(log) {
         let t0 = *first.get_or_insert(t);
         let msg = v["fields"]["message"].as_str().unwrap_or("");
-        if msg == "order created" {
+        let phase = match msg {
+            "order created" => 0,
+            "certificate issued and stored" => 1,
+            "certificate installed" => 2,
+            "renewal window from the CA" => 3,
+            _ => continue,
+        };
+        if phase == 0 {
             orders += 1;
             last_order = t - t0;
         }
-        if msg.contains("installed") {
-            last_install = t - t0;
-        }
+        let cert = v["fields"]["cert"].as_str().unwrap_or("").to_string();
+        at.entry(cert).or_default()[phase].get_or_insert(t);
     }
-    format!("{orders} orders, last created at {last_order:.1} s, last install line at {last_install:.1} s")
+    let step = |a: usize, b: usize| {
+        let d: Vec<f64> = at
+            .values()
+            .filter_map(|p| Some((p[b]? - p[a]?) * 1000.0))
+            .collect();
+        median(&d)
+    };
+    format!(
+        "{orders} orders, the last created at {last_order:.1} s; per certificate (medians): \
+         created → stored {:.0} ms, → installed {:.0} ms, → renewal window {:.0} ms",
+        step(0, 1),
+        step(1, 2),
+        step(2, 3)
+    )
+}
+
+/// A row's figure: the median of the runs that finished, or why none did.
+fn figure(runs: &[Result<Duration, String>]) -> Result<f64, String> {
+    let done: Vec<f64> = runs.iter().flatten().map(Duration::as_secs_f64).collect();
+    match runs.iter().find_map(|r| r.as_ref().err()) {
+        Some(e) if done.is_empty() => Err(e.clone()),
+        _ => Ok(median(&done)),
+    }
+}
+
+fn list(name: &str, default: &str) -> Vec<usize> {
+    setting(name, default)
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: numbers"))
+        })
+        .collect()
 }
 
 fn main() {
     let n: usize = setting("THROUGHPUT_N", "1000").parse().unwrap();
-    let client_c: usize = setting("THROUGHPUT_CLIENT_CONCURRENCY", "32")
-        .parse()
-        .unwrap();
-    let concs: Vec<usize> = setting("THROUGHPUT_CONCURRENCY", "8,32,64")
-        .split(',')
-        .map(|c| c.trim().parse().expect("THROUGHPUT_CONCURRENCY: numbers"))
-        .collect();
+    let client_cs = list("THROUGHPUT_CLIENT_CONCURRENCY", "8,16,32");
+    let concs = list("THROUGHPUT_CONCURRENCY", "8,16,32");
     let runs: usize = setting("THROUGHPUT_RUNS", "1").parse().unwrap();
     let timeout = Duration::from_secs(setting("THROUGHPUT_TIMEOUT_SECS", "900").parse().unwrap());
     eprintln!("haproxy-acme binary: {BIN}");
-    let mut client = Vec::new();
-    let mut ours: Vec<Vec<f64>> = vec![Vec::new(); concs.len()];
+    let mut client: Vec<Vec<Result<Duration, String>>> = vec![Vec::new(); client_cs.len()];
+    let mut ours: Vec<Vec<Result<Duration, String>>> = vec![Vec::new(); concs.len()];
+    // A pebble of its own per row: each row starts from the same CA state.
     for run in 0..runs {
-        let env = Env::start();
-        let t = minimal_client(&env, n, client_c, &format!("m{run}-"));
-        eprintln!(
-            "run {run}: minimal client (C={client_c}): {n} in {:.1} s",
-            t.as_secs_f64()
-        );
-        client.push(t.as_secs_f64());
-        drop(env);
+        for (k, &c) in client_cs.iter().enumerate() {
+            let env = Env::start();
+            let own = common::cpu_ticks(std::process::id());
+            let t = minimal_client(&env, n, c, &format!("m{run}c{c}-"));
+            let own = (common::cpu_ticks(std::process::id()) - own) as f64 / 100.0;
+            eprintln!("run {run}: minimal client, {c} at once: {t:.1?}");
+            eprintln!("CPU: the client {own:.1} s, {}", cpu_of(&env));
+            client[k].push(t);
+        }
         for (k, &conc) in concs.iter().enumerate() {
-            // A pebble of its own per row, as the client's: each row starts from the same CA
-            // state. (pebble 2.10 can still deadlock under concurrent orders, its store's lock
-            // order, letsencrypt/pebble#270: BENCHMARKS.md.)
             let env = Env::start();
             let (t, log) = daemon(&env, n, conc, &format!("h{run}c{conc}-"), timeout);
             eprintln!(
-                "run {run}: haproxy-acme CONCURRENCY={conc}: {n} served in {:.1} s ({})",
-                t.as_secs_f64(),
+                "run {run}: haproxy-acme CONCURRENCY={conc}: {t:.1?} ({})",
                 log_marks(&log)
             );
-            ours[k].push(t.as_secs_f64());
+            ours[k].push(t);
         }
     }
-    let ceiling = median(&mut client);
-    let row = |who: &str, secs: f64| {
-        format!(
-            "| {who} | {n} | {secs:.1} s | {:.1} | {:.2} |",
-            n as f64 / secs,
-            ceiling / secs
-        )
+    let client: Vec<Result<f64, String>> = client.iter().map(|r| figure(r)).collect();
+    let ceiling = client
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let row = |who: &str, secs: &Result<f64, String>, same: Option<&Result<f64, String>>| {
+        let ratio = |to: f64, secs: f64| format!("{:.2}", to / secs);
+        match secs {
+            Ok(secs) => format!(
+                "| {who} | {n} | {secs:.1} s | {:.1} | {} | {} |",
+                n as f64 / secs,
+                ratio(ceiling, *secs),
+                match same {
+                    Some(Ok(c)) => ratio(*c, *secs),
+                    _ => "—".to_string(),
+                }
+            ),
+            Err(e) => format!("| {who} | {n} | {e} | — | — | — |"),
+        }
     };
     let mut table = vec![
-        "| Client | N | Time to all issued (served) | Certificates/s | Ratio to the ceiling |"
+        "| Client | N | Time to all issued (served) | Certificates/s | Ratio to the ceiling | \
+         Ratio to the client at the same concurrency |"
             .to_string(),
-        "|---|---:|---:|---:|---:|".to_string(),
-        row(
-            &format!("minimal instant-acme client, {client_c} at once (the ceiling)"),
-            ceiling,
-        ),
+        "|---|---:|---:|---:|---:|---:|".to_string(),
     ];
+    for (k, &c) in client_cs.iter().enumerate() {
+        table.push(row(
+            &format!("minimal instant-acme client, {c} at once"),
+            &client[k],
+            None,
+        ));
+    }
     for (k, &conc) in concs.iter().enumerate() {
+        let same = client_cs
+            .iter()
+            .position(|&c| c == conc)
+            .map(|i| &client[i]);
         table.push(row(
             &format!("haproxy-acme, CONCURRENCY={conc}"),
-            median(&mut ours[k]),
+            &figure(&ours[k]),
+            same,
         ));
     }
     let table = table.join("\n");
@@ -310,8 +389,9 @@ fn main() {
          `cargo bench --bench throughput` (release build): {n} new single-name certificates, a \
          fresh pebble per row (`PEBBLE_VA_NOSLEEP=1`, no authorization reuse; pebble 2.10 can \
          deadlock under concurrent orders, letsencrypt/pebble#270), `RATE_LIMITS=off`, HTTP-01 \
-         through HAProxy. The ceiling is a minimal instant-acme client in the same run against \
-         such a pebble (order, answer, finalize, download; nothing stored, nothing installed). \
+         through HAProxy. The ceiling is the fastest row of a minimal instant-acme client in the \
+         same run against such a pebble (order, answer, finalize, download; nothing stored, \
+         nothing installed). \
          haproxy-acme is timed from its start to all {n} in HAProxy's crt-list (`show ssl \
          crt-list`), each CONCURRENCY with a new data directory and new names. {} run(s){}; \
          {cores} cores, shared and noisy (another build running beside it), pebble, HAProxy and \

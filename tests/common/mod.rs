@@ -420,6 +420,15 @@ pub fn duplicate_issuances(issued: &[Issued], validity_secs: i64, ari: bool) -> 
 }
 
 impl Env {
+    /// The CPU seconds so far of each process the harness started (pebble, HAProxy with its
+    /// worker, ...), by name: the benches' account of where the cores went.
+    pub fn cpu_seconds(&self) -> Vec<(&'static str, f64)> {
+        self.procs
+            .iter()
+            .map(|p| (p.name, tree_cpu_ticks(p.child.id()) as f64 / 100.0))
+            .collect()
+    }
+
     /// Starts challtestsrv, pebble and HAProxy and waits until each answers.
     pub fn start() -> Env {
         Env::start_with(None)
@@ -1452,6 +1461,23 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// [`cpu_ticks`] of a process and of every process below it (HAProxy's master and its worker).
+pub fn tree_cpu_ticks(pid: u32) -> u64 {
+    let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|task| {
+            std::fs::read_to_string(task.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    cpu_ticks(pid) + children.into_iter().map(tree_cpu_ticks).sum::<u64>()
 }
 
 /// The lines of a JSON log (`LOG_FORMAT=json`) with their time in seconds since the epoch;
