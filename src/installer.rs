@@ -83,7 +83,6 @@ impl Haproxy for Installer {
         key_pem: &str,
         meta: &CertMeta,
     ) -> Result<Method, InstallError> {
-        let _guard = self.lock.lock().await;
         let bundle = crate::pki::haproxy_bundle(chain_pem, key_pem)?;
         let name = cert_file_name(id);
         let dir = self.certs_dir.clone();
@@ -97,6 +96,10 @@ impl Haproxy for Installer {
         let Some(addr) = &self.runtime else {
             return Ok(Method::FilesOnly);
         };
+        // Only the runtime API's part is serialized: the file (each id its own, and one id is
+        // never installed twice at once) is written, fsyncs and all, while another install
+        // talks to HAProxy.
+        let _guard = self.lock.lock().await;
         let api = RuntimeApi { addr };
         let (file, crt_list) = self.haproxy_names(id);
         let crt_list = crt_list.as_str();
@@ -219,7 +222,7 @@ pub struct Installer {
     /// The same directory as HAProxy names it (runtime API file names must match its own).
     haproxy_certs_dir: PathBuf,
     runtime: Option<RuntimeApiAddr>,
-    /// HAProxy has one global SSL transaction: installs are serialized.
+    /// HAProxy has one global SSL transaction: installs' runtime-API commands are serialized.
     lock: Mutex<()>,
 }
 

@@ -82,9 +82,10 @@ fn issued(r: &Record, serial: &str) -> Record {
 
 async fn put(store: &dyn Store, change: Change) -> Result<(), StoreError> {
     let id = match &change {
-        Change::Put(r) | Change::PutWithPendingKey(r, _) | Change::PutCertificate(r, _) => {
-            r.id.clone()
-        }
+        Change::Put(r)
+        | Change::PutObservation(r)
+        | Change::PutWithPendingKey(r, _)
+        | Change::PutCertificate(r, _) => r.id.clone(),
         Change::PutAdopted { record, .. } => record.id.clone(),
         Change::Keep | Change::Delete => unreachable!("put of a record"),
     };

@@ -65,8 +65,9 @@ impl Reconciler {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(id.to_string(), std::time::Instant::now());
-                self.record(id, Event::OrderCreated { url }).await?;
-                self.budget.ordered(self.clock.now()).await
+                // The ledger's entry first: the record's flush makes both durable.
+                self.budget.ordered(self.clock.now()).await?;
+                self.record(id, Event::OrderCreated { url }).await.map(drop)
             }
             Err(e) => self.fail_acme(id, e).await,
         }
@@ -89,6 +90,7 @@ impl Reconciler {
         };
         let started = std::time::Instant::now();
         let kept = self.take_downloaded(id, url);
+        let counted = kept.is_some();
         let driven = match kept {
             Some(chain) => {
                 tracing::info!(
@@ -162,6 +164,14 @@ impl Reconciler {
                 )
                 .await;
         }
+        // The ledger's entry first, so that the certificate's flush makes both durable; once
+        // per certificate (a chain kept after a failed store write was counted then).
+        if !counted {
+            if let Err(e) = self.budget.issued(&r.names, self.clock.now()).await {
+                self.keep_downloaded(id, url, chain);
+                return Err(e);
+            }
+        }
         let stored = self
             .commit(
                 id,
@@ -180,7 +190,7 @@ impl Reconciler {
             .remove(id);
         crate::metrics::global().issued(since_order.map_or(started.elapsed(), |t| t.elapsed()));
         tracing::info!(cert = id, serial = %serial, ms = started.elapsed().as_millis() as u64, "certificate issued and stored");
-        self.budget.issued(&r.names, self.clock.now()).await
+        Ok(())
     }
 
     /// Asks the CA for the renewal window of the current certificate (RFC 9773).
@@ -211,7 +221,8 @@ impl Reconciler {
                 }
             }
         };
-        self.record(id, event).await.map(drop)
+        // Asked again after a crash that loses it.
+        self.commit(id, event, With::Observation).await.map(drop)
     }
 
     /// Puts the stored certificate into HAProxy (file and runtime API). Returns what the
@@ -235,7 +246,10 @@ impl Reconciler {
         self.saw_haproxy(installed.as_ref().err());
         match installed {
             Ok(method) => {
-                self.record(id, Event::Installed { fingerprint }).await?;
+                // Installed again after a crash that loses it (file and runtime API are
+                // idempotent): no flush of its own.
+                self.commit(id, Event::Installed { fingerprint }, With::Observation)
+                    .await?;
                 crate::metrics::global().installed(method == crate::installer::Method::RuntimeApi);
                 tracing::info!(cert = id, serial = %meta.serial, method = ?method, "certificate installed");
                 Ok(None)

@@ -20,6 +20,9 @@ use crate::store::{Change, StoreError};
 /// What is written together with a record change.
 pub(super) enum With {
     Nothing,
+    /// Nothing, and the change is an observation made again if a crash loses it
+    /// ([`Change::PutObservation`]: no flush of its own).
+    Observation,
     /// The freshly generated key of the order (`KeyStored`).
     PendingKey(String),
     /// The downloaded chain (`CertificateStored`); the pending key becomes current.
@@ -125,8 +128,9 @@ impl Reconciler {
                 };
                 let new = apply(&old, event, now);
                 let change = match with {
-                    With::Nothing if new == old => Change::Keep,
+                    With::Nothing | With::Observation if new == old => Change::Keep,
                     With::Nothing => Change::Put(new.clone()),
+                    With::Observation => Change::PutObservation(new.clone()),
                     With::PendingKey(key) => Change::PutWithPendingKey(new.clone(), key),
                     With::Chain(chain) => Change::PutCertificate(new.clone(), chain),
                 };

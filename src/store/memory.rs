@@ -91,7 +91,7 @@ impl Contents {
         debug_assert!(super::change_id_matches(id, &change));
         match change {
             Change::Keep => {}
-            Change::Put(r) => {
+            Change::Put(r) | Change::PutObservation(r) => {
                 self.records.insert(id.to_string(), r);
             }
             Change::PutWithPendingKey(r, key) => {

@@ -81,6 +81,11 @@ pub enum Change {
     Keep,
     /// The record.
     Put(Record),
+    /// The record after an observation the daemon makes again if it is lost (the certificate
+    /// was installed, the CA's renewal window): written, but a backend may make it durable only
+    /// with its next durable write or when it closes, so a crash may lose it (and nothing
+    /// written before it). sled skips its flush: a certificate's path costs three, not five.
+    PutObservation(Record),
     /// The record with the freshly generated key of its order (before any finalize uses it).
     PutWithPendingKey(Record, String),
     /// The record with its new certificate chain; the order's key becomes the current key in
@@ -185,6 +190,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Result<Vec<Vec<String>>, String>, StoreError>;
 
     /// Appends to the rate-limit ledger of `directory`, forgetting entries older than `keep_since`.
+    /// A backend may make it durable only with its next durable write: the reconciler writes the
+    /// record of what it counts (the order, the certificate, the failure) right after it.
     async fn ledger_append(
         &self,
         directory: &str,
@@ -303,9 +310,10 @@ pub(crate) fn change_added(
 pub(crate) fn change_id_matches(id: &str, change: &Change) -> bool {
     match change {
         Change::Keep | Change::Delete => true,
-        Change::Put(r) | Change::PutWithPendingKey(r, _) | Change::PutCertificate(r, _) => {
-            r.id == id
-        }
+        Change::Put(r)
+        | Change::PutObservation(r)
+        | Change::PutWithPendingKey(r, _)
+        | Change::PutCertificate(r, _) => r.id == id,
         Change::PutAdopted { record, .. } => record.id == id,
     }
 }

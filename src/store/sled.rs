@@ -1,9 +1,8 @@
 //! The embedded store backend: sled in DATA_DIR. The only module that imports sled and knows the
-//! on-disk encoding; every write is flushed to disk before it returns (the durable-intent rule),
-//! and every call runs on tokio's blocking pool, never on an async worker.
+//! on-disk encoding; every write but an observation or a ledger entry (made durable by the next)
+//! is flushed before it returns (the durable-intent rule); every call runs on the blocking pool.
 
 use std::path::{Path, PathBuf};
-
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use haproxy_acme_state::{Record, UnixTime};
@@ -217,14 +216,21 @@ impl Inner {
 
     /// Writes a record and flushes.
     fn put(&self, r: &Record) -> Result<(), StoreError> {
+        self.put_and(r, true)
+    }
+
+    /// Writes a record and flushes when `flush` or when it is new (a new generation: `marker`).
+    /// Unflushed, the next flush (sled's log is in order) or the close makes it durable.
+    fn put_and(&self, r: &Record, flush: bool) -> Result<(), StoreError> {
         let mut marked = self.lock_marked();
         let old = self
             .records
             .insert(r.id.as_bytes(), encode(r))
             .map_err(|e| self.write_err(e))?;
-        // A new record is a new generation (see `marker`).
         let generation = old.is_none().then(|| self.bump()).transpose()?;
-        self.flush()?;
+        if flush || generation.is_some() {
+            self.flush()?;
+        }
         if let Some(g) = generation {
             self.mark(&mut marked, g);
         }
@@ -256,6 +262,7 @@ impl Inner {
         match change {
             Change::Keep => Ok(()),
             Change::Put(r) => self.put(&r),
+            Change::PutObservation(r) => self.put_and(&r, false),
             Change::PutWithPendingKey(r, key) => self.put_with_pending_key(&r, &key),
             Change::PutCertificate(r, chain) => self.put_certificate(&r, &chain),
             Change::PutAdopted {
@@ -335,7 +342,8 @@ impl Inner {
         for k in old {
             self.ledger.remove(k).map_err(|e| self.write_err(e))?;
         }
-        self.flush()
+        // Not flushed: the record written next flushes it (see `Store::ledger_append`).
+        Ok(())
     }
 
     /// The ledger entries of `directory` at or after `since`, oldest first.

@@ -107,6 +107,7 @@ fn summary_of(change: &Change) -> Option<Option<Summary>> {
         Change::Keep => None,
         Change::Delete => Some(None),
         Change::Put(r)
+        | Change::PutObservation(r)
         | Change::PutWithPendingKey(r, _)
         | Change::PutCertificate(r, _)
         | Change::PutAdopted { record: r, .. } => Some(Some(Summary::from_record(r))),

@@ -244,7 +244,9 @@ impl PgStore {
         let put = |r: Record| async move { put_record(tx, &r).await };
         match change {
             Change::Keep => return Ok(()),
-            Change::Put(r) => {
+            // A commit is durable either way; one that may be lost would save the WAL flush
+            // (`synchronous_commit = off`) but not the round trips.
+            Change::Put(r) | Change::PutObservation(r) => {
                 put(r).await?;
             }
             Change::PutWithPendingKey(r, key) => {

@@ -84,6 +84,49 @@ fn ledger_is_per_directory_in_time_order_and_forgets_the_old() {
     );
 }
 
+/// An observation (installed, a renewal window) and a ledger entry are written without a flush
+/// of their own; the next durable write flushes them with itself. A new record is flushed even
+/// as an observation (it is a new generation).
+#[test]
+fn observations_and_ledger_entries_wait_for_the_next_flush() {
+    use haproxy_acme_state::ledger::Entry;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Inner::open(dir.path()).unwrap();
+    let flushed = || store.flushed.load(Ordering::Relaxed);
+    let a = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, 1);
+    store
+        .apply_change("a.test", Change::PutObservation(a.clone()))
+        .unwrap();
+    let after_new = flushed();
+    assert!(after_new > 0, "a new record is flushed");
+    let observed = apply(&a, Event::Tick, 5_000_000);
+    let observed = Record {
+        updated_at: 7,
+        ..observed
+    };
+    store
+        .apply_change("a.test", Change::PutObservation(observed.clone()))
+        .unwrap();
+    store
+        .ledger_append("https://ca/dir", &Entry::Order { at: 300 }, 0)
+        .unwrap();
+    assert_eq!(flushed(), after_new, "neither flushed on its own");
+    assert_eq!(
+        store.get("a.test").unwrap(),
+        Some(observed.clone()),
+        "but readable"
+    );
+    store
+        .put(&Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 1))
+        .unwrap();
+    assert!(flushed() > after_new);
+    assert_eq!(store.db.flush().unwrap(), 0, "nothing left unflushed");
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.get("a.test").unwrap(), Some(observed));
+    assert_eq!(store.ledger_since("https://ca/dir", 0).unwrap().len(), 1);
+}
+
 #[test]
 fn version_1_records_still_load() {
     let r = decode("a.test", RECORD_V1.as_bytes()).unwrap();
