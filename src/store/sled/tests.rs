@@ -94,31 +94,18 @@ fn observations_and_ledger_entries_wait_for_the_next_flush() {
     let store = Inner::open(dir.path()).unwrap();
     let flushed = || store.flushed.load(Ordering::Relaxed);
     let a = Record::new(vec!["a.test".into()], KeyType::EcdsaP256, 1);
-    store
-        .apply_change("a.test", Change::PutObservation(a.clone()))
-        .unwrap();
+    let observe = |r: &Record| store.apply_change("a.test", Change::PutObservation(r.clone()));
+    observe(&a).unwrap();
     let after_new = flushed();
     assert!(after_new > 0, "a new record is flushed");
-    let observed = apply(&a, Event::Tick, 5_000_000);
-    let observed = Record {
-        updated_at: 7,
-        ..observed
-    };
-    store
-        .apply_change("a.test", Change::PutObservation(observed.clone()))
-        .unwrap();
-    store
-        .ledger_append("https://ca/dir", &Entry::Order { at: 300 }, 0)
-        .unwrap();
+    let observed = Record { updated_at: 7, ..a };
+    observe(&observed).unwrap();
+    let entry = Entry::Order { at: 300 };
+    store.ledger_append("https://ca/dir", &entry, 0).unwrap();
     assert_eq!(flushed(), after_new, "neither flushed on its own");
-    assert_eq!(
-        store.get("a.test").unwrap(),
-        Some(observed.clone()),
-        "but readable"
-    );
-    store
-        .put(&Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 1))
-        .unwrap();
+    assert_eq!(store.get("a.test").unwrap().as_ref(), Some(&observed));
+    let b = Record::new(vec!["b.test".into()], KeyType::EcdsaP256, 1);
+    store.put(&b).unwrap();
     assert!(flushed() > after_new);
     assert_eq!(store.db.flush().unwrap(), 0, "nothing left unflushed");
     drop(store);
