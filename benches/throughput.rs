@@ -6,9 +6,11 @@
 //! Run with `cargo bench --bench throughput` (release build).
 //!
 //! Settings: THROUGHPUT_N (certificates per row, default 1000), THROUGHPUT_CLIENT_CONCURRENCY
-//! (the minimal client's orders at once, default 32), THROUGHPUT_CONCURRENCY (haproxy-acme's
-//! CONCURRENCY values, default "8,32,64"), THROUGHPUT_RUNS (medians of so many runs, default 1,
-//! each with a pebble of its own), THROUGHPUT_TIMEOUT_SECS (per row, default 900).
+//! (the minimal client's orders at once, default "8,16,32"), THROUGHPUT_CONCURRENCY
+//! (haproxy-acme's CONCURRENCY values, default "8,16,32"), THROUGHPUT_BINS ("label=/path,...":
+//! several builds in one run, for a before and after), THROUGHPUT_RUNS (medians of so many
+//! runs, default 1, each with a pebble of its own), THROUGHPUT_TIMEOUT_SECS (per row, default
+//! 900). A row whose pebble deadlocks (no certificate for 60 s: letsencrypt/pebble#270) says so.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -196,6 +198,7 @@ fn stuck(k: usize, n: usize) -> String {
 /// haproxy-acme with CONCURRENCY=`conc`: time from its start to all `n` served, and its log;
 /// or how far it got when none was served for 60 s.
 fn daemon(
+    bin: &str,
     env: &Env,
     n: usize,
     conc: usize,
@@ -206,7 +209,8 @@ fn daemon(
     let data_dir = env.dir.path().join(format!("data-{prefix}"));
     let crt_list = env.crt_list_name();
     let started = Instant::now();
-    let mut d = env.start_daemon_with(
+    let mut d = env.start_daemon_bin(
+        bin,
         &ids.join(";"),
         &[
             ("RATE_LIMITS", "off"),
@@ -312,9 +316,23 @@ fn main() {
     let concs = list("THROUGHPUT_CONCURRENCY", "8,16,32");
     let runs: usize = setting("THROUGHPUT_RUNS", "1").parse().unwrap();
     let timeout = Duration::from_secs(setting("THROUGHPUT_TIMEOUT_SECS", "900").parse().unwrap());
-    eprintln!("haproxy-acme binary: {BIN}");
+    let bins: Vec<(String, String)> = match std::env::var("THROUGHPUT_BINS") {
+        Ok(v) => v
+            .split(',')
+            .map(|b| {
+                let (label, path) = b.split_once('=').expect("THROUGHPUT_BINS: label=/path,...");
+                (label.to_string(), path.to_string())
+            })
+            .collect(),
+        Err(_) => vec![("haproxy-acme".into(), BIN.into())],
+    };
+    eprintln!("haproxy-acme builds: {bins:?}");
     let mut client: Vec<Vec<Result<Duration, String>>> = vec![Vec::new(); client_cs.len()];
-    let mut ours: Vec<Vec<Result<Duration, String>>> = vec![Vec::new(); concs.len()];
+    let rows: Vec<(&str, &str, usize)> = concs
+        .iter()
+        .flat_map(|&c| bins.iter().map(move |(l, b)| (l.as_str(), b.as_str(), c)))
+        .collect();
+    let mut ours: Vec<Vec<Result<Duration, String>>> = vec![Vec::new(); rows.len()];
     // A pebble of its own per row: each row starts from the same CA state.
     for run in 0..runs {
         for (k, &c) in client_cs.iter().enumerate() {
@@ -326,11 +344,12 @@ fn main() {
             eprintln!("CPU: the client {own:.1} s, {}", cpu_of(&env));
             client[k].push(t);
         }
-        for (k, &conc) in concs.iter().enumerate() {
+        for (k, &(label, bin, conc)) in rows.iter().enumerate() {
             let env = Env::start();
-            let (t, log) = daemon(&env, n, conc, &format!("h{run}c{conc}-"), timeout);
+            let prefix = format!("h{run}c{conc}{k}-");
+            let (t, log) = daemon(bin, &env, n, conc, &prefix, timeout);
             eprintln!(
-                "run {run}: haproxy-acme CONCURRENCY={conc}: {t:.1?} ({})",
+                "run {run}: {label} CONCURRENCY={conc}: {t:.1?} ({})",
                 log_marks(&log)
             );
             ours[k].push(t);
@@ -370,13 +389,13 @@ fn main() {
             None,
         ));
     }
-    for (k, &conc) in concs.iter().enumerate() {
+    for (k, &(label, _, conc)) in rows.iter().enumerate() {
         let same = client_cs
             .iter()
             .position(|&c| c == conc)
             .map(|i| &client[i]);
         table.push(row(
-            &format!("haproxy-acme, CONCURRENCY={conc}"),
+            &format!("{label}, CONCURRENCY={conc}"),
             &figure(&ours[k]),
             same,
         ));

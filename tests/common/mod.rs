@@ -1079,6 +1079,11 @@ impl Env {
         spawn_daemon(self.dir.path(), self.daemon_env(domains), overrides)
     }
 
+    /// [`start_daemon_with`](Env::start_daemon_with) the build at `bin`.
+    pub fn start_daemon_bin(&self, bin: &str, domains: &str, overrides: &[(&str, &str)]) -> Daemon {
+        spawn_daemon_bin(bin, self.dir.path(), self.daemon_env(domains), overrides)
+    }
+
     /// `haproxy-acme run` for `domains` to its exit (bounded: 60 s), with some variables of
     /// `daemon_env` overridden: its status code and output (start-up refusals).
     pub fn run_to_exit(&self, domains: &str, overrides: &[(&str, &str)]) -> (Option<i32>, String) {
@@ -1266,10 +1271,20 @@ fn unix_command(sock: &Path, cmd: &str) -> String {
 /// Starts `haproxy-acme run` with only `env` (and `overrides`) and PATH; its log goes to
 /// `dir/daemon-N.log`.
 pub fn spawn_daemon(dir: &Path, env: Vec<(String, String)>, overrides: &[(&str, &str)]) -> Daemon {
+    spawn_daemon_bin(BIN, dir, env, overrides)
+}
+
+/// [`spawn_daemon`] of the build at `bin` (the benches' before and after).
+pub fn spawn_daemon_bin(
+    bin: &str,
+    dir: &Path,
+    env: Vec<(String, String)>,
+    overrides: &[(&str, &str)],
+) -> Daemon {
     let n = std::fs::read_dir(dir).unwrap().count();
     let log = dir.join(format!("daemon-{n}.log"));
     let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(BIN)
+    let child = Command::new(bin)
         .arg("run")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
