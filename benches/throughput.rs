@@ -413,8 +413,8 @@ fn main() {
          nothing installed). \
          haproxy-acme is timed from its start to all {n} in HAProxy's crt-list (`show ssl \
          crt-list`), each CONCURRENCY with a new data directory and new names. {} run(s){}; \
-         {cores} cores, shared and noisy (another build running beside it), pebble, HAProxy and \
-         the client on the same cores.\n\n{table}\n",
+         {cores} cores, pebble, HAProxy and the client or daemon on the same cores; a row's \
+         median is of the runs its pebble finished.\n\n{table}\n\n",
         runs,
         if runs > 1 { ", medians" } else { "" },
     );
