@@ -165,7 +165,8 @@ impl Reconciler {
                 .await;
         }
         // The ledger's entry first, so that the certificate's flush makes both durable; once
-        // per certificate (a chain kept after a failed store write was counted then).
+        // per certificate: a chain kept after a failed store write is not counted again (an
+        // entry whose own append failed is lost, as one a crash loses before the flush).
         if !counted {
             if let Err(e) = self.budget.issued(&r.names, self.clock.now()).await {
                 self.keep_downloaded(id, url, chain);

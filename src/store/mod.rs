@@ -83,8 +83,8 @@ pub enum Change {
     Put(Record),
     /// The record after an observation the daemon makes again if it is lost (the certificate
     /// was installed, the CA's renewal window): written, but a backend may make it durable only
-    /// with its next durable write or when it closes, so a crash may lose it (and nothing
-    /// written before it). sled skips its flush: a certificate's path costs three, not five.
+    /// with its next durable write or when it closes: a crash may lose it, never a write made
+    /// before it. sled skips its flush: a certificate's path costs three flushes, not five.
     PutObservation(Record),
     /// The record with the freshly generated key of its order (before any finalize uses it).
     PutWithPendingKey(Record, String),
