@@ -1,5 +1,5 @@
 //! The `Store` face of the sled backend: each call moves its arguments to tokio's blocking pool
-//! and runs the synchronous store there (sled reads may hit the disk, every write fsyncs), so
+//! and runs the synchronous store there (sled reads may hit the disk, most writes fsync), so
 //! no store call ever blocks an async worker. And its recovery from a failed write (a full
 //! disk): sled 0.34 refuses every write after an I/O error until it is opened again, and its
 //! memory may hold the write that failed, so the database is dropped and opened again from
