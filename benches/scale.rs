@@ -38,16 +38,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let bins: Vec<(String, String)> = match std::env::var("SCALE_BINS") {
-        Ok(v) => v
-            .split(',')
-            .map(|b| {
-                let (label, path) = b.split_once('=').expect("SCALE_BINS: label=/path,...");
-                (label.to_string(), path.to_string())
-            })
-            .collect(),
-        Err(_) => vec![("haproxy-acme".into(), common::BIN.into())],
-    };
+    let bins = common::bins("SCALE_BINS");
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     let mut table = Table::default();
     for &n in &ns {

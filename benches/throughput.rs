@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{median, Env, BIN};
+use common::{median, Env};
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
@@ -316,16 +316,7 @@ fn main() {
     let concs = list("THROUGHPUT_CONCURRENCY", "8,16,32");
     let runs: usize = setting("THROUGHPUT_RUNS", "1").parse().unwrap();
     let timeout = Duration::from_secs(setting("THROUGHPUT_TIMEOUT_SECS", "900").parse().unwrap());
-    let bins: Vec<(String, String)> = match std::env::var("THROUGHPUT_BINS") {
-        Ok(v) => v
-            .split(',')
-            .map(|b| {
-                let (label, path) = b.split_once('=').expect("THROUGHPUT_BINS: label=/path,...");
-                (label.to_string(), path.to_string())
-            })
-            .collect(),
-        Err(_) => vec![("haproxy-acme".into(), BIN.into())],
-    };
+    let bins = common::bins("THROUGHPUT_BINS");
     eprintln!("haproxy-acme builds: {bins:?}");
     let mut client: Vec<Vec<Result<Duration, String>>> = vec![Vec::new(); client_cs.len()];
     let rows: Vec<(&str, &str, usize)> = concs

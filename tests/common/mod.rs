@@ -1507,6 +1507,23 @@ pub fn timed_json_lines(log: &str) -> impl Iterator<Item = (f64, serde_json::Val
     })
 }
 
+/// The builds a bench compares, from environment variable `var` ("label=/path,label=/path"):
+/// this build alone when unset.
+pub fn bins(var: &str) -> Vec<(String, String)> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .split(',')
+            .map(|b| {
+                let (label, path) = b
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("{var}: label=/path,..."));
+                (label.to_string(), path.to_string())
+            })
+            .collect(),
+        Err(_) => vec![("haproxy-acme".into(), BIN.into())],
+    }
+}
+
 /// The median of `v` (NaN when empty): the benches' figure.
 pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
